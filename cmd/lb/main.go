@@ -1,0 +1,194 @@
+// Command lb is an SSL-offloading layer-4/7 load balancer.
+//
+//	lb -config lb.toml           run (default: ./lb.toml, or $LB_CONFIG)
+//	lb -check -config lb.toml    validate only: exit 0, or print every error and exit 1
+//	lb -demo                     self-contained demo on https://127.0.0.1:8443
+//	lb -version                  version, commit, Go version
+//	lb -healthcheck              exit 0 if the admin /healthz of the configured lb answers
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/offloadlb/lb/internal/version"
+	"github.com/offloadlb/lb/pkg/config"
+	"github.com/offloadlb/lb/pkg/server"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("lb", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", defaultConfig(), "config file (default ./lb.toml, or $LB_CONFIG)")
+	check := fs.Bool("check", false, "validate the config and exit: 0 if good, 1 with every error printed")
+	demo := fs.Bool("demo", false, "run a self-contained demo: three local backends behind https://127.0.0.1:8443")
+	demoListen := fs.String("demo-listen", "127.0.0.1:8443", "HTTPS address of the demo")
+	demoAdmin := fs.String("demo-admin", "127.0.0.1:9100", "admin address of the demo")
+	showVersion := fs.Bool("version", false, "print version information and exit")
+	healthcheck := fs.Bool("healthcheck", false, "exit 0 if the admin /healthz of the configured lb answers (for container health checks)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "lb: an SSL-offloading layer-4/7 load balancer\n\nUsage:\n")
+		fmt.Fprintf(stderr, "  lb -config lb.toml          run\n  lb -check -config lb.toml   validate only\n")
+		fmt.Fprintf(stderr, "  lb -demo                    try it: three local backends behind https://127.0.0.1:8443\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "lb: unexpected argument %q (flags start with -)\n", fs.Arg(0))
+		return 2
+	}
+
+	switch {
+	case *showVersion:
+		fmt.Fprintln(stdout, version.String())
+		return 0
+	case *demo:
+		return runDemo(*demoListen, *demoAdmin, stdout, stderr)
+	}
+
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		printConfigErrors(stderr, err)
+		return 1
+	}
+	switch {
+	case *check:
+		for _, w := range cfg.Warnings {
+			fmt.Fprintf(stderr, "warning: %s\n", w)
+		}
+		nb := 0
+		for _, p := range cfg.Pools {
+			nb += len(p.Backends)
+		}
+		fmt.Fprintf(stdout, "%s: ok (%d listeners, %d pools, %d backends)\n", *configPath, len(cfg.Listeners), len(cfg.Pools), nb)
+		return 0
+	case *healthcheck:
+		return runHealthcheck(cfg, stderr)
+	}
+	log := newLogger(cfg.Global, stderr)
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
+	return serve(cfg, log, nil)
+}
+
+func defaultConfig() string {
+	if p := os.Getenv("LB_CONFIG"); p != "" {
+		return p
+	}
+	return config.DefaultConfigFile
+}
+
+func printConfigErrors(w io.Writer, err error) {
+	var errs config.Errors
+	if errors.As(err, &errs) {
+		for _, e := range errs {
+			fmt.Fprintf(w, "error: %s\n", e)
+		}
+		if len(errs) > 1 {
+			fmt.Fprintf(w, "%d errors\n", len(errs))
+		}
+		return
+	}
+	fmt.Fprintf(w, "error: %v\n", err)
+}
+
+func newLogger(g config.Global, out io.Writer) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "lb",
+		Level:      hclog.LevelFromString(g.LogLevel),
+		JSONFormat: g.LogFormat == "json",
+		Output:     out,
+	})
+}
+
+// serve runs cfg until SIGTERM or SIGINT, then shuts down gracefully.
+// started, if not nil, is called once everything listens.
+func serve(cfg *config.Config, log hclog.Logger, started func(*server.Server)) int {
+	srv, err := server.New(cfg, log)
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	srv.Start()
+	log.Info("lb started", "version", version.String())
+	if started != nil {
+		started(srv)
+	}
+
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			log.Warn("SIGHUP received: live reload is not available in this version; restart lb to apply config changes")
+			continue
+		}
+		grace := cfg.Global.ShutdownGrace.Duration
+		log.Info("shutting down: no new connections, waiting for requests in flight", "signal", sig.String(), "grace", grace.String())
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		go func() {
+			// A second signal stops at once.
+			select {
+			case s := <-sigs:
+				log.Warn("second signal: stopping now", "signal", s.String())
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		err := srv.Shutdown(ctx)
+		cancel()
+		if err != nil {
+			log.Warn("stopped with requests still in flight", "error", err)
+		} else {
+			log.Info("stopped")
+		}
+		return 0
+	}
+	return 0
+}
+
+// runHealthcheck asks the admin /healthz of the lb that cfg configures.
+func runHealthcheck(cfg *config.Config, stderr io.Writer) int {
+	addr := cfg.Global.Admin
+	if addr == "" {
+		fmt.Fprintln(stderr, "lb -healthcheck: global.admin is off in the config, so there is nothing to ask")
+		return 1
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	client := &http.Client{Timeout: 3 * time.Second}
+	resp, err := client.Get("http://" + net.JoinHostPort(host, port) + "/healthz")
+	if err != nil {
+		fmt.Fprintf(stderr, "lb -healthcheck: %v\n", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "lb -healthcheck: /healthz answered %s\n", resp.Status)
+		return 1
+	}
+	return 0
+}

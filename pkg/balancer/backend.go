@@ -1,0 +1,146 @@
+// Package balancer holds pools of backends, their live state, and the
+// algorithms that pick one backend per request or connection.
+//
+// Nothing here knows about HTTP: the L7 proxy and the L4 proxy share it.
+// Picking is lock-free and allocates nothing; the only lock is taken when a
+// pool's round-robin table is rebuilt after a health or drain change.
+package balancer
+
+import (
+	"time"
+
+	"go.uber.org/atomic"
+)
+
+// Backend is one server of a pool: its settings, fixed when the pool is
+// built, and a pointer to its live State, which may outlive the pool (a
+// reload carries the State of a backend that stays over to the new pool).
+type Backend struct {
+	Address string
+	Weight  int
+	// Index is the backend's position in its pool's Backends.
+	Index int
+	*State
+}
+
+// State is the live state of a backend. All fields are safe for concurrent
+// use. The zero value is a backend that is down; NewState returns one that
+// is up, as a new backend counts as up until its first check says
+// otherwise.
+type State struct {
+	// Read on every pick, written rarely.
+	up      atomic.Bool
+	drained atomic.Bool
+	_       [64]byte // keep the counters below off the read-mostly line
+
+	// Written on every request.
+	active   atomic.Int64
+	requests atomic.Uint64
+	failures atomic.Uint64
+	_        [64]byte
+
+	// Health bookkeeping, written by pkg/health.
+	checkPasses  atomic.Int32
+	checkFails   atomic.Int32
+	passiveFails atomic.Int32
+	lastError    atomic.String
+	lastCheck    atomic.Time
+	changed      atomic.Time
+}
+
+// NewState returns the state of a new backend: up, with no history.
+func NewState() *State {
+	s := &State{}
+	s.up.Store(true)
+	s.changed.Store(time.Now())
+	return s
+}
+
+// Up reports whether health checking considers the backend alive.
+func (s *State) Up() bool { return s.up.Load() }
+
+// SetUp records the health verdict and reports whether it changed. Exactly
+// one of several racing callers that set the same new value sees true, so
+// a transition is logged and counted once.
+func (s *State) SetUp(up bool) bool {
+	if !s.up.CompareAndSwap(!up, up) {
+		return false
+	}
+	s.changed.Store(time.Now())
+	return true
+}
+
+// Drained reports whether the operator took the backend out of rotation.
+func (s *State) Drained() bool { return s.drained.Load() }
+
+// SetDrained takes the backend out of rotation (in-flight requests finish)
+// or puts it back, and reports whether that changed anything.
+func (s *State) SetDrained(d bool) bool { return s.drained.CompareAndSwap(!d, d) }
+
+// Usable reports whether the backend may take new requests: up and not
+// drained.
+func (s *State) Usable() bool { return s.up.Load() && !s.drained.Load() }
+
+// Active is the number of requests (or connections) in flight.
+func (s *State) Active() int64 { return s.active.Load() }
+
+// Requests is the number of requests sent to the backend.
+func (s *State) Requests() uint64 { return s.requests.Load() }
+
+// Failures is the number of requests to the backend that failed.
+func (s *State) Failures() uint64 { return s.failures.Load() }
+
+// CountRequest records one request sent to the backend, and whether it
+// failed.
+func (s *State) CountRequest(failed bool) {
+	s.requests.Inc()
+	if failed {
+		s.failures.Inc()
+	}
+}
+
+// LastError is the reason of the last failed check or request, "" after a
+// success.
+func (s *State) LastError() string { return s.lastError.Load() }
+
+// SetLastError records the reason of the last failure ("" clears it). It
+// writes only on change, to keep the shared cache line quiet on the hot
+// path.
+func (s *State) SetLastError(e string) {
+	if s.lastError.Load() != e {
+		s.lastError.Store(e)
+	}
+}
+
+// LastCheck is when the last active check finished (zero if none ran).
+func (s *State) LastCheck() time.Time { return s.lastCheck.Load() }
+
+// Changed is when the backend last went up or down.
+func (s *State) Changed() time.Time { return s.changed.Load() }
+
+// CheckCounters exposes the consecutive active-check pass and failure
+// counters and the consecutive passive failure counter to pkg/health.
+func (s *State) CheckCounters() (passes, fails, passive *atomic.Int32) {
+	return &s.checkPasses, &s.checkFails, &s.passiveFails
+}
+
+// MarkChecked records the time of a finished active check.
+func (s *State) MarkChecked(t time.Time) { s.lastCheck.Store(t) }
+
+// tryAcquire counts one more request in flight if that keeps the backend
+// within max (0 = no limit).
+func (s *State) tryAcquire(max int64) bool {
+	if max <= 0 {
+		s.active.Inc()
+		return true
+	}
+	for {
+		n := s.active.Load()
+		if n >= max {
+			return false
+		}
+		if s.active.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}

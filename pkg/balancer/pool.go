@@ -1,0 +1,220 @@
+package balancer
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/atomic"
+)
+
+var (
+	// ErrNoBackend means no backend of the pool is up, undrained and
+	// untried: the caller answers 503 (or 502 after failed attempts).
+	ErrNoBackend = errors.New("balancer: no backend available")
+	// ErrQueueTimeout means every usable backend stayed at
+	// max_conns_per_backend for the whole wait.
+	ErrQueueTimeout = errors.New("balancer: all backends at their connection limit")
+)
+
+// Algorithm names, as written in the config.
+const (
+	RoundRobin = "round_robin"
+	LeastConn  = "least_conn"
+)
+
+// selector picks a candidate: a usable, untried backend under the pool's
+// connection limit, or nil. It does not count the pick; Pool.Acquire does.
+type selector interface {
+	next(p *Pool, tried *Tried) *Backend
+	// refresh rebuilds whatever the selector precomputes from the
+	// backends' states and weights.
+	refresh(p *Pool)
+}
+
+// Pool is a set of backends and the policy that picks among them. A Pool is
+// built once and never changes shape; backends' live states change under
+// it. All methods are safe for concurrent use.
+type Pool struct {
+	Name      string
+	Algorithm string
+	Backends  []*Backend
+	// MaxConns is the limit of requests in flight per backend, 0 for none.
+	MaxConns int64
+
+	sel     selector
+	waiting atomic.Int32
+	freed   chan struct{}
+}
+
+// NewPool builds a pool. Each backend's Index is set to its position; a
+// backend without a State gets a new one (up).
+func NewPool(name, algorithm string, backends []*Backend, maxConns int) (*Pool, error) {
+	p := &Pool{
+		Name:      name,
+		Algorithm: algorithm,
+		Backends:  backends,
+		MaxConns:  int64(maxConns),
+		freed:     make(chan struct{}, 16),
+	}
+	switch algorithm {
+	case RoundRobin, "":
+		p.Algorithm = RoundRobin
+		p.sel = &roundRobin{}
+	case LeastConn:
+		p.sel = &leastConn{}
+	default:
+		return nil, fmt.Errorf("balancer: unknown algorithm %q", algorithm)
+	}
+	for i, b := range backends {
+		b.Index = i
+		if b.State == nil {
+			b.State = NewState()
+		}
+	}
+	p.sel.refresh(p)
+	return p, nil
+}
+
+// Refresh must be called after a backend of the pool goes up or down or is
+// drained or enabled, so that precomputed selection tables follow.
+func (p *Pool) Refresh() { p.sel.refresh(p) }
+
+// Usable is the number of backends that are up and not drained.
+func (p *Pool) Usable() int {
+	n := 0
+	for _, b := range p.Backends {
+		if b.Usable() {
+			n++
+		}
+	}
+	return n
+}
+
+// Backend returns the backend with that address, or nil.
+func (p *Pool) Backend(addr string) *Backend {
+	for _, b := range p.Backends {
+		if b.Address == addr {
+			return b
+		}
+	}
+	return nil
+}
+
+// candidate reports whether b may take a new request now.
+func (p *Pool) candidate(b *Backend, tried *Tried) bool {
+	return b.Usable() && b.Weight > 0 &&
+		(p.MaxConns <= 0 || b.active.Load() < p.MaxConns) &&
+		!tried.Has(b)
+}
+
+// Acquire picks a backend not in tried and counts one request in flight on
+// it; the caller must call Release when the request is done. When every
+// usable backend is at MaxConns it waits up to wait for a slot (like
+// HAProxy's queue), then fails with ErrQueueTimeout. With no usable
+// backend left it fails at once with ErrNoBackend.
+func (p *Pool) Acquire(tried *Tried, wait time.Duration) (*Backend, error) {
+	if b := p.tryAcquire(tried); b != nil {
+		return b, nil
+	}
+	if p.MaxConns <= 0 || !p.anyUsable(tried) {
+		return nil, ErrNoBackend
+	}
+	return p.queue(tried, wait)
+}
+
+func (p *Pool) tryAcquire(tried *Tried) *Backend {
+	// A pick can lose the race for a backend's last slot; try a few times.
+	for range 4 {
+		b := p.sel.next(p, tried)
+		if b == nil {
+			return nil
+		}
+		if b.tryAcquire(p.MaxConns) {
+			return b
+		}
+	}
+	return nil
+}
+
+// anyUsable reports whether some untried backend could take a request if
+// it had a free slot.
+func (p *Pool) anyUsable(tried *Tried) bool {
+	for _, b := range p.Backends {
+		if b.Usable() && b.Weight > 0 && !tried.Has(b) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Pool) queue(tried *Tried, wait time.Duration) (*Backend, error) {
+	if wait <= 0 {
+		return nil, ErrQueueTimeout
+	}
+	p.waiting.Inc()
+	defer p.waiting.Dec()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		// A slot may have been freed between the first try and
+		// registering as a waiter; look again before sleeping.
+		if b := p.tryAcquire(tried); b != nil {
+			return b, nil
+		}
+		if !p.anyUsable(tried) {
+			return nil, ErrNoBackend
+		}
+		select {
+		case <-p.freed:
+		case <-timer.C:
+			return nil, ErrQueueTimeout
+		}
+	}
+}
+
+// Release ends a request counted by Acquire.
+func (p *Pool) Release(b *Backend) {
+	b.active.Dec()
+	if p.MaxConns > 0 && p.waiting.Load() > 0 {
+		select {
+		case p.freed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// MaxTried is the most backends one request can try: the first attempt
+// and up to 16 retries.
+const MaxTried = 17
+
+// Tried is the set of backends a request has already tried, so that a
+// retry goes elsewhere. The zero value is empty; it lives on the stack.
+type Tried struct {
+	n   int
+	idx [MaxTried]int32
+}
+
+// Add records b as tried. Beyond MaxTried entries it records nothing.
+func (t *Tried) Add(b *Backend) {
+	if t.n < MaxTried {
+		t.idx[t.n] = int32(b.Index)
+		t.n++
+	}
+}
+
+// Has reports whether b was tried. A nil *Tried is empty.
+func (t *Tried) Has(b *Backend) bool {
+	if t == nil {
+		return false
+	}
+	for i := 0; i < t.n; i++ {
+		if t.idx[i] == int32(b.Index) {
+			return true
+		}
+	}
+	return false
+}
+
+// Len is the number of backends tried.
+func (t *Tried) Len() int { return t.n }

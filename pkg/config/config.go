@@ -1,0 +1,166 @@
+// Package config decodes, defaults and validates lb's TOML configuration.
+//
+// The structs here are plain data: they hold what the operator wrote, with
+// defaults filled in, and nothing live. A *Config returned by Load or Parse
+// has passed validation and is never mutated afterwards, so it may be shared
+// between goroutines.
+package config
+
+import "time"
+
+// Config is one whole lb configuration.
+type Config struct {
+	Global    Global     `toml:"global"`
+	Listeners []Listener `toml:"listener"`
+	Pools     []Pool     `toml:"pool"`
+
+	// File is the path the config was read from ("" when parsed from
+	// memory). Relative certificate paths are resolved against its folder.
+	File string `toml:"-"`
+	// Warnings are non-fatal remarks found while loading, for the caller
+	// to log.
+	Warnings []string `toml:"-"`
+}
+
+// Global holds process-wide settings.
+type Global struct {
+	LogLevel      string   `toml:"log_level"`  // trace | debug | info | warn | error
+	LogFormat     string   `toml:"log_format"` // text | json
+	AccessLog     string   `toml:"access_log"` // "" off | stdout | stderr | file path
+	Admin         string   `toml:"admin"`      // admin HTTP address; "" disables it
+	ShutdownGrace Duration `toml:"shutdown_grace"`
+	Watch         bool     `toml:"watch"`
+}
+
+// Listener is one bound address that accepts clients.
+type Listener struct {
+	Name                string   `toml:"name"`
+	Bind                string   `toml:"bind"`
+	Mode                string   `toml:"mode"` // http | tcp
+	Pool                string   `toml:"pool"`
+	ReadTimeout         Duration `toml:"read_timeout"`
+	WriteTimeout        Duration `toml:"write_timeout"`
+	IdleTimeout         Duration `toml:"idle_timeout"`
+	MaxRequestBody      Size     `toml:"max_request_body"`
+	MaxHeaderBytes      Size     `toml:"max_header_bytes"`
+	MaxConnections      int      `toml:"max_connections"`
+	ProxyProtocol       string   `toml:"proxy_protocol"`
+	AcceptProxyProtocol bool     `toml:"accept_proxy_protocol"`
+	RedirectHTTPS       string   `toml:"redirect_https"`
+	TLS                 *TLS     `toml:"tls"`
+	Routes              []Route  `toml:"route"`
+}
+
+// TLS configures termination on a listener. A nil *TLS means plaintext.
+type TLS struct {
+	Cert       string   `toml:"cert"`
+	Key        string   `toml:"key"`
+	MinVersion string   `toml:"min_version"` // "1.2" | "1.3"
+	ClientAuth string   `toml:"client_auth"` // none | request | require
+	ClientCA   string   `toml:"client_ca"`
+	ALPN       []string `toml:"alpn"`
+	HSTS       string   `toml:"hsts"`
+	SNI        []Cert   `toml:"sni"`
+
+	// CertPEM and KeyPEM, when set, are used instead of reading Cert and
+	// Key from disk (the demo's certificate is made in memory).
+	CertPEM []byte `toml:"-"`
+	KeyPEM  []byte `toml:"-"`
+}
+
+// Cert is one extra certificate chosen by SNI.
+type Cert struct {
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
+}
+
+// Route sends matching requests to a pool other than the listener's.
+type Route struct {
+	Host       string `toml:"host"`        // exact, or "*.example.com"
+	PathPrefix string `toml:"path_prefix"` // "/v1/"
+	SNI        string `toml:"sni"`         // tcp passthrough routing
+	Pool       string `toml:"pool"`
+}
+
+// Pool is a named group of backends with one balancing policy.
+type Pool struct {
+	Name               string    `toml:"name"`
+	Algorithm          string    `toml:"algorithm"` // round_robin | least_conn
+	Retries            int       `toml:"retries"`
+	ConnectTimeout     Duration  `toml:"connect_timeout"`
+	ResponseTimeout    Duration  `toml:"response_timeout"`
+	MaxConnsPerBackend int       `toml:"max_conns_per_backend"` // 0 = unlimited
+	Health             Health    `toml:"health"`
+	Cache              *Cache    `toml:"cache"`
+	Backends           []Backend `toml:"backend"`
+}
+
+// Health configures active and passive health checking of a pool.
+type Health struct {
+	Check           string   `toml:"check"` // http | tcp | none
+	Path            string   `toml:"path"`
+	Interval        Duration `toml:"interval"`
+	Timeout         Duration `toml:"timeout"`
+	Rise            int      `toml:"rise"`
+	Fall            int      `toml:"fall"`
+	ExpectStatus    string   `toml:"expect_status"`
+	PassiveFailures int      `toml:"passive_failures"`
+	SlowStart       Duration `toml:"slow_start"`
+
+	// Expect is ExpectStatus parsed by validation.
+	Expect StatusSet `toml:"-"`
+}
+
+// Cache configures a pool's response cache.
+type Cache struct {
+	MaxSize   Size `toml:"max_size"`
+	MaxObject Size `toml:"max_object"`
+}
+
+// Backend is one server in a pool.
+type Backend struct {
+	Address string `toml:"address"`
+	Weight  int    `toml:"weight"`
+}
+
+// Defaults, as documented in DESIGN.md and the README.
+const (
+	DefaultConfigFile      = "lb.toml"
+	DefaultAdmin           = "127.0.0.1:9100"
+	DefaultShutdownGrace   = 30 * time.Second
+	DefaultReadTimeout     = 30 * time.Second
+	DefaultWriteTimeout    = 30 * time.Second
+	DefaultIdleTimeout     = 60 * time.Second
+	DefaultMaxRequestBody  = 10 << 20
+	DefaultMaxHeaderBytes  = 16 << 10
+	DefaultMaxConnections  = 10000
+	DefaultRetries         = 1
+	DefaultConnectTimeout  = 2 * time.Second
+	DefaultResponseTimeout = 30 * time.Second
+	DefaultMaxConnsPerBE   = 512
+	DefaultHealthPath      = "/healthz"
+	DefaultInterval        = 2 * time.Second
+	DefaultCheckTimeout    = 1 * time.Second
+	DefaultRise            = 2
+	DefaultFall            = 3
+	DefaultExpectStatus    = "200-399"
+	DefaultPassiveFailures = 5
+	DefaultWeight          = 1
+	DefaultCacheMaxSize    = 256 << 20
+	DefaultCacheMaxObject  = 1 << 20
+
+	// MaxRetries bounds pool.retries so a retry loop stays short.
+	MaxRetries = 16
+	// MaxWeight bounds backend weights, as HAProxy does.
+	MaxWeight = 256
+)
+
+// PoolByName returns the pool with that name, or nil.
+func (c *Config) PoolByName(name string) *Pool {
+	for i := range c.Pools {
+		if c.Pools[i].Name == name {
+			return &c.Pools[i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,391 @@
+package config
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// validate checks every field and records every problem; it never stops at
+// the first.
+func (l *loader) validate() {
+	c := l.cfg
+	l.validateGlobal()
+	if len(c.Listeners) == 0 {
+		l.errorf("listener", "at least one [[listener]] is required")
+	}
+	if len(c.Pools) == 0 {
+		l.errorf("pool", "at least one [[pool]] is required")
+	}
+
+	pools := map[string]int{}
+	for i := range c.Pools {
+		l.validatePool(i, pools)
+	}
+	names := map[string]int{}
+	binds := map[string]int{}
+	for i := range c.Listeners {
+		l.validateListener(i, names, binds, pools)
+	}
+}
+
+func (l *loader) validateGlobal() {
+	g := &l.cfg.Global
+	switch g.LogLevel {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		l.errorf("global.log_level", "%q is not one of trace, debug, info, warn, error", g.LogLevel)
+	}
+	switch g.LogFormat {
+	case "text", "json":
+	default:
+		l.errorf("global.log_format", "%q is not one of text, json", g.LogFormat)
+	}
+	if g.Admin != "" {
+		if err := checkHostPort(g.Admin, true); err != nil {
+			l.errorf("global.admin", "%v", err)
+		}
+	}
+	l.checkDur(g.ShutdownGrace, "global.shutdown_grace", true)
+	if g.Watch && l.defined("global.watch") {
+		l.warnf("global.watch", "watching the config file for changes is not available in this version; restart lb to apply changes")
+	}
+}
+
+func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
+	ln := &l.cfg.Listeners[i]
+	p := fmt.Sprintf("listener[%d]", i)
+
+	switch {
+	case ln.Name == "":
+		l.errorf(p+".name", "missing (every listener needs a unique name)")
+	case names[ln.Name] > 0:
+		l.errorf(p+".name", "duplicate name %q (also listener[%d])", ln.Name, names[ln.Name]-1)
+	default:
+		names[ln.Name] = i + 1
+	}
+	if ln.Bind == "" {
+		l.errorf(p+".bind", "missing (an address such as \"0.0.0.0:8443\")")
+	} else if err := checkHostPort(ln.Bind, true); err != nil {
+		l.errorf(p+".bind", "%v", err)
+	} else if j := binds[ln.Bind]; j > 0 {
+		l.errorf(p+".bind", "address %s is already bound by listener[%d]", ln.Bind, j-1)
+	} else {
+		binds[ln.Bind] = i + 1
+	}
+
+	switch ln.Mode {
+	case "http":
+	case "tcp":
+		l.errorf(p+".mode", "\"tcp\" (layer 4) listeners are not available in this version; use \"http\"")
+	default:
+		l.errorf(p+".mode", "%q is not one of http, tcp", ln.Mode)
+	}
+	l.checkPoolRef(p+".pool", ln.Pool, pools, true)
+
+	l.checkDur(ln.ReadTimeout, p+".read_timeout", false)
+	l.checkDur(ln.WriteTimeout, p+".write_timeout", false)
+	l.checkDur(ln.IdleTimeout, p+".idle_timeout", false)
+	l.checkSize(ln.MaxRequestBody, p+".max_request_body", 0)
+	l.checkSize(ln.MaxHeaderBytes, p+".max_header_bytes", 1024)
+	if ln.MaxHeaderBytes.err == nil && ln.MaxHeaderBytes.Bytes > 1<<20 {
+		l.errorf(p+".max_header_bytes", "%d is more than the 1MiB limit", ln.MaxHeaderBytes.Bytes)
+	}
+	if ln.MaxConnections < 1 {
+		l.errorf(p+".max_connections", "must be at least 1 (got %d)", ln.MaxConnections)
+	}
+	if ln.ProxyProtocol != "" {
+		l.errorf(p+".proxy_protocol", "sending the PROXY protocol is not available in this version")
+	}
+	if ln.AcceptProxyProtocol {
+		l.errorf(p+".accept_proxy_protocol", "accepting the PROXY protocol is not available in this version")
+	}
+	if ln.RedirectHTTPS != "" {
+		if ln.TLS != nil {
+			l.errorf(p+".redirect_https", "only a plaintext listener (without [listener.tls]) can redirect to HTTPS")
+		} else if _, err := ParseRedirect(ln.RedirectHTTPS); err != nil {
+			l.errorf(p+".redirect_https", "%v", err)
+		}
+	}
+	if ln.TLS != nil {
+		l.validateTLS(p+".tls", ln.TLS)
+	}
+	for j := range ln.Routes {
+		l.validateRoute(fmt.Sprintf("%s.route[%d]", p, j), &ln.Routes[j], pools)
+	}
+}
+
+func (l *loader) validateTLS(p string, t *TLS) {
+	if t.CertPEM == nil {
+		l.checkKeyPair(p, t.Cert, t.Key)
+	} else if _, err := tls.X509KeyPair(t.CertPEM, t.KeyPEM); err != nil {
+		l.errorf(p+".cert", "cannot load the certificate held in memory: %v", err)
+	}
+	for j, s := range t.SNI {
+		l.checkKeyPair(fmt.Sprintf("%s.sni[%d]", p, j), s.Cert, s.Key)
+	}
+	switch t.MinVersion {
+	case "1.2", "1.3":
+	default:
+		l.errorf(p+".min_version", "%q is not one of \"1.2\", \"1.3\" (older versions are insecure)", t.MinVersion)
+	}
+	switch t.ClientAuth {
+	case "none":
+	case "request", "require":
+		l.errorf(p+".client_auth", "client certificate authentication is not available in this version")
+	default:
+		l.errorf(p+".client_auth", "%q is not one of none, request, require", t.ClientAuth)
+	}
+	for j, a := range t.ALPN {
+		switch a {
+		case "http/1.1":
+		case "h2":
+			if l.defined(p + ".alpn") {
+				l.warnf(p+".alpn", "HTTP/2 is not available in this version; only http/1.1 is offered")
+			}
+		default:
+			l.errorf(fmt.Sprintf("%s.alpn[%d]", p, j), "%q is not one of \"h2\", \"http/1.1\"", a)
+		}
+	}
+	if strings.ContainsAny(t.HSTS, "\r\n") {
+		l.errorf(p+".hsts", "must be a single header value")
+	}
+}
+
+// checkKeyPair verifies that a certificate chain and its key can be read
+// and belong together.
+func (l *loader) checkKeyPair(p, cert, key string) {
+	ok := true
+	if cert == "" {
+		l.errorf(p+".cert", "missing (path to a PEM certificate chain)")
+		ok = false
+	} else if err := readable(cert); err != nil {
+		l.errorf(p+".cert", "%v", err)
+		ok = false
+	}
+	if key == "" {
+		l.errorf(p+".key", "missing (path to the PEM private key)")
+		ok = false
+	} else if err := readable(key); err != nil {
+		l.errorf(p+".key", "%v", err)
+		ok = false
+	}
+	if !ok {
+		return
+	}
+	if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
+		l.errorf(p+".cert", "cannot load %s with %s: %v", cert, key, err)
+	}
+}
+
+func readable(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("cannot read %s: %v", path, unwrapPathError(err))
+	}
+	return f.Close()
+}
+
+func (l *loader) validateRoute(p string, r *Route, pools map[string]int) {
+	l.checkPoolRef(p+".pool", r.Pool, pools, true)
+	if r.SNI != "" {
+		l.errorf(p+".sni", "SNI routing applies to tcp listeners, which are not available in this version")
+	}
+	if r.Host == "" && r.PathPrefix == "" {
+		l.errorf(p, "a route needs host or path_prefix (requests matching neither go to the listener's pool)")
+	}
+	if r.Host != "" {
+		if err := checkHostPattern(r.Host); err != nil {
+			l.errorf(p+".host", "%v", err)
+		}
+	}
+	if r.PathPrefix != "" && r.PathPrefix[0] != '/' {
+		l.errorf(p+".path_prefix", "%q must start with \"/\"", r.PathPrefix)
+	}
+}
+
+func (l *loader) checkPoolRef(path, name string, pools map[string]int, required bool) {
+	if name == "" {
+		if required {
+			l.errorf(path, "missing (the name of a [[pool]])")
+		}
+		return
+	}
+	if pools[name] == 0 {
+		l.errorf(path, "no pool named %q%s", name, poolHint(l.cfg, name))
+	}
+}
+
+func poolHint(c *Config, name string) string {
+	var known []string
+	for _, p := range c.Pools {
+		if p.Name != "" {
+			known = append(known, strconv.Quote(p.Name))
+		}
+	}
+	if len(known) == 0 {
+		return ""
+	}
+	return " (pools: " + strings.Join(known, ", ") + ")"
+}
+
+func (l *loader) validatePool(i int, pools map[string]int) {
+	pl := &l.cfg.Pools[i]
+	p := fmt.Sprintf("pool[%d]", i)
+	switch {
+	case pl.Name == "":
+		l.errorf(p+".name", "missing (every pool needs a unique name)")
+	case pools[pl.Name] > 0:
+		l.errorf(p+".name", "duplicate name %q (also pool[%d])", pl.Name, pools[pl.Name]-1)
+	default:
+		pools[pl.Name] = i + 1
+	}
+	switch pl.Algorithm {
+	case "round_robin", "least_conn":
+	default:
+		l.errorf(p+".algorithm", "%q is not one of round_robin, least_conn", pl.Algorithm)
+	}
+	if pl.Retries < 0 || pl.Retries > MaxRetries {
+		l.errorf(p+".retries", "%d is out of range 0-%d", pl.Retries, MaxRetries)
+	}
+	l.checkDur(pl.ConnectTimeout, p+".connect_timeout", false)
+	l.checkDur(pl.ResponseTimeout, p+".response_timeout", false)
+	if pl.MaxConnsPerBackend < 0 {
+		l.errorf(p+".max_conns_per_backend", "must be 0 (unlimited) or more (got %d)", pl.MaxConnsPerBackend)
+	}
+	l.validateHealth(p+".health", &pl.Health)
+	if pl.Cache != nil {
+		l.errorf(p+".cache", "the response cache is not available in this version")
+	}
+	if len(pl.Backends) == 0 {
+		l.errorf(p, "pool %q has no [[pool.backend]]", pl.Name)
+	}
+	addrs := map[string]int{}
+	for j := range pl.Backends {
+		b := &pl.Backends[j]
+		bp := fmt.Sprintf("%s.backend[%d]", p, j)
+		switch {
+		case b.Address == "":
+			l.errorf(bp+".address", "missing (host:port of the backend)")
+		default:
+			if err := checkHostPort(b.Address, false); err != nil {
+				l.errorf(bp+".address", "%v", err)
+			} else if k := addrs[b.Address]; k > 0 {
+				l.errorf(bp+".address", "duplicate backend %s (also %s.backend[%d])", b.Address, p, k-1)
+			} else {
+				addrs[b.Address] = j + 1
+			}
+		}
+		if b.Weight < 0 || b.Weight > MaxWeight {
+			l.errorf(bp+".weight", "%d is out of range 0-%d", b.Weight, MaxWeight)
+		}
+	}
+}
+
+func (l *loader) validateHealth(p string, h *Health) {
+	switch h.Check {
+	case "http", "tcp", "none":
+	default:
+		l.errorf(p+".check", "%q is not one of http, tcp, none", h.Check)
+	}
+	if h.Path == "" || h.Path[0] != '/' || strings.ContainsAny(h.Path, " \r\n") {
+		l.errorf(p+".path", "%q must be a path starting with \"/\"", h.Path)
+	}
+	l.checkDur(h.Interval, p+".interval", false)
+	l.checkDur(h.Timeout, p+".timeout", false)
+	if h.Rise < 1 {
+		l.errorf(p+".rise", "must be at least 1 (got %d)", h.Rise)
+	}
+	if h.Fall < 1 {
+		l.errorf(p+".fall", "must be at least 1 (got %d)", h.Fall)
+	}
+	set, err := ParseStatusSet(h.ExpectStatus)
+	if err != nil {
+		l.errorf(p+".expect_status", "%v", err)
+	}
+	h.Expect = set
+	if h.PassiveFailures < 0 {
+		l.errorf(p+".passive_failures", "must be 0 (off) or more (got %d)", h.PassiveFailures)
+	}
+	l.checkDur(h.SlowStart, p+".slow_start", true)
+	if h.SlowStart.err == nil && h.SlowStart.Duration > 0 {
+		l.errorf(p+".slow_start", "slow start is not available in this version")
+	}
+}
+
+// checkDur reports a duration that did not parse, is negative, or is zero
+// where zero means nothing.
+func (l *loader) checkDur(d Duration, path string, zeroOK bool) {
+	switch {
+	case d.err != nil:
+		l.errorf(path, "%v", d.err)
+	case d.Duration < 0:
+		l.errorf(path, "must not be negative (got %s)", d.Duration)
+	case d.Duration == 0 && !zeroOK:
+		l.errorf(path, "must be greater than 0")
+	}
+}
+
+func (l *loader) checkSize(s Size, path string, minimum int64) {
+	switch {
+	case s.err != nil:
+		l.errorf(path, "%v", s.err)
+	case s.Bytes <= 0:
+		l.errorf(path, "must be greater than 0")
+	case s.Bytes < minimum:
+		l.errorf(path, "must be at least %d bytes (got %d)", minimum, s.Bytes)
+	}
+}
+
+// checkHostPort validates "host:port". A listening address may leave the
+// host empty (":8443", all interfaces); a backend address may not.
+func checkHostPort(addr string, listen bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return fmt.Errorf("%q is not host:port (%s)", addr, ae.Err)
+		}
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 || (!listen && n == 0) {
+		return fmt.Errorf("%q has a bad port %q (1-65535)", addr, port)
+	}
+	if host == "" && !listen {
+		return fmt.Errorf("%q has no host", addr)
+	}
+	if host != "" && net.ParseIP(host) == nil && !validHostname(host) {
+		return fmt.Errorf("%q has a bad host %q", addr, host)
+	}
+	return nil
+}
+
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, c := range label {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func checkHostPattern(h string) error {
+	name := strings.TrimPrefix(h, "*.")
+	if strings.Contains(name, "*") || !validHostname(name) {
+		return fmt.Errorf("%q is not a host name or a \"*.example.com\" wildcard", h)
+	}
+	return nil
+}

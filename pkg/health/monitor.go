@@ -1,0 +1,181 @@
+// Package health decides whether backends are up: active checks on a
+// ticker (HTTP or TCP) with rise/fall thresholds, and passive counting of
+// failed proxied requests. Verdicts are stored in each backend's
+// balancer.State; a transition is made by compare-and-swap, so it is
+// logged exactly once, with its reason.
+package health
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/config"
+)
+
+// checker runs one active check against a backend address.
+type checker interface {
+	check(ctx context.Context, addr string) error
+}
+
+// Monitor checks the backends of one pool. It is safe for concurrent use;
+// the proxy reports passive results to it while its goroutines check.
+type Monitor struct {
+	pool    *balancer.Pool
+	cfg     config.Health
+	log     hclog.Logger
+	checker checker // nil when check = "none"
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewMonitor returns a monitor for pool; Start begins checking.
+func NewMonitor(pool *balancer.Pool, cfg config.Health, log hclog.Logger) *Monitor {
+	m := &Monitor{pool: pool, cfg: cfg, log: log.Named("health").With("pool", pool.Name)}
+	switch cfg.Check {
+	case "http":
+		m.checker = &httpChecker{path: cfg.Path, expect: cfg.Expect}
+	case "tcp":
+		m.checker = tcpChecker{}
+	}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	return m
+}
+
+// Start runs the first check of every backend at once, then one every
+// interval, each backend on its own goroutine, until Stop.
+func (m *Monitor) Start() {
+	if m.checker == nil {
+		return
+	}
+	for _, b := range m.pool.Backends {
+		m.wg.Add(1)
+		go m.loop(b)
+	}
+}
+
+// Stop ends all checks and waits for them to return.
+func (m *Monitor) Stop() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+func (m *Monitor) loop(b *balancer.Backend) {
+	defer m.wg.Done()
+	t := time.NewTicker(m.cfg.Interval.Duration)
+	defer t.Stop()
+	for {
+		m.checkOnce(b)
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// checkOnce runs one active check of b and records its result.
+func (m *Monitor) checkOnce(b *balancer.Backend) {
+	defer func() {
+		if r := recover(); r != nil {
+			m.log.Error("health check panicked", "backend", b.Address, "panic", r)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout.Duration)
+	err := m.checker.check(ctx, b.Address)
+	cancel()
+	if m.ctx.Err() != nil {
+		return // stopping: the result means nothing
+	}
+	if err != nil && ctx.Err() == context.DeadlineExceeded {
+		err = fmt.Errorf("no answer within %s", m.cfg.Timeout.Duration)
+	}
+	b.MarkChecked(time.Now())
+	m.record(b, err)
+}
+
+// record applies one active check result to the rise/fall state machine.
+func (m *Monitor) record(b *balancer.Backend, err error) {
+	passes, fails, passive := b.CheckCounters()
+	if err == nil {
+		fails.Store(0)
+		n := passes.Inc()
+		if b.Up() {
+			b.SetLastError("")
+			return
+		}
+		if int(n) >= m.cfg.Rise && b.SetUp(true) {
+			passive.Store(0)
+			b.SetLastError("")
+			m.log.Info("backend is up", "backend", b.Address, "reason", fmt.Sprintf("%d consecutive checks passed", n))
+			m.pool.Refresh()
+		}
+		return
+	}
+	passes.Store(0)
+	n := fails.Inc()
+	b.SetLastError(err.Error())
+	if b.Up() && int(n) >= m.cfg.Fall && b.SetUp(false) {
+		m.log.Warn("backend is down", "backend", b.Address,
+			"reason", fmt.Sprintf("%d consecutive checks failed, last: %v", n, err))
+		m.pool.Refresh()
+	}
+}
+
+// ReportSuccess records a proxied request that b answered.
+func (m *Monitor) ReportSuccess(b *balancer.Backend) {
+	if m.cfg.PassiveFailures <= 0 {
+		return
+	}
+	if _, _, passive := b.CheckCounters(); passive.Load() != 0 {
+		passive.Store(0)
+	}
+}
+
+// ReportFailure records a proxied request that b failed (it refused the
+// connection, broke it, timed out or answered garbage). After
+// passive_failures in a row the backend goes down until active checks
+// raise it again (with check = "none", until one interval has passed).
+func (m *Monitor) ReportFailure(b *balancer.Backend, reason string) {
+	b.SetLastError(reason)
+	if m.cfg.PassiveFailures <= 0 {
+		return
+	}
+	passes, _, passive := b.CheckCounters()
+	n := passive.Inc()
+	if int(n) < m.cfg.PassiveFailures || !b.SetUp(false) {
+		return
+	}
+	passes.Store(0)
+	m.log.Warn("backend is down", "backend", b.Address,
+		"reason", fmt.Sprintf("%d consecutive requests failed, last: %s", n, reason))
+	m.pool.Refresh()
+	if m.checker == nil {
+		m.wg.Add(1)
+		go m.holdDown(b)
+	}
+}
+
+// holdDown brings a passively failed backend back after one interval when
+// there are no active checks to do it, as NGINX's fail_timeout does.
+func (m *Monitor) holdDown(b *balancer.Backend) {
+	defer m.wg.Done()
+	t := time.NewTimer(m.cfg.Interval.Duration)
+	defer t.Stop()
+	select {
+	case <-m.ctx.Done():
+	case <-t.C:
+		_, _, passive := b.CheckCounters()
+		passive.Store(0)
+		if b.SetUp(true) {
+			m.log.Info("backend is up", "backend", b.Address, "reason", "passive hold-down expired (no active checks)")
+			m.pool.Refresh()
+		}
+	}
+}

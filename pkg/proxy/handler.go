@@ -1,0 +1,382 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/valyala/fasthttp"
+
+	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/config"
+)
+
+// maxBufferedBody is the largest response body read whole, releasing the
+// backend connection before the client has read anything; bigger and
+// unknown-length bodies stream through.
+const maxBufferedBody = 64 << 10
+
+// Listener is what the handler needs to know of one listener. It is
+// immutable once published; Handler.Update swaps in a new one.
+type Listener struct {
+	Name string
+	// TLS is whether clients connect over TLS (X-Forwarded-Proto: https).
+	TLS bool
+	// Routes are tried in order; the first match wins.
+	Routes []Route
+	// Default serves requests no route matches. It may be nil only when
+	// Redirect is set.
+	Default *Upstream
+	// HSTS, when set, is sent as Strict-Transport-Security on every
+	// response.
+	HSTS []byte
+	// Redirect, when set, answers every request with a 308 to HTTPS.
+	Redirect *config.Redirect
+}
+
+// Route sends requests for a host and/or path prefix to an upstream.
+type Route struct {
+	// Host is an exact lower-case host name, or "*.example.com" to match
+	// any name below example.com; "" matches every host.
+	Host string
+	// PathPrefix matches the start of the normalised path; "" matches all.
+	PathPrefix string
+	Upstream   *Upstream
+}
+
+func (r *Route) match(host, path []byte) bool {
+	if r.Host != "" {
+		if r.Host[0] == '*' {
+			suffix := r.Host[1:] // ".example.com"
+			if len(host) <= len(suffix) || !bytes.EqualFold(host[len(host)-len(suffix):], []byte(suffix)) {
+				return false
+			}
+		} else if !bytes.EqualFold(host, []byte(r.Host)) {
+			return false
+		}
+	}
+	return r.PathPrefix == "" || bytes.HasPrefix(path, []byte(r.PathPrefix))
+}
+
+// route picks the upstream for a request.
+func (l *Listener) route(host, path []byte) *Upstream {
+	if len(l.Routes) == 0 {
+		return l.Default
+	}
+	host = stripPort(host)
+	for i := range l.Routes {
+		if l.Routes[i].match(host, path) {
+			return l.Routes[i].Upstream
+		}
+	}
+	return l.Default
+}
+
+// stripPort removes ":port" from a Host value ("[::1]:8443" -> "[::1]").
+func stripPort(host []byte) []byte {
+	i := bytes.LastIndexByte(host, ':')
+	if i < 0 || bytes.IndexByte(host[i:], ']') >= 0 {
+		return host
+	}
+	return host[:i]
+}
+
+// Handler serves one listener's requests. It is safe for concurrent use;
+// Update may be called while requests are served, and each request uses
+// the Listener it started with.
+type Handler struct {
+	l      atomic.Pointer[Listener]
+	log    hclog.Logger
+	access hclog.Logger
+}
+
+// NewHandler returns a handler for l. access receives one line per request;
+// nil turns access logging off.
+func NewHandler(l *Listener, log, access hclog.Logger) *Handler {
+	h := &Handler{log: log, access: access}
+	h.l.Store(l)
+	return h
+}
+
+// Update makes new requests use l.
+func (h *Handler) Update(l *Listener) { h.l.Store(l) }
+
+// Listener returns the listener state new requests use.
+func (h *Handler) Listener() *Listener { return h.l.Load() }
+
+// Serve is the fasthttp request handler.
+func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
+	l := h.l.Load()
+	var (
+		up       *Upstream
+		b        *balancer.Backend
+		attempts int
+		err      error
+	)
+	if l.Redirect != nil {
+		redirect(ctx, l.Redirect)
+	} else if code := checkRequest(ctx); code != 0 {
+		errorResponse(ctx, code)
+		ctx.SetConnectionClose()
+	} else if up = l.route(ctx.Host(), ctx.Path()); up == nil {
+		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
+	} else {
+		prepareRequest(ctx, l.TLS)
+		b, attempts, err = h.forward(ctx, up)
+	}
+	if l.HSTS != nil {
+		ctx.Response.Header.SetCanonical(hSTS, l.HSTS)
+	}
+	if h.access != nil {
+		h.logAccess(ctx, l, up, b, attempts, err)
+	}
+}
+
+// forward sends the request to a backend of up, retrying on others where
+// that is safe, and leaves the response (or an error response) in ctx.
+func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.Backend, attempts int, lastErr error) {
+	idempotent := isIdempotent(&ctx.Request.Header)
+	maxAge := IdleConnTimeout
+	if !idempotent {
+		maxAge = safeReuseAge
+	}
+	x := exchange{timeout: up.ResponseTimeout, maxBuffered: maxBufferedBody}
+	var tried balancer.Tried
+	for attempts <= up.Retries {
+		next, err := up.Pool.Acquire(&tried, up.QueueTimeout)
+		if err != nil {
+			if lastErr == nil {
+				lastErr = err
+			}
+			break
+		}
+		b = next
+		attempts++
+		tried.Add(b)
+		x.t = up.Transports[b.Index]
+		stream, err := x.roundTrip(&ctx.Request, &ctx.Response, maxAge)
+		if err != nil && idempotent && errorKind(err) == ErrStale {
+			// The backend closed a pooled connection as it was reused:
+			// it never saw the request. Try once more on a new one.
+			ctx.Response.ResetBody()
+			stream, err = x.roundTrip(&ctx.Request, &ctx.Response, 0)
+		}
+		if err == nil {
+			if stream != nil {
+				stream.up, stream.backend = up, b
+			} else {
+				up.finish(b, nil)
+			}
+			if !cleanResponse(&ctx.Response.Header) {
+				ctx.Response.Header.SetCanonical(hDate, httpDate())
+			}
+			if !ctx.Response.Header.IsHTTP11() {
+				ctx.Response.Header.SetProtocol(http11)
+			}
+			return b, attempts, nil
+		}
+		up.finish(b, err)
+		lastErr = err
+		if !retryable(err, idempotent) {
+			break
+		}
+		if h.log.IsDebug() {
+			h.log.Debug("retrying on another backend", "pool", up.Pool.Name, "backend", b.Address, "error", err)
+		}
+	}
+	errorResponse(ctx, statusFor(lastErr))
+	return b, attempts, lastErr
+}
+
+func errorKind(err error) ErrorKind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return 0
+}
+
+// retryable reports whether a request that failed with err may be sent to
+// another backend: always when nothing was sent, otherwise only when the
+// method is idempotent (RFC 9110 section 9.2.2).
+func retryable(err error, idempotent bool) bool {
+	switch errorKind(err) {
+	case ErrConnect:
+		return true
+	case ErrStale, ErrSend, ErrTimeout, ErrResponse:
+		return idempotent
+	}
+	return false
+}
+
+// statusFor maps a failure to the status the client gets: no backend 503,
+// too slow 504, anything else from the backend side 502.
+func statusFor(err error) int {
+	switch {
+	case errors.Is(err, balancer.ErrNoBackend), errors.Is(err, balancer.ErrQueueTimeout):
+		return fasthttp.StatusServiceUnavailable
+	case errorKind(err) == ErrTimeout:
+		return fasthttp.StatusGatewayTimeout
+	}
+	return fasthttp.StatusBadGateway
+}
+
+func isIdempotent(h *fasthttp.RequestHeader) bool {
+	switch string(h.Method()) {
+	case "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE":
+		return true
+	}
+	return false
+}
+
+// checkRequest rejects what must never reach a backend, returning the
+// status to answer with, or 0. fasthttp itself already refuses malformed
+// heads, duplicate Content-Length, unknown transfer codings and oversized
+// heads and bodies (see ServeError).
+func checkRequest(ctx *fasthttp.RequestCtx) int {
+	h := &ctx.Request.Header
+	if h.IsConnect() || h.IsTrace() {
+		return fasthttp.StatusMethodNotAllowed
+	}
+	if len(ctx.Host()) == 0 {
+		if h.IsHTTP11() {
+			return fasthttp.StatusBadRequest // RFC 9112 section 3.2
+		}
+		// An HTTP/1.0 request may lack Host; name the address it reached.
+		h.SetHost(ctx.LocalAddr().String())
+	}
+	if h.ContentLength() == -1 && hasContentLength(h.RawHeaders()) {
+		// Both Content-Length and Transfer-Encoding: the classic request
+		// smuggling set-up (RFC 9112 section 6.3). fasthttp would pick
+		// chunked; refuse instead.
+		return fasthttp.StatusBadRequest
+	}
+	return 0
+}
+
+// hasContentLength reports whether raw header lines include a
+// Content-Length field.
+func hasContentLength(raw []byte) bool {
+	const name = "content-length"
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		if len(line) > len(name) && bytes.EqualFold(line[:len(name)], []byte(name)) {
+			rest := bytes.TrimLeft(line[len(name):], " \t")
+			if len(rest) > 0 && rest[0] == ':' {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ServeError answers requests fasthttp could not parse; it is the
+// server's ErrorHandler.
+func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
+	var code int
+	var small *fasthttp.ErrSmallBuffer
+	var ne net.Error
+	switch {
+	case errors.As(err, &small):
+		code = fasthttp.StatusRequestHeaderFieldsTooLarge
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		code = fasthttp.StatusRequestEntityTooLarge
+	case errors.As(err, &ne) && ne.Timeout():
+		code = fasthttp.StatusRequestTimeout
+	default:
+		code = fasthttp.StatusBadRequest
+	}
+	errorResponse(ctx, code)
+	if h.log.IsDebug() {
+		h.log.Debug("rejected request", "client", ctx.RemoteAddr().String(), "status", code, "error", err)
+	}
+	if h.access != nil {
+		h.logAccess(ctx, h.l.Load(), nil, nil, 0, err)
+	}
+}
+
+// errorResponse replaces whatever the response holds with a short plain
+// text one lb makes itself.
+func errorResponse(ctx *fasthttp.RequestCtx, code int) {
+	ctx.Response.Reset()
+	ctx.Response.SetStatusCode(code)
+	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
+	ctx.Response.SetBodyString(strconv.Itoa(code) + " " + fasthttp.StatusMessage(code) + "\n")
+}
+
+func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
+	host := r.Host
+	if host == "" {
+		host = string(stripPort(ctx.Host()))
+	}
+	if host == "" {
+		errorResponse(ctx, fasthttp.StatusBadRequest)
+		return
+	}
+	loc := make([]byte, 0, 64)
+	loc = append(loc, "https://"...)
+	loc = append(loc, host...)
+	if r.Port != "" {
+		loc = append(loc, ':')
+		loc = append(loc, r.Port...)
+	}
+	loc = append(loc, ctx.Request.Header.RequestURI()...)
+	ctx.Response.Header.SetCanonical(hLocation, loc)
+	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
+	ctx.SetStatusCode(fasthttp.StatusPermanentRedirect)
+}
+
+func (h *Handler) logAccess(ctx *fasthttp.RequestCtx, l *Listener, up *Upstream, b *balancer.Backend, attempts int, err error) {
+	pool, backend := "", ""
+	if up != nil {
+		pool = up.Pool.Name
+	}
+	if b != nil {
+		backend = b.Address
+	}
+	args := []any{
+		"listener", l.Name,
+		"client", ctx.RemoteAddr().String(),
+		"method", string(ctx.Method()),
+		"host", string(ctx.Host()),
+		"uri", string(ctx.Request.Header.RequestURI()),
+		"status", ctx.Response.StatusCode(),
+		"bytes", ctx.Response.Header.ContentLength(),
+		"pool", pool,
+		"backend", backend,
+		"attempts", attempts,
+		"duration", time.Since(ctx.Time()).Round(time.Microsecond).String(),
+	}
+	if err != nil {
+		args = append(args, "error", err.Error())
+	}
+	h.access.Info("request", args...)
+}
+
+// httpDate returns the current time as an HTTP Date value, formatted once
+// a second.
+func httpDate() []byte {
+	now := time.Now()
+	if d := cachedDate.Load(); d != nil && d.sec == now.Unix() {
+		return d.b
+	}
+	d := &dateValue{sec: now.Unix(), b: fasthttp.AppendHTTPDate(nil, now)}
+	cachedDate.Store(d)
+	return d.b
+}
+
+type dateValue struct {
+	sec int64
+	b   []byte
+}
+
+var cachedDate atomic.Pointer[dateValue]

@@ -1,0 +1,234 @@
+package proxy
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Header names in fasthttp's canonical form (it normalises names it
+// parses), so that they can be compared and set without normalising again.
+var (
+	hXForwardedFor   = []byte("X-Forwarded-For")
+	hXForwardedProto = []byte("X-Forwarded-Proto")
+	hXForwardedHost  = []byte("X-Forwarded-Host")
+	hSTS             = []byte("Strict-Transport-Security")
+	hDate            = []byte("Date")
+	hLocation        = []byte("Location")
+	protoHTTPS       = []byte("https")
+	protoHTTP        = []byte("http")
+	http11           = []byte("HTTP/1.1")
+)
+
+// Hop-by-hop headers (RFC 9110 section 7.6.1), found in one pass.
+const (
+	hopConnection = 1 << iota
+	hopKeepAlive
+	hopProxyConnection
+	hopTE
+	hopTrailer
+	hopUpgrade
+	hopProxyAuthorization
+	hopExpect
+	hopManyXFF
+)
+
+// scanRequestHeaders reports which hop-by-hop headers a request carries,
+// and whether it has more than one X-Forwarded-For.
+func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
+	xff := 0
+	for k := range h.All() {
+		switch len(k) {
+		case 2:
+			if string(k) == "Te" {
+				mask |= hopTE
+			}
+		case 6:
+			if string(k) == "Expect" {
+				mask |= hopExpect
+			}
+		case 7:
+			switch string(k) {
+			case "Trailer":
+				mask |= hopTrailer
+			case "Upgrade":
+				mask |= hopUpgrade
+			}
+		case 10:
+			switch string(k) {
+			case "Connection":
+				mask |= hopConnection
+			case "Keep-Alive":
+				mask |= hopKeepAlive
+			}
+		case 15:
+			if string(k) == "X-Forwarded-For" {
+				if xff++; xff > 1 {
+					mask |= hopManyXFF
+				}
+			}
+		case 16:
+			if string(k) == "Proxy-Connection" {
+				mask |= hopProxyConnection
+			}
+		case 19:
+			if string(k) == "Proxy-Authorization" {
+				mask |= hopProxyAuthorization
+			}
+		}
+	}
+	return mask
+}
+
+// prepareRequest turns a client request into the request for a backend, in
+// place: hop-by-hop headers go, X-Forwarded-* are added, the target is
+// sent in origin form exactly as the client wrote its path, and the
+// backend connection is kept alive whatever the client asked for its own.
+func prepareRequest(ctx *fasthttp.RequestCtx, tls bool) {
+	req := &ctx.Request
+	h := &req.Header
+	mask := scanRequestHeaders(h)
+	if mask != 0 {
+		removeHopHeaders(h, mask)
+	}
+	h.ResetConnectionClose()
+	if !h.IsHTTP11() {
+		h.SetProtocolBytes(http11)
+	}
+	req.URI().DisablePathNormalizing = true
+
+	host := ctx.Host()
+	var buf [256]byte
+	b := buf[:0]
+	if mask&hopManyXFF != 0 {
+		// Several X-Forwarded-For headers make one list (RFC 9110 5.3).
+		for i, v := range h.PeekAll("X-Forwarded-For") {
+			if i > 0 {
+				b = append(b, ", "...)
+			}
+			b = append(b, v...)
+		}
+		h.DelBytes(hXForwardedFor)
+	} else {
+		b = append(b, h.PeekBytes(hXForwardedFor)...)
+	}
+	if len(b) > 0 {
+		b = append(b, ", "...)
+	}
+	b = appendClientIP(b, ctx.RemoteAddr())
+	h.SetCanonical(hXForwardedFor, b)
+	if tls {
+		h.SetCanonical(hXForwardedProto, protoHTTPS)
+	} else {
+		h.SetCanonical(hXForwardedProto, protoHTTP)
+	}
+	if len(host) > 0 {
+		h.SetCanonical(hXForwardedHost, host)
+	}
+}
+
+func removeHopHeaders(h *fasthttp.RequestHeader, mask int) {
+	dropCommon(h, mask)
+	if mask&hopTE != 0 {
+		h.Del("Te")
+	}
+	if mask&hopTrailer != 0 {
+		h.Del("Trailer")
+	}
+	if mask&hopUpgrade != 0 {
+		h.Del("Upgrade")
+	}
+	if mask&hopProxyAuthorization != 0 {
+		h.Del("Proxy-Authorization")
+	}
+	if mask&hopExpect != 0 {
+		h.Del("Expect")
+	}
+}
+
+// cleanResponse removes the backend's hop-by-hop headers from a response
+// and reports whether it carries a Date.
+func cleanResponse(h *fasthttp.ResponseHeader) (hasDate bool) {
+	mask := 0
+	for k := range h.All() {
+		switch len(k) {
+		case 4:
+			if string(k) == "Date" {
+				hasDate = true
+			}
+		case 7:
+			if string(k) == "Upgrade" {
+				mask |= hopUpgrade
+			}
+		case 10:
+			switch string(k) {
+			case "Connection":
+				mask |= hopConnection
+			case "Keep-Alive":
+				mask |= hopKeepAlive
+			}
+		case 16:
+			if string(k) == "Proxy-Connection" {
+				mask |= hopProxyConnection
+			}
+		}
+	}
+	if mask == 0 {
+		return hasDate
+	}
+	dropCommon(h, mask)
+	if mask&hopUpgrade != 0 {
+		h.Del("Upgrade")
+	}
+	return hasDate
+}
+
+// headerEditor is what request and response headers have in common.
+type headerEditor interface {
+	Peek(key string) []byte
+	Del(key string)
+	DelBytes(key []byte)
+}
+
+// dropCommon removes Connection (and every header it names, which is
+// hop-by-hop too), Keep-Alive and Proxy-Connection.
+func dropCommon(h headerEditor, mask int) {
+	if mask&hopConnection != 0 {
+		// Copy the value: deleting headers moves the storage it is in.
+		var tmp [128]byte
+		conn := append(tmp[:0], h.Peek("Connection")...)
+		for len(conn) > 0 {
+			var tok []byte
+			tok, conn, _ = bytes.Cut(conn, []byte{','})
+			if tok = bytes.TrimSpace(tok); len(tok) > 0 {
+				h.DelBytes(tok)
+			}
+		}
+		h.Del("Connection")
+	}
+	if mask&hopKeepAlive != 0 {
+		h.Del("Keep-Alive")
+	}
+	if mask&hopProxyConnection != 0 {
+		h.Del("Proxy-Connection")
+	}
+}
+
+// appendClientIP appends the IP of a client address, without allocating.
+func appendClientIP(b []byte, a net.Addr) []byte {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			return ip.Unmap().AppendTo(b)
+		}
+	case nil:
+		return b
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return append(b, a.String()...)
+	}
+	return append(b, host...)
+}

@@ -1,0 +1,328 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Buffer sizes of a backend connection. The read buffer bounds a backend's
+// response head (as HAProxy's 16 KiB bufsize does).
+const (
+	backendReadBuffer  = 16 << 10
+	backendWriteBuffer = 4 << 10
+)
+
+// Connection reuse limits. A pooled connection idle longer than
+// IdleConnTimeout is closed rather than reused: many servers close idle
+// keep-alive connections after a few seconds (gunicorn 2 s, Apache and
+// Node.js 5 s), and a request sent just as they do is lost. A request that
+// cannot safely be sent twice (POST and friends) takes a pooled connection
+// only if it was used within safeReuseAge, when the race is all but
+// impossible; otherwise it opens a new one.
+const (
+	IdleConnTimeout = 2 * time.Second
+	safeReuseAge    = 500 * time.Millisecond
+	maxIdleConns    = 1024
+)
+
+// Transport sends requests to one backend over pooled keep-alive
+// connections. It is safe for concurrent use.
+type Transport struct {
+	addr   string
+	dialer net.Dialer
+
+	mu     sync.Mutex
+	idle   []*backendConn // most recently used last
+	closed bool
+}
+
+// NewTransport returns a transport to addr that gives up connecting after
+// connectTimeout.
+func NewTransport(addr string, connectTimeout time.Duration) *Transport {
+	return &Transport{
+		addr:   addr,
+		dialer: net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second},
+	}
+}
+
+// Addr is the backend address.
+func (t *Transport) Addr() string { return t.addr }
+
+type backendConn struct {
+	net.Conn
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	idleSince time.Time
+}
+
+// get returns a pooled connection used within maxAge, or a new one.
+func (t *Transport) get(now time.Time, maxAge time.Duration) (c *backendConn, reused bool, err error) {
+	t.mu.Lock()
+	if n := len(t.idle); n > 0 {
+		c = t.idle[n-1]
+		switch age := now.Sub(c.idleSince); {
+		case age < maxAge:
+			t.idle[n-1] = nil
+			t.idle = t.idle[:n-1]
+			t.mu.Unlock()
+			return c, true, nil
+		case age >= IdleConnTimeout:
+			// The newest is too old, so all are: drop them.
+			stale := t.idle
+			t.idle = nil
+			t.mu.Unlock()
+			for _, s := range stale {
+				s.Close()
+			}
+		default:
+			t.mu.Unlock()
+		}
+	} else {
+		t.mu.Unlock()
+	}
+	nc, err := t.dialer.Dial("tcp", t.addr)
+	if err != nil {
+		return nil, false, &Error{Kind: ErrConnect, Err: err}
+	}
+	return &backendConn{
+		Conn: nc,
+		br:   bufio.NewReaderSize(nc, backendReadBuffer),
+		bw:   bufio.NewWriterSize(nc, backendWriteBuffer),
+	}, false, nil
+}
+
+// put returns a connection to the pool after a complete exchange.
+func (t *Transport) put(c *backendConn) {
+	c.idleSince = time.Now()
+	t.mu.Lock()
+	if t.closed || len(t.idle) >= maxIdleConns {
+		t.mu.Unlock()
+		c.Close()
+		return
+	}
+	t.idle = append(t.idle, c)
+	t.mu.Unlock()
+}
+
+// CloseIdle closes pooled connections idle for IdleConnTimeout or more.
+func (t *Transport) CloseIdle(now time.Time) {
+	t.mu.Lock()
+	n := 0
+	for n < len(t.idle) && now.Sub(t.idle[n].idleSince) >= IdleConnTimeout {
+		n++
+	}
+	stale := append([]*backendConn(nil), t.idle[:n]...)
+	t.idle = append(t.idle[:0], t.idle[n:]...)
+	t.mu.Unlock()
+	for _, c := range stale {
+		c.Close()
+	}
+}
+
+// Close closes every pooled connection; connections in use close when
+// their exchange ends.
+func (t *Transport) Close() {
+	t.mu.Lock()
+	stale := t.idle
+	t.idle, t.closed = nil, true
+	t.mu.Unlock()
+	for _, c := range stale {
+		c.Close()
+	}
+}
+
+// IdleConns is the number of pooled connections.
+func (t *Transport) IdleConns() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.idle)
+}
+
+// ErrorKind says at which step an exchange with a backend failed, which
+// decides the status code and whether another attempt is safe.
+type ErrorKind int
+
+// Error kinds.
+const (
+	// ErrConnect: the connection could not be opened; nothing was sent.
+	ErrConnect ErrorKind = iota + 1
+	// ErrStale: a pooled connection turned out closed before any byte of
+	// a response arrived; the backend most likely never saw the request.
+	ErrStale
+	// ErrSend: writing the request failed.
+	ErrSend
+	// ErrTimeout: no response within response_timeout.
+	ErrTimeout
+	// ErrResponse: the response was not valid HTTP, or broke off.
+	ErrResponse
+)
+
+// Error is a failed exchange with a backend.
+type Error struct {
+	Kind ErrorKind
+	Err  error
+}
+
+func (e *Error) Error() string {
+	var what string
+	switch e.Kind {
+	case ErrConnect:
+		what = "connect"
+	case ErrStale:
+		what = "reused connection closed"
+	case ErrSend:
+		what = "send request"
+	case ErrTimeout:
+		what = "response timeout"
+	default:
+		what = "bad response"
+	}
+	return what + ": " + describe(e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// describe strips the "read tcp 1.2.3.4:5->6.7.8.9:80:" prefixes of net
+// errors, which log lines carry as fields already.
+func describe(err error) string {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		err = oe.Err
+	}
+	var se *os.SyscallError
+	if errors.As(err, &se) && se.Err != nil {
+		err = se.Err
+	}
+	return err.Error()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// isClosed reports errors that mean the peer closed or reset the
+// connection.
+func isClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// exchange is one request/response on a backend connection.
+type exchange struct {
+	t       *Transport
+	timeout time.Duration
+	// maxBuffered is the largest body read whole before the connection is
+	// released; larger or unknown-length bodies are streamed.
+	maxBuffered int
+}
+
+// roundTrip writes req to the backend and reads the response head into
+// resp. A small body is read too and the connection pooled again at once;
+// a large one is left on the connection and returned as a stream, which
+// owns the connection until it is closed. req must not be a body stream.
+func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, maxAge time.Duration) (*bodyStream, error) {
+	now := time.Now()
+	c, reused, err := x.t.get(now, maxAge)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.SetDeadline(now.Add(x.timeout)); err != nil {
+		c.Close()
+		return nil, &Error{Kind: ErrSend, Err: err}
+	}
+	err = req.Write(c.bw)
+	if err == nil {
+		err = c.bw.Flush()
+	}
+	if err != nil {
+		c.Close()
+		return nil, x.fail(ErrSend, reused, err)
+	}
+	// Wait for the first byte on its own so that "closed before answering"
+	// can be told apart from a broken answer.
+	if _, err := c.br.Peek(1); err != nil {
+		c.Close()
+		return nil, x.fail(ErrResponse, reused, err)
+	}
+	if err := readHead(c.br, &resp.Header); err != nil {
+		c.Close()
+		return nil, x.fail(ErrResponse, false, err)
+	}
+	closeAfter := resp.Header.ConnectionClose()
+	if resp.Header.StatusCode() == fasthttp.StatusSwitchingProtocols {
+		// Upgrade headers are not forwarded, so a switch is a broken
+		// backend; the connection now speaks something else.
+		c.Close()
+		return nil, &Error{Kind: ErrResponse, Err: errors.New("unexpected 101 Switching Protocols")}
+	}
+	// The backend's wish to close applies to its connection, not the
+	// client's.
+	resp.Header.ResetConnectionClose()
+
+	cl := resp.Header.ContentLength()
+	switch {
+	case req.Header.IsHead() || noBody(resp.Header.StatusCode()):
+		resp.SkipBody = req.Header.IsHead()
+		x.release(c, closeAfter)
+		return nil, nil
+	case cl >= 0 && cl <= x.maxBuffered:
+		if err := resp.ReadBody(c.br, cl); err != nil {
+			c.Close()
+			return nil, x.fail(ErrResponse, false, err)
+		}
+		x.release(c, closeAfter)
+		return nil, nil
+	}
+	s := acquireBodyStream(c, x.t, int64(cl), x.timeout, closeAfter)
+	resp.SetBodyStream(s, cl)
+	return s, nil
+}
+
+func (x *exchange) release(c *backendConn, closeAfter bool) {
+	if closeAfter {
+		c.Close()
+		return
+	}
+	x.t.put(c)
+}
+
+// fail classifies an error; a reused connection that failed before any
+// response byte is stale.
+func (x *exchange) fail(kind ErrorKind, reused bool, err error) error {
+	switch {
+	case isTimeout(err):
+		return &Error{Kind: ErrTimeout, Err: err}
+	case reused && isClosed(err):
+		return &Error{Kind: ErrStale, Err: err}
+	}
+	return &Error{Kind: kind, Err: err}
+}
+
+// readHead reads a response head, skipping interim 1xx responses (100
+// Continue, 103 Early Hints) other than 101.
+func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
+	for range 100 {
+		if err := h.Read(br); err != nil {
+			return err
+		}
+		if code := h.StatusCode(); code >= 200 || code < 100 || code == fasthttp.StatusSwitchingProtocols {
+			return nil
+		}
+	}
+	return errors.New("too many interim responses")
+}
+
+// noBody reports statuses whose responses never have a body (RFC 9112
+// section 6.3).
+func noBody(code int) bool {
+	return code < 200 || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified
+}

@@ -1,0 +1,60 @@
+// Package proxy is lb's L7 HTTP proxy: a fasthttp handler that routes each
+// request to a pool, picks a backend, forwards the request over a pooled
+// keep-alive connection with X-Forwarded-* headers, retries where that is
+// safe, and streams or buffers the response back.
+package proxy
+
+import (
+	"time"
+
+	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/health"
+)
+
+// Upstream is a pool as the proxy sees it: the balancer pool, one
+// Transport per backend (indexed by Backend.Index), the pool's health
+// monitor for passive reports, and its retry and timeout policy. It is
+// immutable once built.
+type Upstream struct {
+	Pool       *balancer.Pool
+	Transports []*Transport
+	Health     *health.Monitor
+	// Retries is how many other backends to try after a failed attempt.
+	Retries int
+	// QueueTimeout bounds the wait for a slot when every backend is at
+	// max_conns_per_backend.
+	QueueTimeout time.Duration
+	// ResponseTimeout bounds the wait for a response head, and each read
+	// of a streamed body.
+	ResponseTimeout time.Duration
+}
+
+// finish ends a request on b: frees its slot, counts it, and tells the
+// health monitor how it went. err is nil for a request the backend
+// answered (whatever the status).
+func (u *Upstream) finish(b *balancer.Backend, err error) {
+	u.Pool.Release(b)
+	b.CountRequest(err != nil)
+	if u.Health == nil {
+		return
+	}
+	if err != nil {
+		u.Health.ReportFailure(b, err.Error())
+	} else {
+		u.Health.ReportSuccess(b)
+	}
+}
+
+// Close closes the idle connections of every backend.
+func (u *Upstream) Close() {
+	for _, t := range u.Transports {
+		t.Close()
+	}
+}
+
+// CloseIdle closes connections idle too long to be reused.
+func (u *Upstream) CloseIdle(now time.Time) {
+	for _, t := range u.Transports {
+		t.CloseIdle(now)
+	}
+}
