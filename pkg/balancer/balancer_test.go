@@ -42,7 +42,7 @@ func TestSmoothWeightedRoundRobin(t *testing.T) {
 		{[]int{1, 1, 1}, "abcabc"},
 		{[]int{2, 1}, "abaaba"},
 		{[]int{10, 5, 5}, "abcaabcaabca"[:8]}, // gcd 5: same as 2,1,1
-		{[]int{3, 0, 1}, "aacaaaca"},           // weight 0 gets nothing
+		{[]int{3, 0, 1}, "aacaaaca"},          // weight 0 gets nothing
 	}
 	for _, tt := range tests {
 		p := newTestPool(t, RoundRobin, 0, tt.weights...)

@@ -8,7 +8,7 @@ import "math/rand/v2"
 // equally often rather than always to the first.
 type leastConn struct{}
 
-func (leastConn) next(p *Pool, tried *Tried) *Backend {
+func (*leastConn) next(p *Pool, tried *Tried) *Backend {
 	bs := p.Backends
 	n := len(bs)
 	if n == 0 {
@@ -32,5 +32,3 @@ func (leastConn) next(p *Pool, tried *Tried) *Backend {
 	}
 	return best
 }
-
-func (leastConn) refresh(*Pool) {}

@@ -23,15 +23,6 @@ const (
 	LeastConn  = "least_conn"
 )
 
-// selector picks a candidate: a usable, untried backend under the pool's
-// connection limit, or nil. It does not count the pick; Pool.Acquire does.
-type selector interface {
-	next(p *Pool, tried *Tried) *Backend
-	// refresh rebuilds whatever the selector precomputes from the
-	// backends' states and weights.
-	refresh(p *Pool)
-}
-
 // Pool is a set of backends and the policy that picks among them. A Pool is
 // built once and never changes shape; backends' live states change under
 // it. All methods are safe for concurrent use.
@@ -42,7 +33,10 @@ type Pool struct {
 	// MaxConns is the limit of requests in flight per backend, 0 for none.
 	MaxConns int64
 
-	sel     selector
+	// Exactly one selector is set. They are concrete types, not an
+	// interface, so that a *Tried on the caller's stack stays there.
+	rr      *roundRobin
+	lc      *leastConn
 	waiting atomic.Int32
 	freed   chan struct{}
 }
@@ -60,9 +54,9 @@ func NewPool(name, algorithm string, backends []*Backend, maxConns int) (*Pool, 
 	switch algorithm {
 	case RoundRobin, "":
 		p.Algorithm = RoundRobin
-		p.sel = &roundRobin{}
+		p.rr = &roundRobin{}
 	case LeastConn:
-		p.sel = &leastConn{}
+		p.lc = &leastConn{}
 	default:
 		return nil, fmt.Errorf("balancer: unknown algorithm %q", algorithm)
 	}
@@ -72,13 +66,26 @@ func NewPool(name, algorithm string, backends []*Backend, maxConns int) (*Pool, 
 			b.State = NewState()
 		}
 	}
-	p.sel.refresh(p)
+	p.Refresh()
 	return p, nil
 }
 
 // Refresh must be called after a backend of the pool goes up or down or is
 // drained or enabled, so that precomputed selection tables follow.
-func (p *Pool) Refresh() { p.sel.refresh(p) }
+func (p *Pool) Refresh() {
+	if p.rr != nil {
+		p.rr.refresh(p)
+	}
+}
+
+// next picks a candidate: a usable, untried backend under the connection
+// limit, or nil. It does not count the pick; Acquire does.
+func (p *Pool) next(tried *Tried) *Backend {
+	if p.rr != nil {
+		return p.rr.next(p, tried)
+	}
+	return p.lc.next(p, tried)
+}
 
 // Usable is the number of backends that are up and not drained.
 func (p *Pool) Usable() int {
@@ -126,7 +133,7 @@ func (p *Pool) Acquire(tried *Tried, wait time.Duration) (*Backend, error) {
 func (p *Pool) tryAcquire(tried *Tried) *Backend {
 	// A pick can lose the race for a backend's last slot; try a few times.
 	for range 4 {
-		b := p.sel.next(p, tried)
+		b := p.next(tried)
 		if b == nil {
 			return nil
 		}

@@ -171,9 +171,7 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 			} else {
 				up.finish(b, nil)
 			}
-			if !cleanResponse(&ctx.Response.Header) {
-				ctx.Response.Header.SetCanonical(hDate, httpDate())
-			}
+			cleanResponse(&ctx.Response.Header)
 			if !ctx.Response.Header.IsHTTP11() {
 				ctx.Response.Header.SetProtocol(http11)
 			}
@@ -247,21 +245,22 @@ func checkRequest(ctx *fasthttp.RequestCtx) int {
 			return fasthttp.StatusBadRequest // RFC 9112 section 3.2
 		}
 		// An HTTP/1.0 request may lack Host; name the address it reached.
-		h.SetHost(ctx.LocalAddr().String())
+		ctx.Request.URI().SetHost(ctx.LocalAddr().String())
 	}
-	if h.ContentLength() == -1 && hasContentLength(h.RawHeaders()) {
-		// Both Content-Length and Transfer-Encoding: the classic request
-		// smuggling set-up (RFC 9112 section 6.3). fasthttp would pick
-		// chunked; refuse instead.
+	// fasthttp marks a request with both Content-Length and
+	// Transfer-Encoding "close" and reads it as chunked; the raw head is
+	// looked at only then (and for requests that asked to close).
+	if h.ConnectionClose() && hasField(h.RawHeaders(), "content-length") && hasField(h.RawHeaders(), "transfer-encoding") {
+		// The classic request smuggling set-up (RFC 9112 section 6.3):
+		// refuse rather than pick one.
 		return fasthttp.StatusBadRequest
 	}
 	return 0
 }
 
-// hasContentLength reports whether raw header lines include a
-// Content-Length field.
-func hasContentLength(raw []byte) bool {
-	const name = "content-length"
+// hasField reports whether raw header lines include the named field
+// (lower-case name).
+func hasField(raw []byte, name string) bool {
 	for len(raw) > 0 {
 		line := raw
 		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
@@ -361,22 +360,3 @@ func (h *Handler) logAccess(ctx *fasthttp.RequestCtx, l *Listener, up *Upstream,
 	}
 	h.access.Info("request", args...)
 }
-
-// httpDate returns the current time as an HTTP Date value, formatted once
-// a second.
-func httpDate() []byte {
-	now := time.Now()
-	if d := cachedDate.Load(); d != nil && d.sec == now.Unix() {
-		return d.b
-	}
-	d := &dateValue{sec: now.Unix(), b: fasthttp.AppendHTTPDate(nil, now)}
-	cachedDate.Store(d)
-	return d.b
-}
-
-type dateValue struct {
-	sec int64
-	b   []byte
-}
-
-var cachedDate atomic.Pointer[dateValue]

@@ -15,7 +15,6 @@ var (
 	hXForwardedProto = []byte("X-Forwarded-Proto")
 	hXForwardedHost  = []byte("X-Forwarded-Host")
 	hSTS             = []byte("Strict-Transport-Security")
-	hDate            = []byte("Date")
 	hLocation        = []byte("Location")
 	protoHTTPS       = []byte("https")
 	protoHTTP        = []byte("http")
@@ -148,16 +147,11 @@ func removeHopHeaders(h *fasthttp.RequestHeader, mask int) {
 	}
 }
 
-// cleanResponse removes the backend's hop-by-hop headers from a response
-// and reports whether it carries a Date.
-func cleanResponse(h *fasthttp.ResponseHeader) (hasDate bool) {
+// cleanResponse removes the backend's hop-by-hop headers from a response.
+func cleanResponse(h *fasthttp.ResponseHeader) {
 	mask := 0
 	for k := range h.All() {
 		switch len(k) {
-		case 4:
-			if string(k) == "Date" {
-				hasDate = true
-			}
 		case 7:
 			if string(k) == "Upgrade" {
 				mask |= hopUpgrade
@@ -176,13 +170,12 @@ func cleanResponse(h *fasthttp.ResponseHeader) (hasDate bool) {
 		}
 	}
 	if mask == 0 {
-		return hasDate
+		return
 	}
 	dropCommon(h, mask)
 	if mask&hopUpgrade != 0 {
 		h.Del("Upgrade")
 	}
-	return hasDate
 }
 
 // headerEditor is what request and response headers have in common.
@@ -193,9 +186,10 @@ type headerEditor interface {
 }
 
 // dropCommon removes Connection (and every header it names, which is
-// hop-by-hop too), Keep-Alive and Proxy-Connection.
+// hop-by-hop too), Keep-Alive and Proxy-Connection. The common
+// "Connection: keep-alive" takes a path that does not allocate.
 func dropCommon(h headerEditor, mask int) {
-	if mask&hopConnection != 0 {
+	if mask&hopConnection != 0 && !bytes.EqualFold(h.Peek("Connection"), []byte("keep-alive")) {
 		// Copy the value: deleting headers moves the storage it is in.
 		var tmp [128]byte
 		conn := append(tmp[:0], h.Peek("Connection")...)
@@ -206,6 +200,8 @@ func dropCommon(h headerEditor, mask int) {
 				h.DelBytes(tok)
 			}
 		}
+	}
+	if mask&hopConnection != 0 {
 		h.Del("Connection")
 	}
 	if mask&hopKeepAlive != 0 {

@@ -44,7 +44,6 @@ func newListener(cfg config.Listener, state *proxy.Listener, term *tlsterm.Termi
 		Handler:                      l.handler.Serve,
 		ErrorHandler:                 l.handler.ServeError,
 		NoDefaultServerHeader:        true,
-		NoDefaultDate:                true,
 		NoDefaultContentType:         true,
 		ReadTimeout:                  cfg.ReadTimeout.Duration,
 		WriteTimeout:                 cfg.WriteTimeout.Duration,

@@ -1,0 +1,311 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+
+	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/config"
+	"github.com/offloadlb/lb/pkg/health"
+)
+
+// clientAddr is the address test clients appear to come from.
+var clientAddr = &net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 40000}
+
+// harness is a proxy handler served by a real fasthttp server on an
+// in-memory listener, in front of real backends on 127.0.0.1.
+type harness struct {
+	t      *testing.T
+	ln     *fasthttputil.InmemoryListener
+	srv    *fasthttp.Server
+	h      *Handler
+	up     *Upstream
+	client *http.Client
+}
+
+type harnessOpts struct {
+	backends        []string
+	algorithm       string
+	retries         int
+	responseTimeout time.Duration
+	maxBody         int
+	tls             bool
+	routes          []Route // Upstream nil means the harness's upstream
+	extra           map[string]*Upstream
+	health          *config.Health
+	listener        func(*Listener)
+}
+
+func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *Upstream {
+	t.Helper()
+	bs := make([]*balancer.Backend, len(addrs))
+	ts := make([]*Transport, len(addrs))
+	for i, a := range addrs {
+		bs[i] = &balancer.Backend{Address: a, Weight: 1}
+		ts[i] = NewTransport(a, time.Second)
+	}
+	algo := o.algorithm
+	if algo == "" {
+		algo = balancer.RoundRobin
+	}
+	pool, err := balancer.NewPool(name, algo, bs, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := config.Health{Check: "none", Interval: config.Duration{Duration: time.Second}}
+	if o.health != nil {
+		hc = *o.health
+	}
+	timeout := o.responseTimeout
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	up := &Upstream{
+		Pool:            pool,
+		Transports:      ts,
+		Health:          health.NewMonitor(pool, hc, hclog.NewNullLogger()),
+		Retries:         o.retries,
+		QueueTimeout:    time.Second,
+		ResponseTimeout: timeout,
+	}
+	t.Cleanup(func() { up.Health.Stop(); up.Close() })
+	return up
+}
+
+func newHarness(t *testing.T, o harnessOpts) *harness {
+	t.Helper()
+	up := newUpstream(t, "web", o.backends, o)
+	l := &Listener{Name: "test", TLS: o.tls, Default: up}
+	for _, r := range o.routes {
+		if r.Upstream == nil {
+			r.Upstream = up
+		}
+		l.Routes = append(l.Routes, r)
+	}
+	if o.listener != nil {
+		o.listener(l)
+	}
+	h := NewHandler(l, hclog.NewNullLogger(), nil)
+	maxBody := o.maxBody
+	if maxBody == 0 {
+		maxBody = 10 << 20
+	}
+	srv := &fasthttp.Server{
+		Handler:                      h.Serve,
+		ErrorHandler:                 h.ServeError,
+		NoDefaultServerHeader:        true,
+		NoDefaultContentType:         true,
+		MaxRequestBodySize:           maxBody,
+		ReadBufferSize:               16 << 10,
+		DisablePreParseMultipartForm: true,
+		SecureErrorLogMessage:        true,
+		Logger:                       quietLogger{},
+	}
+	ln := fasthttputil.NewInmemoryListener()
+	go srv.Serve(ln) //nolint:errcheck
+	hs := &harness{t: t, ln: ln, srv: srv, h: h, up: up}
+	hs.client = &http.Client{
+		Transport: &http.Transport{
+			DialContext: func(context.Context, string, string) (net.Conn, error) {
+				return ln.DialWithLocalAddr(clientAddr)
+			},
+			MaxIdleConnsPerHost: 100,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	t.Cleanup(func() {
+		hs.client.CloseIdleConnections()
+		srv.Shutdown() //nolint:errcheck
+	})
+	return hs
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Printf(string, ...any) {}
+
+// do sends a request through the proxy and returns status, body and the
+// response.
+func (hs *harness) do(method, url string, body io.Reader, hdr ...string) (*http.Response, string) {
+	hs.t.Helper()
+	req, err := http.NewRequest(method, "http://lb.test"+url, body)
+	if err != nil {
+		hs.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if strings.EqualFold(hdr[i], "Host") {
+			req.Host = hdr[i+1]
+		} else {
+			req.Header.Add(hdr[i], hdr[i+1])
+		}
+	}
+	resp, err := hs.client.Do(req)
+	if err != nil {
+		hs.t.Fatalf("%s %s: %v", method, url, err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		hs.t.Fatalf("%s %s: reading body: %v", method, url, err)
+	}
+	return resp, string(b)
+}
+
+// raw writes bytes on a new client connection and returns what comes back
+// until the proxy closes it or a second passes.
+func (hs *harness) raw(req string) string {
+	hs.t.Helper()
+	c, err := hs.ln.DialWithLocalAddr(clientAddr)
+	if err != nil {
+		hs.t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, req); err != nil {
+		hs.t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	b, _ := io.ReadAll(c)
+	return string(b)
+}
+
+// seen is what an echo backend received.
+type seen struct {
+	Backend string
+	Method  string
+	URI     string
+	Proto   string
+	Host    string
+	Header  http.Header
+	Body    string
+	Chunked bool
+}
+
+// echoBackend is a net/http server that answers with a JSON account of
+// each request. hits counts requests.
+type echoBackend struct {
+	addr  string
+	hits  atomic.Int64
+	conns atomic.Int64
+	srv   *http.Server
+	mu   sync.Mutex
+	last *seen
+}
+
+func startEcho(t testing.TB, handler ...func(w http.ResponseWriter, r *http.Request) bool) *echoBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &echoBackend{addr: ln.Addr().String()}
+	e.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.hits.Add(1)
+		for _, h := range handler {
+			if h(w, r) {
+				return
+			}
+		}
+		body, _ := io.ReadAll(r.Body)
+		s := &seen{
+			Backend: e.addr, Method: r.Method, URI: r.RequestURI, Proto: r.Proto, Host: r.Host,
+			Header: r.Header, Body: string(body), Chunked: len(r.TransferEncoding) > 0,
+		}
+		e.mu.Lock()
+		e.last = s
+		e.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(s) //nolint:errcheck
+	})}
+	e.srv.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			e.conns.Add(1)
+		}
+	}
+	go e.srv.Serve(ln) //nolint:errcheck
+	t.Cleanup(func() { e.srv.Close() })
+	return e
+}
+
+// lastSeen is the last request the backend answered.
+func (e *echoBackend) lastSeen() *seen {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.last
+}
+
+func decodeSeen(t *testing.T, body string) *seen {
+	t.Helper()
+	var s seen
+	if err := json.Unmarshal([]byte(body), &s); err != nil {
+		t.Fatalf("backend answer %q: %v", body, err)
+	}
+	return &s
+}
+
+// rawBackend serves each connection with fn on 127.0.0.1 and counts
+// connections.
+type rawBackend struct {
+	addr  string
+	conns atomic.Int64
+	ln    net.Listener
+}
+
+func startRaw(t testing.TB, fn func(c net.Conn, br *bufio.Reader)) *rawBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb := &rawBackend{addr: ln.Addr().String(), ln: ln}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			rb.conns.Add(1)
+			go func() {
+				defer c.Close()
+				fn(c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return rb
+}
+
+// readRequest reads one request head and body off a raw backend
+// connection.
+func readRequest(br *bufio.Reader) (*http.Request, error) {
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return nil, err
+	}
+	_, err = io.Copy(io.Discard, req.Body)
+	return req, err
+}
+
+// deadAddr returns a loopback address nothing listens on.
+func deadAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
