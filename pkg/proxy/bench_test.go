@@ -22,7 +22,7 @@ func startFastBackend(tb testing.TB) string {
 		body[i] = 'a' + byte(i%26)
 	}
 	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.SetBody(body) }}
-	go srv.Serve(ln) //nolint:errcheck
+	go srv.Serve(ln)                      //nolint:errcheck
 	tb.Cleanup(func() { srv.Shutdown() }) //nolint:errcheck
 	return ln.Addr().String()
 }

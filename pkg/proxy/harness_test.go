@@ -200,8 +200,8 @@ type echoBackend struct {
 	hits  atomic.Int64
 	conns atomic.Int64
 	srv   *http.Server
-	mu   sync.Mutex
-	last *seen
+	mu    sync.Mutex
+	last  *seen
 }
 
 func startEcho(t testing.TB, handler ...func(w http.ResponseWriter, r *http.Request) bool) *echoBackend {
