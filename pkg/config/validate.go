@@ -85,7 +85,8 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 	default:
 		l.errorf(p+".mode", "%q is not one of http, tcp", ln.Mode)
 	}
-	l.checkPoolRef(p+".pool", ln.Pool, pools, true)
+	// A listener that only redirects to HTTPS needs no pool.
+	l.checkPoolRef(p+".pool", ln.Pool, pools, ln.RedirectHTTPS == "")
 
 	l.checkDur(ln.ReadTimeout, p+".read_timeout", false)
 	l.checkDur(ln.WriteTimeout, p+".write_timeout", false)

@@ -1,0 +1,361 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/offloadlb/lb/internal/certgen"
+)
+
+// writeCerts makes certs/site.pem and certs/site.key under dir.
+func writeCerts(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dir, "certs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"site", "api"} {
+		p, err := certgen.SelfSigned(name + ".example.com")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := p.Write(filepath.Join(dir, "certs"), name); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// parseIn writes src as dir/lb.toml (with certificates beside it) and
+// loads it.
+func parseIn(t *testing.T, src string) (*Config, error) {
+	t.Helper()
+	dir := t.TempDir()
+	writeCerts(t, dir)
+	path := filepath.Join(dir, "lb.toml")
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return Load(path)
+}
+
+const minimal = `
+[[listener]]
+name = "https"
+bind = "127.0.0.1:8443"
+pool = "web"
+  [listener.tls]
+  cert = "certs/site.pem"
+  key = "certs/site.key"
+
+[[pool]]
+name = "web"
+  [[pool.backend]]
+  address = "10.0.0.11:8080"
+`
+
+func TestDefaults(t *testing.T) {
+	cfg, err := parseIn(t, minimal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := cfg.Global
+	if g.LogLevel != "info" || g.LogFormat != "text" || g.AccessLog != "stdout" ||
+		g.Admin != "127.0.0.1:9100" || g.ShutdownGrace.Duration != 30*time.Second || !g.Watch {
+		t.Errorf("global defaults: %+v", g)
+	}
+	l := cfg.Listeners[0]
+	if l.Mode != "http" || l.ReadTimeout.Duration != 30*time.Second || l.WriteTimeout.Duration != 30*time.Second ||
+		l.IdleTimeout.Duration != 60*time.Second || l.MaxRequestBody.Bytes != 10<<20 ||
+		l.MaxHeaderBytes.Bytes != 16<<10 || l.MaxConnections != 10000 {
+		t.Errorf("listener defaults: %+v", l)
+	}
+	if l.TLS.MinVersion != "1.2" || l.TLS.ClientAuth != "none" || strings.Join(l.TLS.ALPN, ",") != "h2,http/1.1" {
+		t.Errorf("tls defaults: %+v", l.TLS)
+	}
+	if !filepath.IsAbs(l.TLS.Cert) || !strings.HasSuffix(l.TLS.Cert, "certs/site.pem") {
+		t.Errorf("cert path %q not resolved against the config's folder", l.TLS.Cert)
+	}
+	p := cfg.Pools[0]
+	if p.Algorithm != "round_robin" || p.Retries != 1 || p.ConnectTimeout.Duration != 2*time.Second ||
+		p.ResponseTimeout.Duration != 30*time.Second || p.MaxConnsPerBackend != 512 {
+		t.Errorf("pool defaults: %+v", p)
+	}
+	h := p.Health
+	if h.Check != "tcp" || h.Path != "/healthz" || h.Interval.Duration != 2*time.Second || h.Timeout.Duration != time.Second ||
+		h.Rise != 2 || h.Fall != 3 || h.ExpectStatus != "200-399" || h.PassiveFailures != 5 || h.SlowStart.Duration != 0 {
+		t.Errorf("health defaults: %+v", h)
+	}
+	if !h.Expect.Contains(200) || !h.Expect.Contains(399) || h.Expect.Contains(404) {
+		t.Errorf("expect_status parsed as %v", h.Expect)
+	}
+	if p.Backends[0].Weight != 1 {
+		t.Errorf("weight default %d", p.Backends[0].Weight)
+	}
+}
+
+func TestZeroValuesAreKeptWhenWritten(t *testing.T) {
+	src := strings.Replace(minimal, `name = "web"`, `name = "web"
+retries = 0
+max_conns_per_backend = 0
+  [pool.health]
+  passive_failures = 0`, 1)
+	src = strings.Replace(src, `address = "10.0.0.11:8080"`, `address = "10.0.0.11:8080"
+  weight = 0`, 1)
+	src = "[global]\nadmin = \"\"\naccess_log = \"\"\nwatch = false\n" + src
+	cfg, err := parseIn(t, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.Pools[0]
+	if p.Retries != 0 || p.MaxConnsPerBackend != 0 || p.Health.PassiveFailures != 0 || p.Backends[0].Weight != 0 {
+		t.Errorf("explicit zeros replaced by defaults: %+v", p)
+	}
+	if cfg.Global.Admin != "" || cfg.Global.AccessLog != "" || cfg.Global.Watch {
+		t.Errorf("explicit empty values replaced: %+v", cfg.Global)
+	}
+}
+
+func TestBadConfigs(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(string) string
+		want string // "line:key: message" fragment
+	}{
+		{
+			"unknown key",
+			func(s string) string {
+				return strings.Replace(s, `address = "10.0.0.11:8080"`, `adress = "10.0.0.11:8080"`, 1)
+			},
+			`:13: pool[0].backend[0].adress: unknown key (did you mean "address"?)`,
+		},
+		{
+			"missing pool",
+			func(s string) string { return strings.Replace(s, `pool = "web"`, `pool = "wbe"`, 1) },
+			`:5: listener[0].pool: no pool named "wbe" (pools: "web")`,
+		},
+		{
+			"bad duration",
+			func(s string) string {
+				return strings.Replace(s, `name = "web"`, `name = "web"
+connect_timeout = "2"`, 1)
+			},
+			`:12: pool[0].connect_timeout: "2" is not a duration`,
+		},
+		{
+			"duration without unit",
+			func(s string) string {
+				return strings.Replace(s, `name = "web"`, `name = "web"
+response_timeout = 30`, 1)
+			},
+			`:12: pool[0].response_timeout: 30 has no unit`,
+		},
+		{
+			"duplicate name",
+			func(s string) string {
+				return s + "\n[[pool]]\nname = \"web\"\n  [[pool.backend]]\n  address = \"10.0.0.12:80\"\n"
+			},
+			`:16: pool[1].name: duplicate name "web" (also pool[0])`,
+		},
+		{
+			"bad address",
+			func(s string) string { return strings.Replace(s, `"10.0.0.11:8080"`, `"10.0.0.11"`, 1) },
+			`:13: pool[0].backend[0].address: "10.0.0.11" is not host:port (missing port in address)`,
+		},
+		{
+			"port out of range",
+			func(s string) string { return strings.Replace(s, `"10.0.0.11:8080"`, `"10.0.0.11:80800"`, 1) },
+			`pool[0].backend[0].address: "10.0.0.11:80800" has a bad port`,
+		},
+		{
+			"unreadable cert",
+			func(s string) string { return strings.Replace(s, `certs/site.pem`, `certs/missing.pem`, 1) },
+			`:7: listener[0].tls.cert: cannot read `,
+		},
+		{
+			"cert and key that do not match",
+			func(s string) string { return strings.Replace(s, `certs/site.key`, `certs/api.key`, 1) },
+			`listener[0].tls.cert: cannot load`,
+		},
+		{
+			"bad enum",
+			func(s string) string {
+				return strings.Replace(s, `name = "web"`, `name = "web"
+algorithm = "random"`, 1)
+			},
+			`:12: pool[0].algorithm: "random" is not one of round_robin, least_conn`,
+		},
+		{
+			"bad size",
+			func(s string) string {
+				return strings.Replace(s, `pool = "web"`, `pool = "web"
+max_request_body = "10 parsecs"`, 1)
+			},
+			`:6: listener[0].max_request_body: "10 parsecs" is not a size`,
+		},
+		{
+			"wrong type",
+			func(s string) string {
+				return strings.Replace(s, `address = "10.0.0.11:8080"`, `address = "10.0.0.11:8080"
+  weight = "heavy"`, 1)
+			},
+			`:14: pool[0].backend[0].weight: must be an integer, not a string`,
+		},
+		{
+			"syntax error",
+			func(s string) string { return strings.Replace(s, `name = "web"`, `name = "web`, 1) },
+			`:11: pool.name: strings cannot contain newlines`,
+		},
+		{
+			"tls 1.1",
+			func(s string) string {
+				return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
+  min_version = "1.1"`, 1)
+			},
+			`:9: listener[0].tls.min_version: "1.1" is not one of "1.2", "1.3"`,
+		},
+		{
+			"route without pool",
+			func(s string) string {
+				return strings.Replace(s, "[[pool]]", "  [[listener.route]]\n  host = \"api.example.com\"\n\n[[pool]]", 1)
+			},
+			`:10: listener[0].route[0].pool: missing`,
+		},
+		{
+			"bad expect_status",
+			func(s string) string {
+				return strings.Replace(s, `name = "web"`, "name = \"web\"\n  [pool.health]\n  expect_status = \"2xx\"", 1)
+			},
+			`:13: pool[0].health.expect_status: "2xx" is not a status code or range`,
+		},
+		{
+			"no listeners",
+			func(s string) string { return s[strings.Index(s, "[[pool]]"):] },
+			`listener: at least one [[listener]] is required`,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseIn(t, tc.edit(minimal))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error:\n%v\nwant it to contain:\n%s", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), "lb.toml") {
+				t.Errorf("error does not name the file: %v", err)
+			}
+		})
+	}
+}
+
+func TestEveryErrorIsReported(t *testing.T) {
+	src := strings.NewReplacer(
+		`bind = "127.0.0.1:8443"`, `bind = "127.0.0.1"`,
+		`pool = "web"`, `pool = "nope"`,
+		`address = "10.0.0.11:8080"`, `address = "x"
+  weight = 1000`,
+	).Replace(minimal)
+	_, err := parseIn(t, src)
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("error %v is not Errors", err)
+	}
+	if len(errs) != 4 {
+		t.Fatalf("got %d errors, want 4:\n%v", len(errs), err)
+	}
+	for i := 1; i < len(errs); i++ {
+		if errs[i].Line < errs[i-1].Line {
+			t.Errorf("errors not in file order:\n%v", err)
+		}
+	}
+}
+
+func TestSizes(t *testing.T) {
+	for in, want := range map[string]int64{
+		"512": 512, "512B": 512, "16KiB": 16 << 10, "16KB": 16000, "10MiB": 10 << 20,
+		"10MB": 10_000_000, "1GiB": 1 << 30, "2k": 2048, " 3 MiB ": 3 << 20,
+	} {
+		got, err := ParseSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "ten", "-1", "1.5MB", "5XB"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) accepted", in)
+		}
+	}
+}
+
+func TestKeyLines(t *testing.T) {
+	src := `# comment
+[global]
+log_level = "info" # trailing [not a table]
+
+[[listener]]
+name = "a"
+  [listener.tls]
+  alpn = [
+    "h2",
+    "http/1.1",
+  ]
+  cert = """
+multi
+line = "not a key"
+"""
+  [[listener.route]]
+  host = "x"
+  [[listener.route]]
+  "path_prefix" = "/"
+[[listener]]
+name = "b"
+[[pool]]
+health.rise = 3
+`
+	idx := indexKeys(src)
+	for path, line := range map[string]int{
+		"global":                           2,
+		"global.log_level":                 3,
+		"listener[0]":                      5,
+		"listener[0].name":                 6,
+		"listener[0].tls":                  7,
+		"listener[0].tls.alpn":             8,
+		"listener[0].tls.cert":             12,
+		"listener[0].route[0].host":        17,
+		"listener[0].route[1].path_prefix": 19,
+		"listener[1].name":                 21,
+		"pool[0].health.rise":              23,
+	} {
+		if got := idx.lookup(path); got != line {
+			t.Errorf("%s: line %d, want %d", path, got, line)
+		}
+	}
+	if idx.has("listener[0].tls.line") {
+		t.Error("a line inside a multi-line string was taken for a key")
+	}
+	if got := idx.lookup("listener[1].tls.cert"); got != 20 {
+		t.Errorf("missing key should point at its table: line %d", got)
+	}
+}
+
+func TestExamplesAreValid(t *testing.T) {
+	files, _ := filepath.Glob("../../examples/*.toml")
+	if len(files) == 0 {
+		t.Fatal("no examples found")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := parseIn(t, string(src)); err != nil {
+				t.Fatalf("%s does not validate:\n%v", f, err)
+			}
+		})
+	}
+}
