@@ -268,7 +268,7 @@ func TestCheckCommand(t *testing.T) {
 	goodPath := filepath.Join(dir, "good.toml")
 	os.WriteFile(goodPath, []byte(good), 0o644)
 	out, err := runCmd(t, 10*time.Second, lbBin, "-check", "-config", goodPath)
-	if err != nil || !strings.Contains(out, "ok (1 listeners, 1 pools, 1 backends)") {
+	if err != nil || !strings.Contains(out, "ok (1 listener, 1 pool, 1 backend)") {
 		t.Fatalf("-check on a good file: %v\n%s", err, out)
 	}
 

@@ -80,7 +80,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		for _, p := range cfg.Pools {
 			nb += len(p.Backends)
 		}
-		fmt.Fprintf(stdout, "%s: ok (%d listeners, %d pools, %d backends)\n", *configPath, len(cfg.Listeners), len(cfg.Pools), nb)
+		fmt.Fprintf(stdout, "%s: ok (%s, %s, %s)\n", *configPath,
+			plural(len(cfg.Listeners), "listener"), plural(len(cfg.Pools), "pool"), plural(nb, "backend"))
 		return 0
 	case *healthcheck:
 		return runHealthcheck(cfg, stderr)
@@ -90,6 +91,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Warn(w)
 	}
 	return serve(cfg, log, nil)
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func defaultConfig() string {

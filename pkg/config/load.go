@@ -166,10 +166,21 @@ type loader struct {
 	lines    keyLines
 	errs     Errors
 	warnings []string
+	// suggested holds keys that an unknown key was taken for a typo of,
+	// so that the missing key is not reported a second time.
+	suggested map[string]bool
 }
 
 func (l *loader) errorf(key, format string, args ...any) {
 	l.errs = append(l.errs, &Error{File: l.cfg.File, Line: l.lines.lookup(key), Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+// missing reports a required key that is absent, unless a misspelt key
+// already accounts for it.
+func (l *loader) missing(key, why string) {
+	if !l.suggested[key] {
+		l.errorf(key, "missing %s", why)
+	}
 }
 
 func (l *loader) warnf(key, format string, args ...any) {
@@ -194,7 +205,8 @@ func (l *loader) unknownKeys(keys []toml.Key) {
 	for _, k := range keys {
 		dotted := k.String()
 		hint := ""
-		if near := closestKey(reflect.TypeFor[Config](), []string(k)); near != "" {
+		near := closestKey(reflect.TypeFor[Config](), []string(k))
+		if near != "" {
 			hint = fmt.Sprintf(" (did you mean %q?)", near)
 		}
 		paths := stripped[dotted]
@@ -204,6 +216,12 @@ func (l *loader) unknownKeys(keys []toml.Key) {
 		sort.Strings(paths)
 		for _, p := range paths {
 			l.errorf(p, "unknown key%s", hint)
+			if hint != "" {
+				if l.suggested == nil {
+					l.suggested = map[string]bool{}
+				}
+				l.suggested[p[:strings.LastIndexByte(p, '.')+1]+near] = true
+			}
 		}
 	}
 }

@@ -62,14 +62,14 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 
 	switch {
 	case ln.Name == "":
-		l.errorf(p+".name", "missing (every listener needs a unique name)")
+		l.missing(p+".name", "(every listener needs a unique name)")
 	case names[ln.Name] > 0:
 		l.errorf(p+".name", "duplicate name %q (also listener[%d])", ln.Name, names[ln.Name]-1)
 	default:
 		names[ln.Name] = i + 1
 	}
 	if ln.Bind == "" {
-		l.errorf(p+".bind", "missing (an address such as \"0.0.0.0:8443\")")
+		l.missing(p+".bind", "(an address such as \"0.0.0.0:8443\")")
 	} else if err := checkHostPort(ln.Bind, true); err != nil {
 		l.errorf(p+".bind", "%v", err)
 	} else if j := binds[ln.Bind]; j > 0 {
@@ -162,14 +162,14 @@ func (l *loader) validateTLS(p string, t *TLS) {
 func (l *loader) checkKeyPair(p, cert, key string) {
 	ok := true
 	if cert == "" {
-		l.errorf(p+".cert", "missing (path to a PEM certificate chain)")
+		l.missing(p+".cert", "(path to a PEM certificate chain)")
 		ok = false
 	} else if err := readable(cert); err != nil {
 		l.errorf(p+".cert", "%v", err)
 		ok = false
 	}
 	if key == "" {
-		l.errorf(p+".key", "missing (path to the PEM private key)")
+		l.missing(p+".key", "(path to the PEM private key)")
 		ok = false
 	} else if err := readable(key); err != nil {
 		l.errorf(p+".key", "%v", err)
@@ -212,7 +212,7 @@ func (l *loader) validateRoute(p string, r *Route, pools map[string]int) {
 func (l *loader) checkPoolRef(path, name string, pools map[string]int, required bool) {
 	if name == "" {
 		if required {
-			l.errorf(path, "missing (the name of a [[pool]])")
+			l.missing(path, "(the name of a [[pool]])")
 		}
 		return
 	}
@@ -239,7 +239,7 @@ func (l *loader) validatePool(i int, pools map[string]int) {
 	p := fmt.Sprintf("pool[%d]", i)
 	switch {
 	case pl.Name == "":
-		l.errorf(p+".name", "missing (every pool needs a unique name)")
+		l.missing(p+".name", "(every pool needs a unique name)")
 	case pools[pl.Name] > 0:
 		l.errorf(p+".name", "duplicate name %q (also pool[%d])", pl.Name, pools[pl.Name]-1)
 	default:
@@ -271,7 +271,7 @@ func (l *loader) validatePool(i int, pools map[string]int) {
 		bp := fmt.Sprintf("%s.backend[%d]", p, j)
 		switch {
 		case b.Address == "":
-			l.errorf(bp+".address", "missing (host:port of the backend)")
+			l.missing(bp+".address", "(host:port of the backend)")
 		default:
 			if err := checkHostPort(b.Address, false); err != nil {
 				l.errorf(bp+".address", "%v", err)
