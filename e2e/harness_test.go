@@ -127,6 +127,20 @@ func startLB(t *testing.T, dir, cfg string, args ...string) *lbProc {
 	if m := adminRE.FindStringSubmatch(p.stderr.String()); m != nil {
 		p.admin = m[1]
 	}
+	// The same lines in log_format = "json".
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) != nil {
+			continue
+		}
+		addr, _ := rec["address"].(string)
+		switch rec["@message"] {
+		case "listening":
+			p.addrs[rec["listener"].(string)] = addr
+		case "admin server listening":
+			p.admin = addr
+		}
+	}
 	return p
 }
 

@@ -411,3 +411,74 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("-version: %v %q", err, out)
 	}
 }
+
+func TestPlaintextRedirectAccessLogAndHealthcheck(t *testing.T) {
+	dir := t.TempDir()
+	writeCerts(t, dir)
+	b := startBackend(t, "b1")
+	accessLog := filepath.Join(dir, "access.log")
+	cfg := `
+[global]
+access_log = "` + accessLog + `"
+log_format = "json"
+admin = "127.0.0.1:0"
+watch = false
+
+[[listener]]
+name = "plain"
+bind = "127.0.0.1:0"
+pool = "web"
+
+[[listener]]
+name = "redirect"
+bind = "127.0.0.1:0"
+redirect_https = "https://:8443"
+
+[[pool]]
+name = "web"
+` + backendsTOML(b)
+	lb := startLB(t, dir, cfg)
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+	code, body, err := get(c, "http://"+lb.addrs["plain"]+"/p?q=1")
+	if err != nil || code != 200 || !strings.Contains(body, "b1 GET /p?q=1 xff=127.0.0.1 proto=http") {
+		t.Fatalf("plaintext: %d %v %q", code, err, body)
+	}
+	resp, err := c.Get("http://" + lb.addrs["redirect"] + "/a/b?c=d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 308 || resp.Header.Get("Location") != "https://127.0.0.1:8443/a/b?c=d" {
+		t.Errorf("redirect: %d to %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+
+	// One JSON line per request in the access log file.
+	var logText string
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		data, _ := os.ReadFile(accessLog)
+		if logText = string(data); strings.Count(logText, "\n") >= 2 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, want := range []string{`"uri":"/p?q=1"`, `"status":200`, `"backend":"` + b.addr + `"`, `"listener":"plain"`, `"status":308`} {
+		if !strings.Contains(logText, want) {
+			t.Errorf("access log lacks %s:\n%s", want, logText)
+		}
+	}
+
+	// lb -healthcheck asks the admin server of the running lb.
+	hc := strings.Replace(cfg, `admin = "127.0.0.1:0"`, `admin = "`+lb.admin+`"`, 1)
+	hcPath := filepath.Join(dir, "hc.toml")
+	os.WriteFile(hcPath, []byte(hc), 0o644)
+	if out, err := runCmd(t, 10*time.Second, lbBin, "-healthcheck", "-config", hcPath); err != nil {
+		t.Errorf("-healthcheck against a running lb: %v %s", err, out)
+	}
+	lb.signal(syscall.SIGTERM)
+	lb.wait(10 * time.Second)
+	if out, err := runCmd(t, 10*time.Second, lbBin, "-healthcheck", "-config", hcPath); err == nil {
+		t.Errorf("-healthcheck passed with lb stopped: %s", out)
+	}
+}

@@ -99,6 +99,7 @@ type Pool struct {
 type Health struct {
 	Check           string   `toml:"check"` // http | tcp | none
 	Path            string   `toml:"path"`
+	Host            string   `toml:"host"` // Host header of http checks; "" sends the backend's address
 	Interval        Duration `toml:"interval"`
 	Timeout         Duration `toml:"timeout"`
 	Rise            int      `toml:"rise"`

@@ -74,7 +74,7 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 		l.errorf(p+".bind", "%v", err)
 	} else if j := binds[ln.Bind]; j > 0 {
 		l.errorf(p+".bind", "address %s is already bound by listener[%d]", ln.Bind, j-1)
-	} else {
+	} else if !strings.HasSuffix(ln.Bind, ":0") { // port 0: any free port
 		binds[ln.Bind] = i + 1
 	}
 
@@ -295,6 +295,9 @@ func (l *loader) validateHealth(p string, h *Health) {
 	}
 	if h.Path == "" || h.Path[0] != '/' || strings.ContainsAny(h.Path, " \r\n") {
 		l.errorf(p+".path", "%q must be a path starting with \"/\"", h.Path)
+	}
+	if strings.ContainsAny(h.Host, " \r\n/") {
+		l.errorf(p+".host", "%q is not a host name", h.Host)
 	}
 	l.checkDur(h.Interval, p+".interval", false)
 	l.checkDur(h.Timeout, p+".timeout", false)

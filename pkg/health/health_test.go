@@ -201,6 +201,11 @@ func TestHTTPChecker(t *testing.T) {
 	if gotPath.Load() != "/healthz" || gotHost.Load() != addr {
 		t.Errorf("check sent path %v host %v", gotPath.Load(), gotHost.Load())
 	}
+	status.Store(200)
+	vhost := &httpChecker{path: "/healthz", host: "www.example.com", expect: set}
+	if err := vhost.check(ctx, addr); err != nil || gotHost.Load() != "www.example.com" {
+		t.Errorf("check with host: %v, sent Host %v", err, gotHost.Load())
+	}
 
 	slow := &httpChecker{path: "/slow", expect: set}
 	tctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)

@@ -20,6 +20,7 @@ import (
 // head is read.
 type httpChecker struct {
 	path   string
+	host   string // "" sends the backend address
 	expect config.StatusSet
 }
 
@@ -36,7 +37,11 @@ func (c *httpChecker) check(ctx context.Context, addr string) error {
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	req := "GET " + c.path + " HTTP/1.1\r\nHost: " + addr +
+	host := c.host
+	if host == "" {
+		host = addr
+	}
+	req := "GET " + c.path + " HTTP/1.1\r\nHost: " + host +
 		"\r\nUser-Agent: lb-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
 	if _, err := conn.Write([]byte(req)); err != nil {
 		return fmt.Errorf("send GET %s: %w", c.path, unwrapOp(err))

@@ -40,7 +40,7 @@ func NewMonitor(pool *balancer.Pool, cfg config.Health, log hclog.Logger) *Monit
 	m := &Monitor{pool: pool, cfg: cfg, log: log.Named("health").With("pool", pool.Name)}
 	switch cfg.Check {
 	case "http":
-		m.checker = &httpChecker{path: cfg.Path, expect: cfg.Expect}
+		m.checker = &httpChecker{path: cfg.Path, host: cfg.Host, expect: cfg.Expect}
 	case "tcp":
 		m.checker = tcpChecker{}
 	}
