@@ -1,0 +1,157 @@
+// Command lbbench runs lb, HAProxy and NGINX side by side on this machine,
+// in front of the same backends, under the same load, and prints a
+// Markdown table of the results. See bench/README.md.
+//
+// Each proxy runs alone on one core (taskset) with one worker; the load
+// generator and the backends share the other core. Besides requests per
+// second and latency it reports each proxy's own CPU time per request, read
+// from /proc before and after each run, because the load generator's core
+// is the bottleneck on a two-core machine.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+type options struct {
+	rounds     int
+	duration   time.Duration
+	warmup     time.Duration
+	scenarios  []string
+	contenders []string
+	conns      int
+	hsConns    int
+	idleConns  int
+	proxyCPU   string
+	loadCPU    string
+	lbBin      string
+	out        string
+	maxNoise   float64
+	keep       bool
+}
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "handshake-client":
+			os.Exit(handshakeClient(os.Args[2:]))
+		case "idle-client":
+			os.Exit(idleClient(os.Args[2:]))
+		}
+	}
+	var o options
+	var scen, cont string
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; contenders are interleaved within each round")
+	flag.DurationVar(&o.duration, "d", 10*time.Second, "length of each measured run")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each run")
+	flag.StringVar(&scen, "scenarios", "keepalive,handshake,idle", "scenarios to run")
+	flag.StringVar(&cont, "contenders", "lb,haproxy,nginx", "proxies to compare")
+	flag.IntVar(&o.conns, "c", 64, "wrk connections for the keep-alive scenario")
+	flag.IntVar(&o.hsConns, "hs-c", 16, "concurrent connections for the handshake scenario")
+	flag.IntVar(&o.idleConns, "idle", 5000, "TLS connections held for the idle-memory scenario")
+	flag.StringVar(&o.proxyCPU, "proxy-cpu", "0", "core the proxy is pinned to")
+	flag.StringVar(&o.loadCPU, "load-cpu", "1", "core the load generator and backends are pinned to")
+	flag.StringVar(&o.lbBin, "lb", "", "lb binary (default: build ./cmd/lb)")
+	flag.StringVar(&o.out, "out", "", "also write the Markdown report to this file")
+	flag.Float64Var(&o.maxNoise, "max-noise", 10, "re-run a measurement once when other processes used more than this % of the proxy's core")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work folder (configs, logs)")
+	flag.Parse()
+	o.scenarios = strings.Split(scen, ",")
+	o.contenders = strings.Split(cont, ",")
+
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "lbbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	for _, tool := range []string{"taskset", "wrk", "nginx", "haproxy"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is not installed (bench/run.sh installs what is missing)", tool)
+		}
+	}
+	work, err := os.MkdirTemp("", "lbbench-")
+	if err != nil {
+		return err
+	}
+	if !o.keep {
+		defer os.RemoveAll(work)
+	} else {
+		logf("work folder: %s", work)
+	}
+	if o.lbBin == "" {
+		o.lbBin = filepath.Join(work, "lb-bin")
+		logf("building lb")
+		build := exec.Command("go", "build", "-o", o.lbBin, "./cmd/lb")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("building lb: %w", err)
+		}
+	}
+	env, err := setup(o, work)
+	if err != nil {
+		return err
+	}
+	defer env.stop()
+
+	results := newResults()
+	for round := 1; round <= o.rounds; round++ {
+		// Rotate the order each round so no proxy always runs first.
+		order := rotate(o.contenders, round-1)
+		for _, name := range order {
+			c := env.contenders[name]
+			if c == nil {
+				return fmt.Errorf("unknown contender %q", name)
+			}
+			for _, s := range o.scenarios {
+				m, err := env.measure(c, s)
+				if err == nil && m.noise > o.maxNoise {
+					logf("  %s %s: %.1f%% of the proxy core used by others; running again", name, s, m.noise)
+					m, err = env.measure(c, s)
+				}
+				if err != nil {
+					return fmt.Errorf("round %d, %s, %s: %w", round, name, s, err)
+				}
+				logf("round %d %-8s %-9s %s", round, name, s, m.summary())
+				results.add(name, s, m)
+			}
+		}
+	}
+	report := results.markdown(o, env)
+	fmt.Print(report)
+	if o.out != "" {
+		if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(o.out, []byte(report), 0o644); err != nil {
+			return err
+		}
+		raw, _ := json.MarshalIndent(results.raw, "", "  ")
+		os.WriteFile(strings.TrimSuffix(o.out, ".md")+".json", raw, 0o644)
+	}
+	return nil
+}
+
+func rotate(s []string, n int) []string {
+	n %= len(s)
+	return append(append([]string{}, s[n:]...), s[:n]...)
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+// writeFile writes a file in the work folder.
+func writeFile(path, content string) error {
+	return os.WriteFile(path, []byte(content), 0o644)
+}
+
+
