@@ -653,5 +653,3 @@ func jsonLast(out string, v any) error {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	return jsonUnmarshal([]byte(lines[len(lines)-1]), v)
 }
-
-

@@ -153,5 +153,3 @@ func logf(format string, args ...any) {
 func writeFile(path, content string) error {
 	return os.WriteFile(path, []byte(content), 0o644)
 }
-
-
