@@ -1,6 +1,6 @@
 // Package admin serves lb's admin HTTP endpoints: /healthz for liveness
-// probes and /status.json with the state of every listener, pool and
-// backend.
+// probes, /status.json with the state of every listener, pool and
+// backend, and optionally Go's profiler under /debug/pprof/.
 package admin
 
 import (
@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -65,8 +66,14 @@ type Server struct {
 	log hclog.Logger
 }
 
+// Options adjust the admin server.
+type Options struct {
+	// Pprof serves Go's profiler under /debug/pprof/.
+	Pprof bool
+}
+
 // New binds addr; Start serves.
-func New(addr string, src Source, log hclog.Logger) (*Server, error) {
+func New(addr string, src Source, opts Options, log hclog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -83,6 +90,13 @@ func New(addr string, src Source, log hclog.Logger) (*Server, error) {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(src.Status())
 	})
+	if opts.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	s := &Server{
 		ln:  ln,
 		log: log,

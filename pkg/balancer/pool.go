@@ -3,6 +3,7 @@ package balancer
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/atomic"
@@ -38,7 +39,10 @@ type Pool struct {
 	rr      *roundRobin
 	lc      *leastConn
 	waiting atomic.Int32
-	freed   chan struct{}
+	// freed is closed (and replaced) when a slot frees while requests
+	// wait, waking them all: each looks for a backend it can use.
+	mu    sync.Mutex
+	freed chan struct{}
 }
 
 // NewPool builds a pool. Each backend's Index is set to its position; a
@@ -49,7 +53,7 @@ func NewPool(name, algorithm string, backends []*Backend, maxConns int) (*Pool, 
 		Algorithm: algorithm,
 		Backends:  backends,
 		MaxConns:  int64(maxConns),
-		freed:     make(chan struct{}, 16),
+		freed:     make(chan struct{}),
 	}
 	switch algorithm {
 	case RoundRobin, "":
@@ -164,8 +168,11 @@ func (p *Pool) queue(tried *Tried, wait time.Duration) (*Backend, error) {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
-		// A slot may have been freed between the first try and
-		// registering as a waiter; look again before sleeping.
+		// Take the wake-up channel before looking, so that a slot freed
+		// between the look and the wait still wakes this request.
+		p.mu.Lock()
+		freed := p.freed
+		p.mu.Unlock()
 		if b := p.tryAcquire(tried); b != nil {
 			return b, nil
 		}
@@ -173,7 +180,7 @@ func (p *Pool) queue(tried *Tried, wait time.Duration) (*Backend, error) {
 			return nil, ErrNoBackend
 		}
 		select {
-		case <-p.freed:
+		case <-freed:
 		case <-timer.C:
 			return nil, ErrQueueTimeout
 		}
@@ -184,10 +191,10 @@ func (p *Pool) queue(tried *Tried, wait time.Duration) (*Backend, error) {
 func (p *Pool) Release(b *Backend) {
 	b.active.Dec()
 	if p.MaxConns > 0 && p.waiting.Load() > 0 {
-		select {
-		case p.freed <- struct{}{}:
-		default:
-		}
+		p.mu.Lock()
+		close(p.freed)
+		p.freed = make(chan struct{})
+		p.mu.Unlock()
 	}
 }
 

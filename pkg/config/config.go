@@ -30,6 +30,8 @@ type Global struct {
 	Admin         string   `toml:"admin"`      // admin HTTP address; "" disables it
 	ShutdownGrace Duration `toml:"shutdown_grace"`
 	Watch         bool     `toml:"watch"`
+	// Pprof serves Go's profiler under /debug/pprof/ on the admin server.
+	Pprof bool `toml:"pprof"`
 }
 
 // Listener is one bound address that accepts clients.

@@ -33,6 +33,9 @@ type Monitor struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// mu guards stopped and wg.Add after Start, against Stop's Wait.
+	mu      sync.Mutex
+	stopped bool
 }
 
 // NewMonitor returns a monitor for pool; Start begins checking.
@@ -62,6 +65,9 @@ func (m *Monitor) Start() {
 
 // Stop ends all checks and waits for them to return.
 func (m *Monitor) Stop() {
+	m.mu.Lock()
+	m.stopped = true
+	m.mu.Unlock()
 	m.cancel()
 	m.wg.Wait()
 }
@@ -157,8 +163,12 @@ func (m *Monitor) ReportFailure(b *balancer.Backend, reason string) {
 		"reason", fmt.Sprintf("%d consecutive requests failed, last: %s", n, reason))
 	m.pool.Refresh()
 	if m.checker == nil {
-		m.wg.Add(1)
-		go m.holdDown(b)
+		m.mu.Lock()
+		if !m.stopped {
+			m.wg.Add(1)
+			go m.holdDown(b)
+		}
+		m.mu.Unlock()
 	}
 }
 

@@ -230,13 +230,12 @@ func (s *bodyStream) CloseWithError(writeErr error) error {
 	}
 	s.c = nil
 	if s.done && !s.closeAfter {
-		_ = c.SetReadDeadline(time.Time{})
 		s.t.put(c)
 	} else {
 		c.Close()
 	}
 	if s.up != nil {
-		s.up.finish(s.backend, s.err)
+		s.up.finish(s.backend, s.err, true)
 	}
 	*s = bodyStream{}
 	bodyStreamPool.Put(s)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"sync/atomic"
@@ -125,8 +126,13 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	} else if up = l.route(ctx.Host(), ctx.Path()); up == nil {
 		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
 	} else {
+		http11 := ctx.Request.Header.IsHTTP11()
 		prepareRequest(ctx, l.TLS)
-		b, attempts, err = h.forward(ctx, up)
+		var stream *bodyStream
+		b, attempts, stream, err = h.forward(ctx, up)
+		if stream != nil && !http11 && ctx.Response.Header.ContentLength() < 0 {
+			closeDelimited(ctx)
+		}
 	}
 	if l.HSTS != nil {
 		ctx.Response.Header.SetCanonical(hSTS, l.HSTS)
@@ -138,7 +144,7 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 
 // forward sends the request to a backend of up, retrying on others where
 // that is safe, and leaves the response (or an error response) in ctx.
-func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.Backend, attempts int, lastErr error) {
+func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.Backend, attempts int, stream *bodyStream, lastErr error) {
 	idempotent := isIdempotent(&ctx.Request.Header)
 	maxAge := IdleConnTimeout
 	if !idempotent {
@@ -158,7 +164,7 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 		attempts++
 		tried.Add(b)
 		x.t = up.Transports[b.Index]
-		stream, err := x.roundTrip(&ctx.Request, &ctx.Response, maxAge)
+		stream, err = x.roundTrip(&ctx.Request, &ctx.Response, maxAge)
 		if err != nil && idempotent && errorKind(err) == ErrStale {
 			// The backend closed a pooled connection as it was reused:
 			// it never saw the request. Try once more on a new one.
@@ -169,15 +175,17 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 			if stream != nil {
 				stream.up, stream.backend = up, b
 			} else {
-				up.finish(b, nil)
+				up.finish(b, nil, true)
 			}
 			cleanResponse(&ctx.Response.Header)
 			if !ctx.Response.Header.IsHTTP11() {
 				ctx.Response.Header.SetProtocol(http11)
 			}
-			return b, attempts, nil
+			return b, attempts, stream, nil
 		}
-		up.finish(b, err)
+		// A backend that broke off while a request body was being sent
+		// may simply have refused the body.
+		up.finish(b, err, errorKind(err) != ErrSend || len(ctx.Request.Body()) == 0)
 		lastErr = err
 		if !retryable(err, idempotent) {
 			break
@@ -187,7 +195,29 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 		}
 	}
 	errorResponse(ctx, statusFor(lastErr))
-	return b, attempts, lastErr
+	return b, attempts, nil, lastErr
+}
+
+// closeDelimited sends a streamed body of unknown length to an HTTP/1.0
+// client, which cannot read chunked encoding (RFC 9112 section 6.1): the
+// connection is taken over, the head written with Connection: close, and
+// the body copied until it ends; closing the connection ends it for the
+// client. fasthttp closes the stream (and frees the backend) when it
+// releases the request afterwards.
+func closeDelimited(ctx *fasthttp.RequestCtx) {
+	h := &ctx.Response.Header
+	h.SetContentLength(-2) // no length: delimited by close
+	h.Del("Transfer-Encoding")
+	h.SetConnectionClose()
+	head := append([]byte(nil), h.Header()...)
+	body := ctx.Response.BodyStream()
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		if _, err := c.Write(head); err != nil {
+			return
+		}
+		_, _ = io.Copy(c, body)
+	})
 }
 
 func errorKind(err error) ErrorKind {

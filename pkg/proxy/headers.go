@@ -32,12 +32,13 @@ const (
 	hopProxyAuthorization
 	hopExpect
 	hopManyXFF
+	hopManyConnection
 )
 
 // scanRequestHeaders reports which hop-by-hop headers a request carries,
-// and whether it has more than one X-Forwarded-For.
+// and whether it has more than one X-Forwarded-For or Connection.
 func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
-	xff := 0
+	xff, conn := 0, 0
 	for k := range h.All() {
 		switch len(k) {
 		case 2:
@@ -59,6 +60,9 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 			switch string(k) {
 			case "Connection":
 				mask |= hopConnection
+				if conn++; conn > 1 {
+					mask |= hopManyConnection
+				}
 			case "Keep-Alive":
 				mask |= hopKeepAlive
 			}
@@ -149,7 +153,7 @@ func removeHopHeaders(h *fasthttp.RequestHeader, mask int) {
 
 // cleanResponse removes the backend's hop-by-hop headers from a response.
 func cleanResponse(h *fasthttp.ResponseHeader) {
-	mask := 0
+	mask, conn := 0, 0
 	for k := range h.All() {
 		switch len(k) {
 		case 7:
@@ -160,6 +164,9 @@ func cleanResponse(h *fasthttp.ResponseHeader) {
 			switch string(k) {
 			case "Connection":
 				mask |= hopConnection
+				if conn++; conn > 1 {
+					mask |= hopManyConnection
+				}
 			case "Keep-Alive":
 				mask |= hopKeepAlive
 			}
@@ -181,6 +188,7 @@ func cleanResponse(h *fasthttp.ResponseHeader) {
 // headerEditor is what request and response headers have in common.
 type headerEditor interface {
 	Peek(key string) []byte
+	PeekAll(key string) [][]byte
 	Del(key string)
 	DelBytes(key []byte)
 }
@@ -189,10 +197,13 @@ type headerEditor interface {
 // hop-by-hop too), Keep-Alive and Proxy-Connection. The common
 // "Connection: keep-alive" takes a path that does not allocate.
 func dropCommon(h headerEditor, mask int) {
-	if mask&hopConnection != 0 && !bytes.EqualFold(h.Peek("Connection"), []byte("keep-alive")) {
-		// Copy the value: deleting headers moves the storage it is in.
+	if mask&hopConnection != 0 && (mask&hopManyConnection != 0 || !bytes.EqualFold(h.Peek("Connection"), []byte("keep-alive"))) {
+		// Copy the values: deleting headers moves the storage they are in.
 		var tmp [128]byte
-		conn := append(tmp[:0], h.Peek("Connection")...)
+		conn := tmp[:0]
+		for _, v := range h.PeekAll("Connection") {
+			conn = append(append(conn, v...), ',')
+		}
 		for len(conn) > 0 {
 			var tok []byte
 			tok, conn, _ = bytes.Cut(conn, []byte{','})

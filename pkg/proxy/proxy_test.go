@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -495,5 +496,134 @@ func TestConcurrentRequestsSpreadEvenly(t *testing.T) {
 		if b.Active() != 0 {
 			t.Errorf("%s still counts %d active", b.Address, b.Active())
 		}
+	}
+}
+
+// sequencedBackend answers its n-th request (over all connections) with
+// answers[n]; the last one repeats.
+func sequencedBackend(t *testing.T, answers ...string) *rawBackend {
+	var n atomic.Int64
+	return startRaw(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			if _, err := readRequest(br); err != nil {
+				return
+			}
+			i := int(n.Add(1)) - 1
+			io.WriteString(c, answers[min(i, len(answers)-1)])
+		}
+	})
+}
+
+func TestLeftoverBytesNeverReachAnotherClient(t *testing.T) {
+	smuggled := "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nA's-private!!"
+	for _, tc := range []struct {
+		name, method, first string
+		wantFirst           string
+	}{
+		{"body on a HEAD response", "HEAD", fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(smuggled), smuggled), "200"},
+		{"more bytes than Content-Length", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + smuggled, "200"},
+		{"status below 100", "GET", fmt.Sprintf("HTTP/1.1 099 Weird\r\nContent-Length: %d\r\n\r\n%s", len(smuggled), smuggled), "502"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rb := sequencedBackend(t, tc.first, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+			hs := newHarness(t, harnessOpts{backends: []string{rb.addr}})
+			r1 := hs.raw(tc.method + " /first HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			if !strings.HasPrefix(r1, "HTTP/1.1 "+tc.wantFirst) {
+				t.Fatalf("first answer %q", firstLine(r1))
+			}
+			for range 3 {
+				r2 := hs.raw("GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+				if strings.Contains(r2, "A's-private") {
+					t.Fatalf("another client got the leftover: %q", r2)
+				}
+			}
+		})
+	}
+}
+
+func TestUnsolicitedBytesOnIdleConnection(t *testing.T) {
+	// The backend answers, then (later, while the connection idles in the
+	// pool) writes a second response nobody asked for.
+	smuggled := "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nA's-private!!"
+	rb := startRaw(t, func(c net.Conn, br *bufio.Reader) {
+		for n := 0; ; n++ {
+			if _, err := readRequest(br); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+			if n == 0 {
+				time.Sleep(20 * time.Millisecond)
+				io.WriteString(c, smuggled)
+			}
+		}
+	})
+	hs := newHarness(t, harnessOpts{backends: []string{rb.addr}})
+	for range 3 {
+		resp, body := hs.do("GET", "/", nil)
+		time.Sleep(50 * time.Millisecond)
+		if resp.StatusCode != 200 || body != "real" {
+			t.Fatalf("got %d %q", resp.StatusCode, body)
+		}
+	}
+}
+
+func TestBackendRefusingUploadEarly(t *testing.T) {
+	// Like NGINX past client_max_body_size, minus the lingering close: the
+	// backend answers 413 from the head and closes.
+	rb := startRaw(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err == nil {
+			io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+		}
+	})
+	other := startEcho(t)
+	hc := config.Health{Check: "none", Interval: config.Duration{Duration: time.Hour}, PassiveFailures: 2}
+	hs := newHarness(t, harnessOpts{backends: []string{rb.addr}, health: &hc, maxBody: 8 << 20})
+	for range 4 {
+		resp, body := hs.do("PUT", "/upload", bytes.NewReader(make([]byte, 4<<20)))
+		if resp.StatusCode != 413 && resp.StatusCode != 502 {
+			t.Fatalf("status %d %q", resp.StatusCode, body)
+		}
+	}
+	if !hs.up.Pool.Backends[0].Up() {
+		t.Fatal("a backend refusing uploads was marked down by passive checks")
+	}
+	_ = other
+}
+
+func TestHTTP10ClientGetsCloseDelimitedBody(t *testing.T) {
+	chunk := strings.Repeat("x", 10000)
+	e := startEcho(t, func(w http.ResponseWriter, r *http.Request) bool {
+		f := w.(http.Flusher)
+		for range 10 {
+			io.WriteString(w, chunk)
+			f.Flush()
+		}
+		return true
+	})
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
+	resp := hs.raw("GET / HTTP/1.0\r\n\r\n")
+	head, body, _ := strings.Cut(resp, "\r\n\r\n")
+	if strings.Contains(strings.ToLower(head), "transfer-encoding") || !strings.Contains(head, "Connection: close") {
+		t.Fatalf("HTTP/1.0 head: %q", head)
+	}
+	if body != strings.Repeat(chunk, 10) {
+		t.Fatalf("body of %d bytes, want %d", len(body), 10*len(chunk))
+	}
+	if a := hs.up.Pool.Backends[0].Active(); a != 0 {
+		t.Fatalf("backend still counts %d active", a)
+	}
+	// HTTP/1.1 clients still get chunked.
+	resp2 := hs.raw("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	if !strings.Contains(resp2, "Transfer-Encoding: chunked") {
+		t.Fatalf("HTTP/1.1 head: %q", firstLine(resp2))
+	}
+}
+
+func TestSecondConnectionHeaderIsHonoured(t *testing.T) {
+	e := startEcho(t)
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
+	hs.raw("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: X-Secret\r\nX-Secret: 1\r\nConnection: close\r\n\r\n")
+	if s := e.lastSeen(); s == nil || s.Header.Get("X-Secret") != "" {
+		t.Fatalf("header named in a second Connection header reached the backend: %+v", s)
 	}
 }

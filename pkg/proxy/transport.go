@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -61,46 +62,116 @@ type backendConn struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
+
+	// For alive: the raw socket, and a peek function made once per
+	// connection so that a check allocates nothing.
+	raw     syscall.RawConn
+	peekFn  func(fd uintptr) bool
+	peekBuf [1]byte
+	peekN   int
+	peekErr error
 }
 
-// get returns a pooled connection used within maxAge, or a new one.
-func (t *Transport) get(now time.Time, maxAge time.Duration) (c *backendConn, reused bool, err error) {
-	t.mu.Lock()
-	if n := len(t.idle); n > 0 {
-		c = t.idle[n-1]
-		switch age := now.Sub(c.idleSince); {
-		case age < maxAge:
-			t.idle[n-1] = nil
-			t.idle = t.idle[:n-1]
-			t.mu.Unlock()
-			return c, true, nil
-		case age >= IdleConnTimeout:
-			// The newest is too old, so all are: drop them.
-			stale := t.idle
-			t.idle = nil
-			t.mu.Unlock()
-			for _, s := range stale {
-				s.Close()
+func newBackendConn(nc net.Conn) *backendConn {
+	c := &backendConn{
+		Conn: nc,
+		br:   bufio.NewReaderSize(nc, backendReadBuffer),
+		bw:   bufio.NewWriterSize(nc, backendWriteBuffer),
+	}
+	if sc, ok := nc.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			c.raw = raw
+			c.peekFn = func(fd uintptr) bool {
+				c.peekN, _, c.peekErr = syscall.Recvfrom(int(fd), c.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+				return true // never wait
 			}
-		default:
-			t.mu.Unlock()
 		}
-	} else {
+	}
+	return c
+}
+
+// alive reports whether a pooled connection can carry a request: the
+// backend has not closed it, and has not sent bytes nobody asked for
+// (which would be taken for the next response). It costs one
+// non-blocking recv; NGINX and HAProxy learn the same from their event
+// loops while the connection idles. The read deadline must be in the
+// future.
+func (c *backendConn) alive() bool {
+	if c.br.Buffered() > 0 {
+		return false
+	}
+	if c.raw == nil {
+		return true
+	}
+	if err := c.raw.Read(c.peekFn); err != nil {
+		return false
+	}
+	return c.peekErr == syscall.EAGAIN
+}
+
+// pop takes the most recently used pooled connection if it has been idle
+// less than maxAge, or returns nil.
+func (t *Transport) pop(now time.Time, maxAge time.Duration) *backendConn {
+	t.mu.Lock()
+	n := len(t.idle)
+	if n == 0 {
 		t.mu.Unlock()
+		return nil
+	}
+	c := t.idle[n-1]
+	switch age := now.Sub(c.idleSince); {
+	case age < maxAge:
+		t.idle[n-1] = nil
+		t.idle = t.idle[:n-1]
+		t.mu.Unlock()
+		return c
+	case age >= IdleConnTimeout:
+		// The newest is too old, so all are: drop them.
+		stale := t.idle
+		t.idle = nil
+		t.mu.Unlock()
+		for _, s := range stale {
+			s.Close()
+		}
+		return nil
+	}
+	t.mu.Unlock()
+	return nil
+}
+
+// get returns a live pooled connection used within maxAge, or a new one,
+// with its deadline set.
+func (t *Transport) get(now, deadline time.Time, maxAge time.Duration) (c *backendConn, reused bool, err error) {
+	for {
+		c = t.pop(now, maxAge)
+		if c == nil {
+			break
+		}
+		if c.SetDeadline(deadline) == nil && c.alive() {
+			return c, true, nil
+		}
+		c.Close()
 	}
 	nc, err := t.dialer.Dial("tcp", t.addr)
 	if err != nil {
 		return nil, false, &Error{Kind: ErrConnect, Err: err}
 	}
-	return &backendConn{
-		Conn: nc,
-		br:   bufio.NewReaderSize(nc, backendReadBuffer),
-		bw:   bufio.NewWriterSize(nc, backendWriteBuffer),
-	}, false, nil
+	c = newBackendConn(nc)
+	if err := c.SetDeadline(deadline); err != nil {
+		c.Close()
+		return nil, false, &Error{Kind: ErrConnect, Err: err}
+	}
+	return c, false, nil
 }
 
-// put returns a connection to the pool after a complete exchange.
+// put returns a connection to the pool after a complete exchange. A
+// connection with unread bytes is closed instead: they are not the answer
+// to any request.
 func (t *Transport) put(c *backendConn) {
+	if c.br.Buffered() > 0 {
+		c.Close()
+		return
+	}
 	c.idleSince = time.Now()
 	t.mu.Lock()
 	if t.closed || len(t.idle) >= maxIdleConns {
@@ -231,25 +302,27 @@ type exchange struct {
 // owns the connection until it is closed. req must not be a body stream.
 func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, maxAge time.Duration) (*bodyStream, error) {
 	now := time.Now()
-	c, reused, err := x.t.get(now, maxAge)
+	c, reused, err := x.t.get(now, now.Add(x.timeout), maxAge)
 	if err != nil {
 		return nil, err
-	}
-	if err := c.SetDeadline(now.Add(x.timeout)); err != nil {
-		c.Close()
-		return nil, &Error{Kind: ErrSend, Err: err}
 	}
 	err = req.Write(c.bw)
 	if err == nil {
 		err = c.bw.Flush()
 	}
+	closeAfter := false
 	if err != nil {
-		c.Close()
-		return nil, x.fail(ErrSend, reused, err)
-	}
-	// Wait for the first byte on its own so that "closed before answering"
-	// can be told apart from a broken answer.
-	if _, err := c.br.Peek(1); err != nil {
+		// A backend may refuse a request before reading all of its body
+		// (413, 401) and close. Its answer may be waiting: deliver it
+		// rather than a 502.
+		if reused || !isClosed(err) || !x.earlyAnswer(c) {
+			c.Close()
+			return nil, x.fail(ErrSend, reused, err)
+		}
+		closeAfter = true
+	} else if _, err := c.br.Peek(1); err != nil {
+		// Wait for the first byte on its own so that "closed before
+		// answering" can be told apart from a broken answer.
 		c.Close()
 		return nil, x.fail(ErrResponse, reused, err)
 	}
@@ -257,7 +330,7 @@ func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, max
 		c.Close()
 		return nil, x.fail(ErrResponse, false, err)
 	}
-	closeAfter := resp.Header.ConnectionClose()
+	closeAfter = closeAfter || resp.Header.ConnectionClose()
 	if resp.Header.StatusCode() == fasthttp.StatusSwitchingProtocols {
 		// Upgrade headers are not forwarded, so a switch is a broken
 		// backend; the connection now speaks something else.
@@ -287,6 +360,14 @@ func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, max
 	return s, nil
 }
 
+// earlyAnswer reports whether a response head is waiting on a connection
+// whose request could not be written in full.
+func (x *exchange) earlyAnswer(c *backendConn) bool {
+	_ = c.SetReadDeadline(time.Now().Add(min(x.timeout, time.Second)))
+	b, err := c.br.Peek(5)
+	return err == nil && string(b) == "HTTP/"
+}
+
 func (x *exchange) release(c *backendConn, closeAfter bool) {
 	if closeAfter {
 		c.Close()
@@ -314,7 +395,10 @@ func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 		if err := h.Read(br); err != nil {
 			return err
 		}
-		if code := h.StatusCode(); code >= 200 || code < 100 || code == fasthttp.StatusSwitchingProtocols {
+		switch code := h.StatusCode(); {
+		case code < 100 || code > 999:
+			return fmt.Errorf("invalid status code %d", code)
+		case code >= 200 || code == fasthttp.StatusSwitchingProtocols:
 			return nil
 		}
 	}

@@ -31,17 +31,23 @@ type Upstream struct {
 
 // finish ends a request on b: frees its slot, counts it, and tells the
 // health monitor how it went. err is nil for a request the backend
-// answered (whatever the status).
-func (u *Upstream) finish(b *balancer.Backend, err error) {
+// answered (whatever the status). A failure the backend may not be to
+// blame for (it refused a request body part-way) is counted but not
+// reported as a passive health failure, so that one client's uploads
+// cannot take backends out.
+func (u *Upstream) finish(b *balancer.Backend, err error, blame bool) {
 	u.Pool.Release(b)
 	b.CountRequest(err != nil)
 	if u.Health == nil {
 		return
 	}
-	if err != nil {
-		u.Health.ReportFailure(b, err.Error())
-	} else {
+	switch {
+	case err == nil:
 		u.Health.ReportSuccess(b)
+	case blame:
+		u.Health.ReportFailure(b, err.Error())
+	default:
+		b.SetLastError(err.Error())
 	}
 }
 

@@ -54,6 +54,7 @@ func newListener(cfg config.Listener, state *proxy.Listener, term *tlsterm.Termi
 		CloseOnShutdown:              true,
 		SecureErrorLogMessage:        true,
 		Concurrency:                  cfg.MaxConnections,
+		ReduceMemoryUsage:            true,
 		Logger:                       fasthttpLogger{l.log},
 	}
 	return l, nil

@@ -44,8 +44,8 @@ type Server struct {
 // New builds everything a config describes and binds every listening
 // address, so that a port in use is reported before anything runs. Nothing
 // serves until Start.
-func New(cfg *config.Config, log hclog.Logger) (s *Server, err error) {
-	s = &Server{
+func New(cfg *config.Config, log hclog.Logger) (_ *Server, err error) {
+	s := &Server{
 		log:       log,
 		cfg:       cfg,
 		upstreams: map[string]*proxy.Upstream{},
@@ -73,7 +73,7 @@ func New(cfg *config.Config, log hclog.Logger) (s *Server, err error) {
 		}
 	}
 	if cfg.Global.Admin != "" {
-		if s.admin, err = admin.New(cfg.Global.Admin, s, log.Named("admin")); err != nil {
+		if s.admin, err = admin.New(cfg.Global.Admin, s, admin.Options{Pprof: cfg.Global.Pprof}, log.Named("admin")); err != nil {
 			return nil, err
 		}
 	}
