@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/valyala/fasthttp"
 )
@@ -19,6 +20,9 @@ import (
 const (
 	backendReadBuffer  = 16 << 10
 	backendWriteBuffer = 4 << 10
+	// smallWrite is the largest request body sent without a write
+	// deadline: with its head it fits in any socket buffer.
+	smallWrite = 16 << 10
 )
 
 // Connection reuse limits. A pooled connection idle longer than
@@ -62,14 +66,12 @@ type backendConn struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
-
-	// For alive: the raw socket, and a peek function made once per
-	// connection so that a check allocates nothing.
-	raw     syscall.RawConn
-	peekFn  func(fd uintptr) bool
+	// fd is the socket, for alive's peek; -1 when the connection is not a
+	// plain socket.
+	fd      int
 	peekBuf [1]byte
-	peekN   int
-	peekErr error
+	// writeDeadline is whether a write deadline is set.
+	writeDeadline bool
 }
 
 func newBackendConn(nc net.Conn) *backendConn {
@@ -77,14 +79,11 @@ func newBackendConn(nc net.Conn) *backendConn {
 		Conn: nc,
 		br:   bufio.NewReaderSize(nc, backendReadBuffer),
 		bw:   bufio.NewWriterSize(nc, backendWriteBuffer),
+		fd:   -1,
 	}
 	if sc, ok := nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
-			c.raw = raw
-			c.peekFn = func(fd uintptr) bool {
-				c.peekN, _, c.peekErr = syscall.Recvfrom(int(fd), c.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-				return true // never wait
-			}
+			raw.Control(func(fd uintptr) { c.fd = int(fd) }) //nolint:errcheck
 		}
 	}
 	return c
@@ -93,20 +92,39 @@ func newBackendConn(nc net.Conn) *backendConn {
 // alive reports whether a pooled connection can carry a request: the
 // backend has not closed it, and has not sent bytes nobody asked for
 // (which would be taken for the next response). It costs one
-// non-blocking recv; NGINX and HAProxy learn the same from their event
-// loops while the connection idles. The read deadline must be in the
-// future.
+// non-blocking recv with MSG_PEEK; NGINX and HAProxy learn the same from
+// their event loops while the connection idles. The connection must be
+// open and owned by the caller.
 func (c *backendConn) alive() bool {
 	if c.br.Buffered() > 0 {
 		return false
 	}
-	if c.raw == nil {
+	if c.fd < 0 {
 		return true
 	}
-	if err := c.raw.Read(c.peekFn); err != nil {
-		return false
+	// A raw syscall: it cannot block (MSG_DONTWAIT), so it needs none of
+	// the scheduler's bookkeeping for blocking calls.
+	_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(c.fd),
+		uintptr(unsafe.Pointer(&c.peekBuf[0])), 1, syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	return errno == syscall.EAGAIN
+}
+
+// setDeadlines arms the exchange's deadlines: reading always; writing
+// only for a request large enough that a write could block on a backend
+// that stopped reading (a small one fits in the socket buffer). Each
+// deadline change costs a timer update, so one not needed is not set.
+func (c *backendConn) setDeadlines(deadline time.Time, bigWrite bool) error {
+	if bigWrite {
+		c.writeDeadline = true
+		return c.SetDeadline(deadline)
 	}
-	return c.peekErr == syscall.EAGAIN
+	if c.writeDeadline {
+		c.writeDeadline = false
+		if err := c.SetWriteDeadline(time.Time{}); err != nil {
+			return err
+		}
+	}
+	return c.SetReadDeadline(deadline)
 }
 
 // pop takes the most recently used pooled connection if it has been idle
@@ -140,14 +158,14 @@ func (t *Transport) pop(now time.Time, maxAge time.Duration) *backendConn {
 }
 
 // get returns a live pooled connection used within maxAge, or a new one,
-// with its deadline set.
-func (t *Transport) get(now, deadline time.Time, maxAge time.Duration) (c *backendConn, reused bool, err error) {
+// with its deadlines set.
+func (t *Transport) get(now, deadline time.Time, maxAge time.Duration, bigWrite bool) (c *backendConn, reused bool, err error) {
 	for {
 		c = t.pop(now, maxAge)
 		if c == nil {
 			break
 		}
-		if c.SetDeadline(deadline) == nil && c.alive() {
+		if c.alive() && c.setDeadlines(deadline, bigWrite) == nil {
 			return c, true, nil
 		}
 		c.Close()
@@ -157,7 +175,7 @@ func (t *Transport) get(now, deadline time.Time, maxAge time.Duration) (c *backe
 		return nil, false, &Error{Kind: ErrConnect, Err: err}
 	}
 	c = newBackendConn(nc)
-	if err := c.SetDeadline(deadline); err != nil {
+	if err := c.setDeadlines(deadline, bigWrite); err != nil {
 		c.Close()
 		return nil, false, &Error{Kind: ErrConnect, Err: err}
 	}
@@ -302,7 +320,7 @@ type exchange struct {
 // owns the connection until it is closed. req must not be a body stream.
 func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, maxAge time.Duration) (*bodyStream, error) {
 	now := time.Now()
-	c, reused, err := x.t.get(now, now.Add(x.timeout), maxAge)
+	c, reused, err := x.t.get(now, now.Add(x.timeout), maxAge, len(req.Body()) > smallWrite)
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net"
 	"sync"
@@ -28,7 +27,10 @@ type listener struct {
 }
 
 func newListener(cfg config.Listener, state *proxy.Listener, term *tlsterm.Terminator, log, access hclog.Logger) (*listener, error) {
-	ln, err := net.Listen("tcp", cfg.Bind)
+	// No TCP keep-alive probes on client connections (four setsockopt
+	// calls per accepted connection): idle_timeout closes idle ones.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), "tcp", cfg.Bind)
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: %w", cfg.Name, err)
 	}
@@ -65,7 +67,9 @@ func (l *listener) serve() {
 	defer close(l.done)
 	var ln net.Listener = l.ln
 	if l.term != nil {
-		ln = tls.NewListener(ln, l.term.Config())
+		tl := tlsterm.NewListener(l.ln, l.term.Config(), l.cfg.ReadTimeout.Duration)
+		go tl.Serve()
+		ln = tl
 	}
 	if err := l.srv.Serve(ln); err != nil {
 		l.log.Error("listener stopped", "error", err)
