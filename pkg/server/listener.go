@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -79,7 +80,14 @@ func (l *listener) serve() {
 // shutdown stops accepting, lets in-flight requests finish and closes idle
 // connections, until ctx expires.
 func (l *listener) shutdown(ctx context.Context) error {
+	// Close the socket first: fasthttp's Shutdown does nothing to a
+	// server whose Serve has not started yet, which would leave it to
+	// start afterwards and serve forever.
+	l.ln.Close()
 	err := l.srv.ShutdownWithContext(ctx)
+	if errors.Is(err, net.ErrClosed) {
+		err = nil // the socket closed above
+	}
 	select {
 	case <-l.done:
 	case <-ctx.Done():

@@ -53,7 +53,12 @@ name = "web"
 	s.Start()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	start := time.Now()
 	if err := s.Shutdown(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// Nothing was in flight, so nothing should have been waited for.
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("shutting down an idle server took %s", d)
 	}
 }
