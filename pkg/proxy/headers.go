@@ -36,48 +36,60 @@ const (
 )
 
 // scanRequestHeaders reports which hop-by-hop headers a request carries,
-// and whether it has more than one X-Forwarded-For or Connection.
+// and whether it has more than one X-Forwarded-For or Connection. It reads
+// the raw head as received: fasthttp's header iterator would parse and
+// re-serialise the cookies of every request.
 func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
+	raw := h.RawHeaders()
 	xff, conn := 0, 0
-	for k := range h.All() {
-		switch len(k) {
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || line[0] == ' ' || line[0] == '\t' {
+			continue // not a field line (or a folded continuation)
+		}
+		name := line[:colon]
+		switch len(name) {
 		case 2:
-			if string(k) == "Te" {
+			if bytes.EqualFold(name, []byte("te")) {
 				mask |= hopTE
 			}
 		case 6:
-			if string(k) == "Expect" {
+			if bytes.EqualFold(name, []byte("expect")) {
 				mask |= hopExpect
 			}
 		case 7:
-			switch string(k) {
-			case "Trailer":
+			if bytes.EqualFold(name, []byte("trailer")) {
 				mask |= hopTrailer
-			case "Upgrade":
+			} else if bytes.EqualFold(name, []byte("upgrade")) {
 				mask |= hopUpgrade
 			}
 		case 10:
-			switch string(k) {
-			case "Connection":
+			if bytes.EqualFold(name, []byte("connection")) {
 				mask |= hopConnection
 				if conn++; conn > 1 {
 					mask |= hopManyConnection
 				}
-			case "Keep-Alive":
+			} else if bytes.EqualFold(name, []byte("keep-alive")) {
 				mask |= hopKeepAlive
 			}
 		case 15:
-			if string(k) == "X-Forwarded-For" {
+			if bytes.EqualFold(name, []byte("x-forwarded-for")) {
 				if xff++; xff > 1 {
 					mask |= hopManyXFF
 				}
 			}
 		case 16:
-			if string(k) == "Proxy-Connection" {
+			if bytes.EqualFold(name, []byte("proxy-connection")) {
 				mask |= hopProxyConnection
 			}
 		case 19:
-			if string(k) == "Proxy-Authorization" {
+			if bytes.EqualFold(name, []byte("proxy-authorization")) {
 				mask |= hopProxyAuthorization
 			}
 		}
@@ -185,6 +197,12 @@ func cleanResponse(h *fasthttp.ResponseHeader) {
 	}
 }
 
+// plainConnection reports a Connection value that names no other header:
+// "keep-alive" or "close", the common cases, handled without allocating.
+func plainConnection(v []byte) bool {
+	return bytes.EqualFold(v, []byte("keep-alive")) || bytes.EqualFold(v, []byte("close"))
+}
+
 // headerEditor is what request and response headers have in common.
 type headerEditor interface {
 	Peek(key string) []byte
@@ -197,7 +215,7 @@ type headerEditor interface {
 // hop-by-hop too), Keep-Alive and Proxy-Connection. The common
 // "Connection: keep-alive" takes a path that does not allocate.
 func dropCommon(h headerEditor, mask int) {
-	if mask&hopConnection != 0 && (mask&hopManyConnection != 0 || !bytes.EqualFold(h.Peek("Connection"), []byte("keep-alive"))) {
+	if mask&hopConnection != 0 && (mask&hopManyConnection != 0 || !plainConnection(h.Peek("Connection"))) {
 		// Copy the values: deleting headers moves the storage they are in.
 		var tmp [128]byte
 		conn := tmp[:0]

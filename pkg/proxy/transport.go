@@ -70,11 +70,6 @@ type backendConn struct {
 	// plain socket.
 	fd      int
 	peekBuf [1]byte
-	// For waitReadable: the raw connection, and a function made once per
-	// connection that declines the first call.
-	raw       syscall.RawConn
-	waitFirst bool
-	waitFn    func(fd uintptr) bool
 	// writeDeadline is whether a write deadline is set.
 	writeDeadline bool
 }
@@ -89,14 +84,6 @@ func newBackendConn(nc net.Conn) *backendConn {
 	if sc, ok := nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			raw.Control(func(fd uintptr) { c.fd = int(fd) }) //nolint:errcheck
-			c.raw = raw
-			c.waitFn = func(uintptr) bool {
-				if c.waitFirst {
-					c.waitFirst = false
-					return false
-				}
-				return true
-			}
 		}
 	}
 	return c
@@ -120,18 +107,6 @@ func (c *backendConn) alive() bool {
 	_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(c.fd),
 		uintptr(unsafe.Pointer(&c.peekBuf[0])), 1, syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
 	return errno == syscall.EAGAIN
-}
-
-// waitReadable waits until the backend has sent something (or the read
-// deadline passes), without first trying a read: just after a request is
-// sent its answer is not there yet, and a read would only fail with
-// EAGAIN, one system call wasted per request.
-func (c *backendConn) waitReadable() error {
-	if c.raw == nil || c.br.Buffered() > 0 {
-		return nil
-	}
-	c.waitFirst = true
-	return c.raw.Read(c.waitFn)
 }
 
 // setDeadlines arms the exchange's deadlines: reading always; writing
@@ -363,9 +338,6 @@ func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, max
 			return nil, x.fail(ErrSend, reused, err)
 		}
 		closeAfter = true
-	} else if err := c.waitReadable(); err != nil {
-		c.Close()
-		return nil, x.fail(ErrResponse, reused, err)
 	} else if _, err := c.br.Peek(1); err != nil {
 		// Wait for the first byte on its own so that "closed before
 		// answering" can be told apart from a broken answer.

@@ -1,7 +1,6 @@
 package tlsterm
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -107,9 +106,15 @@ func (l *Listener) worker(c net.Conn) {
 
 func (l *Listener) handshake(c net.Conn) {
 	tc := tls.Server(c, l.cfg)
-	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
-	err := tc.HandshakeContext(ctx)
-	cancel()
+	// A deadline rather than HandshakeContext, which starts a goroutine
+	// per handshake to watch its context.
+	err := c.SetDeadline(time.Now().Add(l.timeout))
+	if err == nil {
+		err = tc.Handshake()
+	}
+	if err == nil {
+		err = c.SetDeadline(time.Time{})
+	}
 	if l.OnHandshake != nil {
 		r := HandshakeResult{Err: err}
 		if err == nil {
