@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -63,6 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, version.String())
 		return 0
 	case *demo:
+		smallStacks()
 		return runDemo(*demoListen, *demoAdmin, stdout, stderr)
 	}
 
@@ -86,11 +88,37 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case *healthcheck:
 		return runHealthcheck(cfg, stderr)
 	}
+	smallStacks()
 	log := newLogger(cfg.Global, stderr)
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
 	return serve(cfg, log, nil)
+}
+
+// smallStacks makes sure the Go runtime starts every goroutine with the
+// smallest stack (GODEBUG=adaptivestackstart=0), re-executing lb with that
+// setting if it is not in the environment; the setting is read only when
+// a process starts. By default new goroutines start at the average stack
+// size seen at the last collection, which the few handshake workers (tens
+// of KiB each) pull up to 8 KiB; a connection's goroutine keeps that size
+// while idle, where 4 KiB is all the request path needs (pkg/server's
+// TestIdleConnectionStack holds it to that). Half the stack of an idle
+// connection is a third of what lb holds for it.
+func smallStacks() {
+	godebug := os.Getenv("GODEBUG")
+	if strings.Contains(godebug, "adaptivestackstart=") {
+		return
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return
+	}
+	if godebug != "" {
+		godebug += ","
+	}
+	env := append(os.Environ(), "GODEBUG="+godebug+"adaptivestackstart=0")
+	_ = syscall.Exec(exe, os.Args, env) // returns only if it failed; run as we are
 }
 
 func plural(n int, noun string) string {

@@ -191,7 +191,7 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 			break
 		}
 		if h.log.IsDebug() {
-			h.log.Debug("retrying on another backend", "pool", up.Pool.Name, "backend", b.Address, "error", err)
+			h.logRetry(up, b, err)
 		}
 	}
 	errorResponse(ctx, statusFor(lastErr))
@@ -218,6 +218,14 @@ func closeDelimited(ctx *fasthttp.RequestCtx) {
 		}
 		_, _ = io.Copy(c, body)
 	})
+}
+
+// logRetry is kept out of forward so that its arguments do not enlarge
+// forward's stack frame, which sits under every backend exchange.
+//
+//go:noinline
+func (h *Handler) logRetry(up *Upstream, b *balancer.Backend, err error) {
+	h.log.Debug("retrying on another backend", "pool", up.Pool.Name, "backend", b.Address, "error", err)
 }
 
 func errorKind(err error) ErrorKind {
