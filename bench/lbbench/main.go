@@ -90,7 +90,12 @@ func run(o options) error {
 	if o.lbBin == "" {
 		o.lbBin = filepath.Join(work, "lb-bin")
 		logf("building lb")
-		build := exec.Command("go", "build", "-o", o.lbBin, "./cmd/lb")
+		commit := strings.TrimSpace(output("git", "rev-parse", "--short=12", "HEAD"))
+		if strings.TrimSpace(output("git", "status", "--porcelain", "--untracked-files=no")) != "" {
+			commit += "-dirty"
+		}
+		build := exec.Command("go", "build", "-o", o.lbBin,
+			"-ldflags", "-X github.com/offloadlb/lb/internal/version.Commit="+commit, "./cmd/lb")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			return fmt.Errorf("building lb: %w", err)

@@ -74,7 +74,7 @@ func (r *results) markdown(o options, e *env) string {
 			fmt.Fprintf(&b, "- %s: %s\n", c, ct.version)
 		}
 	}
-	b.WriteString("\nMedian (min–max) of the rounds. Ratios are lb ÷ the other; for CPU, latency and memory lower is better.\n\n")
+	b.WriteString("\nMedian (min–max) of the rounds. Ratios are lb ÷ the other, taken within each round (the contenders of a round run minutes apart at most) and then the median over rounds, which keeps a slow spell of a shared machine from landing on one side; for CPU, latency and memory lower is better.\n\n")
 	b.WriteString("| scenario |")
 	for _, c := range o.contenders {
 		fmt.Fprintf(&b, " %s |", c)
@@ -108,11 +108,18 @@ func (r *results) markdown(o options, e *env) string {
 			fmt.Fprintf(&b, " "+m.format+" ("+m.format+"–"+m.format+") |", med[c], lo, hi)
 		}
 		for _, c := range others {
-			if med[c] == 0 || med["lb"] == 0 {
+			lbv, ov := r.values("lb", m), r.values(c, m)
+			var ratios []float64
+			for i := 0; i < len(lbv) && i < len(ov); i++ {
+				if ov[i] > 0 {
+					ratios = append(ratios, lbv[i]/ov[i])
+				}
+			}
+			if len(ratios) == 0 {
 				b.WriteString(" – |")
 				continue
 			}
-			fmt.Fprintf(&b, " %.2f× |", med["lb"]/med[c])
+			fmt.Fprintf(&b, " %.2f× |", median(ratios))
 		}
 		b.WriteString("\n")
 	}

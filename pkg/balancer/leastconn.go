@@ -14,7 +14,7 @@ func (*leastConn) next(p *Pool, tried *Tried) *Backend {
 	if n == 0 {
 		return nil
 	}
-	i := rand.IntN(n)
+	i := int(rand.Uint32N(uint32(n)))
 	var best *Backend
 	var bestActive, bestWeight int64
 	for range n {
@@ -22,11 +22,15 @@ func (*leastConn) next(p *Pool, tried *Tried) *Backend {
 		if i++; i == n {
 			i = 0
 		}
-		if !p.candidate(b, tried) {
+		// candidate, with active loaded once for both uses.
+		if b.Weight <= 0 || !b.Usable() {
 			continue
 		}
-		a, w := b.active.Load(), int64(b.Weight)
-		if best == nil || a*bestWeight < bestActive*w {
+		a := b.active.Load()
+		if p.MaxConns > 0 && a >= p.MaxConns || tried.Has(b) {
+			continue
+		}
+		if w := int64(b.Weight); best == nil || a*bestWeight < bestActive*w {
 			best, bestActive, bestWeight = b, a, w
 		}
 	}
