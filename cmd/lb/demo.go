@@ -86,7 +86,7 @@ func runDemo(listen, adminAddr string, stdout, stderr io.Writer) int {
 	}
 
 	log := newLogger(cfg.Global, stderr)
-	return serve(cfg, log, func(s *server.Server) {
+	return serve(cfg, "", log, func(s *server.Server) {
 		url := "https://" + s.Addrs()["https"]
 		fmt.Fprintf(stdout, `
 lb demo: three backends behind one HTTPS listener.

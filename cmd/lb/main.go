@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -93,7 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
-	return serve(cfg, log, nil)
+	return serve(cfg, *configPath, log, nil)
 }
 
 // smallStacks makes sure the Go runtime starts every goroutine with the
@@ -149,8 +150,8 @@ func printConfigErrors(w io.Writer, err error) {
 	fmt.Fprintf(w, "error: %v\n", err)
 }
 
-func newLogger(g config.Global, out io.Writer) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{
+func newLogger(g config.Global, out io.Writer) hclog.InterceptLogger {
+	return hclog.NewInterceptLogger(&hclog.LoggerOptions{
 		Name:       "lb",
 		Level:      hclog.LevelFromString(g.LogLevel),
 		JSONFormat: g.LogFormat == "json",
@@ -159,40 +160,57 @@ func newLogger(g config.Global, out io.Writer) hclog.Logger {
 }
 
 // serve runs cfg until SIGTERM or SIGINT, then shuts down gracefully.
-// started, if not nil, is called once everything listens.
-func serve(cfg *config.Config, log hclog.Logger, started func(*server.Server)) int {
+// path is the config file to reload from on SIGHUP, POST /reload and,
+// with global.watch, when it changes; "" when the config did not come
+// from a file. started, if not nil, is called once everything listens.
+func serve(cfg *config.Config, path string, log hclog.InterceptLogger, started func(*server.Server)) int {
 	srv, err := server.New(cfg, log)
 	if err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
+	r := &reloader{path: path, srv: srv, log: log}
+	srv.Reloader = func() error { return r.reload("admin API") }
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	srv.Start()
-	log.Info("lb started", "version", version.String())
+	log.Info("lb started", "version", version.String(), "config", path)
+	ctx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	if cfg.Global.Watch && path != "" {
+		if err := server.WatchFile(ctx, path, 250*time.Millisecond, log, func() { r.reload("file changed") }); err != nil {
+			log.Warn("cannot watch the config file; reload with SIGHUP or POST /reload", "file", path, "error", err)
+		} else {
+			log.Info("watching the config file for changes", "file", path)
+		}
+	}
 	if started != nil {
 		started(srv)
 	}
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			log.Warn("SIGHUP received: live reload is not available in this version; restart lb to apply config changes")
+			r.reload("SIGHUP") //nolint:errcheck // logged
 			continue
 		}
-		grace := cfg.Global.ShutdownGrace.Duration
+		stopWatch()
+		grace := r.current().Global.ShutdownGrace.Duration
+		if grace == 0 {
+			grace = cfg.Global.ShutdownGrace.Duration
+		}
 		log.Info("shutting down: no new connections, waiting for requests in flight", "signal", sig.String(), "grace", grace.String())
-		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		sctx, cancel := context.WithTimeout(context.Background(), grace)
 		go func() {
 			// A second signal stops at once.
 			select {
 			case s := <-sigs:
 				log.Warn("second signal: stopping now", "signal", s.String())
 				cancel()
-			case <-ctx.Done():
+			case <-sctx.Done():
 			}
 		}()
-		err := srv.Shutdown(ctx)
+		err := srv.Shutdown(sctx)
 		cancel()
 		if err != nil {
 			log.Warn("stopped with requests still in flight", "error", err)
@@ -202,6 +220,59 @@ func serve(cfg *config.Config, log hclog.Logger, started func(*server.Server)) i
 		return 0
 	}
 	return 0
+}
+
+// reloader reloads the config file into the server, one reload at a time.
+type reloader struct {
+	path string
+	srv  *server.Server
+	log  hclog.InterceptLogger
+
+	mu  sync.Mutex
+	cfg *config.Config // the config in use, after the last good reload
+}
+
+func (r *reloader) current() *config.Config {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cfg == nil {
+		return &config.Config{}
+	}
+	return r.cfg
+}
+
+func (r *reloader) reload(why string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.path == "" {
+		err := errors.New("this config was not read from a file, so there is nothing to reload")
+		r.log.Warn("reload refused", "trigger", why, "error", err)
+		return err
+	}
+	r.log.Info("reloading the config", "trigger", why, "file", r.path)
+	cfg, err := config.Load(r.path)
+	if err != nil {
+		var errs config.Errors
+		if errors.As(err, &errs) {
+			for _, e := range errs {
+				r.log.Error("reload failed: bad config; the running config keeps serving", "error", e.Error())
+			}
+		} else {
+			r.log.Error("reload failed: bad config; the running config keeps serving", "error", err)
+		}
+		r.srv.NoteReloadFailure(err)
+		return err
+	}
+	for _, w := range cfg.Warnings {
+		r.log.Warn(w)
+	}
+	if err := r.srv.Reload(cfg); err != nil {
+		r.log.Error("reload failed; the running config keeps serving", "error", err)
+		return err
+	}
+	r.cfg = cfg
+	r.log.SetLevel(hclog.LevelFromString(cfg.Global.LogLevel))
+	return nil
 }
 
 // runHealthcheck asks the admin /healthz of the lb that cfg configures.

@@ -1,75 +1,57 @@
 // Package admin serves lb's admin HTTP endpoints: /healthz for liveness
-// probes, /status.json with the state of every listener, pool and
-// backend, and optionally Go's profiler under /debug/pprof/.
+// probes, /metrics for Prometheus, /status.json and the /status page,
+// POST /reload, per-backend drain and enable, and optionally Go's
+// profiler under /debug/pprof/.
 package admin
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Source supplies the state the admin server reports.
+// ErrNotFound is returned by a Source for a pool or backend that does not
+// exist; the admin server answers 404.
+var ErrNotFound = errors.New("not found")
+
+// Source is the running lb the admin server reports on and acts upon.
 type Source interface {
 	Status() Status
-}
-
-// Status is the document served at /status.json.
-type Status struct {
-	Version   string           `json:"version"`
-	Started   time.Time        `json:"started"`
-	Listeners []ListenerStatus `json:"listeners"`
-	Pools     []PoolStatus     `json:"pools"`
-}
-
-// ListenerStatus describes one listener.
-type ListenerStatus struct {
-	Name              string `json:"name"`
-	Address           string `json:"address"`
-	Mode              string `json:"mode"`
-	TLS               bool   `json:"tls"`
-	Pool              string `json:"pool"`
-	ActiveConnections int64  `json:"active_connections"`
-}
-
-// PoolStatus describes one pool and its backends.
-type PoolStatus struct {
-	Name      string          `json:"name"`
-	Algorithm string          `json:"algorithm"`
-	Usable    int             `json:"usable"`
-	Backends  []BackendStatus `json:"backends"`
-}
-
-// BackendStatus describes one backend.
-type BackendStatus struct {
-	Address           string     `json:"address"`
-	Weight            int        `json:"weight"`
-	State             string     `json:"state"` // up | down | drained
-	Up                bool       `json:"up"`
-	ActiveConnections int64      `json:"active_connections"`
-	Requests          uint64     `json:"requests"`
-	Failures          uint64     `json:"failures"`
-	LastError         string     `json:"last_error"`
-	LastCheck         *time.Time `json:"last_check,omitempty"`
-	Since             time.Time  `json:"since"`
-}
-
-// Server is the admin HTTP server.
-type Server struct {
-	ln  net.Listener
-	srv *http.Server
-	log hclog.Logger
+	// ReloadFromSource reloads the config from where it came from.
+	ReloadFromSource() error
+	// SetBackendDrained takes a backend out of rotation or puts it back.
+	SetBackendDrained(pool, addr string, drained bool) error
 }
 
 // Options adjust the admin server.
 type Options struct {
 	// Pprof serves Go's profiler under /debug/pprof/.
 	Pprof bool
+	// Gatherer supplies /metrics; nil serves no metrics.
+	Gatherer prometheus.Gatherer
+}
+
+//go:embed status.html
+var statusPage []byte
+
+// Server is the admin HTTP server.
+type Server struct {
+	ln    net.Listener
+	srv   *http.Server
+	log   hclog.Logger
+	src   Source
+	pprof atomic.Bool
 }
 
 // New binds addr; Start serves.
@@ -78,36 +60,113 @@ func New(addr string, src Source, opts Options, log hclog.Logger) (*Server, erro
 	if err != nil {
 		return nil, err
 	}
+	s := &Server{ln: ln, log: log, src: src}
+	s.pprof.Store(opts.Pprof)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write([]byte("ok\n"))
+		w.Write([]byte("ok\n")) //nolint:errcheck
 	})
-	mux.HandleFunc("GET /status.json", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
+	mux.HandleFunc("GET /status.json", s.statusJSON)
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(src.Status())
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+		w.Write(statusPage) //nolint:errcheck
 	})
-	if opts.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/status", http.StatusFound)
+	})
+	if opts.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{ErrorLog: log.StandardLogger(nil)}))
 	}
-	s := &Server{
-		ln:  ln,
-		log: log,
-		srv: &http.Server{
-			Handler:           mux,
-			ReadHeaderTimeout: 5 * time.Second,
-			IdleTimeout:       60 * time.Second,
-			ErrorLog:          log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
-		},
+	mux.HandleFunc("POST /reload", s.reload)
+	mux.HandleFunc("POST /pools/{pool}/backends/{address}/drain", s.drain(true))
+	mux.HandleFunc("POST /pools/{pool}/backends/{address}/enable", s.drain(false))
+	mux.HandleFunc("/debug/pprof/", s.gatePprof(pprof.Index))
+	mux.HandleFunc("/debug/pprof/cmdline", s.gatePprof(pprof.Cmdline))
+	mux.HandleFunc("/debug/pprof/profile", s.gatePprof(pprof.Profile))
+	mux.HandleFunc("/debug/pprof/symbol", s.gatePprof(pprof.Symbol))
+	mux.HandleFunc("/debug/pprof/trace", s.gatePprof(pprof.Trace))
+	s.srv = &http.Server{
+		Handler:           sameOrigin(mux),
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
 	}
 	return s, nil
+}
+
+// SetPprof turns the profiler endpoints on or off.
+func (s *Server) SetPprof(on bool) { s.pprof.Store(on) }
+
+func (s *Server) gatePprof(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !s.pprof.Load() {
+			http.Error(w, "profiling is off (set global.pprof = true)", http.StatusNotFound)
+			return
+		}
+		h(w, r)
+	}
+}
+
+// sameOrigin refuses state-changing requests a browser sends on behalf of
+// another site (a page elsewhere posting to 127.0.0.1:9100): the admin
+// API has no password, so only curl, scripts and the status page itself
+// may change things.
+func sameOrigin(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			if site := r.Header.Get("Sec-Fetch-Site"); site == "cross-site" || site == "same-site" {
+				http.Error(w, "cross-site request refused", http.StatusForbidden)
+				return
+			}
+			if o := r.Header.Get("Origin"); o != "" && o != "null" && !strings.HasSuffix(o, "://"+r.Host) {
+				http.Error(w, "cross-origin request refused", http.StatusForbidden)
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) statusJSON(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(s.src.Status()) //nolint:errcheck
+}
+
+func (s *Server) reload(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := s.src.ReloadFromSource(); err != nil {
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		w.Write([]byte("reload failed; the running config is unchanged:\n" + err.Error() + "\n")) //nolint:errcheck
+		return
+	}
+	w.Write([]byte("reloaded\n")) //nolint:errcheck
+}
+
+func (s *Server) drain(drained bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		pool, addr := r.PathValue("pool"), r.PathValue("address")
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := s.src.SetBackendDrained(pool, addr, drained); err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, ErrNotFound) {
+				code = http.StatusNotFound
+			}
+			w.WriteHeader(code)
+			w.Write([]byte(err.Error() + "\n")) //nolint:errcheck
+			return
+		}
+		state := "enabled"
+		if drained {
+			state = "drained"
+		}
+		w.Write([]byte(pool + " " + addr + " " + state + "\n")) //nolint:errcheck
+	}
 }
 
 // Addr is the bound address.

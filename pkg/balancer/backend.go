@@ -37,7 +37,13 @@ type State struct {
 	active   atomic.Int64
 	requests atomic.Uint64
 	failures atomic.Uint64
+	latency  atomic.Uint64 // nanoseconds, summed over answered requests
 	_        [64]byte
+
+	// Slow start: when the ramp began (unix nanoseconds, 0 for none) and
+	// how long it lasts.
+	slowStart atomic.Int64
+	slowLen   atomic.Int64
 
 	// Health bookkeeping, written by pkg/health.
 	checkPasses  atomic.Int32
@@ -97,6 +103,47 @@ func (s *State) CountRequest(failed bool) {
 	if failed {
 		s.failures.Inc()
 	}
+}
+
+// ObserveLatency adds the duration of one answered request.
+func (s *State) ObserveLatency(d time.Duration) {
+	if d > 0 {
+		s.latency.Add(uint64(d))
+	}
+}
+
+// LatencySum is the total duration of answered requests; divided by the
+// change in Requests over an interval it gives the average latency.
+func (s *State) LatencySum() time.Duration { return time.Duration(s.latency.Load()) }
+
+// StartSlowStart begins ramping the backend's weight from small to full
+// over d (nothing for d <= 0).
+func (s *State) StartSlowStart(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	s.slowLen.Store(int64(d))
+	s.slowStart.Store(time.Now().UnixNano())
+}
+
+// SlowStarting reports whether the backend's weight is ramping up.
+func (s *State) SlowStarting() bool { return s.slowStart.Load() != 0 }
+
+// EffectiveWeight is the weight a pick uses: Weight, or during slow start
+// a share of it growing with the time since the ramp began (at least 1).
+func (b *Backend) EffectiveWeight(now time.Time) int {
+	start := b.slowStart.Load()
+	if start == 0 || b.Weight == 0 {
+		return b.Weight
+	}
+	length := b.slowLen.Load()
+	elapsed := now.UnixNano() - start
+	if elapsed >= length || length <= 0 {
+		b.slowStart.CompareAndSwap(start, 0)
+		return b.Weight
+	}
+	w := (int64(b.Weight)*elapsed + length - 1) / length
+	return int(max(1, w))
 }
 
 // LastError is the reason of the last failed check or request, "" after a

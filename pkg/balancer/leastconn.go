@@ -1,6 +1,9 @@
 package balancer
 
-import "math/rand/v2"
+import (
+	"math/rand/v2"
+	"time"
+)
 
 // leastConn picks the candidate with the fewest requests in flight
 // relative to its weight (active/weight, compared by cross-multiplying).
@@ -30,7 +33,11 @@ func (*leastConn) next(p *Pool, tried *Tried) *Backend {
 		if p.MaxConns > 0 && a >= p.MaxConns || tried.Has(b) {
 			continue
 		}
-		if w := int64(b.Weight); best == nil || a*bestWeight < bestActive*w {
+		w := int64(b.Weight)
+		if b.slowStart.Load() != 0 {
+			w = int64(b.EffectiveWeight(time.Now()))
+		}
+		if best == nil || a*bestWeight < bestActive*w {
 			best, bestActive, bestWeight = b, a, w
 		}
 	}

@@ -102,6 +102,16 @@ func (p *Pool) Usable() int {
 	return n
 }
 
+// SlowStarting reports whether any backend's weight is ramping up.
+func (p *Pool) SlowStarting() bool {
+	for _, b := range p.Backends {
+		if b.SlowStarting() {
+			return true
+		}
+	}
+	return false
+}
+
 // Backend returns the backend with that address, or nil.
 func (p *Pool) Backend(addr string) *Backend {
 	for _, b := range p.Backends {

@@ -3,14 +3,16 @@ package balancer
 import (
 	"math/rand/v2"
 	"sync"
+	"time"
 
 	"go.uber.org/atomic"
 )
 
 // roundRobin is NGINX's smooth weighted round-robin, precomputed: refresh
-// runs the algorithm once over the usable backends' weights and stores the
-// resulting cycle (weights 5,1,1 give a a b a c a a), and a pick is one
-// atomic increment indexing into it. Only refresh takes a lock.
+// runs the algorithm once over the usable backends' effective weights and
+// stores the resulting cycle (weights 5,1,1 give a a b a c a a), and a
+// pick is one atomic increment indexing into it. Only refresh takes a
+// lock. During a slow start the pool is refreshed as the weight ramps.
 type roundRobin struct {
 	mu      sync.Mutex // serialises refresh
 	table   atomic.Pointer[[]int32]
@@ -56,9 +58,10 @@ func (r *roundRobin) refresh(p *Pool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	weights := make([]int, len(p.Backends))
+	now := time.Now()
 	for i, b := range p.Backends {
 		if b.Usable() {
-			weights[i] = b.Weight
+			weights[i] = b.EffectiveWeight(now)
 		}
 	}
 	seq := smoothSequence(weights)

@@ -51,9 +51,6 @@ func (l *loader) validateGlobal() {
 		}
 	}
 	l.checkDur(g.ShutdownGrace, "global.shutdown_grace", true)
-	if g.Watch && l.defined("global.watch") {
-		l.warnf("global.watch", "watching the config file for changes is not available in this version; restart lb to apply changes")
-	}
 }
 
 func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
@@ -316,9 +313,6 @@ func (l *loader) validateHealth(p string, h *Health) {
 		l.errorf(p+".passive_failures", "must be 0 (off) or more (got %d)", h.PassiveFailures)
 	}
 	l.checkDur(h.SlowStart, p+".slow_start", true)
-	if h.SlowStart.err == nil && h.SlowStart.Duration > 0 {
-		l.errorf(p+".slow_start", "slow start is not available in this version")
-	}
 }
 
 // checkDur reports a duration that did not parse, is negative, or is zero

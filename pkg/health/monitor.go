@@ -52,8 +52,13 @@ func NewMonitor(pool *balancer.Pool, cfg config.Health, log hclog.Logger) *Monit
 }
 
 // Start runs the first check of every backend at once, then one every
-// interval, each backend on its own goroutine, until Stop.
+// interval, each backend on its own goroutine, until Stop. With
+// slow_start it also keeps the pool's weights following the ramps.
 func (m *Monitor) Start() {
+	if m.cfg.SlowStart.Duration > 0 {
+		m.wg.Add(1)
+		go m.ramp()
+	}
 	if m.checker == nil {
 		return
 	}
@@ -61,6 +66,36 @@ func (m *Monitor) Start() {
 		m.wg.Add(1)
 		go m.loop(b)
 	}
+}
+
+// ramp refreshes the pool while a backend's weight ramps up, so that the
+// round-robin table follows the effective weights: about 20 steps per
+// slow start.
+func (m *Monitor) ramp() {
+	defer m.wg.Done()
+	step := max(m.cfg.SlowStart.Duration/20, 50*time.Millisecond)
+	t := time.NewTicker(step)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+			if m.pool.SlowStarting() {
+				m.pool.Refresh()
+			}
+		}
+	}
+}
+
+// up marks b up after it was down, starting its slow start.
+func (m *Monitor) up(b *balancer.Backend, reason string) {
+	_, _, passive := b.CheckCounters()
+	passive.Store(0)
+	b.SetLastError("")
+	b.StartSlowStart(m.cfg.SlowStart.Duration)
+	m.log.Info("backend is up", "backend", b.Address, "reason", reason)
+	m.pool.Refresh()
 }
 
 // Stop ends all checks and waits for them to return.
@@ -108,7 +143,7 @@ func (m *Monitor) checkOnce(b *balancer.Backend) {
 
 // record applies one active check result to the rise/fall state machine.
 func (m *Monitor) record(b *balancer.Backend, err error) {
-	passes, fails, passive := b.CheckCounters()
+	passes, fails, _ := b.CheckCounters()
 	if err == nil {
 		fails.Store(0)
 		n := passes.Inc()
@@ -117,10 +152,7 @@ func (m *Monitor) record(b *balancer.Backend, err error) {
 			return
 		}
 		if int(n) >= m.cfg.Rise && b.SetUp(true) {
-			passive.Store(0)
-			b.SetLastError("")
-			m.log.Info("backend is up", "backend", b.Address, "reason", fmt.Sprintf("%d consecutive checks passed", n))
-			m.pool.Refresh()
+			m.up(b, fmt.Sprintf("%d consecutive checks passed", n))
 		}
 		return
 	}
@@ -184,8 +216,7 @@ func (m *Monitor) holdDown(b *balancer.Backend) {
 		_, _, passive := b.CheckCounters()
 		passive.Store(0)
 		if b.SetUp(true) {
-			m.log.Info("backend is up", "backend", b.Address, "reason", "passive hold-down expired (no active checks)")
-			m.pool.Refresh()
+			m.up(b, "passive hold-down expired (no active checks)")
 		}
 	}
 }

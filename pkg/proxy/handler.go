@@ -12,8 +12,12 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/config"
+	"github.com/offloadlb/lb/pkg/metrics"
+	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
 // maxBufferedBody is the largest response body read whole, releasing the
@@ -31,22 +35,40 @@ type Listener struct {
 	Routes []Route
 	// Default serves requests no route matches. It may be nil only when
 	// Redirect is set.
-	Default *Upstream
+	Default *Target
 	// HSTS, when set, is sent as Strict-Transport-Security on every
 	// response.
 	HSTS []byte
 	// Redirect, when set, answers every request with a 308 to HTTPS.
 	Redirect *config.Redirect
+	// Rejected counts responses to requests that reached no pool
+	// (malformed, redirected). Never nil.
+	Rejected *metrics.Codes
+	// Access receives one line per request; nil turns access logging off.
+	Access hclog.Logger
 }
 
-// Route sends requests for a host and/or path prefix to an upstream.
+// Target is a pool as one listener sends to it: the upstream, and this
+// listener's counters for it, resolved when the config is built so that
+// counting a request needs no lookup.
+type Target struct {
+	Up *Upstream
+	// Codes counts responses by backend index.
+	Codes []*metrics.Codes
+	// NoBackend counts responses no backend gave (503 and the like).
+	NoBackend *metrics.Codes
+	// Duration observes request durations; nil for none.
+	Duration prometheus.Observer
+}
+
+// Route sends requests for a host and/or path prefix to a pool.
 type Route struct {
 	// Host is an exact lower-case host name, or "*.example.com" to match
 	// any name below example.com; "" matches every host.
 	Host string
 	// PathPrefix matches the start of the normalised path; "" matches all.
 	PathPrefix string
-	Upstream   *Upstream
+	Target     *Target
 }
 
 func (r *Route) match(host, path []byte) bool {
@@ -63,15 +85,15 @@ func (r *Route) match(host, path []byte) bool {
 	return r.PathPrefix == "" || bytes.HasPrefix(path, []byte(r.PathPrefix))
 }
 
-// route picks the upstream for a request.
-func (l *Listener) route(host, path []byte) *Upstream {
+// route picks the pool for a request.
+func (l *Listener) route(host, path []byte) *Target {
 	if len(l.Routes) == 0 {
 		return l.Default
 	}
 	host = stripPort(host)
 	for i := range l.Routes {
 		if l.Routes[i].match(host, path) {
-			return l.Routes[i].Upstream
+			return l.Routes[i].Target
 		}
 	}
 	return l.Default
@@ -90,15 +112,13 @@ func stripPort(host []byte) []byte {
 // Update may be called while requests are served, and each request uses
 // the Listener it started with.
 type Handler struct {
-	l      atomic.Pointer[Listener]
-	log    hclog.Logger
-	access hclog.Logger
+	l   atomic.Pointer[Listener]
+	log hclog.Logger
 }
 
-// NewHandler returns a handler for l. access receives one line per request;
-// nil turns access logging off.
-func NewHandler(l *Listener, log, access hclog.Logger) *Handler {
-	h := &Handler{log: log, access: access}
+// NewHandler returns a handler for l.
+func NewHandler(l *Listener, log hclog.Logger) *Handler {
+	h := &Handler{log: log}
 	h.l.Store(l)
 	return h
 }
@@ -113,7 +133,7 @@ func (h *Handler) Listener() *Listener { return h.l.Load() }
 func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	l := h.l.Load()
 	var (
-		up       *Upstream
+		t        *Target
 		b        *balancer.Backend
 		attempts int
 		err      error
@@ -123,13 +143,13 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	} else if code := checkRequest(ctx); code != 0 {
 		errorResponse(ctx, code)
 		ctx.SetConnectionClose()
-	} else if up = l.route(ctx.Host(), ctx.Path()); up == nil {
+	} else if t = l.route(ctx.Host(), ctx.Path()); t == nil {
 		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
 	} else {
 		http11 := ctx.Request.Header.IsHTTP11()
 		prepareRequest(ctx, l.TLS)
 		var stream *bodyStream
-		b, attempts, stream, err = h.forward(ctx, up)
+		b, attempts, stream, err = h.forward(ctx, t.Up)
 		if stream != nil && !http11 && ctx.Response.Header.ContentLength() < 0 {
 			closeDelimited(ctx)
 		}
@@ -137,8 +157,38 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	if l.HSTS != nil {
 		ctx.Response.Header.SetCanonical(hSTS, l.HSTS)
 	}
-	if h.access != nil {
-		h.logAccess(ctx, l, up, b, attempts, err)
+	h.account(ctx, l, t, b, attempts, err)
+}
+
+// account counts a finished request and writes its access log line. It
+// is a function of its own, called after forward returns, so that its
+// locals do not deepen the stack under a backend exchange (see pkg/server's
+// TestIdleConnectionStack).
+//
+//go:noinline
+func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *balancer.Backend, attempts int, err error) {
+	code := ctx.Response.StatusCode()
+	d := time.Since(ctx.Time())
+	switch {
+	case t == nil:
+		l.Rejected.Inc(code)
+	case b == nil:
+		t.NoBackend.Inc(code)
+	default:
+		t.Codes[b.Index].Inc(code)
+		if err == nil {
+			b.ObserveLatency(d)
+		}
+	}
+	if t != nil && t.Duration != nil {
+		t.Duration.Observe(d.Seconds())
+	}
+	if l.Access != nil {
+		var up *Upstream
+		if t != nil {
+			up = t.Up
+		}
+		logAccess(l.Access, ctx, l, up, b, attempts, d, err)
 	}
 }
 
@@ -336,9 +386,7 @@ func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
 	if h.log.IsDebug() {
 		h.log.Debug("rejected request", "client", ctx.RemoteAddr().String(), "status", code, "error", err)
 	}
-	if h.access != nil {
-		h.logAccess(ctx, h.l.Load(), nil, nil, 0, err)
-	}
+	h.account(ctx, h.l.Load(), nil, nil, 0, err)
 }
 
 // errorResponse replaces whatever the response holds with a short plain
@@ -372,17 +420,23 @@ func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 	ctx.SetStatusCode(fasthttp.StatusPermanentRedirect)
 }
 
-func (h *Handler) logAccess(ctx *fasthttp.RequestCtx, l *Listener, up *Upstream, b *balancer.Backend, attempts int, err error) {
-	pool, backend := "", ""
+// logAccess writes one access log line: who asked what, who answered,
+// how, how long it took, over which TLS version.
+func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *Upstream, b *balancer.Backend, attempts int, d time.Duration, err error) {
+	pool, backend, tlsVersion := "", "", ""
 	if up != nil {
 		pool = up.Pool.Name
 	}
 	if b != nil {
 		backend = b.Address
 	}
+	if st := ctx.TLSConnectionState(); st != nil {
+		tlsVersion = tlsterm.VersionName(st.Version)
+	}
 	args := []any{
 		"listener", l.Name,
 		"client", ctx.RemoteAddr().String(),
+		"tls", tlsVersion,
 		"method", string(ctx.Method()),
 		"host", string(ctx.Host()),
 		"uri", string(ctx.Request.Header.RequestURI()),
@@ -391,10 +445,10 @@ func (h *Handler) logAccess(ctx *fasthttp.RequestCtx, l *Listener, up *Upstream,
 		"pool", pool,
 		"backend", backend,
 		"attempts", attempts,
-		"duration", time.Since(ctx.Time()).Round(time.Microsecond).String(),
+		"duration", d.Round(time.Microsecond).String(),
 	}
 	if err != nil {
 		args = append(args, "error", err.Error())
 	}
-	h.access.Info("request", args...)
+	log.Info("request", args...)
 }

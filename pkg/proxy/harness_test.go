@@ -20,6 +20,7 @@ import (
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/health"
+	"github.com/offloadlb/lb/pkg/metrics"
 )
 
 // clientAddr is the address test clients appear to come from.
@@ -43,8 +44,7 @@ type harnessOpts struct {
 	responseTimeout time.Duration
 	maxBody         int
 	tls             bool
-	routes          []Route // Upstream nil means the harness's upstream
-	extra           map[string]*Upstream
+	routes          []Route // Target nil means the harness's pool
 	health          *config.Health
 	listener        func(*Listener)
 }
@@ -85,20 +85,29 @@ func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *Upst
 	return up
 }
 
+// targetFor wraps an upstream with fresh counters.
+func targetFor(up *Upstream) *Target {
+	t := &Target{Up: up, NoBackend: &metrics.Codes{}}
+	for range up.Pool.Backends {
+		t.Codes = append(t.Codes, &metrics.Codes{})
+	}
+	return t
+}
+
 func newHarness(t *testing.T, o harnessOpts) *harness {
 	t.Helper()
 	up := newUpstream(t, "web", o.backends, o)
-	l := &Listener{Name: "test", TLS: o.tls, Default: up}
+	l := &Listener{Name: "test", TLS: o.tls, Default: targetFor(up), Rejected: &metrics.Codes{}}
 	for _, r := range o.routes {
-		if r.Upstream == nil {
-			r.Upstream = up
+		if r.Target == nil {
+			r.Target = l.Default
 		}
 		l.Routes = append(l.Routes, r)
 	}
 	if o.listener != nil {
 		o.listener(l)
 	}
-	h := NewHandler(l, hclog.NewNullLogger(), nil)
+	h := NewHandler(l, hclog.NewNullLogger())
 	maxBody := o.maxBody
 	if maxBody == 0 {
 		maxBody = 10 << 20

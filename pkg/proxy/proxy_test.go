@@ -375,9 +375,9 @@ func TestRouting(t *testing.T) {
 	wildUp := newUpstream(t, "wild", []string{wild.addr}, o)
 	staticUp := newUpstream(t, "static", []string{static.addr}, o)
 	o.routes = []Route{
-		{Host: "api.example.com", PathPrefix: "/v1/", Upstream: apiUp},
-		{Host: "*.example.org", Upstream: wildUp},
-		{PathPrefix: "/static/", Upstream: staticUp},
+		{Host: "api.example.com", PathPrefix: "/v1/", Target: targetFor(apiUp)},
+		{Host: "*.example.org", Target: targetFor(wildUp)},
+		{PathPrefix: "/static/", Target: targetFor(staticUp)},
 	}
 	hs := newHarness(t, o)
 	for _, tc := range []struct {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -41,8 +42,8 @@ const (
 // Transport sends requests to one backend over pooled keep-alive
 // connections. It is safe for concurrent use.
 type Transport struct {
-	addr   string
-	dialer net.Dialer
+	addr           string
+	connectTimeout atomic.Int64 // nanoseconds
 
 	mu     sync.Mutex
 	idle   []*backendConn // most recently used last
@@ -52,11 +53,14 @@ type Transport struct {
 // NewTransport returns a transport to addr that gives up connecting after
 // connectTimeout.
 func NewTransport(addr string, connectTimeout time.Duration) *Transport {
-	return &Transport{
-		addr:   addr,
-		dialer: net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second},
-	}
+	t := &Transport{addr: addr}
+	t.connectTimeout.Store(int64(connectTimeout))
+	return t
 }
+
+// SetConnectTimeout changes the connect timeout of new connections (a
+// reload that keeps the backend).
+func (t *Transport) SetConnectTimeout(d time.Duration) { t.connectTimeout.Store(int64(d)) }
 
 // Addr is the backend address.
 func (t *Transport) Addr() string { return t.addr }
@@ -170,7 +174,8 @@ func (t *Transport) get(now, deadline time.Time, maxAge time.Duration, bigWrite 
 		}
 		c.Close()
 	}
-	nc, err := t.dialer.Dial("tcp", t.addr)
+	d := net.Dialer{Timeout: time.Duration(t.connectTimeout.Load()), KeepAlive: 30 * time.Second}
+	nc, err := d.Dial("tcp", t.addr)
 	if err != nil {
 		return nil, false, &Error{Kind: ErrConnect, Err: err}
 	}

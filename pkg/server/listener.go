@@ -6,28 +6,56 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/valyala/fasthttp"
 	"go.uber.org/atomic"
 
 	"github.com/offloadlb/lb/pkg/config"
+	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/proxy"
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
-// listener is one bound address and the fasthttp server behind it.
+// listener is one bound address. The socket stays open across reloads
+// that keep the address, so no connection is refused while a config
+// changes; what is behind it (TLS, HTTP server settings, routes) is
+// swapped:
+//
+//	socket (limitListener) → accept loop → [TLS handshake workers] →
+//	current HTTP server instance → proxy.Handler (routes, pools)
+//
+// A change of server settings (timeouts, limits) starts a new fasthttp
+// server instance for new connections; connections already open stay on
+// the instance they started with, so keep-alive connections survive a
+// reload.
 type listener struct {
-	cfg     config.Listener
+	bind    string
 	log     hclog.Logger
-	ln      *limitListener
-	srv     *fasthttp.Server
+	sock    *limitListener
 	handler *proxy.Handler
-	term    *tlsterm.Terminator // nil for plaintext
-	done    chan struct{}
+	hs      *tlsterm.Handshaker
+
+	name    atomic.String
+	term    atomic.Pointer[tlsterm.Terminator] // nil: plaintext
+	current atomic.Pointer[instance]
+
+	mu      sync.Mutex
+	cfg     config.Listener
+	retired []*instance
+	done    chan struct{} // closed when the accept loop ends
 }
 
-func newListener(cfg config.Listener, state *proxy.Listener, term *tlsterm.Terminator, log, access hclog.Logger) (*listener, error) {
+// instance is one fasthttp server fed connections by a listener.
+type instance struct {
+	srv   *fasthttp.Server
+	queue *connQueue
+	open  atomic.Int64 // connections it serves
+	done  chan struct{}
+}
+
+func bindListener(cfg config.Listener, log hclog.Logger) (*listener, error) {
 	// No TCP keep-alive probes on client connections (four setsockopt
 	// calls per accepted connection): idle_timeout closes idle ones.
 	lc := net.ListenConfig{KeepAlive: -1}
@@ -36,14 +64,108 @@ func newListener(cfg config.Listener, state *proxy.Listener, term *tlsterm.Termi
 		return nil, fmt.Errorf("listener %q: %w", cfg.Name, err)
 	}
 	l := &listener{
-		cfg:  cfg,
-		log:  log.Named("listener").With("listener", cfg.Name),
-		ln:   newLimitListener(ln, cfg.MaxConnections),
-		term: term,
+		bind: cfg.Bind,
+		log:  log.Named("listener"),
+		sock: newLimitListener(ln, cfg.MaxConnections),
 		done: make(chan struct{}),
 	}
-	l.handler = proxy.NewHandler(state, l.log, access)
-	l.srv = &fasthttp.Server{
+	l.name.Store(cfg.Name)
+	return l, nil
+}
+
+// key identifies the listener among the server's: the address it was
+// configured with, or for port 0 the one it got.
+func (l *listener) key() string {
+	if isEphemeral(l.bind) {
+		return l.sock.Addr().String()
+	}
+	return l.bind
+}
+
+// configure applies a listener config and state. It is called once before
+// start, and again on every reload.
+func (l *listener) configure(cfg config.Listener, state *proxy.Listener, term *tlsterm.Terminator, m *metrics.Registry) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := l.cfg
+	l.cfg = cfg
+	l.name.Store(cfg.Name)
+	l.sock.SetMax(cfg.MaxConnections)
+	if l.handler == nil {
+		l.handler = proxy.NewHandler(state, l.log)
+	} else {
+		l.handler.Update(state)
+	}
+	if l.hs == nil {
+		l.hs = tlsterm.NewHandshaker(handshakeTimeout(cfg))
+		l.hs.Done = func(r tlsterm.HandshakeResult) { countHandshake(m, l.name.Load(), r) }
+	}
+	l.hs.Timeout = handshakeTimeout(cfg)
+	l.term.Store(term)
+
+	cur := l.current.Load()
+	if cur == nil || serverSettingsChanged(old, cfg) {
+		next := l.newInstance(cfg)
+		l.current.Store(next)
+		go func() {
+			defer close(next.done)
+			if err := next.srv.Serve(next.queue); err != nil && !errors.Is(err, net.ErrClosed) {
+				l.log.Error("HTTP server stopped", "listener", cfg.Name, "error", err)
+			}
+		}()
+		if cur != nil {
+			// The old instance takes no new connections; those it has
+			// finish on it.
+			cur.queue.Close()
+			l.retired = append(l.retired, cur)
+		}
+	}
+	// Forget retired instances whose connections have all closed.
+	kept := l.retired[:0]
+	for _, r := range l.retired {
+		if r.open.Load() > 0 {
+			kept = append(kept, r)
+		}
+	}
+	l.retired = kept
+}
+
+// config returns the listener's current config.
+func (l *listener) config() config.Listener {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cfg
+}
+
+func handshakeTimeout(cfg config.Listener) time.Duration {
+	return cfg.ReadTimeout.Duration
+}
+
+func countHandshake(m *metrics.Registry, listener string, r tlsterm.HandshakeResult) {
+	if m == nil {
+		return
+	}
+	switch {
+	case r.Err != nil:
+		m.Handshake(listener, "", "failure")
+	case r.State.DidResume:
+		m.Handshake(listener, tlsterm.VersionName(r.State.Version), "resumed")
+	default:
+		m.Handshake(listener, tlsterm.VersionName(r.State.Version), "success")
+	}
+}
+
+// serverSettingsChanged reports whether the fasthttp server must be
+// rebuilt: its settings are read without synchronisation while it runs.
+func serverSettingsChanged(a, b config.Listener) bool {
+	return a.ReadTimeout != b.ReadTimeout || a.WriteTimeout != b.WriteTimeout ||
+		a.IdleTimeout != b.IdleTimeout || a.MaxRequestBody != b.MaxRequestBody ||
+		a.MaxHeaderBytes != b.MaxHeaderBytes || a.MaxConnections != b.MaxConnections
+}
+
+func (l *listener) newInstance(cfg config.Listener) *instance {
+	in := &instance{queue: newConnQueue(l.sock.Addr()), done: make(chan struct{})}
+	in.srv = &fasthttp.Server{
 		Handler:                      l.handler.Serve,
 		ErrorHandler:                 l.handler.ServeError,
 		NoDefaultServerHeader:        true,
@@ -58,41 +180,87 @@ func newListener(cfg config.Listener, state *proxy.Listener, term *tlsterm.Termi
 		SecureErrorLogMessage:        true,
 		Concurrency:                  cfg.MaxConnections,
 		ReduceMemoryUsage:            true,
-		Logger:                       fasthttpLogger{l.log},
+		Logger:                       fasthttpLogger{l.log.With("listener", cfg.Name)},
+		ConnState: func(_ net.Conn, s fasthttp.ConnState) {
+			switch s {
+			case fasthttp.StateNew:
+				in.open.Inc()
+			case fasthttp.StateClosed, fasthttp.StateHijacked:
+				in.open.Dec()
+			}
+		},
 	}
-	return l, nil
+	return in
 }
 
-// serve accepts connections until shutdown.
+// serve accepts connections until the socket closes.
 func (l *listener) serve() {
 	defer close(l.done)
-	var ln net.Listener = l.ln
-	if l.term != nil {
-		tl := tlsterm.NewListener(l.ln, l.term.Config(), l.cfg.ReadTimeout.Duration)
-		go tl.Serve()
-		ln = tl
-	}
-	if err := l.srv.Serve(ln); err != nil {
-		l.log.Error("listener stopped", "error", err)
+	var delay time.Duration
+	for {
+		c, err := l.sock.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Out of file descriptors and the like: back off, as
+				// net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				l.log.Warn("accept failed; retrying", "listener", l.name.Load(), "error", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			if !errors.Is(err, net.ErrClosed) {
+				l.log.Error("accept failed; listener stopped", "listener", l.name.Load(), "error", err)
+			}
+			return
+		}
+		delay = 0
+		if term := l.term.Load(); term != nil {
+			l.hs.Handshake(c, term.Config(), l.deliver)
+		} else {
+			l.deliver(c)
+		}
 	}
 }
 
-// shutdown stops accepting, lets in-flight requests finish and closes idle
+// deliver hands a connection to the current server instance.
+func (l *listener) deliver(c net.Conn) {
+	for {
+		in := l.current.Load()
+		if in.queue.push(c) {
+			return
+		}
+		if l.current.Load() == in {
+			c.Close() // shutting down
+			return
+		}
+	}
+}
+
+// shutdown stops accepting, lets requests in flight finish and closes idle
 // connections, until ctx expires.
 func (l *listener) shutdown(ctx context.Context) error {
-	// Close the socket first: fasthttp's Shutdown does nothing to a
-	// server whose Serve has not started yet, which would leave it to
-	// start afterwards and serve forever.
-	l.ln.Close()
-	err := l.srv.ShutdownWithContext(ctx)
-	if errors.Is(err, net.ErrClosed) {
-		err = nil // the socket closed above
+	l.sock.Close()
+	l.hs.Close()
+	l.mu.Lock()
+	all := append([]*instance{l.current.Load()}, l.retired...)
+	l.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make([]error, len(all))
+	for i, in := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := in.srv.ShutdownWithContext(ctx)
+			if errors.Is(err, net.ErrClosed) {
+				err = nil
+			}
+			in.queue.Close() // a server whose Serve never ran ignores Shutdown
+			errs[i] = err
+		}()
 	}
-	select {
-	case <-l.done:
-	case <-ctx.Done():
-	}
-	return err
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // fasthttpLogger sends fasthttp's own messages to hclog.
@@ -102,56 +270,128 @@ func (f fasthttpLogger) Printf(format string, args ...any) {
 	f.log.Debug(fmt.Sprintf(format, args...))
 }
 
-// limitListener holds at most max connections open: past that, Accept
-// waits and new connections queue in the kernel's backlog, as HAProxy's
-// maxconn does, instead of being accepted and refused.
-type limitListener struct {
-	net.Listener
-	sem       chan struct{}
+// connQueue is the net.Listener a fasthttp server instance serves: the
+// listener's accept loop pushes connections into it.
+type connQueue struct {
+	addr      net.Addr
+	ch        chan net.Conn
 	closed    chan struct{}
 	closeOnce sync.Once
-	active    atomic.Int64
+}
+
+func newConnQueue(addr net.Addr) *connQueue {
+	return &connQueue{addr: addr, ch: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+// push hands c to the server, waiting until it takes it; false once the
+// queue is closed.
+func (q *connQueue) push(c net.Conn) bool {
+	select {
+	case q.ch <- c:
+		return true
+	case <-q.closed:
+		return false
+	}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.closeOnce.Do(func() { close(q.closed) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return q.addr }
+
+// limitListener holds at most max connections open: past that, Accept
+// waits and new connections queue in the kernel's backlog, as HAProxy's
+// maxconn does, instead of being accepted and refused. The limit can be
+// changed while it runs.
+type limitListener struct {
+	net.Listener
+	mu     sync.Mutex
+	cond   *sync.Cond
+	max    int64
+	active int64
+	closed bool
+	count  atomic.Int64 // active, readable without the lock
 }
 
 func newLimitListener(ln net.Listener, max int) *limitListener {
-	return &limitListener{Listener: ln, sem: make(chan struct{}, max), closed: make(chan struct{})}
+	l := &limitListener{Listener: ln, max: int64(max)}
+	l.cond = sync.NewCond(&l.mu)
+	return l
+}
+
+// SetMax changes the limit; waiting accepts see it at once.
+func (l *limitListener) SetMax(max int) {
+	l.mu.Lock()
+	l.max = int64(max)
+	l.mu.Unlock()
+	l.cond.Broadcast()
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	select {
-	case l.sem <- struct{}{}:
-	case <-l.closed:
+	l.mu.Lock()
+	for l.active >= l.max && !l.closed {
+		l.cond.Wait()
+	}
+	if l.closed {
+		l.mu.Unlock()
 		return nil, net.ErrClosed
 	}
+	l.active++
+	l.mu.Unlock()
 	c, err := l.Listener.Accept()
 	if err != nil {
-		<-l.sem
+		l.release()
 		return nil, err
 	}
-	l.active.Inc()
+	l.count.Inc()
 	return &limitConn{Conn: c, l: l}, nil
+}
+
+func (l *limitListener) release() {
+	l.mu.Lock()
+	l.active--
+	l.mu.Unlock()
+	l.cond.Signal()
 }
 
 // Close stops accepting, also waking an Accept that waits for a slot.
 func (l *limitListener) Close() error {
-	l.closeOnce.Do(func() { close(l.closed) })
+	l.mu.Lock()
+	already := l.closed
+	l.closed = true
+	l.mu.Unlock()
+	l.cond.Broadcast()
+	if already {
+		return nil
+	}
 	return l.Listener.Close()
 }
 
 // Active is the number of open client connections.
-func (l *limitListener) Active() int64 { return l.active.Load() }
+func (l *limitListener) Active() int64 { return l.count.Load() }
 
 type limitConn struct {
 	net.Conn
-	l    *limitListener
-	once sync.Once
+	l      *limitListener
+	closed atomic.Bool
 }
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() {
-		c.l.active.Dec()
-		<-c.l.sem
-	})
+	if c.closed.CompareAndSwap(false, true) {
+		c.l.count.Dec()
+		c.l.release()
+	}
 	return err
 }

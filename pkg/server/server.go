@@ -1,175 +1,144 @@
-// Package server runs one lb configuration: it builds pools, health
-// monitors and listeners from a config.Config, serves them, and shuts them
-// down gracefully.
+// Package server runs lb: it builds pools, health monitors and listeners
+// from a config.Config, serves them, swaps in new configs without losing
+// requests, and shuts down gracefully.
 package server
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/offloadlb/lb/pkg/admin"
-	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/config"
-	"github.com/offloadlb/lb/pkg/health"
-	"github.com/offloadlb/lb/pkg/proxy"
+	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
-// Server is a running lb. Build it with New, then Start it; Shutdown stops
-// it.
+// Server is a running lb. Build it with New, Start it; Reload swaps in a
+// new config; Shutdown stops it. Its methods are safe for concurrent use.
 type Server struct {
-	log        hclog.Logger
-	cfg        *config.Config
-	access     hclog.Logger
-	accessFile io.Closer
+	log     hclog.Logger
+	metrics *metrics.Registry
 
-	upstreams map[string]*proxy.Upstream
-	order     []string // pool names in config order
-	monitors  []*health.Monitor
-	listeners []*listener
+	// mu serialises New's setup, Reload, Shutdown and the status reads
+	// of the fields below.
+	mu        sync.Mutex
+	rt        *snapshot
+	listeners map[string]*listener // by bind address
 	admin     *admin.Server
+	access    *accessLog
+	started   time.Time
+	reloadAt  time.Time
+	reloadErr string
+	stopped   bool
 
-	started time.Time
-	stop    chan struct{}
-	wg      sync.WaitGroup
+	// Reloader, if set, is what POST /reload calls: it reads the config
+	// file again and applies it.
+	Reloader func() error
+
+	stop chan struct{}
+	wg   sync.WaitGroup
 }
 
 // New builds everything a config describes and binds every listening
 // address, so that a port in use is reported before anything runs. Nothing
 // serves until Start.
-func New(cfg *config.Config, log hclog.Logger) (_ *Server, err error) {
+func New(cfg *config.Config, log hclog.Logger) (*Server, error) {
 	s := &Server{
 		log:       log,
-		cfg:       cfg,
-		upstreams: map[string]*proxy.Upstream{},
+		listeners: map[string]*listener{},
 		stop:      make(chan struct{}),
 	}
-	defer func() {
-		if err != nil {
-			s.closeAll()
-		}
-	}()
-	if s.access, s.accessFile, err = accessLogger(cfg.Global); err != nil {
+	s.metrics = metrics.New(s)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, err := s.prepare(cfg)
+	if err != nil {
 		return nil, err
 	}
-	for i := range cfg.Pools {
-		up, err := s.buildUpstream(&cfg.Pools[i])
-		if err != nil {
-			return nil, err
-		}
-		s.upstreams[cfg.Pools[i].Name] = up
-		s.order = append(s.order, cfg.Pools[i].Name)
-	}
-	for i := range cfg.Listeners {
-		if err := s.buildListener(cfg.Listeners[i]); err != nil {
-			return nil, err
-		}
-	}
-	if cfg.Global.Admin != "" {
-		if s.admin, err = admin.New(cfg.Global.Admin, s, admin.Options{Pprof: cfg.Global.Pprof}, log.Named("admin")); err != nil {
-			return nil, err
-		}
-	}
+	s.commit(p, true)
 	return s, nil
-}
-
-func (s *Server) buildUpstream(pc *config.Pool) (*proxy.Upstream, error) {
-	backends := make([]*balancer.Backend, len(pc.Backends))
-	transports := make([]*proxy.Transport, len(pc.Backends))
-	for i, b := range pc.Backends {
-		backends[i] = &balancer.Backend{Address: b.Address, Weight: b.Weight}
-		transports[i] = proxy.NewTransport(b.Address, pc.ConnectTimeout.Duration)
-	}
-	pool, err := balancer.NewPool(pc.Name, pc.Algorithm, backends, pc.MaxConnsPerBackend)
-	if err != nil {
-		return nil, err
-	}
-	mon := health.NewMonitor(pool, pc.Health, s.log)
-	s.monitors = append(s.monitors, mon)
-	return &proxy.Upstream{
-		Pool:            pool,
-		Transports:      transports,
-		Health:          mon,
-		Retries:         pc.Retries,
-		QueueTimeout:    pc.ConnectTimeout.Duration,
-		ResponseTimeout: pc.ResponseTimeout.Duration,
-	}, nil
-}
-
-func (s *Server) buildListener(lc config.Listener) error {
-	state := &proxy.Listener{Name: lc.Name, TLS: lc.TLS != nil}
-	if lc.Pool != "" {
-		state.Default = s.upstreams[lc.Pool]
-	}
-	for _, r := range lc.Routes {
-		state.Routes = append(state.Routes, proxy.Route{
-			Host:       toLower(r.Host),
-			PathPrefix: r.PathPrefix,
-			Upstream:   s.upstreams[r.Pool],
-		})
-	}
-	if lc.RedirectHTTPS != "" {
-		r, err := config.ParseRedirect(lc.RedirectHTTPS)
-		if err != nil {
-			return err
-		}
-		state.Redirect = &r
-	}
-	var term *tlsterm.Terminator
-	if lc.TLS != nil {
-		var err error
-		if term, err = tlsterm.New(lc.TLS); err != nil {
-			return fmt.Errorf("listener %q: %w", lc.Name, err)
-		}
-		if lc.TLS.HSTS != "" {
-			state.HSTS = []byte(lc.TLS.HSTS)
-		}
-	}
-	l, err := newListener(lc, state, term, s.log, s.access)
-	if err != nil {
-		return err
-	}
-	s.listeners = append(s.listeners, l)
-	return nil
-}
-
-func toLower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c >= 'A' && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
 }
 
 // Start runs health checks, listeners and the admin server.
 func (s *Server) Start() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.started = time.Now()
-	for _, m := range s.monitors {
-		m.Start()
+	for _, pl := range s.rt.pools {
+		pl.mon.Start()
 	}
 	for _, l := range s.listeners {
-		scheme := "http"
-		if l.term != nil {
-			scheme = "https"
-		}
-		s.log.Info("listening", "listener", l.cfg.Name, "address", l.ln.Addr().String(), "scheme", scheme, "pool", l.cfg.Pool)
-		go l.serve()
+		s.startListener(l)
 	}
 	if s.admin != nil {
-		s.log.Info("admin server listening", "address", s.admin.Addr())
 		s.admin.Start()
+		s.log.Info("admin server listening", "address", s.admin.Addr())
 	}
 	s.wg.Add(1)
 	go s.janitor()
+}
+
+func (s *Server) startListener(l *listener) {
+	scheme := "http"
+	if l.term.Load() != nil {
+		scheme = "https"
+	}
+	l.mu.Lock()
+	pool := l.cfg.Pool
+	l.mu.Unlock()
+	s.log.Info("listening", "listener", l.name.Load(), "address", l.sock.Addr().String(), "scheme", scheme, "pool", pool)
+	go l.serve()
+}
+
+// Reload applies a new config: it builds everything first, and only if
+// all of it could be built swaps it in; otherwise the running config keeps
+// serving and the error says why. Requests in flight finish on the config
+// they started with; keep-alive connections stay open; backends that stay
+// keep their health state, counters and pooled connections; removed
+// backends finish their requests.
+func (s *Server) Reload(cfg *config.Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return errors.New("server: shutting down")
+	}
+	p, err := s.prepare(cfg)
+	if err == nil {
+		s.commit(p, false)
+	}
+	s.noteReload(err)
+	return err
+}
+
+// NoteReloadFailure records a reload that failed before it reached the
+// server (a config that did not parse).
+func (s *Server) NoteReloadFailure(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.noteReload(err)
+}
+
+func (s *Server) noteReload(err error) {
+	s.reloadAt = time.Now()
+	s.metrics.Reload(err == nil)
+	if err != nil {
+		s.reloadErr = err.Error()
+	} else {
+		s.reloadErr = ""
+	}
+}
+
+// ReloadFromSource asks the Server's Reloader to reload, for POST /reload.
+func (s *Server) ReloadFromSource() error {
+	if s.Reloader == nil {
+		return errors.New("reloading is not set up")
+	}
+	return s.Reloader()
 }
 
 // janitor closes backend connections idle too long to be reused.
@@ -182,8 +151,11 @@ func (s *Server) janitor() {
 		case <-s.stop:
 			return
 		case now := <-t.C:
-			for _, up := range s.upstreams {
-				up.CloseIdle(now)
+			s.mu.Lock()
+			rt := s.rt
+			s.mu.Unlock()
+			for _, pl := range rt.pools {
+				pl.up.CloseIdle(now)
 			}
 		}
 	}
@@ -193,9 +165,17 @@ func (s *Server) janitor() {
 // until ctx expires, then stops health checks and the admin server. It
 // returns ctx's error if requests were still running when it expired.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.stopped = true
+	listeners := make([]*listener, 0, len(s.listeners))
+	for _, l := range s.listeners {
+		listeners = append(listeners, l)
+	}
+	s.mu.Unlock()
+
 	var wg sync.WaitGroup
-	errs := make([]error, len(s.listeners))
-	for i, l := range s.listeners {
+	errs := make([]error, len(listeners))
+	for i, l := range listeners {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -205,69 +185,80 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	wg.Wait()
 	close(s.stop)
 	s.wg.Wait()
-	s.closeAll()
-	return errors.Join(errs...)
-}
 
-// closeAll releases what New built.
-func (s *Server) closeAll() {
-	for _, m := range s.monitors {
-		m.Stop()
-	}
-	for _, up := range s.upstreams {
-		up.Close()
-	}
-	for _, l := range s.listeners {
-		l.ln.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, pl := range s.rt.pools {
+		pl.mon.Stop()
+		pl.up.Close()
 	}
 	if s.admin != nil {
 		s.admin.Close()
 	}
-	if s.accessFile != nil {
-		s.accessFile.Close()
+	if s.access != nil {
+		s.access.Close()
 	}
+	return errors.Join(errs...)
 }
 
 // Addrs returns the bound address of each listener, by name (useful when
 // a config binds port 0).
 func (s *Server) Addrs() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	m := map[string]string{}
 	for _, l := range s.listeners {
-		m[l.cfg.Name] = l.ln.Addr().String()
+		m[l.name.Load()] = l.sock.Addr().String()
 	}
 	return m
 }
 
 // AdminAddr is the admin server's bound address, "" when disabled.
 func (s *Server) AdminAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.admin == nil {
 		return ""
 	}
 	return s.admin.Addr()
 }
 
-// accessLogger opens the access log the config names: nil when off.
-func accessLogger(g config.Global) (hclog.Logger, io.Closer, error) {
-	var out io.Writer
-	var closer io.Closer
-	switch g.AccessLog {
-	case "":
-		return nil, nil, nil
-	case "stdout":
-		out = os.Stdout
-	case "stderr":
-		out = os.Stderr
-	default:
-		f, err := os.OpenFile(g.AccessLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			return nil, nil, fmt.Errorf("access log: %w", err)
-		}
-		out, closer = f, f
+// Metrics is the server's metrics registry.
+func (s *Server) Metrics() *metrics.Registry { return s.metrics }
+
+// SetBackendDrained drains or enables one backend, as POST
+// /pools/{pool}/backends/{address}/drain and /enable do.
+func (s *Server) SetBackendDrained(pool, addr string, drained bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pl := s.rt.pools[pool]
+	if pl == nil {
+		return fmt.Errorf("%w: no pool %q", admin.ErrNotFound, pool)
 	}
-	return hclog.New(&hclog.LoggerOptions{
-		Name:       "access",
-		Level:      hclog.Info,
-		Output:     out,
-		JSONFormat: g.LogFormat == "json",
-	}), closer, nil
+	b := pl.up.Pool.Backend(addr)
+	if b == nil {
+		return fmt.Errorf("%w: pool %q has no backend %q", admin.ErrNotFound, pool, addr)
+	}
+	if b.SetDrained(drained) {
+		pl.up.Pool.Refresh()
+		if drained {
+			s.log.Info("backend drained: no new requests, requests in flight finish", "pool", pool, "backend", addr)
+		} else {
+			b.StartSlowStart(pl.cfg.Health.SlowStart.Duration)
+			s.log.Info("backend enabled", "pool", pool, "backend", addr)
+		}
+	}
+	return nil
+}
+
+// terminatorFor builds a listener's TLS side, nil for plaintext.
+func terminatorFor(lc config.Listener) (*tlsterm.Terminator, error) {
+	if lc.TLS == nil {
+		return nil, nil
+	}
+	t, err := tlsterm.New(lc.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
+	}
+	return t, nil
 }

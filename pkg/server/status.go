@@ -1,34 +1,53 @@
 package server
 
 import (
+	"sort"
+	"time"
+
 	"github.com/offloadlb/lb/internal/version"
 	"github.com/offloadlb/lb/pkg/admin"
+	"github.com/offloadlb/lb/pkg/metrics"
 )
 
 // Status reports the live state of every listener, pool and backend.
 func (s *Server) Status() admin.Status {
-	st := admin.Status{Version: version.String(), Started: s.started}
-	for _, l := range s.listeners {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	st := admin.Status{Version: version.String(), Started: s.started, Now: now}
+	st.Config.File = s.rt.cfg.File
+	if !s.reloadAt.IsZero() {
+		t := s.reloadAt
+		st.Config.LastReload = &t
+		st.Config.LastReloadError = s.reloadErr
+	}
+	totals := s.metrics.ListenerTotals()
+	for _, l := range s.sortedListeners() {
+		lc := l.config()
 		st.Listeners = append(st.Listeners, admin.ListenerStatus{
-			Name:              l.cfg.Name,
-			Address:           l.ln.Addr().String(),
-			Mode:              l.cfg.Mode,
-			TLS:               l.term != nil,
-			Pool:              l.cfg.Pool,
-			ActiveConnections: l.ln.Active(),
+			Name:              lc.Name,
+			Address:           l.sock.Addr().String(),
+			Mode:              lc.Mode,
+			TLS:               lc.TLS != nil,
+			Pool:              lc.Pool,
+			ActiveConnections: l.sock.Active(),
+			Requests:          totals[lc.Name],
 		})
 	}
-	for _, name := range s.order {
-		p := s.upstreams[name].Pool
+	for _, name := range s.rt.order {
+		p := s.rt.pools[name].up.Pool
 		ps := admin.PoolStatus{Name: p.Name, Algorithm: p.Algorithm, Usable: p.Usable()}
 		for _, b := range p.Backends {
 			bs := admin.BackendStatus{
 				Address:           b.Address,
 				Weight:            b.Weight,
+				EffectiveWeight:   b.EffectiveWeight(now),
 				Up:                b.Up(),
+				SlowStart:         b.SlowStarting(),
 				ActiveConnections: b.Active(),
 				Requests:          b.Requests(),
 				Failures:          b.Failures(),
+				LatencySeconds:    b.LatencySum().Seconds(),
 				LastError:         b.LastError(),
 				Since:             b.Changed(),
 			}
@@ -48,4 +67,40 @@ func (s *Server) Status() admin.Status {
 		st.Pools = append(st.Pools, ps)
 	}
 	return st
+}
+
+// sortedListeners returns the listeners in config order. s.mu is held.
+func (s *Server) sortedListeners() []*listener {
+	ls := make([]*listener, 0, len(s.listeners))
+	for _, l := range s.listeners {
+		ls = append(ls, l)
+	}
+	order := map[string]int{}
+	for i, lc := range s.rt.cfg.Listeners {
+		order[lc.Name] = i
+	}
+	sort.Slice(ls, func(i, j int) bool { return order[ls[i].name.Load()] < order[ls[j].name.Load()] })
+	return ls
+}
+
+// Gauges reports the scrape-time metrics.
+func (s *Server) Gauges(g *metrics.Gauges) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, name := range s.rt.order {
+		for _, b := range s.rt.pools[name].up.Pool.Backends {
+			g.BackendUp(name, b.Address, b.Up())
+			g.BackendActive(name, b.Address, b.Active())
+		}
+	}
+	for _, l := range s.sortedListeners() {
+		lc := l.config()
+		g.ConnectionsActive(lc.Name, l.sock.Active())
+		if term := l.term.Load(); term != nil {
+			for _, c := range term.Store().Certificates() {
+				g.CertificateExpiry(lc.Name, c.Leaf.Subject.String(), c.Leaf.NotAfter)
+			}
+		}
+	}
+	g.AccessLogDropped(s.access.Dropped())
 }

@@ -1,0 +1,61 @@
+package admin
+
+import "time"
+
+// Status is the document served at /status.json. Counters are totals since
+// lb started (or since the backend was added); rates come from the
+// difference between two reads.
+type Status struct {
+	Version   string           `json:"version"`
+	Started   time.Time        `json:"started"`
+	Now       time.Time        `json:"now"`
+	Config    ConfigStatus     `json:"config"`
+	Listeners []ListenerStatus `json:"listeners"`
+	Pools     []PoolStatus     `json:"pools"`
+}
+
+// ConfigStatus describes the running config and the last reload.
+type ConfigStatus struct {
+	File            string     `json:"file"`
+	LastReload      *time.Time `json:"last_reload,omitempty"`
+	LastReloadError string     `json:"last_reload_error,omitempty"`
+}
+
+// ListenerStatus describes one listener.
+type ListenerStatus struct {
+	Name              string `json:"name"`
+	Address           string `json:"address"`
+	Mode              string `json:"mode"`
+	TLS               bool   `json:"tls"`
+	Pool              string `json:"pool"`
+	ActiveConnections int64  `json:"active_connections"`
+	Requests          uint64 `json:"requests"`
+}
+
+// PoolStatus describes one pool and its backends.
+type PoolStatus struct {
+	Name      string          `json:"name"`
+	Algorithm string          `json:"algorithm"`
+	Usable    int             `json:"usable"`
+	Backends  []BackendStatus `json:"backends"`
+}
+
+// BackendStatus describes one backend.
+type BackendStatus struct {
+	Address           string  `json:"address"`
+	Weight            int     `json:"weight"`
+	EffectiveWeight   int     `json:"effective_weight"`
+	State             string  `json:"state"` // up | down | drained
+	Up                bool    `json:"up"`
+	SlowStart         bool    `json:"slow_start"`
+	ActiveConnections int64   `json:"active_connections"`
+	Requests          uint64  `json:"requests"`
+	Failures          uint64  `json:"failures"`
+	LatencySeconds    float64 `json:"latency_seconds_total"`
+	LastError         string  `json:"last_error"`
+	// LastCheck is when the last active check finished; absent before the
+	// first.
+	LastCheck *time.Time `json:"last_check,omitempty"`
+	// Since is when the backend last went up or down.
+	Since time.Time `json:"since"`
+}

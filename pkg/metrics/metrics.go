@@ -1,0 +1,284 @@
+// Package metrics holds lb's Prometheus metrics.
+//
+// Counters on the request path are plain atomics (Codes), found through
+// pointers the proxy resolves when a config is built, so that counting a
+// request costs one atomic add and no label lookup; they are turned into
+// Prometheus samples only when /metrics is scraped. Everything else uses
+// client_golang's own types.
+package metrics
+
+import (
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Codes counts requests by HTTP status code. The zero value is ready; all
+// methods are safe for concurrent use.
+type Codes struct {
+	n [600]atomic.Uint64
+}
+
+// Inc counts one response with status code (codes outside 0-599 count as
+// 0).
+func (c *Codes) Inc(code int) {
+	if code < 0 || code >= len(c.n) {
+		code = 0
+	}
+	c.n[code].Add(1)
+}
+
+// Get returns the count for one code.
+func (c *Codes) Get(code int) uint64 {
+	if code < 0 || code >= len(c.n) {
+		return 0
+	}
+	return c.n[code].Load()
+}
+
+// each calls f for every code counted at least once.
+func (c *Codes) each(f func(code int, n uint64)) {
+	for i := range c.n {
+		if v := c.n[i].Load(); v > 0 {
+			f(i, v)
+		}
+	}
+}
+
+// Key names one request counter: the listener that took the request, and
+// the pool and backend that answered it ("" when none did).
+type Key struct{ Listener, Pool, Backend string }
+
+// Source supplies the gauges that are read at scrape time.
+type Source interface {
+	// Gauges calls the given functions for every current series.
+	Gauges(g *Gauges)
+}
+
+// Gauges receives scrape-time values from a Source.
+type Gauges struct {
+	BackendUp          func(pool, backend string, up bool)
+	BackendActive      func(pool, backend string, active int64)
+	ConnectionsActive  func(listener string, n int64)
+	CertificateExpiry  func(listener, subject string, notAfter time.Time)
+	CacheRequests      func(pool, result string, n uint64)
+	AccessLogDropped   func(n uint64)
+}
+
+// Registry owns every lb metric. Request counters survive reloads: a
+// config names them by listener, pool and backend, and a new config that
+// keeps the names keeps the counts.
+type Registry struct {
+	reg    *prometheus.Registry
+	source Source
+
+	mu    sync.Mutex
+	codes map[Key]*Codes
+
+	duration   *prometheus.HistogramVec
+	handshakes *prometheus.CounterVec
+	reloads    *prometheus.CounterVec
+}
+
+// DurationBuckets are the request duration histogram's buckets, in
+// seconds: 0.5 ms to 30 s.
+var DurationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+// New makes a registry whose scrape-time gauges come from src.
+func New(src Source) *Registry {
+	r := &Registry{
+		reg:    prometheus.NewRegistry(),
+		source: src,
+		codes:  map[Key]*Codes{},
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "lb_request_duration_seconds",
+			Help:    "Time from a request's arrival to its response head being ready, by listener and pool.",
+			Buckets: DurationBuckets,
+		}, []string{"listener", "pool"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lb_tls_handshakes_total",
+			Help: "TLS handshakes by listener, protocol version and result (success, resumed, failure).",
+		}, []string{"listener", "version", "result"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lb_config_reloads_total",
+			Help: "Configuration reloads by result (success, failure).",
+		}, []string{"result"}),
+	}
+	r.reloads.WithLabelValues("success")
+	r.reloads.WithLabelValues("failure")
+	r.reg.MustRegister(r.duration, r.handshakes, r.reloads, &collector{r: r},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return r
+}
+
+// Gatherer is what /metrics serves.
+func (r *Registry) Gatherer() prometheus.Gatherer { return r.reg }
+
+// Codes returns the request counter for k, making it on first use.
+func (r *Registry) Codes(k Key) *Codes {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.codes[k]
+	if c == nil {
+		c = &Codes{}
+		r.codes[k] = c
+	}
+	return c
+}
+
+// Retain drops the request counters of keys not in keep, once a reload
+// has removed their listener, pool or backend.
+func (r *Registry) Retain(keep map[Key]bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k := range r.codes {
+		if !keep[k] {
+			delete(r.codes, k)
+		}
+	}
+}
+
+// ListenerTotals sums the request counters of each listener.
+func (r *Registry) ListenerTotals() map[string]uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := map[string]uint64{}
+	for k, c := range r.codes {
+		c.each(func(_ int, n uint64) { t[k.Listener] += n })
+	}
+	return t
+}
+
+// Duration returns the histogram for one listener and pool.
+func (r *Registry) Duration(listener, pool string) prometheus.Observer {
+	return r.duration.WithLabelValues(listener, pool)
+}
+
+// Handshake counts one TLS handshake.
+func (r *Registry) Handshake(listener, version, result string) {
+	r.handshakes.WithLabelValues(listener, version, result).Inc()
+}
+
+// Reload counts one configuration reload.
+func (r *Registry) Reload(ok bool) {
+	if ok {
+		r.reloads.WithLabelValues("success").Inc()
+	} else {
+		r.reloads.WithLabelValues("failure").Inc()
+	}
+}
+
+// collector turns Codes and the Source's gauges into samples at scrape
+// time.
+type collector struct{ r *Registry }
+
+var (
+	descRequests = prometheus.NewDesc("lb_requests_total",
+		"Requests by listener, pool, backend and status code; pool and backend are empty for requests no backend answered.",
+		[]string{"listener", "pool", "backend", "code"}, nil)
+	descUp = prometheus.NewDesc("lb_backend_up",
+		"1 when health checking considers the backend up (drained backends count as up), else 0.",
+		[]string{"pool", "backend"}, nil)
+	descActive = prometheus.NewDesc("lb_backend_active_connections",
+		"Requests in flight to the backend.", []string{"pool", "backend"}, nil)
+	descConns = prometheus.NewDesc("lb_connections_active",
+		"Open client connections by listener.", []string{"listener"}, nil)
+	descExpiry = prometheus.NewDesc("lb_tls_certificate_expiry_seconds",
+		"Seconds until a served certificate expires (negative once it has).", []string{"listener", "subject"}, nil)
+	descCache = prometheus.NewDesc("lb_cache_requests_total",
+		"Cache lookups by pool and result (hit, miss, stale, bypass).", []string{"pool", "result"}, nil)
+	descDropped = prometheus.NewDesc("lb_access_log_dropped_total",
+		"Access log lines dropped because the log could not keep up.", nil, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descExpiry, descCache, descDropped} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	c.r.mu.Lock()
+	keys := make([]Key, 0, len(c.r.codes))
+	for k := range c.r.codes {
+		keys = append(keys, k)
+	}
+	counts := make([]*Codes, len(keys))
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if a.Listener != b.Listener {
+			return a.Listener < b.Listener
+		}
+		if a.Pool != b.Pool {
+			return a.Pool < b.Pool
+		}
+		return a.Backend < b.Backend
+	})
+	for i, k := range keys {
+		counts[i] = c.r.codes[k]
+	}
+	c.r.mu.Unlock()
+	for i, k := range keys {
+		counts[i].each(func(code int, n uint64) {
+			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(n),
+				k.Listener, k.Pool, k.Backend, statusText(code))
+		})
+	}
+	if c.r.source == nil {
+		return
+	}
+	now := time.Now()
+	c.r.source.Gauges(&Gauges{
+		BackendUp: func(pool, backend string, up bool) {
+			v := 0.0
+			if up {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, v, pool, backend)
+		},
+		BackendActive: func(pool, backend string, n int64) {
+			ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(n), pool, backend)
+		},
+		ConnectionsActive: func(listener string, n int64) {
+			ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(n), listener)
+		},
+		CertificateExpiry: func(listener, subject string, notAfter time.Time) {
+			ch <- prometheus.MustNewConstMetric(descExpiry, prometheus.GaugeValue, notAfter.Sub(now).Seconds(), listener, subject)
+		},
+		CacheRequests: func(pool, result string, n uint64) {
+			ch <- prometheus.MustNewConstMetric(descCache, prometheus.CounterValue, float64(n), pool, result)
+		},
+		AccessLogDropped: func(n uint64) {
+			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n))
+		},
+	})
+}
+
+var codeText [600]string
+
+func init() {
+	for i := range codeText {
+		codeText[i] = itoa3(i)
+	}
+}
+
+func itoa3(i int) string {
+	if i < 100 {
+		if i < 10 {
+			return string(rune('0' + i))
+		}
+		return string([]byte{byte('0' + i/10), byte('0' + i%10)})
+	}
+	return string([]byte{byte('0' + i/100), byte('0' + i/10%10), byte('0' + i%10)})
+}
+
+func statusText(code int) string {
+	if code < 0 || code >= len(codeText) {
+		return "0"
+	}
+	return codeText[code]
+}

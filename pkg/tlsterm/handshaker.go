@@ -1,0 +1,132 @@
+package tlsterm
+
+import (
+	"crypto/tls"
+	"net"
+	"sync"
+	"time"
+)
+
+// Handshaker completes TLS handshakes for a listener before the HTTP
+// server sees the connection, on a pool of worker goroutines: a slow or
+// hostile client never holds a server goroutine, and the goroutine that
+// later serves the connection never grew its stack for the handshake's
+// crypto, which keeps idle keep-alive connections small. Workers are
+// reused because a handshake grows a goroutine's stack to a few tens of
+// KiB: a fresh goroutine per handshake would copy its stack several times
+// over, every time. It is safe for concurrent use.
+type Handshaker struct {
+	// Timeout bounds each handshake.
+	Timeout time.Duration
+	// Done is called with every finished handshake's result (for
+	// metrics), before a successful connection is delivered.
+	Done func(HandshakeResult)
+
+	work      chan job
+	closed    chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// HandshakeResult describes one finished server handshake.
+type HandshakeResult struct {
+	State *tls.ConnectionState // nil when the handshake failed
+	Err   error
+}
+
+type job struct {
+	c       net.Conn
+	cfg     *tls.Config
+	deliver func(net.Conn)
+}
+
+// NewHandshaker returns a handshaker; handshakes taking longer than
+// timeout fail.
+func NewHandshaker(timeout time.Duration) *Handshaker {
+	return &Handshaker{Timeout: timeout, work: make(chan job), closed: make(chan struct{})}
+}
+
+// workerIdle is how long a handshake worker waits for another connection
+// before it exits.
+const workerIdle = 10 * time.Second
+
+// Handshake runs a server handshake on c with cfg on a worker, then
+// passes the TLS connection to deliver; a connection whose handshake fails
+// is closed.
+func (h *Handshaker) Handshake(c net.Conn, cfg *tls.Config, deliver func(net.Conn)) {
+	j := job{c, cfg, deliver}
+	select {
+	case h.work <- j: // an idle worker took it
+	case <-h.closed:
+		c.Close()
+	default:
+		h.wg.Add(1)
+		go h.worker(j)
+	}
+}
+
+func (h *Handshaker) worker(j job) {
+	defer h.wg.Done()
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		h.run(j)
+		idle.Reset(workerIdle)
+		select {
+		case j = <-h.work:
+		case <-idle.C:
+			return
+		case <-h.closed:
+			return
+		}
+	}
+}
+
+func (h *Handshaker) run(j job) {
+	tc := tls.Server(j.c, j.cfg)
+	// A deadline rather than HandshakeContext, which starts a goroutine
+	// per handshake to watch its context.
+	err := j.c.SetDeadline(time.Now().Add(h.Timeout))
+	if err == nil {
+		err = tc.Handshake()
+	}
+	if err == nil {
+		err = j.c.SetDeadline(time.Time{})
+	}
+	if h.Done != nil {
+		r := HandshakeResult{Err: err}
+		if err == nil {
+			st := tc.ConnectionState()
+			r.State = &st
+		}
+		h.Done(r)
+	}
+	if err != nil {
+		j.c.Close()
+		return
+	}
+	j.deliver(tc)
+}
+
+// Close stops idle workers; handshakes under way finish.
+func (h *Handshaker) Close() {
+	h.closeOnce.Do(func() { close(h.closed) })
+}
+
+// Wait waits for every worker to exit, after Close.
+func (h *Handshaker) Wait() { h.wg.Wait() }
+
+// VersionName is "1.2" or "1.3" for a TLS version, "" for others.
+func VersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS13:
+		return "1.3"
+	case tls.VersionTLS12:
+		return "1.2"
+	case tls.VersionTLS11:
+		return "1.1"
+	case tls.VersionTLS10:
+		return "1.0"
+	}
+	return ""
+}
