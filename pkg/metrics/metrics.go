@@ -61,12 +61,12 @@ type Source interface {
 
 // Gauges receives scrape-time values from a Source.
 type Gauges struct {
-	BackendUp          func(pool, backend string, up bool)
-	BackendActive      func(pool, backend string, active int64)
-	ConnectionsActive  func(listener string, n int64)
-	CertificateExpiry  func(listener, subject string, notAfter time.Time)
-	CacheRequests      func(pool, result string, n uint64)
-	AccessLogDropped   func(n uint64)
+	BackendUp         func(pool, backend string, up bool)
+	BackendActive     func(pool, backend string, active int64)
+	ConnectionsActive func(listener string, n int64)
+	CertificateExpiry func(listener, subject string, notAfter time.Time)
+	CacheRequests     func(pool, result string, n uint64)
+	AccessLogDropped  func(n uint64)
 }
 
 // Registry owns every lb metric. Request counters survive reloads: a
