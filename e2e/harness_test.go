@@ -37,7 +37,14 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	lbBin = filepath.Join(dir, "lb")
-	build := exec.Command("go", "build", "-o", lbBin, "../cmd/lb")
+	args := []string{"build", "-o", lbBin}
+	if raceEnabled || os.Getenv("LB_E2E_RACE") != "" {
+		// The binary under test with the race detector when the tests run
+		// with it (go test -race): reloads, drains and shutdowns run
+		// across many goroutines.
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/lb")...)
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building lb:", err)
@@ -150,6 +157,44 @@ func tail(s string, lines int) string {
 		l = l[len(l)-lines:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// path is the config file lb runs from.
+func (p *lbProc) path() string { return filepath.Join(p.dir, "lb.toml") }
+
+// rewrite replaces the config file.
+func (p *lbProc) rewrite(cfg string) {
+	p.t.Helper()
+	if err := os.WriteFile(p.path(), []byte(cfg), 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// logCount counts lines of lb's log that contain s.
+func (p *lbProc) logCount(s string) int { return strings.Count(p.stderr.String(), s) }
+
+// waitLog waits until lb's log holds n lines containing s.
+func (p *lbProc) waitLog(s string, n int, timeout time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for p.logCount(s) < n {
+		if time.Now().After(deadline) {
+			p.t.Fatalf("lb did not log %q %d times within %s:\n%s", s, n, timeout, tail(p.stderr.String(), 30))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// post sends an empty POST to the admin server.
+func (p *lbProc) post(path string) (int, string) {
+	p.t.Helper()
+	resp, err := http.Post("http://"+p.admin+path, "text/plain", nil)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // signal sends sig to lb.
@@ -326,6 +371,11 @@ func (b *backend) serve(ln net.Listener) {
 			hook(r)
 		}
 		w.Header().Set("X-Backend", b.id)
+		if code, ok := strings.CutPrefix(r.URL.Path, "/code/"); ok {
+			var n int
+			fmt.Sscanf(code, "%d", &n)
+			w.WriteHeader(n)
+		}
 		fmt.Fprintf(w, "%s %s %s xff=%s proto=%s\n", b.id, r.Method, r.URL.RequestURI(), r.Header.Get("X-Forwarded-For"), r.Header.Get("X-Forwarded-Proto"))
 	})}
 	b.mu.Lock()
@@ -410,3 +460,7 @@ func backendsTOML(bs ...*backend) string {
 
 // execCommand is exec.Command, named for tests that build lbProc by hand.
 func execCommand(name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }
+
+// insecureTLS is a client TLS config for tests that do not check
+// certificates.
+func insecureTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }

@@ -434,6 +434,14 @@ name = "redirect"
 bind = "127.0.0.1:0"
 redirect_https = "https://:8443"
 
+[[listener]]
+name = "secure"
+bind = "127.0.0.1:0"
+pool = "web"
+  [listener.tls]
+  cert = "certs/site.pem"
+  key = "certs/site.key"
+
 [[pool]]
 name = "web"
 ` + backendsTOML(b)
@@ -453,17 +461,23 @@ name = "web"
 		t.Errorf("redirect: %d to %q", resp.StatusCode, resp.Header.Get("Location"))
 	}
 
+	tc := &http.Client{Transport: &http.Transport{TLSClientConfig: insecureTLS()}}
+	if code, _, err := get(tc, "https://"+lb.addrs["secure"]+"/s"); err != nil || code != 200 {
+		t.Fatalf("TLS listener: %d %v", code, err)
+	}
+
 	// One JSON line per request in the access log file.
 	var logText string
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
 		data, _ := os.ReadFile(accessLog)
-		if logText = string(data); strings.Count(logText, "\n") >= 2 {
+		if logText = string(data); strings.Count(logText, "\n") >= 3 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	for _, want := range []string{`"uri":"/p?q=1"`, `"status":200`, `"backend":"` + b.addr + `"`, `"listener":"plain"`, `"status":308`} {
+	for _, want := range []string{`"uri":"/p?q=1"`, `"status":200`, `"backend":"` + b.addr + `"`, `"listener":"plain"`, `"status":308`,
+		`"tls":"1.3"`, `"listener":"secure"`, `"pool":"web"`, `"method":"GET"`, `"duration":`, `"bytes":`, `"client":"127.0.0.1:`, `"@timestamp":`} {
 		if !strings.Contains(logText, want) {
 			t.Errorf("access log lacks %s:\n%s", want, logText)
 		}

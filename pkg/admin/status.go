@@ -45,7 +45,7 @@ type BackendStatus struct {
 	Address           string  `json:"address"`
 	Weight            int     `json:"weight"`
 	EffectiveWeight   int     `json:"effective_weight"`
-	State             string  `json:"state"` // up | down | drained
+	State             string  `json:"state"` // up | down | draining (drained, requests in flight) | drained
 	Up                bool    `json:"up"`
 	SlowStart         bool    `json:"slow_start"`
 	ActiveConnections int64   `json:"active_connections"`

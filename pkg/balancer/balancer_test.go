@@ -277,3 +277,49 @@ func BenchmarkPick(b *testing.B) {
 		})
 	}
 }
+
+func TestSlowStartRampsTheWeight(t *testing.T) {
+	p := newTestPool(t, RoundRobin, 0, 10, 10)
+	b := p.Backends[1]
+	b.StartSlowStart(time.Second)
+	start := time.Unix(0, b.slowStart.Load())
+	for _, tc := range []struct {
+		at   time.Duration
+		want int
+	}{{0, 1}, {100 * time.Millisecond, 1}, {150 * time.Millisecond, 2}, {500 * time.Millisecond, 5}, {999 * time.Millisecond, 10}, {2 * time.Second, 10}} {
+		if got := b.EffectiveWeight(start.Add(tc.at)); got != tc.want {
+			t.Errorf("weight %s into a 1s slow start: %d, want %d", tc.at, got, tc.want)
+		}
+	}
+	if b.SlowStarting() {
+		t.Error("slow start did not end")
+	}
+
+	// Round robin follows the ramp once the pool is refreshed.
+	b.StartSlowStart(time.Hour)
+	p.Refresh()
+	counts := map[string]int{}
+	for range 110 {
+		x, _ := p.Acquire(nil, 0)
+		counts[x.Address]++
+		p.Release(x)
+	}
+	if counts["b"] > 15 {
+		t.Errorf("a backend just starting its ramp got %d of 110 requests", counts["b"])
+	}
+
+	// Least connections too.
+	lc := newTestPool(t, LeastConn, 0, 4, 4)
+	lc.Backends[1].StartSlowStart(time.Hour)
+	var held []*Backend
+	for range 40 {
+		x, _ := lc.Acquire(nil, 0)
+		held = append(held, x)
+	}
+	if a := lc.Backends[1].Active(); a > 12 {
+		t.Errorf("least_conn gave a slow-starting backend %d of 40", a)
+	}
+	for _, x := range held {
+		lc.Release(x)
+	}
+}

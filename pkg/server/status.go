@@ -52,6 +52,8 @@ func (s *Server) Status() admin.Status {
 				Since:             b.Changed(),
 			}
 			switch {
+			case b.Drained() && b.Active() > 0:
+				bs.State = "draining" // requests still in flight
 			case b.Drained():
 				bs.State = "drained"
 			case b.Up():

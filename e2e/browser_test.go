@@ -1,0 +1,130 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// artifactDir is where tests leave files for people to look at: $LB_ARTIFACTS,
+// or artifacts/ at the top of the repository.
+func artifactDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("LB_ARTIFACTS")
+	if dir == "" {
+		dir = filepath.Join("..", "artifacts")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	abs, _ := filepath.Abs(dir)
+	return abs
+}
+
+func findChromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Skip("no Chromium installed; .ci/run installs Debian's chromium (apt-get install chromium)")
+	return ""
+}
+
+// TestStatusPageShowsABackendGoingDown loads the status page in headless
+// Chromium, stops a backend, and waits for the page to show it down.
+func TestStatusPageShowsABackendGoingDown(t *testing.T) {
+	chrome := findChromium(t)
+	dir := t.TempDir()
+	writeCerts(t, dir)
+	b1, b2, b3 := startBackend(t, "b1"), startBackend(t, "b2"), startBackend(t, "b3")
+	bind := freePort(t)
+	lb := startLB(t, dir, reloadConfig(bind, false, "", weighted{b1, 2}, weighted{b2, 1}, weighted{b3, 1}))
+
+	// Some traffic, so the page has rates and a chart to draw.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		c := &keepAliveClient{addr: bind, pool: insecureTLS()}
+		defer c.close()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+				c.get("/page") //nolint:errcheck
+			}
+		}
+	}()
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chrome),
+		chromedp.NoSandbox,
+		chromedp.Headless,
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(filepath.Join(dir, "chromium")),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.WindowSize(1300, 760),
+	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
+	defer cancelTimeout()
+
+	stateOf := func(addr string) string {
+		js := fmt.Sprintf(`(function(){const r=document.querySelector('tr[data-backend=%q]');return r?r.dataset.state+"|"+r.querySelector(".state").textContent:""})()`, addr)
+		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+		if err != nil {
+			t.Fatalf("reading the page: %v", err)
+		}
+		return s
+	}
+	waitFor := func(addr, want string) {
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			got := stateOf(addr)
+			if strings.HasPrefix(got, want+"|") && strings.HasSuffix(got, "|"+want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the page shows %s as %q, want %q", addr, got, want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	if _, err := chromedp.Run(ctx, chromedp.Navigate("http://"+lb.admin+"/status")); err != nil {
+		t.Fatalf("loading the status page: %v", err)
+	}
+	for _, b := range []*backend{b1, b2, b3} {
+		waitFor(b.addr, "up")
+	}
+	time.Sleep(2 * time.Second) // a few samples for the charts
+	b2.stop()
+	waitFor(b2.addr, "down")
+	waitFor(b1.addr, "up")
+	time.Sleep(1500 * time.Millisecond)
+
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	path := filepath.Join(artifactDir(t), "status-page.png")
+	if err := os.WriteFile(path, png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot of the status page with %s down: %s", b2.addr, path)
+}
