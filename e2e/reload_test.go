@@ -569,3 +569,76 @@ outer:
 }
 
 type familyT = dto.MetricFamily
+
+func TestReloadAddsAndRemovesListenersAndRereadsCertificates(t *testing.T) {
+	dir := t.TempDir()
+	certs := writeCerts(t, dir)
+	b1 := startBackend(t, "b1")
+	bind, extra := freePort(t), freePort(t)
+	base := reloadConfig(bind, false, "", weighted{b1, 1})
+	lb := startLB(t, dir, base)
+	c := certs.client(bind, true)
+	if code, _, err := get(c, "https://www.example.com/first"); code != 200 {
+		t.Fatalf("before: %d %v", code, err)
+	}
+
+	// Add a plaintext listener.
+	withExtra := base + fmt.Sprintf("\n[[listener]]\nname = \"plain\"\nbind = %q\npool = \"web\"\n", extra)
+	lb.rewrite(withExtra)
+	lb.signal(syscall.SIGHUP)
+	lb.waitLog("config reloaded", 1, 5*time.Second)
+	if code, body, err := get(http.DefaultClient, "http://"+extra+"/added"); err != nil || code != 200 || !strings.HasPrefix(body, "b1 ") {
+		t.Fatalf("added listener: %d %v %q", code, err, body)
+	}
+
+	// A new certificate for the TLS listener, read on reload.
+	before := serverCert(t, bind)
+	next := writeCerts(t, t.TempDir())
+	for _, f := range []string{"site.pem", "site.key"} {
+		data, err := os.ReadFile(filepath.Join(next.dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(certs.dir, f), data, 0o600)
+	}
+	// Remove the plaintext listener in the same reload.
+	lb.rewrite(base)
+	lb.signal(syscall.SIGHUP)
+	lb.waitLog("config reloaded", 2, 5*time.Second)
+	if after := serverCert(t, bind); after == before {
+		t.Error("the listener still serves the old certificate after a reload")
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", extra, 200*time.Millisecond)
+		if err != nil {
+			break
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the removed listener still accepts connections")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The kept listener carries on: the client's keep-alive connection
+	// (made with the old certificate) still works, and new connections
+	// verify against the new one.
+	if code, _, err := get(c, "https://www.example.com/kept"); code != 200 {
+		t.Fatalf("kept listener, old connection: %d %v", code, err)
+	}
+	if code, _, err := get(next.client(bind, false), "https://www.example.com/new"); code != 200 {
+		t.Fatalf("kept listener, new connection: %d %v", code, err)
+	}
+}
+
+// serverCert returns the serial number of the certificate a TLS listener
+// serves.
+func serverCert(t *testing.T, addr string) string {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ServerName: "www.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
