@@ -48,7 +48,9 @@ func (l *loader) applyDefaults() {
 			}
 			setStr(&t.MinVersion, "1.2")
 			setStr(&t.ClientAuth, "none")
-			if !l.defined(p + ".tls.alpn") {
+			if !l.defined(p+".tls.alpn") && ln.Mode == "http" {
+				// A tcp listener offers no protocol unless told: its
+				// backends may not speak HTTP at all.
 				t.ALPN = []string{"h2", "http/1.1"}
 			}
 		}

@@ -75,15 +75,15 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 		binds[ln.Bind] = i + 1
 	}
 
+	tcp := ln.Mode == "tcp"
 	switch ln.Mode {
-	case "http":
-	case "tcp":
-		l.errorf(p+".mode", "\"tcp\" (layer 4) listeners are not available in this version; use \"http\"")
+	case "http", "tcp":
 	default:
 		l.errorf(p+".mode", "%q is not one of http, tcp", ln.Mode)
 	}
-	// A listener that only redirects to HTTPS needs no pool.
-	l.checkPoolRef(p+".pool", ln.Pool, pools, ln.RedirectHTTPS == "")
+	// A listener that only redirects to HTTPS needs no pool, nor does a
+	// tcp listener whose routes cover every server name it serves.
+	l.checkPoolRef(p+".pool", ln.Pool, pools, ln.RedirectHTTPS == "" && !(tcp && len(ln.Routes) > 0))
 
 	l.checkDur(ln.ReadTimeout, p+".read_timeout", false)
 	l.checkDur(ln.WriteTimeout, p+".write_timeout", false)
@@ -96,28 +96,33 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 	if ln.MaxConnections < 1 {
 		l.errorf(p+".max_connections", "must be at least 1 (got %d)", ln.MaxConnections)
 	}
-	if ln.ProxyProtocol != "" {
-		l.errorf(p+".proxy_protocol", "sending the PROXY protocol is not available in this version")
-	}
-	if ln.AcceptProxyProtocol {
-		l.errorf(p+".accept_proxy_protocol", "accepting the PROXY protocol is not available in this version")
+	switch ln.ProxyProtocol {
+	case "":
+	case "v1", "v2":
+		if !tcp {
+			l.errorf(p+".proxy_protocol", "sending the PROXY protocol applies to tcp listeners; HTTP backends get X-Forwarded-For")
+		}
+	default:
+		l.errorf(p+".proxy_protocol", "%q is not one of \"\", \"v1\", \"v2\"", ln.ProxyProtocol)
 	}
 	if ln.RedirectHTTPS != "" {
-		if ln.TLS != nil {
+		if tcp {
+			l.errorf(p+".redirect_https", "redirects are HTTP: a tcp listener cannot send one")
+		} else if ln.TLS != nil {
 			l.errorf(p+".redirect_https", "only a plaintext listener (without [listener.tls]) can redirect to HTTPS")
 		} else if _, err := ParseRedirect(ln.RedirectHTTPS); err != nil {
 			l.errorf(p+".redirect_https", "%v", err)
 		}
 	}
 	if ln.TLS != nil {
-		l.validateTLS(p+".tls", ln.TLS)
+		l.validateTLS(p+".tls", ln.TLS, tcp)
 	}
 	for j := range ln.Routes {
-		l.validateRoute(fmt.Sprintf("%s.route[%d]", p, j), &ln.Routes[j], pools)
+		l.validateRoute(fmt.Sprintf("%s.route[%d]", p, j), &ln.Routes[j], pools, tcp)
 	}
 }
 
-func (l *loader) validateTLS(p string, t *TLS) {
+func (l *loader) validateTLS(p string, t *TLS, tcp bool) {
 	if t.CertPEM == nil {
 		l.checkKeyPair(p, t.Cert, t.Key)
 	} else if _, err := tls.X509KeyPair(t.CertPEM, t.KeyPEM); err != nil {
@@ -139,10 +144,17 @@ func (l *loader) validateTLS(p string, t *TLS) {
 		l.errorf(p+".client_auth", "%q is not one of none, request, require", t.ClientAuth)
 	}
 	for j, a := range t.ALPN {
+		if tcp {
+			// A tcp listener offers whatever its backends speak.
+			if a == "" || len(a) > 255 {
+				l.errorf(fmt.Sprintf("%s.alpn[%d]", p, j), "%q is not a protocol name", a)
+			}
+			continue
+		}
 		switch a {
 		case "http/1.1":
 		case "h2":
-			if l.defined(p + ".alpn") {
+			if l.defined(p+".alpn") && !tcp {
 				l.warnf(p+".alpn", "HTTP/2 is not available in this version; only http/1.1 is offered")
 			}
 		default:
@@ -188,10 +200,23 @@ func readable(path string) error {
 	return f.Close()
 }
 
-func (l *loader) validateRoute(p string, r *Route, pools map[string]int) {
+func (l *loader) validateRoute(p string, r *Route, pools map[string]int, tcp bool) {
 	l.checkPoolRef(p+".pool", r.Pool, pools, true)
+	if tcp {
+		switch {
+		case r.Host != "" || r.PathPrefix != "":
+			l.errorf(p, "a tcp listener routes by sni (the TLS server name); host and path_prefix are for http listeners")
+		case r.SNI == "":
+			l.missing(p+".sni", "(a server name such as \"db.example.com\" or \"*.example.com\")")
+		default:
+			if err := checkHostPattern(r.SNI); err != nil {
+				l.errorf(p+".sni", "%v", err)
+			}
+		}
+		return
+	}
 	if r.SNI != "" {
-		l.errorf(p+".sni", "SNI routing applies to tcp listeners, which are not available in this version")
+		l.errorf(p+".sni", "sni routes are for tcp listeners; an http listener routes by host")
 	}
 	if r.Host == "" && r.PathPrefix == "" {
 		l.errorf(p, "a route needs host or path_prefix (requests matching neither go to the listener's pool)")

@@ -49,6 +49,15 @@ func (c *Codes) each(f func(code int, n uint64)) {
 	}
 }
 
+// TCP counts the connections a tcp listener proxied to one backend, and
+// their bytes. The zero value is ready; safe for concurrent use.
+type TCP struct {
+	Connections atomic.Uint64
+	Failures    atomic.Uint64 // connect attempts that failed
+	BytesIn     atomic.Uint64 // from clients
+	BytesOut    atomic.Uint64 // to clients
+}
+
 // Key names one request counter: the listener that took the request, and
 // the pool and backend that answered it ("" when none did).
 type Key struct{ Listener, Pool, Backend string }
@@ -78,8 +87,10 @@ type Registry struct {
 
 	mu    sync.Mutex
 	codes map[Key]*Codes
+	tcp   map[Key]*TCP
 
-	duration   *prometheus.HistogramVec
+	duration    *prometheus.HistogramVec
+	tcpDuration *prometheus.HistogramVec
 	handshakes *prometheus.CounterVec
 	reloads    *prometheus.CounterVec
 }
@@ -94,6 +105,12 @@ func New(src Source) *Registry {
 		reg:    prometheus.NewRegistry(),
 		source: src,
 		codes:  map[Key]*Codes{},
+		tcp:    map[Key]*TCP{},
+		tcpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "lb_tcp_connection_duration_seconds",
+			Help:    "How long tcp listeners' connections lasted, by listener and pool.",
+			Buckets: []float64{.01, .1, 1, 10, 60, 300, 1800, 3600},
+		}, []string{"listener", "pool"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "lb_request_duration_seconds",
 			Help:    "Time from a request's arrival to its response head being ready, by listener and pool.",
@@ -110,7 +127,7 @@ func New(src Source) *Registry {
 	}
 	r.reloads.WithLabelValues("success")
 	r.reloads.WithLabelValues("failure")
-	r.reg.MustRegister(r.duration, r.handshakes, r.reloads, &collector{r: r},
+	r.reg.MustRegister(r.duration, r.tcpDuration, r.handshakes, r.reloads, &collector{r: r},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return r
 }
@@ -130,8 +147,26 @@ func (r *Registry) Codes(k Key) *Codes {
 	return c
 }
 
-// Retain drops the request counters of keys not in keep, once a reload
-// has removed their listener, pool or backend.
+// TCP returns the connection counters for k, making them on first use.
+func (r *Registry) TCP(k Key) *TCP {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.tcp[k]
+	if c == nil {
+		c = &TCP{}
+		r.tcp[k] = c
+	}
+	return c
+}
+
+// TCPDuration returns the connection duration histogram for one listener
+// and pool.
+func (r *Registry) TCPDuration(listener, pool string) prometheus.Observer {
+	return r.tcpDuration.WithLabelValues(listener, pool)
+}
+
+// Retain drops the counters of keys not in keep, once a reload has
+// removed their listener, pool or backend.
 func (r *Registry) Retain(keep map[Key]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -140,15 +175,24 @@ func (r *Registry) Retain(keep map[Key]bool) {
 			delete(r.codes, k)
 		}
 	}
+	for k := range r.tcp {
+		if !keep[k] {
+			delete(r.tcp, k)
+		}
+	}
 }
 
-// ListenerTotals sums the request counters of each listener.
+// ListenerTotals sums the requests (connections, for tcp listeners) of
+// each listener.
 func (r *Registry) ListenerTotals() map[string]uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := map[string]uint64{}
 	for k, c := range r.codes {
 		c.each(func(_ int, n uint64) { t[k.Listener] += n })
+	}
+	for k, c := range r.tcp {
+		t[k.Listener] += c.Connections.Load()
 	}
 	return t
 }
@@ -191,12 +235,20 @@ var (
 		"Seconds until a served certificate expires (negative once it has).", []string{"listener", "subject"}, nil)
 	descCache = prometheus.NewDesc("lb_cache_requests_total",
 		"Cache lookups by pool and result (hit, miss, stale, bypass).", []string{"pool", "result"}, nil)
+	descTCPConns = prometheus.NewDesc("lb_tcp_connections_total",
+		"Connections tcp listeners proxied, by listener, pool and backend (empty for those that reached none).",
+		[]string{"listener", "pool", "backend"}, nil)
+	descTCPFailures = prometheus.NewDesc("lb_tcp_connect_failures_total",
+		"Failed attempts to connect to a backend for a tcp listener.", []string{"listener", "pool", "backend"}, nil)
+	descTCPBytes = prometheus.NewDesc("lb_tcp_bytes_total",
+		"Bytes tcp listeners moved, by direction: in (from clients) and out (to clients).",
+		[]string{"listener", "pool", "backend", "direction"}, nil)
 	descDropped = prometheus.NewDesc("lb_access_log_dropped_total",
 		"Access log lines dropped because the log could not keep up.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descExpiry, descCache, descDropped} {
+	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descExpiry, descCache, descDropped, descTCPConns, descTCPFailures, descTCPBytes} {
 		ch <- d
 	}
 }
@@ -221,7 +273,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for i, k := range keys {
 		counts[i] = c.r.codes[k]
 	}
+	tcp := make(map[Key]*TCP, len(c.r.tcp))
+	for k, v := range c.r.tcp {
+		tcp[k] = v
+	}
 	c.r.mu.Unlock()
+	for k, v := range tcp {
+		ch <- prometheus.MustNewConstMetric(descTCPConns, prometheus.CounterValue, float64(v.Connections.Load()), k.Listener, k.Pool, k.Backend)
+		ch <- prometheus.MustNewConstMetric(descTCPFailures, prometheus.CounterValue, float64(v.Failures.Load()), k.Listener, k.Pool, k.Backend)
+		ch <- prometheus.MustNewConstMetric(descTCPBytes, prometheus.CounterValue, float64(v.BytesIn.Load()), k.Listener, k.Pool, k.Backend, "in")
+		ch <- prometheus.MustNewConstMetric(descTCPBytes, prometheus.CounterValue, float64(v.BytesOut.Load()), k.Listener, k.Pool, k.Backend, "out")
+	}
 	for i, k := range keys {
 		counts[i].each(func(code int, n uint64) {
 			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(n),

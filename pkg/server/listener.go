@@ -13,6 +13,7 @@ import (
 	"go.uber.org/atomic"
 
 	"github.com/offloadlb/lb/pkg/config"
+	"github.com/offloadlb/lb/pkg/l4"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/proxy"
 	"github.com/offloadlb/lb/pkg/tlsterm"
@@ -34,12 +35,17 @@ type listener struct {
 	bind    string
 	log     hclog.Logger
 	sock    *limitListener
-	handler *proxy.Handler
+	handler *proxy.Handler // http mode
+	tcp     *l4.Handler    // tcp mode
 	hs      *tlsterm.Handshaker
+	prelude func(net.Conn) (net.Conn, error) // reads a PROXY header
 
-	name    atomic.String
-	term    atomic.Pointer[tlsterm.Terminator] // nil: plaintext
-	current atomic.Pointer[instance]
+	name        atomic.String
+	tcpMode     atomic.Bool
+	acceptProxy atomic.Bool
+	preludeWait atomic.Int64 // nanoseconds a PROXY header may take
+	term        atomic.Pointer[tlsterm.Terminator] // nil: plaintext
+	current     atomic.Pointer[instance]           // http mode
 
 	mu      sync.Mutex
 	cfg     config.Listener
@@ -70,6 +76,9 @@ func bindListener(cfg config.Listener, log hclog.Logger) (*listener, error) {
 		done: make(chan struct{}),
 	}
 	l.name.Store(cfg.Name)
+	l.prelude = func(c net.Conn) (net.Conn, error) {
+		return l4.AcceptProxy(c, time.Duration(l.preludeWait.Load()))
+	}
 	return l, nil
 }
 
@@ -82,31 +91,54 @@ func (l *listener) key() string {
 	return l.bind
 }
 
-// configure applies a listener config and state. It is called once before
-// start, and again on every reload.
-func (l *listener) configure(cfg config.Listener, state *proxy.Listener, term *tlsterm.Terminator, m *metrics.Registry) {
+// configure applies a listener config and state (state for an http
+// listener, tcpState for a tcp one). It is called once before start, and
+// again on every reload.
+func (l *listener) configure(cfg config.Listener, state *proxy.Listener, tcpState *l4.Listener, term *tlsterm.Terminator, m *metrics.Registry) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	old := l.cfg
 	l.cfg = cfg
 	l.name.Store(cfg.Name)
 	l.sock.SetMax(cfg.MaxConnections)
+	if l.hs == nil {
+		l.hs = tlsterm.NewHandshaker(handshakeTimeout(cfg))
+		l.hs.Done = func(r tlsterm.HandshakeResult) { countHandshake(m, l.name.Load(), r) }
+		l.hs.Failed = func(c net.Conn, err error) {
+			l.log.Debug("connection refused: no valid PROXY protocol header", "listener", l.name.Load(), "client", c.RemoteAddr().String(), "error", err)
+		}
+	}
+	l.hs.Timeout = handshakeTimeout(cfg)
+	l.preludeWait.Store(int64(cfg.ReadTimeout.Duration))
+	l.acceptProxy.Store(cfg.AcceptProxyProtocol)
+	l.term.Store(term)
+
+	if cfg.Mode == "tcp" {
+		if l.tcp == nil {
+			l.tcp = l4.NewHandler(tcpState, l.log)
+		} else {
+			l.tcp.Update(tcpState)
+		}
+		l.tcpMode.Store(true)
+		if cur := l.current.Load(); cur != nil {
+			// Was http: its connections finish on their server.
+			cur.queue.Close()
+			l.retired = append(l.retired, cur)
+			l.current.Store(nil)
+		}
+		return
+	}
 	if l.handler == nil {
 		l.handler = proxy.NewHandler(state, l.log)
 	} else {
 		l.handler.Update(state)
 	}
-	if l.hs == nil {
-		l.hs = tlsterm.NewHandshaker(handshakeTimeout(cfg))
-		l.hs.Done = func(r tlsterm.HandshakeResult) { countHandshake(m, l.name.Load(), r) }
-	}
-	l.hs.Timeout = handshakeTimeout(cfg)
-	l.term.Store(term)
 
 	cur := l.current.Load()
 	if cur == nil || serverSettingsChanged(old, cfg) {
 		next := l.newInstance(cfg)
 		l.current.Store(next)
+		l.tcpMode.Store(false)
 		go func() {
 			defer close(next.done)
 			if err := next.srv.Serve(next.queue); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -215,18 +247,33 @@ func (l *listener) serve() {
 			return
 		}
 		delay = 0
-		if term := l.term.Load(); term != nil {
-			l.hs.Handshake(c, term.Config(), l.deliver)
-		} else {
+		term, proxied := l.term.Load(), l.acceptProxy.Load()
+		switch {
+		case term == nil && !proxied:
 			l.deliver(c)
+		case term == nil:
+			l.hs.Handshake(c, l.prelude, nil, l.deliver)
+		case proxied:
+			l.hs.Handshake(c, l.prelude, term.Config(), l.deliver)
+		default:
+			l.hs.Handshake(c, nil, term.Config(), l.deliver)
 		}
 	}
 }
 
-// deliver hands a connection to the current server instance.
+// deliver hands a connection to the tcp handler, or to the current HTTP
+// server instance.
 func (l *listener) deliver(c net.Conn) {
+	if l.tcpMode.Load() {
+		go l.tcp.Serve(c)
+		return
+	}
 	for {
 		in := l.current.Load()
+		if in == nil { // turned tcp meanwhile
+			l.deliver(c)
+			return
+		}
 		if in.queue.push(c) {
 			return
 		}
@@ -243,9 +290,20 @@ func (l *listener) shutdown(ctx context.Context) error {
 	l.sock.Close()
 	l.hs.Close()
 	l.mu.Lock()
-	all := append([]*instance{l.current.Load()}, l.retired...)
+	all := append([]*instance(nil), l.retired...)
+	if cur := l.current.Load(); cur != nil {
+		all = append(all, cur)
+	}
+	tcp := l.tcp
 	l.mu.Unlock()
 	var wg sync.WaitGroup
+	if tcp != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tcp.Wait(ctx.Done())
+		}()
+	}
 	errs := make([]error, len(all))
 	for i, in := range all {
 		wg.Add(1)
@@ -386,6 +444,9 @@ type limitConn struct {
 	l      *limitListener
 	closed atomic.Bool
 }
+
+// RawConn is the socket underneath, for splice.
+func (c *limitConn) RawConn() net.Conn { return c.Conn }
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()

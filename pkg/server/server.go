@@ -256,7 +256,7 @@ func terminatorFor(lc config.Listener) (*tlsterm.Terminator, error) {
 	if lc.TLS == nil {
 		return nil, nil
 	}
-	t, err := tlsterm.New(lc.TLS)
+	t, err := tlsterm.New(lc.TLS, lc.Mode)
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/health"
+	"github.com/offloadlb/lb/pkg/l4"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/proxy"
 	"github.com/offloadlb/lb/pkg/tlsterm"
@@ -42,11 +43,12 @@ type plan struct {
 }
 
 type listenerPlan struct {
-	cfg   config.Listener
-	l     *listener
-	fresh bool
-	state *proxy.Listener
-	term  *tlsterm.Terminator
+	cfg      config.Listener
+	l        *listener
+	fresh    bool
+	state    *proxy.Listener // http mode
+	tcpState *l4.Listener    // tcp mode
+	term     *tlsterm.Terminator
 }
 
 // prepare builds everything cfg describes, reusing what the running
@@ -95,7 +97,11 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 		if lp.term, err = terminatorFor(lc); err != nil {
 			return p, err
 		}
-		lp.state = s.listenerState(lc, p, lp.term != nil)
+		if lc.Mode == "tcp" {
+			lp.tcpState = s.tcpListenerState(lc, p, lp.term != nil)
+		} else {
+			lp.state = s.listenerState(lc, p, lp.term != nil)
+		}
 		p.listeners = append(p.listeners, lp)
 	}
 
@@ -241,6 +247,51 @@ func (s *Server) listenerState(lc config.Listener, p *plan, tlsOn bool) *proxy.L
 	return st
 }
 
+// tcpListenerState builds what a tcp listener's handler needs.
+func (s *Server) tcpListenerState(lc config.Listener, p *plan, tlsOn bool) *l4.Listener {
+	st := &l4.Listener{
+		Name:          lc.Name,
+		TLS:           tlsOn,
+		ProxyProtocol: lc.ProxyProtocol,
+		IdleTimeout:   lc.IdleTimeout.Duration,
+		PeekTimeout:   lc.ReadTimeout.Duration,
+	}
+	unrouted := metrics.Key{Listener: lc.Name}
+	st.Unrouted = s.metrics.TCP(unrouted)
+	p.keep[unrouted] = true
+	if p.access != nil {
+		st.Access = p.access.log
+	}
+	targets := map[string]*l4.Target{}
+	target := func(name string) *l4.Target {
+		if t := targets[name]; t != nil {
+			return t
+		}
+		pl := p.rt.pools[name]
+		t := &l4.Target{
+			Pool:           pl.up.Pool,
+			Health:         pl.mon,
+			Retries:        pl.cfg.Retries,
+			ConnectTimeout: pl.cfg.ConnectTimeout.Duration,
+			Duration:       s.metrics.TCPDuration(lc.Name, name),
+		}
+		for _, b := range pl.up.Pool.Backends {
+			k := metrics.Key{Listener: lc.Name, Pool: name, Backend: b.Address}
+			t.Stats = append(t.Stats, s.metrics.TCP(k))
+			p.keep[k] = true
+		}
+		targets[name] = t
+		return t
+	}
+	if lc.Pool != "" {
+		st.Default = target(lc.Pool)
+	}
+	for _, r := range lc.Routes {
+		st.Routes = append(st.Routes, l4.Route{SNI: toLower(r.SNI), Target: target(r.Pool)})
+	}
+	return st
+}
+
 func toLower(s string) string {
 	b := []byte(s)
 	for i, c := range b {
@@ -258,7 +309,7 @@ func (s *Server) commit(p *plan, initial bool) {
 	oldListeners := s.listeners
 	s.listeners = map[string]*listener{}
 	for _, lp := range p.listeners {
-		lp.l.configure(lp.cfg, lp.state, lp.term, s.metrics)
+		lp.l.configure(lp.cfg, lp.state, lp.tcpState, lp.term, s.metrics)
 		s.listeners[lp.l.key()] = lp.l
 		if lp.fresh && !initial {
 			s.startListener(lp.l)

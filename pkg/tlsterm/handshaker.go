@@ -21,6 +21,8 @@ type Handshaker struct {
 	// Done is called with every finished handshake's result (for
 	// metrics), before a successful connection is delivered.
 	Done func(HandshakeResult)
+	// Failed, if set, is told of connections whose prelude failed.
+	Failed func(c net.Conn, err error)
 
 	work      chan job
 	closed    chan struct{}
@@ -36,6 +38,7 @@ type HandshakeResult struct {
 
 type job struct {
 	c       net.Conn
+	prelude func(net.Conn) (net.Conn, error)
 	cfg     *tls.Config
 	deliver func(net.Conn)
 }
@@ -50,11 +53,12 @@ func NewHandshaker(timeout time.Duration) *Handshaker {
 // before it exits.
 const workerIdle = 10 * time.Second
 
-// Handshake runs a server handshake on c with cfg on a worker, then
-// passes the TLS connection to deliver; a connection whose handshake fails
-// is closed.
-func (h *Handshaker) Handshake(c net.Conn, cfg *tls.Config, deliver func(net.Conn)) {
-	j := job{c, cfg, deliver}
+// Handshake runs, on a worker, prelude (if not nil: reading a PROXY
+// protocol header, say) and then a server handshake with cfg (if not nil),
+// and passes the resulting connection to deliver. A connection whose
+// prelude or handshake fails is closed.
+func (h *Handshaker) Handshake(c net.Conn, prelude func(net.Conn) (net.Conn, error), cfg *tls.Config, deliver func(net.Conn)) {
+	j := job{c, prelude, cfg, deliver}
 	select {
 	case h.work <- j: // an idle worker took it
 	case <-h.closed:
@@ -83,6 +87,21 @@ func (h *Handshaker) worker(j job) {
 }
 
 func (h *Handshaker) run(j job) {
+	if j.prelude != nil {
+		c, err := j.prelude(j.c)
+		if err != nil {
+			if h.Failed != nil {
+				h.Failed(j.c, err)
+			}
+			j.c.Close()
+			return
+		}
+		j.c = c
+	}
+	if j.cfg == nil {
+		j.deliver(j.c)
+		return
+	}
 	tc := tls.Server(j.c, j.cfg)
 	// A deadline rather than HandshakeContext, which starts a goroutine
 	// per handshake to watch its context.

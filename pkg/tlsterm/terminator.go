@@ -35,20 +35,26 @@ type Terminator struct {
 }
 
 // New loads the certificates of a listener's [listener.tls] and builds its
-// tls.Config.
-func New(c *config.TLS) (*Terminator, error) {
+// tls.Config. An http listener offers the ALPN protocols lb serves; a tcp
+// listener offers those configured as they are, for its backends to
+// speak.
+func New(c *config.TLS, mode string) (*Terminator, error) {
 	t := &Terminator{cfg: *c}
 	if err := t.Reload(); err != nil {
 		return nil, err
 	}
 	var protos []string
-	for _, p := range c.ALPN {
-		if supportedALPN[p] {
-			protos = append(protos, p)
+	if mode == "tcp" {
+		protos = c.ALPN
+	} else {
+		for _, p := range c.ALPN {
+			if supportedALPN[p] {
+				protos = append(protos, p)
+			}
 		}
-	}
-	if len(protos) == 0 {
-		protos = []string{"http/1.1"}
+		if len(protos) == 0 {
+			protos = []string{"http/1.1"}
+		}
 	}
 	minVersion := uint16(tls.VersionTLS12)
 	if c.MinVersion == "1.3" {

@@ -87,7 +87,7 @@ func TestSNISelection(t *testing.T) {
 	term, err := New(&config.TLS{
 		Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2",
 		SNI: []config.Cert{{Cert: c.apiFile, Key: c.apiKey}, {Cert: c.wildFile, Key: c.wildKey}},
-	})
+	}, "http")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestRSAAndECDSAForOneName(t *testing.T) {
 	term, err := New(&config.TLS{
 		Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2",
 		SNI: []config.Cert{{Cert: c.apiFile, Key: c.apiKey}, {Cert: c.rsaFile, Key: c.rsaKey}},
-	})
+	}, "http")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestRSAAndECDSAForOneName(t *testing.T) {
 
 func TestVersionsAndSuites(t *testing.T) {
 	c := makeCerts(t)
-	term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2"})
+	term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2"}, "http")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestVersionsAndSuites(t *testing.T) {
 		}
 	}
 
-	term13, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.3"})
+	term13, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.3"}, "http")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestReloadKeepsOldOnError(t *testing.T) {
 	cert, key := filepath.Join(dir, "c.pem"), filepath.Join(dir, "c.key")
 	copyFile(t, c.siteFile, cert)
 	copyFile(t, c.siteKey, key)
-	term, err := New(&config.TLS{Cert: cert, Key: key})
+	term, err := New(&config.TLS{Cert: cert, Key: key}, "http")
 	if err != nil {
 		t.Fatal(err)
 	}

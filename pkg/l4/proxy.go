@@ -1,0 +1,462 @@
+package l4
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/health"
+	"github.com/offloadlb/lb/pkg/metrics"
+	"github.com/offloadlb/lb/pkg/tlsterm"
+)
+
+// Listener is what the TCP handler needs to know of one tcp listener. It
+// is immutable once published; Handler.Update swaps in a new one.
+type Listener struct {
+	Name string
+	// TLS is whether connections arrive already decrypted.
+	TLS bool
+	// Routes pick a pool by the client's server name (SNI): from the
+	// handshake when TLS is terminated, else peeked from the ClientHello,
+	// which is then forwarded untouched.
+	Routes []Route
+	// Default takes connections no route matches; nil refuses them.
+	Default *Target
+	// ProxyProtocol is "", "v1" or "v2": the header sent to backends.
+	ProxyProtocol string
+	// IdleTimeout closes a connection when no byte has moved either way
+	// for this long (0: never).
+	IdleTimeout time.Duration
+	// PeekTimeout bounds the wait for a ClientHello to route by.
+	PeekTimeout time.Duration
+	// Unrouted counts connections that reached no backend. Never nil.
+	Unrouted *metrics.TCP
+	// Access receives one line per connection; nil turns it off.
+	Access hclog.Logger
+}
+
+// Route sends connections for a server name to a pool.
+type Route struct {
+	SNI    string // exact lower-case, or "*.example.com"
+	Target *Target
+}
+
+// Target is a pool as one tcp listener uses it.
+type Target struct {
+	Pool           *balancer.Pool
+	Health         *health.Monitor
+	Retries        int
+	ConnectTimeout time.Duration
+	// Stats count connections and bytes, by backend index.
+	Stats []*metrics.TCP
+	// Duration observes connection durations; nil for none.
+	Duration prometheus.Observer
+}
+
+// Handler proxies the connections of one tcp listener. It is safe for
+// concurrent use.
+type Handler struct {
+	l   atomic.Pointer[Listener]
+	log hclog.Logger
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// NewHandler returns a handler for l.
+func NewHandler(l *Listener, log hclog.Logger) *Handler {
+	h := &Handler{log: log, conns: map[net.Conn]struct{}{}}
+	h.l.Store(l)
+	return h
+}
+
+// Update makes new connections use l; open ones keep theirs.
+func (h *Handler) Update(l *Listener) { h.l.Store(l) }
+
+// Open is the number of connections being proxied.
+func (h *Handler) Open() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.conns)
+}
+
+// Wait waits for every connection to end, or until done is closed; then
+// it closes those still open and waits for their goroutines.
+func (h *Handler) Wait(done <-chan struct{}) {
+	finished := make(chan struct{})
+	go func() {
+		h.wg.Wait()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+		return
+	case <-done:
+	}
+	h.mu.Lock()
+	for c := range h.conns {
+		c.Close()
+	}
+	h.mu.Unlock()
+	<-finished
+}
+
+func (h *Handler) track(c net.Conn, on bool) {
+	h.mu.Lock()
+	if on {
+		h.conns[c] = struct{}{}
+	} else {
+		delete(h.conns, c)
+	}
+	h.mu.Unlock()
+}
+
+// bufPool holds copy buffers.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// Serve proxies one client connection until either side ends it, then
+// closes it.
+func (h *Handler) Serve(c net.Conn) {
+	h.wg.Add(1)
+	defer h.wg.Done()
+	h.track(c, true)
+	defer h.track(c, false)
+	defer c.Close()
+
+	l := h.l.Load()
+	s := session{l: l, h: h, client: c, start: time.Now()}
+	s.run()
+	s.finish()
+}
+
+// session is one proxied connection.
+type session struct {
+	l      *Listener
+	h      *Handler
+	client net.Conn
+	br     *bufio.Reader // holds a peeked ClientHello, if any
+	start  time.Time
+
+	sni      string
+	target   *Target
+	backend  *balancer.Backend
+	upstream net.Conn
+	in, out  atomic.Int64 // bytes from the client, to the client
+	err      error
+}
+
+func (s *session) run() {
+	l := s.l
+	if tc, ok := s.client.(*tls.Conn); ok {
+		s.sni = tc.ConnectionState().ServerName
+	} else if len(l.Routes) > 0 {
+		s.peekSNI()
+		if s.err != nil && !errors.Is(s.err, ErrNotTLS) {
+			return // nothing arrived to route by
+		}
+		s.err = nil
+	}
+	s.target = l.route(s.sni)
+	if s.target == nil {
+		s.err = errors.New("no route for this connection and no default pool")
+		return
+	}
+	if !s.connect() {
+		return
+	}
+	if l.ProxyProtocol != "" {
+		if _, err := s.upstream.Write(s.proxyHeader()); err != nil {
+			s.fail(fmt.Errorf("send PROXY header: %w", err))
+			return
+		}
+	}
+	s.pipe()
+}
+
+func (l *Listener) route(sni string) *Target {
+	for _, r := range l.Routes {
+		if sni != "" && MatchSNI(r.SNI, sni) {
+			return r.Target
+		}
+	}
+	return l.Default
+}
+
+// peekSNI reads the server name from the ClientHello without consuming
+// it.
+func (s *session) peekSNI() {
+	s.br = bufio.NewReaderSize(s.client, maxHello+5)
+	if s.l.PeekTimeout > 0 {
+		s.client.SetReadDeadline(time.Now().Add(s.l.PeekTimeout)) //nolint:errcheck
+	}
+	s.sni, s.err = PeekServerName(s.br)
+	s.client.SetReadDeadline(time.Time{}) //nolint:errcheck
+}
+
+// connect picks a backend and opens a connection to it, trying others
+// after a connect failure (nothing of the client's has been sent).
+func (s *session) connect() bool {
+	t := s.target
+	var tried balancer.Tried
+	var last error
+	for attempt := 0; attempt <= t.Retries; attempt++ {
+		b, err := t.Pool.Acquire(&tried, t.ConnectTimeout)
+		if err != nil {
+			if last == nil {
+				last = err
+			}
+			break
+		}
+		tried.Add(b)
+		d := net.Dialer{Timeout: t.ConnectTimeout}
+		bc, err := d.Dial("tcp", b.Address)
+		if err == nil {
+			s.backend, s.upstream = b, bc
+			return true
+		}
+		last = fmt.Errorf("connect %s: %w", b.Address, err)
+		t.Pool.Release(b)
+		b.CountRequest(true)
+		if t.Health != nil {
+			t.Health.ReportFailure(b, "connect: "+describe(err))
+		}
+		t.Stats[b.Index].Failures.Add(1)
+		s.backend = b
+	}
+	s.err = last
+	return false
+}
+
+func (s *session) fail(err error) {
+	if s.err == nil {
+		s.err = err
+	}
+}
+
+// proxyHeader builds the PROXY header announcing the client.
+func (s *session) proxyHeader() []byte {
+	h := HeaderFor(s.client.RemoteAddr(), s.client.LocalAddr())
+	if s.l.ProxyProtocol == "v1" {
+		return h.AppendV1(nil)
+	}
+	if s.sni != "" {
+		h.TLVs = append(h.TLVs, TLV{Type: TLVAuthority, Value: []byte(s.sni)})
+	}
+	if tc, ok := s.client.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		if st.NegotiatedProtocol != "" {
+			h.TLVs = append(h.TLVs, TLV{Type: TLVALPN, Value: []byte(st.NegotiatedProtocol)})
+		}
+		h.TLVs = append(h.TLVs, SSLTLV("TLSv"+tlsterm.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite)))
+	}
+	return h.AppendV2(nil)
+}
+
+// pipe copies both ways until both are done, passing a half-close on:
+// a client that shuts its write side down still gets the whole answer.
+func (s *session) pipe() {
+	var lastActivity atomic.Int64
+	lastActivity.Store(time.Now().UnixNano())
+	done := make(chan error, 1)
+	go func() {
+		// Client to backend: first what a ClientHello peek buffered.
+		var err error
+		if s.br != nil && s.br.Buffered() > 0 {
+			b, _ := s.br.Peek(s.br.Buffered())
+			var n int
+			n, err = s.upstream.Write(b)
+			s.in.Add(int64(n))
+			s.br.Discard(n) //nolint:errcheck
+		}
+		if err == nil {
+			err = copyStream(s.upstream, s.client, s.l.IdleTimeout, &lastActivity, &s.in)
+		}
+		if err == nil {
+			closeWrite(s.upstream)
+		}
+		done <- err
+	}()
+	errOut := copyStream(s.client, s.upstream, s.l.IdleTimeout, &lastActivity, &s.out)
+	if errOut == nil {
+		closeWrite(s.client)
+	} else {
+		// Unblock the other direction.
+		s.client.Close()
+		s.upstream.Close()
+	}
+	errIn := <-done
+	if errIn != nil && errOut == nil {
+		s.client.Close()
+	}
+	s.upstream.Close()
+	switch {
+	case errOut != nil:
+		s.fail(fmt.Errorf("backend to client: %w", errOut))
+	case errIn != nil:
+		s.fail(fmt.Errorf("client to backend: %w", errIn))
+	}
+}
+
+// finish counts, logs and releases.
+func (s *session) finish() {
+	d := time.Since(s.start)
+	in, out := s.in.Load(), s.out.Load()
+	if s.upstream != nil {
+		t, b := s.target, s.backend
+		st := t.Stats[b.Index]
+		st.Connections.Add(1)
+		st.BytesIn.Add(uint64(in))
+		st.BytesOut.Add(uint64(out))
+		t.Pool.Release(b)
+		b.CountRequest(false)
+		if t.Health != nil {
+			t.Health.ReportSuccess(b)
+		}
+		if t.Duration != nil {
+			t.Duration.Observe(d.Seconds())
+		}
+	} else {
+		s.l.Unrouted.Connections.Add(1)
+		s.l.Unrouted.BytesIn.Add(uint64(in))
+	}
+	if s.l.Access != nil {
+		pool, backend, tlsVersion := "", "", ""
+		if s.target != nil {
+			pool = s.target.Pool.Name
+		}
+		if s.backend != nil {
+			backend = s.backend.Address
+		}
+		if tc, ok := s.client.(*tls.Conn); ok {
+			tlsVersion = tlsterm.VersionName(tc.ConnectionState().Version)
+		}
+		args := []any{"listener", s.l.Name, "client", s.client.RemoteAddr().String(), "tls", tlsVersion,
+			"sni", s.sni, "pool", pool, "backend", backend, "bytes_in", in, "bytes_out", out,
+			"duration", d.Round(time.Microsecond).String()}
+		if s.err != nil && !isClosedErr(s.err) {
+			args = append(args, "error", s.err.Error())
+		}
+		s.l.Access.Info("connection", args...)
+	}
+}
+
+// copyStream copies src to dst until src ends (nil) or fails. With an idle
+// timeout, each wait for data is bounded by it, and a wait that runs out
+// while the other direction moved data carries on: the connection is idle
+// only when neither way has moved a byte for that long.
+func copyStream(dst, src net.Conn, idle time.Duration, last *atomic.Int64, count *atomic.Int64) error {
+	// Between two plain TCP sockets, let the kernel move the bytes
+	// (splice): io.Copy does when it sees *net.TCPConn on both ends. Only
+	// read deadlines are set on that path: a write that times out in
+	// splice would drop what the kernel pipe still holds.
+	if d, s := tcpConn(dst), tcpConn(src); d != nil && s != nil {
+		for {
+			if idle > 0 {
+				s.SetReadDeadline(time.Now().Add(idle)) //nolint:errcheck
+			}
+			n, err := d.ReadFrom(s)
+			count.Add(n)
+			if n > 0 {
+				last.Store(time.Now().UnixNano())
+			}
+			if err == nil {
+				return nil
+			}
+			if !stillBusy(err, n, idle, last) {
+				return err
+			}
+		}
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		if idle > 0 {
+			src.SetReadDeadline(time.Now().Add(idle)) //nolint:errcheck
+		}
+		n, err := src.Read(buf)
+		if n > 0 {
+			last.Store(time.Now().UnixNano())
+			if idle > 0 {
+				dst.SetWriteDeadline(time.Now().Add(idle)) //nolint:errcheck
+			}
+			w, werr := dst.Write(buf[:n])
+			count.Add(int64(w))
+			if werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil && !stillBusy(err, int64(n), idle, last) {
+			return err
+		}
+	}
+}
+
+// stillBusy reports whether a read timeout only means this direction was
+// quiet while the connection as a whole was not idle.
+func stillBusy(err error, n int64, idle time.Duration, last *atomic.Int64) bool {
+	var ne net.Error
+	if idle <= 0 || !errors.As(err, &ne) || !ne.Timeout() {
+		return false
+	}
+	return n > 0 || time.Since(time.Unix(0, last.Load())) < idle
+}
+
+// tcpConn returns the plain TCP socket under c, or nil when c is TLS or
+// holds buffered bytes.
+func tcpConn(c net.Conn) *net.TCPConn {
+	for {
+		switch x := c.(type) {
+		case *net.TCPConn:
+			return x
+		case interface{ RawConn() net.Conn }:
+			c = x.RawConn()
+			if c == nil {
+				return nil
+			}
+		default:
+			return nil
+		}
+	}
+}
+
+// closeWrite half-closes c: TLS sends close_notify, TCP a FIN.
+func closeWrite(c net.Conn) {
+	switch x := c.(type) {
+	case *tls.Conn:
+		x.CloseWrite() //nolint:errcheck
+	case interface{ CloseWrite() error }:
+		x.CloseWrite() //nolint:errcheck
+	default:
+		if t := tcpConn(c); t != nil {
+			t.CloseWrite() //nolint:errcheck
+		}
+	}
+}
+
+func isClosedErr(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF)
+}
+
+// describe strips net.OpError's address prefixes.
+func describe(err error) string {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		err = oe.Err
+	}
+	return err.Error()
+}
