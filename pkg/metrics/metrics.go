@@ -91,8 +91,8 @@ type Registry struct {
 
 	duration    *prometheus.HistogramVec
 	tcpDuration *prometheus.HistogramVec
-	handshakes *prometheus.CounterVec
-	reloads    *prometheus.CounterVec
+	handshakes  *prometheus.CounterVec
+	reloads     *prometheus.CounterVec
 }
 
 // DurationBuckets are the request duration histogram's buckets, in

@@ -43,7 +43,7 @@ type listener struct {
 	name        atomic.String
 	tcpMode     atomic.Bool
 	acceptProxy atomic.Bool
-	preludeWait atomic.Int64 // nanoseconds a PROXY header may take
+	preludeWait atomic.Int64                       // nanoseconds a PROXY header may take
 	term        atomic.Pointer[tlsterm.Terminator] // nil: plaintext
 	current     atomic.Pointer[instance]           // http mode
 
