@@ -30,6 +30,7 @@ type env struct {
 	keyFile    string
 	comboFile  string // cert + key in one file, for HAProxy
 	backends   []string
+	tcpSinks   []string // backends of the tcp scenarios
 	backendCmd []*exec.Cmd
 	contenders map[string]*contender
 	self       string // this program, for the load-generator subcommands
@@ -40,6 +41,7 @@ type contender struct {
 	name    string
 	version string
 	port    int
+	tcpPort int // plain TCP listener for the tcp scenarios; 0 if none
 	start   func() (*exec.Cmd, error)
 }
 
@@ -85,6 +87,26 @@ func setup(o options, work string) (*env, error) {
 		e.backends = append(e.backends, addr)
 	}
 	logf("backends: %s", strings.Join(e.backends, ", "))
+	if wantsTCP(o.scenarios) {
+		for range 2 {
+			port, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			addr := fmt.Sprintf("127.0.0.1:%d", port)
+			cmd := exec.Command("taskset", "-c", o.loadCPU, e.self, "tcp-sink", "-addr", addr)
+			cmd.Stderr = os.Stderr
+			if err := cmd.Start(); err != nil {
+				return nil, err
+			}
+			e.backendCmd = append(e.backendCmd, cmd)
+			if err := waitTCP(addr); err != nil {
+				return nil, err
+			}
+			e.tcpSinks = append(e.tcpSinks, addr)
+		}
+		logf("tcp backends: %s", strings.Join(e.tcpSinks, ", "))
+	}
 
 	for _, name := range o.contenders {
 		c, err := e.contender(name)
@@ -127,6 +149,11 @@ func (e *env) contender(name string) (*contender, error) {
 		return nil, err
 	}
 	c := &contender{name: name, port: port}
+	if len(e.tcpSinks) > 0 && name != "nginx" {
+		if c.tcpPort, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
 	dir := filepath.Join(e.work, name)
 	os.MkdirAll(dir, 0o755)
 	pin := func(env []string, args ...string) *exec.Cmd {
@@ -143,7 +170,14 @@ func (e *env) contender(name string) (*contender, error) {
 		for _, b := range e.backends {
 			fmt.Fprintf(&bs, "  [[pool.backend]]\n  address = %q\n", b)
 		}
-		writeFile(conf, fmt.Sprintf(lbConf, port, e.certFile, e.keyFile, bs.String()))
+		text := fmt.Sprintf(lbConf, port, e.certFile, e.keyFile, bs.String())
+		if c.tcpPort != 0 {
+			text += fmt.Sprintf("\n[[listener]]\nname = \"tcp\"\nmode = \"tcp\"\nbind = \"127.0.0.1:%d\"\npool = \"tcp\"\nmax_connections = 30000\n\n[[pool]]\nname = \"tcp\"\nmax_conns_per_backend = 0\n  [pool.health]\n  check = \"tcp\"\n  interval = \"2s\"\n", c.tcpPort)
+			for _, b := range e.tcpSinks {
+				text += fmt.Sprintf("  [[pool.backend]]\n  address = %q\n", b)
+			}
+		}
+		writeFile(conf, text)
 		c.version = strings.TrimSpace(output(e.o.lbBin, "-version"))
 		c.start = func() (*exec.Cmd, error) {
 			cmd := pin([]string{"GOMAXPROCS=1"}, e.o.lbBin, "-config", conf)
@@ -155,7 +189,14 @@ func (e *env) contender(name string) (*contender, error) {
 		for i, b := range e.backends {
 			fmt.Fprintf(&bs, "  server s%d %s check inter 2s\n", i, b)
 		}
-		writeFile(conf, fmt.Sprintf(haproxyConf, port, e.comboFile, bs.String()))
+		text := fmt.Sprintf(haproxyConf, port, e.comboFile, bs.String())
+		if c.tcpPort != 0 {
+			text += fmt.Sprintf("listen tcp\n  mode tcp\n  bind 127.0.0.1:%d\n  balance roundrobin\n  timeout client 60s\n  timeout server 60s\n", c.tcpPort)
+			for i, b := range e.tcpSinks {
+				text += fmt.Sprintf("  server t%d %s check inter 2s\n", i, b)
+			}
+		}
+		writeFile(conf, text)
 		c.version = firstLine(output("haproxy", "-v"))
 		c.start = func() (*exec.Cmd, error) {
 			cmd := pin(nil, "haproxy", "-db", "-f", conf)
@@ -296,6 +337,16 @@ func (e *env) measure(c *contender, scenario string) (measurement, error) {
 		return measurement{}, fmt.Errorf("%s did not come up: %w", c.name, err)
 	}
 	pid := cmd.Process.Pid
+	if strings.HasPrefix(scenario, "tcp-") {
+		if c.tcpPort == 0 {
+			return measurement{}, errSkip
+		}
+		tcpAddr := fmt.Sprintf("127.0.0.1:%d", c.tcpPort)
+		if err := waitTCP(tcpAddr); err != nil {
+			return measurement{}, err
+		}
+		return e.tcpScenario(pid, tcpAddr, strings.TrimPrefix(scenario, "tcp-"))
+	}
 	switch scenario {
 	case "keepalive":
 		return e.keepalive(pid, addr)
@@ -398,6 +449,72 @@ func (e *env) idle(pid int, addr string) (measurement, error) {
 	time.Sleep(3 * time.Second)
 	held := treeRSS(pid)
 	return measurement{RSSPer: float64(held-base) / 1024 / float64(e.o.idleConns)}, nil
+}
+
+// errSkip marks a scenario a contender does not take part in.
+var errSkip = errors.New("not measured for this contender")
+
+func wantsTCP(scenarios []string) bool {
+	for _, s := range scenarios {
+		if strings.HasPrefix(s, "tcp-") {
+			return true
+		}
+	}
+	return false
+}
+
+// waitTCP waits until addr accepts connections.
+func waitTCP(addr string) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// tcpScenario runs the tcp client in throughput or connrate mode.
+func (e *env) tcpScenario(pid int, addr, mode string) (measurement, error) {
+	conc := "4"
+	if mode == "connrate" {
+		conc = "16"
+	}
+	run := func(d time.Duration) (tcpResult, error) {
+		out, err := outputErr("taskset", "-c", e.o.loadCPU, e.self, "tcp-client", "-mode", mode,
+			"-addr", addr, "-c", conc, "-d", d.String())
+		if err != nil {
+			return tcpResult{}, fmt.Errorf("tcp client: %v\n%s", err, out)
+		}
+		var r tcpResult
+		if err := jsonLast(out, &r); err != nil {
+			return r, err
+		}
+		if r.Errors > 0 {
+			return r, fmt.Errorf("%d errors: %s", r.Errors, r.LastError)
+		}
+		return r, nil
+	}
+	if _, err := run(e.o.warmup); err != nil {
+		return measurement{}, err
+	}
+	before := sample(pid, e.o.proxyCPU)
+	r, err := run(e.o.duration)
+	after := sample(pid, e.o.proxyCPU)
+	if err != nil {
+		return measurement{}, err
+	}
+	if mode == "throughput" {
+		mb := float64(r.Bytes) / 1e6
+		m := cpuMeasurement(before, after, mb) // per MB
+		return m, nil
+	}
+	return cpuMeasurement(before, after, float64(r.Conns)), nil
 }
 
 // hsResult is what handshake-client prints.

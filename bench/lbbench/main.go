@@ -11,6 +11,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -44,6 +45,10 @@ func main() {
 			os.Exit(handshakeClient(os.Args[2:]))
 		case "idle-client":
 			os.Exit(idleClient(os.Args[2:]))
+		case "tcp-sink":
+			os.Exit(tcpSink(os.Args[2:]))
+		case "tcp-client":
+			os.Exit(tcpClient(os.Args[2:]))
 		}
 	}
 	var o options
@@ -51,7 +56,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; contenders are interleaved within each round")
 	flag.DurationVar(&o.duration, "d", 10*time.Second, "length of each measured run")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each run")
-	flag.StringVar(&scen, "scenarios", "keepalive,handshake,idle", "scenarios to run")
+	flag.StringVar(&scen, "scenarios", "keepalive,handshake,idle", "scenarios to run: keepalive, handshake, idle, tcp-throughput, tcp-connrate")
 	flag.StringVar(&cont, "contenders", "lb,haproxy,nginx", "proxies to compare")
 	flag.IntVar(&o.conns, "c", 64, "wrk connections for the keep-alive scenario")
 	flag.IntVar(&o.hsConns, "hs-c", 16, "concurrent connections for the handshake scenario")
@@ -118,6 +123,9 @@ func run(o options) error {
 			}
 			for _, s := range o.scenarios {
 				m, err := env.measure(c, s)
+				if errors.Is(err, errSkip) {
+					continue
+				}
 				if err == nil && m.noise > o.maxNoise {
 					logf("  %s %s: %.1f%% of the proxy core used by others; running again", name, s, m.noise)
 					m, err = env.measure(c, s)

@@ -39,6 +39,10 @@ var metrics = []metric{
 	{"handshake", "new TLS connection per request, full handshake: handshakes/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
 	{"handshake", "same: proxy CPU per handshake (µs)", func(m measurement) float64 { return m.CPUPer }, "%.0f", true},
 	{"idle", "RSS per idle TLS connection (KB)", func(m measurement) float64 { return m.RSSPer }, "%.1f", true},
+	{"tcp-throughput", "plain TCP, 4 connections uploading: MB/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
+	{"tcp-throughput", "same: proxy CPU per MB (µs)", func(m measurement) float64 { return m.CPUPer }, "%.0f", true},
+	{"tcp-connrate", "plain TCP, a connection per 1-byte exchange: connections/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
+	{"tcp-connrate", "same: proxy CPU per connection (µs)", func(m measurement) float64 { return m.CPUPer }, "%.1f", true},
 }
 
 func median(v []float64) float64 {

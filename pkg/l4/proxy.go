@@ -219,7 +219,9 @@ func (s *session) connect() bool {
 			break
 		}
 		tried.Add(b)
-		d := net.Dialer{Timeout: t.ConnectTimeout}
+		// No TCP keep-alive probes (four setsockopt calls a connection):
+		// idle_timeout ends idle connections.
+		d := net.Dialer{Timeout: t.ConnectTimeout, KeepAlive: -1}
 		bc, err := d.Dial("tcp", b.Address)
 		if err == nil {
 			s.backend, s.upstream = b, bc
@@ -268,6 +270,11 @@ func (s *session) proxyHeader() []byte {
 func (s *session) pipe() {
 	var lastActivity atomic.Int64
 	lastActivity.Store(time.Now().UnixNano())
+	// finished counts directions that reached their end: the first to
+	// end passes the half-close on; when the second ends, both
+	// connections are about to be closed and a half-close would only
+	// cost a system call.
+	var finished atomic.Int32
 	done := make(chan error, 1)
 	go func() {
 		// Client to backend: first what a ClientHello peek buffered.
@@ -282,14 +289,16 @@ func (s *session) pipe() {
 		if err == nil {
 			err = copyStream(s.upstream, s.client, s.l.IdleTimeout, &lastActivity, &s.in)
 		}
-		if err == nil {
+		if err == nil && finished.Add(1) == 1 {
 			closeWrite(s.upstream)
 		}
 		done <- err
 	}()
 	errOut := copyStream(s.client, s.upstream, s.l.IdleTimeout, &lastActivity, &s.out)
 	if errOut == nil {
-		closeWrite(s.client)
+		if finished.Add(1) == 1 {
+			closeWrite(s.client)
+		}
 	} else {
 		// Unblock the other direction.
 		s.client.Close()
@@ -351,33 +360,15 @@ func (s *session) finish() {
 	}
 }
 
-// copyStream copies src to dst until src ends (nil) or fails. With an idle
-// timeout, each wait for data is bounded by it, and a wait that runs out
-// while the other direction moved data carries on: the connection is idle
-// only when neither way has moved a byte for that long.
+// copyStream copies src to dst until src ends (nil) or fails. It starts
+// with reads and writes through a buffer, which suit small exchanges, and
+// moves to splice once a read fills the buffer. With an idle timeout,
+// each wait for data is bounded by it, and a wait that runs out while the
+// other direction moved data carries on: the connection is idle only when
+// neither way has moved a byte for that long.
 func copyStream(dst, src net.Conn, idle time.Duration, last *atomic.Int64, count *atomic.Int64) error {
-	// Between two plain TCP sockets, let the kernel move the bytes
-	// (splice): io.Copy does when it sees *net.TCPConn on both ends. Only
-	// read deadlines are set on that path: a write that times out in
-	// splice would drop what the kernel pipe still holds.
-	if d, s := tcpConn(dst), tcpConn(src); d != nil && s != nil {
-		for {
-			if idle > 0 {
-				s.SetReadDeadline(time.Now().Add(idle)) //nolint:errcheck
-			}
-			n, err := d.ReadFrom(s)
-			count.Add(n)
-			if n > 0 {
-				last.Store(time.Now().UnixNano())
-			}
-			if err == nil {
-				return nil
-			}
-			if !stillBusy(err, n, idle, last) {
-				return err
-			}
-		}
-	}
+	d, s := tcpConn(dst), tcpConn(src)
+	spliceOK := d != nil && s != nil
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -396,11 +387,42 @@ func copyStream(dst, src net.Conn, idle time.Duration, last *atomic.Int64, count
 			if werr != nil {
 				return werr
 			}
+			if n == len(buf) && spliceOK {
+				// A bulk transfer: between two plain TCP sockets let
+				// the kernel move the rest (splice).
+				if idle > 0 {
+					dst.SetWriteDeadline(time.Time{}) //nolint:errcheck
+				}
+				return spliceStream(d, s, idle, last, count)
+			}
 		}
 		if err == io.EOF {
 			return nil
 		}
 		if err != nil && !stillBusy(err, int64(n), idle, last) {
+			return err
+		}
+	}
+}
+
+// spliceStream copies between two plain TCP sockets with splice, which
+// io.Copy uses when it sees *net.TCPConn on both ends. Only read
+// deadlines are set on this path: a write that times out in splice would
+// drop what the kernel's pipe still holds.
+func spliceStream(d, s *net.TCPConn, idle time.Duration, last *atomic.Int64, count *atomic.Int64) error {
+	for {
+		if idle > 0 {
+			s.SetReadDeadline(time.Now().Add(idle)) //nolint:errcheck
+		}
+		n, err := d.ReadFrom(s)
+		count.Add(n)
+		if n > 0 {
+			last.Store(time.Now().UnixNano())
+		}
+		if err == nil {
+			return nil
+		}
+		if !stillBusy(err, n, idle, last) {
 			return err
 		}
 	}
