@@ -11,7 +11,10 @@ make() { # name, subjectAltName
 	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \
 		-subj "/CN=$2" -addext "subjectAltName=$3" \
 		-keyout "$dir/$1.key" -out "$dir/$1.pem" 2>/dev/null
-	chmod 600 "$dir/$1.key"
+	# Readable by all: the Docker image runs as uid 65532 and must read
+	# it. Fine for a test key; keep a real key 0600 and owned by the user
+	# lb runs as (in Docker: chown 65532 site.key).
+	chmod 644 "$dir/$1.key"
 	echo "wrote $dir/$1.pem and $dir/$1.key ($3)"
 }
 make site www.example.com "DNS:www.example.com,DNS:localhost,IP:127.0.0.1"
