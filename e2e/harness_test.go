@@ -97,6 +97,12 @@ var (
 // from lb's log.
 func startLB(t *testing.T, dir, cfg string, args ...string) *lbProc {
 	t.Helper()
+	return startLBEnv(t, dir, cfg, nil, args...)
+}
+
+// startLBEnv is startLB with extra environment variables ("K=V").
+func startLBEnv(t *testing.T, dir, cfg string, env []string, args ...string) *lbProc {
+	t.Helper()
 	path := filepath.Join(dir, "lb.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -104,6 +110,9 @@ func startLB(t *testing.T, dir, cfg string, args ...string) *lbProc {
 	p := &lbProc{t: t, dir: dir, stdout: &syncBuffer{}, stderr: &syncBuffer{}, addrs: map[string]string{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(lbBin, append([]string{"-config", path}, args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -464,3 +473,6 @@ func execCommand(name string, args ...string) *exec.Cmd { return exec.Command(na
 // insecureTLS is a client TLS config for tests that do not check
 // certificates.
 func insecureTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
+
+// execLookPath is exec.LookPath.
+func execLookPath(name string) (string, error) { return exec.LookPath(name) }

@@ -25,6 +25,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/offloadlb/lb/internal/version"
+	"github.com/offloadlb/lb/internal/watch"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/server"
 )
@@ -118,7 +119,16 @@ func smallStacks() {
 	if godebug != "" {
 		godebug += ","
 	}
-	env := append(os.Environ(), "GODEBUG="+godebug+"adaptivestackstart=0")
+	// Replace GODEBUG rather than add a second one: which of two the
+	// runtime reads is not the one os.Getenv sees, and lb would re-execute
+	// itself forever.
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "GODEBUG="+godebug+"adaptivestackstart=0")
 	_ = syscall.Exec(exe, os.Args, env) // returns only if it failed; run as we are
 }
 
@@ -179,7 +189,7 @@ func serve(cfg *config.Config, path string, log hclog.InterceptLogger, started f
 	ctx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 	if cfg.Global.Watch && path != "" {
-		if err := server.WatchFile(ctx, path, 250*time.Millisecond, log, func() { r.reload("file changed") }); err != nil {
+		if err := watch.Files(ctx, []string{path}, watch.Options{Debounce: 250 * time.Millisecond, Poll: 5 * time.Second, What: "the config file"}, log, func() { r.reload("file changed") }); err != nil {
 			log.Warn("cannot watch the config file; reload with SIGHUP or POST /reload", "file", path, "error", err)
 		} else {
 			log.Info("watching the config file for changes", "file", path)

@@ -30,6 +30,18 @@ type ListenerStatus struct {
 	Pool              string `json:"pool"`
 	ActiveConnections int64  `json:"active_connections"`
 	Requests          uint64 `json:"requests"`
+	// Certificates are those the listener serves, default first.
+	Certificates []CertificateStatus `json:"certificates,omitempty"`
+}
+
+// CertificateStatus describes one served certificate.
+type CertificateStatus struct {
+	Subject   string    `json:"subject"`
+	Names     []string  `json:"names"`
+	Issuer    string    `json:"issuer"`
+	Serial    string    `json:"serial"` // hexadecimal, as openssl prints it
+	NotAfter  time.Time `json:"not_after"`
+	ExpiresIn float64   `json:"expires_in_seconds"` // negative once expired
 }
 
 // PoolStatus describes one pool and its backends.

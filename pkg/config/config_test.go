@@ -231,6 +231,31 @@ max_request_body = "10 parsecs"`, 1)
 			`:13: pool[0].health.expect_status: "2xx" is not a status code or range`,
 		},
 		{
+			"client_auth without client_ca",
+			func(s string) string {
+				return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
+  client_auth = "require"`, 1)
+			},
+			`listener[0].tls.client_ca: missing (PEM bundle of the CAs that sign client certificates; client_auth = "require" needs it)`,
+		},
+		{
+			"client_ca that is not a CA bundle",
+			func(s string) string {
+				return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
+  client_auth = "request"
+  client_ca = "certs/site.key"`, 1)
+			},
+			`:10: listener[0].tls.client_ca: `,
+		},
+		{
+			"bad client_auth",
+			func(s string) string {
+				return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
+  client_auth = "optional"`, 1)
+			},
+			`:9: listener[0].tls.client_auth: "optional" is not one of none, request, require`,
+		},
+		{
 			"no listeners",
 			func(s string) string { return s[strings.Index(s, "[[pool]]"):] },
 			`listener: at least one [[listener]] is required`,

@@ -2,6 +2,7 @@ package config
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -138,8 +139,15 @@ func (l *loader) validateTLS(p string, t *TLS, tcp bool) {
 	}
 	switch t.ClientAuth {
 	case "none":
+		if t.ClientCA != "" && l.defined(p+".client_ca") {
+			l.warnf(p+".client_ca", "not used: client_auth is \"none\"")
+		}
 	case "request", "require":
-		l.errorf(p+".client_auth", "client certificate authentication is not available in this version")
+		if t.ClientCA == "" {
+			l.missing(p+".client_ca", "(PEM bundle of the CAs that sign client certificates; client_auth = \""+t.ClientAuth+"\" needs it)")
+		} else if err := checkCAs(t.ClientCA); err != nil {
+			l.errorf(p+".client_ca", "%v", err)
+		}
 	default:
 		l.errorf(p+".client_auth", "%q is not one of none, request, require", t.ClientAuth)
 	}
@@ -152,11 +160,7 @@ func (l *loader) validateTLS(p string, t *TLS, tcp bool) {
 			continue
 		}
 		switch a {
-		case "http/1.1":
-		case "h2":
-			if l.defined(p+".alpn") && !tcp {
-				l.warnf(p+".alpn", "HTTP/2 is not available in this version; only http/1.1 is offered")
-			}
+		case "http/1.1", "h2":
 		default:
 			l.errorf(fmt.Sprintf("%s.alpn[%d]", p, j), "%q is not one of \"h2\", \"http/1.1\"", a)
 		}
@@ -164,6 +168,19 @@ func (l *loader) validateTLS(p string, t *TLS, tcp bool) {
 	if strings.ContainsAny(t.HSTS, "\r\n") {
 		l.errorf(p+".hsts", "must be a single header value")
 	}
+}
+
+// checkCAs verifies that a CA bundle can be read and holds certificates.
+func checkCAs(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("cannot read %s: %v", path, unwrapPathError(err))
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return nil
 }
 
 // checkKeyPair verifies that a certificate chain and its key can be read

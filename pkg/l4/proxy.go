@@ -265,9 +265,33 @@ func (s *session) proxyHeader() []byte {
 	return h.AppendV2(nil)
 }
 
-// pipe copies both ways until both are done, passing a half-close on:
-// a client that shuts its write side down still gets the whole answer.
+// pipe copies both ways until both are done: first what a ClientHello
+// peek buffered, then everything else.
 func (s *session) pipe() {
+	if s.br != nil && s.br.Buffered() > 0 {
+		b, _ := s.br.Peek(s.br.Buffered())
+		n, err := s.upstream.Write(b)
+		s.in.Add(int64(n))
+		s.br.Discard(n) //nolint:errcheck
+		if err != nil {
+			s.upstream.Close()
+			s.fail(fmt.Errorf("client to backend: %w", err))
+			return
+		}
+	}
+	if err := Pipe(s.client, s.upstream, s.l.IdleTimeout, &s.in, &s.out); err != nil {
+		s.fail(err)
+	}
+}
+
+// Pipe copies between client and upstream both ways until both
+// directions are done, passing a half-close on: a client that shuts its
+// write side down still gets the whole answer. in and out count the bytes
+// that went from the client and to it. With idle > 0 the tunnel ends
+// when neither way has moved a byte for that long. upstream is closed
+// when Pipe returns; client is closed only if a direction failed (the
+// caller closes it).
+func Pipe(client, upstream net.Conn, idle time.Duration, in, out *atomic.Int64) error {
 	var lastActivity atomic.Int64
 	lastActivity.Store(time.Now().UnixNano())
 	// finished counts directions that reached their end: the first to
@@ -277,44 +301,34 @@ func (s *session) pipe() {
 	var finished atomic.Int32
 	done := make(chan error, 1)
 	go func() {
-		// Client to backend: first what a ClientHello peek buffered.
-		var err error
-		if s.br != nil && s.br.Buffered() > 0 {
-			b, _ := s.br.Peek(s.br.Buffered())
-			var n int
-			n, err = s.upstream.Write(b)
-			s.in.Add(int64(n))
-			s.br.Discard(n) //nolint:errcheck
-		}
-		if err == nil {
-			err = copyStream(s.upstream, s.client, s.l.IdleTimeout, &lastActivity, &s.in)
-		}
+		err := copyStream(upstream, client, idle, &lastActivity, in)
 		if err == nil && finished.Add(1) == 1 {
-			closeWrite(s.upstream)
+			closeWrite(upstream)
 		}
 		done <- err
 	}()
-	errOut := copyStream(s.client, s.upstream, s.l.IdleTimeout, &lastActivity, &s.out)
+	errOut := copyStream(client, upstream, idle, &lastActivity, out)
 	if errOut == nil {
 		if finished.Add(1) == 1 {
-			closeWrite(s.client)
+			closeWrite(client)
 		}
 	} else {
 		// Unblock the other direction.
-		s.client.Close()
-		s.upstream.Close()
+		client.Close()
+		upstream.Close()
 	}
 	errIn := <-done
 	if errIn != nil && errOut == nil {
-		s.client.Close()
+		client.Close()
 	}
-	s.upstream.Close()
+	upstream.Close()
 	switch {
 	case errOut != nil:
-		s.fail(fmt.Errorf("backend to client: %w", errOut))
+		return fmt.Errorf("backend to client: %w", errOut)
 	case errIn != nil:
-		s.fail(fmt.Errorf("client to backend: %w", errIn))
+		return fmt.Errorf("client to backend: %w", errIn)
 	}
+	return nil
 }
 
 // finish counts, logs and releases.

@@ -26,6 +26,7 @@ type bodyStream struct {
 	untilClose bool
 	closeAfter bool
 	done       bool // the body ended cleanly
+	tunnel     bool // no body: c switched protocols (see switched)
 	err        error
 
 	// Set by the proxy: the request is finished on them when the stream

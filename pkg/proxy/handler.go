@@ -16,6 +16,7 @@ import (
 
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/config"
+	"github.com/offloadlb/lb/pkg/l4"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
@@ -46,6 +47,9 @@ type Listener struct {
 	Rejected *metrics.Codes
 	// Access receives one line per request; nil turns access logging off.
 	Access hclog.Logger
+	// TunnelIdle ends a switched-protocol tunnel (a WebSocket) after this
+	// long without a byte either way; 0 for never.
+	TunnelIdle time.Duration
 }
 
 // Target is a pool as one listener sends to it: the upstream, and this
@@ -138,6 +142,7 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		attempts int
 		err      error
 	)
+	proto := protoOf(ctx)
 	if l.Redirect != nil {
 		redirect(ctx, l.Redirect)
 	} else if code := checkRequest(ctx); code != 0 {
@@ -146,18 +151,37 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	} else if t = l.route(ctx.Host(), ctx.Path()); t == nil {
 		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
 	} else {
-		http11 := ctx.Request.Header.IsHTTP11()
 		prepareRequest(ctx, l.TLS)
 		var stream *bodyStream
 		b, attempts, stream, err = h.forward(ctx, t.Up)
-		if stream != nil && !http11 && ctx.Response.Header.ContentLength() < 0 {
+		if stream != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
 			closeDelimited(ctx)
 		}
 	}
 	if l.HSTS != nil {
 		ctx.Response.Header.SetCanonical(hSTS, l.HSTS)
 	}
-	h.account(ctx, l, t, b, attempts, err)
+	h.account(ctx, l, t, b, attempts, proto, err)
+}
+
+// Client protocols, for the access log (and HTTP/1.0's close-delimited
+// bodies).
+const (
+	protoHTTP11 = iota
+	protoHTTP10
+	protoHTTP2
+)
+
+var protoNames = [...]string{protoHTTP11: "HTTP/1.1", protoHTTP10: "HTTP/1.0", protoHTTP2: "HTTP/2.0"}
+
+func protoOf(ctx *fasthttp.RequestCtx) int {
+	if c, ok := ctx.Conn().(*tlsterm.Conn); ok && c.Proto == "h2" {
+		return protoHTTP2
+	}
+	if ctx.Request.Header.IsHTTP11() {
+		return protoHTTP11
+	}
+	return protoHTTP10
 }
 
 // account counts a finished request and writes its access log line. It
@@ -166,7 +190,7 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 // TestIdleConnectionStack).
 //
 //go:noinline
-func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *balancer.Backend, attempts int, err error) {
+func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *balancer.Backend, attempts, proto int, err error) {
 	code := ctx.Response.StatusCode()
 	d := time.Since(ctx.Time())
 	switch {
@@ -188,7 +212,7 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *b
 		if t != nil {
 			up = t.Up
 		}
-		logAccess(l.Access, ctx, l, up, b, attempts, d, err)
+		logAccess(l.Access, ctx, l, up, b, attempts, proto, d, err)
 	}
 }
 
@@ -222,6 +246,10 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 			stream, err = x.roundTrip(&ctx.Request, &ctx.Response, 0)
 		}
 		if err == nil {
+			if stream != nil && stream.tunnel {
+				h.tunnel(ctx, up, b, stream)
+				return b, attempts, nil, nil
+			}
 			if stream != nil {
 				stream.up, stream.backend = up, b
 			} else {
@@ -267,6 +295,45 @@ func closeDelimited(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		_, _ = io.Copy(c, body)
+	})
+}
+
+// tunnel answers 101 to the client and, once the answer is out, pipes
+// bytes both ways between client and backend until either side closes or
+// the tunnel idles for the listener's idle_timeout. The backend stays
+// counted as busy (least_conn sees open WebSockets) until then.
+//
+//go:noinline
+func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, b *balancer.Backend, s *bodyStream) {
+	bc := s.c
+	*s = bodyStream{}
+	bodyStreamPool.Put(s)
+	rh := &ctx.Response.Header
+	proto := append([]byte(nil), rh.PeekBytes(hUpgrade)...)
+	cleanResponse(rh)
+	head := make([]byte, 0, 256)
+	head = append(head, "HTTP/1.1 101 Switching Protocols\r\n"...)
+	for k, v := range rh.All() {
+		if string(k) == "Content-Length" || string(k) == "Transfer-Encoding" {
+			continue
+		}
+		head = append(append(append(append(head, k...), ": "...), v...), "\r\n"...)
+	}
+	head = append(append(append(head, "Upgrade: "...), proto...), "\r\nConnection: Upgrade\r\n\r\n"...)
+	idle := h.l.Load().TunnelIdle
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		var in, out atomic.Int64
+		_, err := c.Write(head)
+		if err == nil {
+			err = l4.Pipe(c, bc.tunnelSide(), idle, &in, &out)
+		} else {
+			bc.Close()
+		}
+		if err != nil && h.log.IsDebug() {
+			h.log.Debug("tunnel ended", "pool", up.Pool.Name, "backend", b.Address, "bytes_in", in.Load(), "bytes_out", out.Load(), "error", err)
+		}
+		up.finish(b, nil, true)
 	})
 }
 
@@ -373,7 +440,7 @@ func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
 	var small *fasthttp.ErrSmallBuffer
 	var ne net.Error
 	switch {
-	case errors.As(err, &small):
+	case errors.As(err, &small), errors.Is(err, errHeadTooLarge):
 		code = fasthttp.StatusRequestHeaderFieldsTooLarge
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		code = fasthttp.StatusRequestEntityTooLarge
@@ -386,7 +453,7 @@ func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
 	if h.log.IsDebug() {
 		h.log.Debug("rejected request", "client", ctx.RemoteAddr().String(), "status", code, "error", err)
 	}
-	h.account(ctx, h.l.Load(), nil, nil, 0, err)
+	h.account(ctx, h.l.Load(), nil, nil, 0, protoOf(ctx), err)
 }
 
 // errorResponse replaces whatever the response holds with a short plain
@@ -422,7 +489,7 @@ func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 
 // logAccess writes one access log line: who asked what, who answered,
 // how, how long it took, over which TLS version.
-func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *Upstream, b *balancer.Backend, attempts int, d time.Duration, err error) {
+func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *Upstream, b *balancer.Backend, attempts, proto int, d time.Duration, err error) {
 	pool, backend, tlsVersion := "", "", ""
 	if up != nil {
 		pool = up.Pool.Name
@@ -430,13 +497,14 @@ func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *Upst
 	if b != nil {
 		backend = b.Address
 	}
-	if st := ctx.TLSConnectionState(); st != nil {
-		tlsVersion = tlsterm.VersionName(st.Version)
+	if c, ok := ctx.Conn().(*tlsterm.Conn); ok {
+		tlsVersion = tlsterm.VersionName(c.Version)
 	}
 	args := []any{
 		"listener", l.Name,
 		"client", ctx.RemoteAddr().String(),
 		"tls", tlsVersion,
+		"proto", protoNames[proto],
 		"method", string(ctx.Method()),
 		"host", string(ctx.Host()),
 		"uri", string(ctx.Request.Header.RequestURI()),

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"unsafe"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
 // Header names in fasthttp's canonical form (it normalises names it
@@ -16,6 +19,11 @@ var (
 	hXForwardedHost  = []byte("X-Forwarded-Host")
 	hSTS             = []byte("Strict-Transport-Security")
 	hLocation        = []byte("Location")
+	hUpgrade         = []byte("Upgrade")
+	hConnection      = []byte("Connection")
+	hUpgradeValue    = []byte("Upgrade")
+	hXClientVerify   = []byte("X-Client-Verify")
+	hXClientSubject  = []byte("X-Client-Cert-Subject")
 	protoHTTPS       = []byte("https")
 	protoHTTP        = []byte("http")
 	http11           = []byte("HTTP/1.1")
@@ -33,6 +41,7 @@ const (
 	hopExpect
 	hopManyXFF
 	hopManyConnection
+	hopXClient // X-Client-*: set by lb alone
 )
 
 // scanRequestHeaders reports which hop-by-hop headers a request carries,
@@ -54,6 +63,10 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 			continue // not a field line (or a folded continuation)
 		}
 		name := line[:colon]
+		if len(name) > 9 && bytes.EqualFold(name[:9], []byte("x-client-")) {
+			mask |= hopXClient
+			continue
+		}
 		switch len(name) {
 		case 2:
 			if bytes.EqualFold(name, []byte("te")) {
@@ -98,15 +111,26 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 }
 
 // prepareRequest turns a client request into the request for a backend, in
-// place: hop-by-hop headers go, X-Forwarded-* are added, the target is
-// sent in origin form exactly as the client wrote its path, and the
-// backend connection is kept alive whatever the client asked for its own.
+// place: hop-by-hop headers go, X-Forwarded-* and with client
+// certificates X-Client-* are added, the target is sent in origin form
+// exactly as the client wrote its path, and the backend connection is
+// kept alive whatever the client asked for its own. A request to switch
+// protocols (a WebSocket handshake) keeps Upgrade and Connection: Upgrade
+// for the backend; every other loses them.
 func prepareRequest(ctx *fasthttp.RequestCtx, tls bool) {
 	req := &ctx.Request
 	h := &req.Header
 	mask := scanRequestHeaders(h)
 	if mask != 0 {
+		var proto []byte
+		if mask&(hopUpgrade|hopConnection) == hopUpgrade|hopConnection {
+			proto = upgradeProto(h)
+		}
 		removeHopHeaders(h, mask)
+		if proto != nil {
+			h.SetCanonical(hUpgrade, proto)
+			h.SetCanonical(hConnection, hUpgradeValue)
+		}
 	}
 	h.ResetConnectionClose()
 	if !h.IsHTTP11() {
@@ -142,7 +166,38 @@ func prepareRequest(ctx *fasthttp.RequestCtx, tls bool) {
 	if len(host) > 0 {
 		h.SetCanonical(hXForwardedHost, host)
 	}
+	if c, ok := ctx.Conn().(*tlsterm.Conn); ok && c.ClientVerify != "" {
+		h.SetCanonical(hXClientVerify, s2b(c.ClientVerify))
+		if c.ClientSubject != "" {
+			h.SetCanonical(hXClientSubject, s2b(c.ClientSubject))
+		}
+	}
 }
+
+// upgradeProto returns a copy of the protocol an HTTP/1.1 GET asks to
+// switch to (Upgrade, named in Connection), or nil. h2c is not passed on:
+// lb speaks HTTP/2 to clients itself and HTTP/1.1 to backends.
+func upgradeProto(h *fasthttp.RequestHeader) []byte {
+	if !h.IsGet() || !h.IsHTTP11() {
+		return nil
+	}
+	named := false
+	for _, v := range h.PeekAll("Connection") {
+		for len(v) > 0 && !named {
+			var tok []byte
+			tok, v, _ = bytes.Cut(v, []byte{','})
+			named = bytes.EqualFold(bytes.TrimSpace(tok), []byte("upgrade"))
+		}
+	}
+	p := h.PeekBytes(hUpgrade)
+	if !named || len(p) == 0 || bytes.EqualFold(p, []byte("h2c")) {
+		return nil
+	}
+	return append([]byte(nil), p...)
+}
+
+// s2b is a string's bytes, for header setters that copy them.
+func s2b(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 func removeHopHeaders(h *fasthttp.RequestHeader, mask int) {
 	dropCommon(h, mask)
@@ -160,6 +215,23 @@ func removeHopHeaders(h *fasthttp.RequestHeader, mask int) {
 	}
 	if mask&hopExpect != 0 {
 		h.Del("Expect")
+	}
+	if mask&hopXClient != 0 {
+		removeXClient(h)
+	}
+}
+
+// removeXClient removes every X-Client-* header a client sent: backends
+// trust them as lb's word on the client certificate.
+func removeXClient(h *fasthttp.RequestHeader) {
+	var names [][]byte
+	for k := range h.All() {
+		if len(k) > 9 && bytes.EqualFold(k[:9], []byte("x-client-")) {
+			names = append(names, append([]byte(nil), k...))
+		}
+	}
+	for _, k := range names {
+		h.DelBytes(k)
 	}
 }
 

@@ -319,6 +319,52 @@ type exchange struct {
 	maxBuffered int
 }
 
+// switched handles a 101 answer. To a request that asked to switch
+// protocols (it still carries Upgrade: prepareRequest removes the header
+// from every other) the connection becomes a tunnel, returned as a
+// stream marked so; to any other it is a broken backend. It is kept out
+// of roundTrip, whose stack frame sits under every exchange.
+//
+//go:noinline
+func switched(req *fasthttp.Request, c *backendConn) (*bodyStream, error) {
+	if len(req.Header.PeekBytes(hUpgrade)) == 0 {
+		c.Close()
+		return nil, &Error{Kind: ErrResponse, Err: errors.New("unexpected 101 Switching Protocols")}
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		c.Close()
+		return nil, &Error{Kind: ErrResponse, Err: err}
+	}
+	s := bodyStreamPool.Get().(*bodyStream)
+	*s = bodyStream{c: c, tunnel: true}
+	return s, nil
+}
+
+// tunnelConn is a backend connection that switched protocols with bytes
+// already in its buffer (sent right behind the 101): reads drain the
+// buffer first.
+type tunnelConn struct{ *backendConn }
+
+func (c tunnelConn) Read(p []byte) (int, error) { return c.br.Read(p) }
+
+// CloseWrite passes a client's half-close on.
+func (c tunnelConn) CloseWrite() error {
+	if tc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return tc.CloseWrite()
+	}
+	return nil
+}
+
+// tunnelSide is what a tunnel pipes to: the socket itself when nothing
+// waits in the buffer (so that bulk transfers can splice), else a reader
+// that drains the buffer first.
+func (c *backendConn) tunnelSide() net.Conn {
+	if c.br.Buffered() == 0 {
+		return c.Conn
+	}
+	return tunnelConn{c}
+}
+
 // roundTrip writes req to the backend and reads the response head into
 // resp. A small body is read too and the connection pooled again at once;
 // a large one is left on the connection and returned as a stream, which
@@ -355,10 +401,7 @@ func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, max
 	}
 	closeAfter = closeAfter || resp.Header.ConnectionClose()
 	if resp.Header.StatusCode() == fasthttp.StatusSwitchingProtocols {
-		// Upgrade headers are not forwarded, so a switch is a broken
-		// backend; the connection now speaks something else.
-		c.Close()
-		return nil, &Error{Kind: ErrResponse, Err: errors.New("unexpected 101 Switching Protocols")}
+		return switched(req, c)
 	}
 	// The backend's wish to close applies to its connection, not the
 	// client's.

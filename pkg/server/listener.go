@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/valyala/fasthttp"
 	"go.uber.org/atomic"
+	"golang.org/x/net/http2"
 
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/l4"
@@ -39,6 +41,9 @@ type listener struct {
 	tcp     *l4.Handler    // tcp mode
 	hs      *tlsterm.Handshaker
 	prelude func(net.Conn) (net.Conn, error) // reads a PROXY header
+	// tickets are the session ticket keys, kept as long as the socket so
+	// that clients resume across reloads.
+	tickets *tlsterm.TicketKeys
 
 	name        atomic.String
 	tcpMode     atomic.Bool
@@ -53,12 +58,21 @@ type listener struct {
 	done    chan struct{} // closed when the accept loop ends
 }
 
-// instance is one fasthttp server fed connections by a listener.
+// instance is one fasthttp server fed connections by a listener, and the
+// HTTP/2 server for clients that negotiated h2, with the same settings.
 type instance struct {
 	srv   *fasthttp.Server
 	queue *connQueue
 	open  atomic.Int64 // connections it serves
 	done  chan struct{}
+
+	h2      *http2.Server
+	h2base  *http.Server // timeouts and limits for h2; its Shutdown sends GOAWAY
+	h2opts  *http2.ServeConnOpts
+	h2mu    sync.Mutex
+	h2conns map[net.Conn]struct{}
+	h2wg    sync.WaitGroup
+	closing bool // under h2mu: no new h2 connections
 }
 
 func bindListener(cfg config.Listener, log hclog.Logger) (*listener, error) {
@@ -70,10 +84,11 @@ func bindListener(cfg config.Listener, log hclog.Logger) (*listener, error) {
 		return nil, fmt.Errorf("listener %q: %w", cfg.Name, err)
 	}
 	l := &listener{
-		bind: cfg.Bind,
-		log:  log.Named("listener"),
-		sock: newLimitListener(ln, cfg.MaxConnections),
-		done: make(chan struct{}),
+		bind:    cfg.Bind,
+		log:     log.Named("listener"),
+		sock:    newLimitListener(ln, cfg.MaxConnections),
+		tickets: tlsterm.NewTicketKeys(),
+		done:    make(chan struct{}),
 	}
 	l.name.Store(cfg.Name)
 	l.prelude = func(c net.Conn) (net.Conn, error) {
@@ -111,7 +126,14 @@ func (l *listener) configure(cfg config.Listener, state *proxy.Listener, tcpStat
 	l.hs.Timeout = handshakeTimeout(cfg)
 	l.preludeWait.Store(int64(cfg.ReadTimeout.Duration))
 	l.acceptProxy.Store(cfg.AcceptProxyProtocol)
-	l.term.Store(term)
+	if old := l.term.Swap(term); old != term {
+		if old != nil {
+			old.Close()
+		}
+		if term != nil {
+			term.Watch(cfg.Name, l.log)
+		}
+	}
 
 	if cfg.Mode == "tcp" {
 		if l.tcp == nil {
@@ -222,7 +244,84 @@ func (l *listener) newInstance(cfg config.Listener) *instance {
 			}
 		},
 	}
+	in.h2base = &http.Server{
+		ReadTimeout:    cfg.ReadTimeout.Duration,
+		WriteTimeout:   cfg.WriteTimeout.Duration,
+		IdleTimeout:    cfg.IdleTimeout.Duration,
+		MaxHeaderBytes: int(cfg.MaxHeaderBytes.Bytes),
+		ErrorLog:       l.log.With("listener", cfg.Name).StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
+	}
+	in.h2 = &http2.Server{
+		MaxConcurrentStreams: h2MaxStreams,
+		IdleTimeout:          cfg.IdleTimeout.Duration,
+		// The protocol's default frame size: a peer cannot make lb
+		// buffer a 1 MiB frame before it can look at it.
+		MaxReadFrameSize: 16 << 10,
+	}
+	// Registers the h2 server's graceful shutdown (GOAWAY) with h2base.
+	if err := http2.ConfigureServer(in.h2base, in.h2); err != nil {
+		l.log.Error("HTTP/2 set-up failed", "error", err)
+	}
+	handler := proxy.NewHTTP2(l.handler, int(cfg.MaxRequestBody.Bytes), int(cfg.MaxHeaderBytes.Bytes), fasthttpLogger{l.log.With("listener", cfg.Name)})
+	in.h2opts = &http2.ServeConnOpts{BaseConfig: in.h2base, Handler: handler}
+	in.h2conns = map[net.Conn]struct{}{}
 	return in
+}
+
+// h2MaxStreams is the number of streams an HTTP/2 client may have open at
+// once (HAProxy's default; NGINX allows 128).
+const h2MaxStreams = 100
+
+// serveH2 serves an HTTP/2 connection on its own goroutine; false once
+// the instance is shutting down.
+func (in *instance) serveH2(c *tlsterm.Conn) bool {
+	in.h2mu.Lock()
+	if in.closing {
+		in.h2mu.Unlock()
+		return false
+	}
+	in.h2conns[c] = struct{}{}
+	in.h2wg.Add(1)
+	in.open.Inc()
+	in.h2mu.Unlock()
+	go func() {
+		defer func() {
+			c.Close()
+			in.h2mu.Lock()
+			delete(in.h2conns, c)
+			in.h2mu.Unlock()
+			in.open.Dec()
+			in.h2wg.Done()
+		}()
+		opts := *in.h2opts
+		opts.Context = proxy.WithConn(context.Background(), c)
+		in.h2.ServeConn(c, &opts)
+	}()
+	return true
+}
+
+// shutdownH2 sends GOAWAY on every HTTP/2 connection, lets their streams
+// finish, and closes what is left when ctx ends.
+func (in *instance) shutdownH2(ctx context.Context) {
+	in.h2mu.Lock()
+	in.closing = true
+	in.h2mu.Unlock()
+	in.h2base.Shutdown(ctx) //nolint:errcheck // it serves no listener of its own
+	done := make(chan struct{})
+	go func() {
+		in.h2wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		in.h2mu.Lock()
+		for c := range in.h2conns {
+			c.Close()
+		}
+		in.h2mu.Unlock()
+		<-done
+	}
 }
 
 // serve accepts connections until the socket closes.
@@ -254,9 +353,9 @@ func (l *listener) serve() {
 		case term == nil:
 			l.hs.Handshake(c, l.prelude, nil, l.deliver)
 		case proxied:
-			l.hs.Handshake(c, l.prelude, term.Config(), l.deliver)
+			l.hs.Handshake(c, l.prelude, term, l.deliver)
 		default:
-			l.hs.Handshake(c, nil, term.Config(), l.deliver)
+			l.hs.Handshake(c, nil, term, l.deliver)
 		}
 	}
 }
@@ -274,7 +373,11 @@ func (l *listener) deliver(c net.Conn) {
 			l.deliver(c)
 			return
 		}
-		if in.queue.push(c) {
+		if tc, ok := c.(*tlsterm.Conn); ok && tc.Proto == "h2" {
+			if in.serveH2(tc) {
+				return
+			}
+		} else if in.queue.push(c) {
 			return
 		}
 		if l.current.Load() == in {
@@ -289,6 +392,9 @@ func (l *listener) deliver(c net.Conn) {
 func (l *listener) shutdown(ctx context.Context) error {
 	l.sock.Close()
 	l.hs.Close()
+	if term := l.term.Load(); term != nil {
+		term.Close()
+	}
 	l.mu.Lock()
 	all := append([]*instance(nil), l.retired...)
 	if cur := l.current.Load(); cur != nil {
@@ -309,10 +415,16 @@ func (l *listener) shutdown(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			h2done := make(chan struct{})
+			go func() {
+				defer close(h2done)
+				in.shutdownH2(ctx)
+			}()
 			err := in.srv.ShutdownWithContext(ctx)
 			if errors.Is(err, net.ErrClosed) {
 				err = nil
 			}
+			<-h2done
 			in.queue.Close() // a server whose Serve never ran ignores Shutdown
 			errs[i] = err
 		}()

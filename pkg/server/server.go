@@ -252,11 +252,11 @@ func (s *Server) SetBackendDrained(pool, addr string, drained bool) error {
 }
 
 // terminatorFor builds a listener's TLS side, nil for plaintext.
-func terminatorFor(lc config.Listener) (*tlsterm.Terminator, error) {
+func terminatorFor(lc config.Listener, tickets *tlsterm.TicketKeys) (*tlsterm.Terminator, error) {
 	if lc.TLS == nil {
 		return nil, nil
 	}
-	t, err := tlsterm.New(lc.TLS, lc.Mode)
+	t, err := tlsterm.New(lc.TLS, lc.Mode, tickets)
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
 	}

@@ -94,7 +94,7 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 			lp.l, lp.fresh = l, true
 		}
 		claimed[lc.Bind] = true
-		if lp.term, err = terminatorFor(lc); err != nil {
+		if lp.term, err = terminatorFor(lc, lp.l.tickets); err != nil {
 			return p, err
 		}
 		if lc.Mode == "tcp" {
@@ -205,7 +205,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 // listenerState builds what a listener's handler needs, with its request
 // counters resolved.
 func (s *Server) listenerState(lc config.Listener, p *plan, tlsOn bool) *proxy.Listener {
-	st := &proxy.Listener{Name: lc.Name, TLS: tlsOn}
+	st := &proxy.Listener{Name: lc.Name, TLS: tlsOn, TunnelIdle: lc.IdleTimeout.Duration}
 	rejected := metrics.Key{Listener: lc.Name}
 	st.Rejected = s.metrics.Codes(rejected)
 	p.keep[rejected] = true

@@ -2,11 +2,13 @@ package server
 
 import (
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/offloadlb/lb/internal/version"
 	"github.com/offloadlb/lb/pkg/admin"
 	"github.com/offloadlb/lb/pkg/metrics"
+	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
 // Status reports the live state of every listener, pool and backend.
@@ -24,7 +26,7 @@ func (s *Server) Status() admin.Status {
 	totals := s.metrics.ListenerTotals()
 	for _, l := range s.sortedListeners() {
 		lc := l.config()
-		st.Listeners = append(st.Listeners, admin.ListenerStatus{
+		ls := admin.ListenerStatus{
 			Name:              lc.Name,
 			Address:           l.sock.Addr().String(),
 			Mode:              lc.Mode,
@@ -32,7 +34,20 @@ func (s *Server) Status() admin.Status {
 			Pool:              lc.Pool,
 			ActiveConnections: l.sock.Active(),
 			Requests:          totals[lc.Name],
-		})
+		}
+		if term := l.term.Load(); term != nil {
+			for _, c := range term.Store().Certificates() {
+				ls.Certificates = append(ls.Certificates, admin.CertificateStatus{
+					Subject:   c.Leaf.Subject.String(),
+					Names:     tlsterm.Names(c.Leaf),
+					Issuer:    c.Leaf.Issuer.String(),
+					Serial:    strings.ToUpper(c.Leaf.SerialNumber.Text(16)),
+					NotAfter:  c.Leaf.NotAfter,
+					ExpiresIn: c.Leaf.NotAfter.Sub(now).Seconds(),
+				})
+			}
+		}
+		st.Listeners = append(st.Listeners, ls)
 	}
 	for _, name := range s.rt.order {
 		p := s.rt.pools[name].up.Pool

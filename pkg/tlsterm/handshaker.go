@@ -39,7 +39,7 @@ type HandshakeResult struct {
 type job struct {
 	c       net.Conn
 	prelude func(net.Conn) (net.Conn, error)
-	cfg     *tls.Config
+	term    *Terminator
 	deliver func(net.Conn)
 }
 
@@ -54,11 +54,12 @@ func NewHandshaker(timeout time.Duration) *Handshaker {
 const workerIdle = 10 * time.Second
 
 // Handshake runs, on a worker, prelude (if not nil: reading a PROXY
-// protocol header, say) and then a server handshake with cfg (if not nil),
-// and passes the resulting connection to deliver. A connection whose
-// prelude or handshake fails is closed.
-func (h *Handshaker) Handshake(c net.Conn, prelude func(net.Conn) (net.Conn, error), cfg *tls.Config, deliver func(net.Conn)) {
-	j := job{c, prelude, cfg, deliver}
+// protocol header, say) and then a server handshake with term's current
+// config (if term is not nil), and passes the resulting connection to
+// deliver: for an http listener a *Conn, for a tcp one the *tls.Conn. A
+// connection whose prelude or handshake fails is closed.
+func (h *Handshaker) Handshake(c net.Conn, prelude func(net.Conn) (net.Conn, error), term *Terminator, deliver func(net.Conn)) {
+	j := job{c, prelude, term, deliver}
 	select {
 	case h.work <- j: // an idle worker took it
 	case <-h.closed:
@@ -98,11 +99,12 @@ func (h *Handshaker) run(j job) {
 		}
 		j.c = c
 	}
-	if j.cfg == nil {
+	if j.term == nil {
 		j.deliver(j.c)
 		return
 	}
-	tc := tls.Server(j.c, j.cfg)
+	st := j.term.current()
+	tc := tls.Server(j.c, st.tls)
 	// A deadline rather than HandshakeContext, which starts a goroutine
 	// per handshake to watch its context.
 	err := j.c.SetDeadline(time.Now().Add(h.Timeout))
@@ -112,16 +114,23 @@ func (h *Handshaker) run(j job) {
 	if err == nil {
 		err = j.c.SetDeadline(time.Time{})
 	}
+	var cs tls.ConnectionState
+	if err == nil {
+		cs = tc.ConnectionState()
+	}
 	if h.Done != nil {
 		r := HandshakeResult{Err: err}
 		if err == nil {
-			st := tc.ConnectionState()
-			r.State = &st
+			r.State = &cs
 		}
 		h.Done(r)
 	}
 	if err != nil {
 		j.c.Close()
+		return
+	}
+	if j.term.http {
+		j.deliver(st.conn(j.term, tc, &cs))
 		return
 	}
 	j.deliver(tc)

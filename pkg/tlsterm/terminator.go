@@ -1,12 +1,19 @@
 package tlsterm
 
 import (
+	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
-	"go.uber.org/atomic"
+	"github.com/hashicorp/go-hclog"
 
+	"github.com/offloadlb/lb/internal/watch"
 	"github.com/offloadlb/lb/pkg/config"
 )
 
@@ -21,68 +28,80 @@ var cipherSuites = []uint16{
 	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 }
 
-// supportedALPN are the application protocols lb can serve; others
-// configured are not offered.
-var supportedALPN = map[string]bool{"http/1.1": true}
+// supportedALPN are the application protocols an http listener serves;
+// others configured are not offered.
+var supportedALPN = map[string]bool{"h2": true, "http/1.1": true}
 
-// Terminator is the TLS side of one listener: its certificate store,
-// behind an atomic pointer so that certificates can be replaced while
-// handshakes run, and the tls.Config that reads it.
+// Terminator is the TLS side of one listener: its certificates, client
+// CAs and the tls.Config built from them, behind an atomic pointer so
+// that files can be read again while handshakes run.
 type Terminator struct {
-	cfg   config.TLS
-	store atomic.Pointer[Store]
-	tls   *tls.Config
+	cfg     config.TLS
+	http    bool
+	protos  []string
+	tickets *TicketKeys
+	cur     atomic.Pointer[state]
+
+	mu        sync.Mutex
+	stopWatch context.CancelFunc
+}
+
+// state is one loading of a listener's certificate files.
+type state struct {
+	tls       *tls.Config
+	store     *Store
+	roots     *x509.CertPool // client CAs; nil without client auth
+	ticketGen atomic.Uint64
 }
 
 // New loads the certificates of a listener's [listener.tls] and builds its
 // tls.Config. An http listener offers the ALPN protocols lb serves; a tcp
 // listener offers those configured as they are, for its backends to
-// speak.
-func New(c *config.TLS, mode string) (*Terminator, error) {
-	t := &Terminator{cfg: *c}
-	if err := t.Reload(); err != nil {
-		return nil, err
+// speak. tickets are the listener's session ticket keys (nil: a set of
+// its own).
+func New(c *config.TLS, mode string, tickets *TicketKeys) (*Terminator, error) {
+	if tickets == nil {
+		tickets = NewTicketKeys()
 	}
-	var protos []string
+	t := &Terminator{cfg: *c, http: mode != "tcp", tickets: tickets}
 	if mode == "tcp" {
-		protos = c.ALPN
+		t.protos = c.ALPN
 	} else {
 		for _, p := range c.ALPN {
 			if supportedALPN[p] {
-				protos = append(protos, p)
+				t.protos = append(t.protos, p)
 			}
 		}
-		if len(protos) == 0 {
-			protos = []string{"http/1.1"}
+		if len(t.protos) == 0 {
+			t.protos = []string{"http/1.1"}
 		}
 	}
-	minVersion := uint16(tls.VersionTLS12)
-	if c.MinVersion == "1.3" {
-		minVersion = tls.VersionTLS13
-	}
-	t.tls = &tls.Config{
-		MinVersion:     minVersion,
-		CipherSuites:   cipherSuites,
-		NextProtos:     protos,
-		GetCertificate: t.getCertificate,
+	if err := t.Reload(); err != nil {
+		return nil, err
 	}
 	return t, nil
 }
 
-// Config returns the tls.Config to serve with. Wrap listeners with
-// tls.NewListener(ln, t.Config()) rather than letting a server clone it,
-// so that certificate reloads reach new handshakes.
-func (t *Terminator) Config() *tls.Config { return t.tls }
+// Config returns the tls.Config new handshakes use. It changes when the
+// certificate files do: take it per connection.
+func (t *Terminator) Config() *tls.Config { return t.current().tls }
 
-// Store returns the certificates currently served.
-func (t *Terminator) Store() *Store { return t.store.Load() }
-
-func (t *Terminator) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return t.store.Load().Get(hello)
+// current returns the state new handshakes use, its session ticket keys
+// brought up to date.
+func (t *Terminator) current() *state {
+	st := t.cur.Load()
+	t.tickets.apply(st.tls, &st.ticketGen)
+	return st
 }
 
-// Reload reads every certificate and key again and, if all load, swaps
-// them in; on error the certificates in use stay.
+// Store returns the certificates currently served.
+func (t *Terminator) Store() *Store { return t.cur.Load().store }
+
+// ClientAuth is the listener's client_auth mode.
+func (t *Terminator) ClientAuth() string { return t.cfg.ClientAuth }
+
+// Reload reads every certificate, key and client CA again and, if all
+// load, makes new handshakes use them; on error the ones in use stay.
 func (t *Terminator) Reload() error {
 	var certs []*tls.Certificate
 	first, err := load(t.cfg.Cert, t.cfg.Key, t.cfg.CertPEM, t.cfg.KeyPEM)
@@ -97,12 +116,117 @@ func (t *Terminator) Reload() error {
 		}
 		certs = append(certs, c)
 	}
-	st, err := NewStore(certs)
+	store, err := NewStore(certs)
 	if err != nil {
 		return err
 	}
-	t.store.Store(st)
+	st := &state{store: store}
+	clientAuth := tls.NoClientCert
+	switch t.cfg.ClientAuth {
+	case ClientAuthRequest:
+		// Asked for, checked after the handshake: a bad certificate is
+		// reported to the backend (X-Client-Verify), not refused.
+		clientAuth = tls.RequestClientCert
+	case ClientAuthRequire:
+		clientAuth = tls.RequireAndVerifyClientCert
+	}
+	if clientAuth != tls.NoClientCert {
+		if st.roots, err = LoadCAs(t.cfg.ClientCA); err != nil {
+			return err
+		}
+	}
+	minVersion := uint16(tls.VersionTLS12)
+	if t.cfg.MinVersion == "1.3" {
+		minVersion = tls.VersionTLS13
+	}
+	st.tls = &tls.Config{
+		MinVersion:     minVersion,
+		CipherSuites:   cipherSuites,
+		NextProtos:     t.protos,
+		GetCertificate: store.Get,
+		ClientAuth:     clientAuth,
+		ClientCAs:      st.roots,
+	}
+	t.cur.Store(st)
 	return nil
+}
+
+// LoadCAs reads a PEM bundle of CA certificates.
+func LoadCAs(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("tlsterm: client CAs: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("tlsterm: client CAs: no PEM certificate in %s", path)
+	}
+	return pool, nil
+}
+
+// Files lists the files the certificates are read from.
+func (t *Terminator) Files() []string {
+	var files []string
+	if t.cfg.CertPEM == nil {
+		files = append(files, t.cfg.Cert, t.cfg.Key)
+	}
+	for _, s := range t.cfg.SNI {
+		files = append(files, s.Cert, s.Key)
+	}
+	if t.cfg.ClientAuth == ClientAuthRequest || t.cfg.ClientAuth == ClientAuthRequire {
+		files = append(files, t.cfg.ClientCA)
+	}
+	return files
+}
+
+// Watch reads the certificate files again whenever they change (a
+// renewal by certbot, an operator copying new ones in), until Close. New
+// handshakes use new certificates within about a second; connections
+// already open keep theirs. A pair that does not load is logged and the
+// certificates in use stay.
+func (t *Terminator) Watch(listener string, log hclog.Logger) {
+	files := t.Files()
+	if len(files) == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopWatch != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.stopWatch = cancel
+	opts := watch.Options{Debounce: 500 * time.Millisecond, Poll: 10 * time.Second, What: "certificate files"}
+	err := watch.Files(ctx, files, opts, log, func() {
+		if err := t.Reload(); err != nil {
+			log.Error("certificate files changed but do not load; still serving the previous certificates", "listener", listener, "error", err)
+			return
+		}
+		for _, c := range t.Store().Certificates() {
+			log.Info("certificate reloaded", "listener", listener, "subject", c.Leaf.Subject.String(),
+				"serial", strings.ToUpper(c.Leaf.SerialNumber.Text(16)), "not_after", c.Leaf.NotAfter.UTC().Format(time.RFC3339))
+		}
+	})
+	if err != nil {
+		log.Warn("cannot watch the certificate files; a reload (SIGHUP) reads them again", "listener", listener, "error", err)
+	}
+}
+
+// Close stops watching the certificate files.
+func (t *Terminator) Close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopWatch != nil {
+		t.stopWatch()
+	}
+}
+
+// conn describes a client connection whose handshake with this state's
+// config finished.
+func (st *state) conn(t *Terminator, tc *tls.Conn, cs *tls.ConnectionState) *Conn {
+	c := &Conn{Conn: tc, Version: cs.Version, Proto: cs.NegotiatedProtocol}
+	c.ClientVerify, c.ClientSubject = verifyClient(t.cfg.ClientAuth, st.roots, cs, time.Now())
+	return c
 }
 
 func load(certFile, keyFile string, certPEM, keyPEM []byte) (*tls.Certificate, error) {

@@ -55,16 +55,16 @@ func serve(tb testing.TB, term *Terminator) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tln := tls.NewListener(ln, term.Config())
 	go func() {
 		for {
-			c, err := tln.Accept()
+			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
 			go func() {
-				c.(*tls.Conn).Handshake()
-				c.Close()
+				tc := tls.Server(c, term.Config())
+				tc.Handshake()
+				tc.Close()
 			}()
 		}
 	}()
@@ -87,7 +87,7 @@ func TestSNISelection(t *testing.T) {
 	term, err := New(&config.TLS{
 		Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2",
 		SNI: []config.Cert{{Cert: c.apiFile, Key: c.apiKey}, {Cert: c.wildFile, Key: c.wildKey}},
-	}, "http")
+	}, "http", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestRSAAndECDSAForOneName(t *testing.T) {
 	term, err := New(&config.TLS{
 		Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2",
 		SNI: []config.Cert{{Cert: c.apiFile, Key: c.apiKey}, {Cert: c.rsaFile, Key: c.rsaKey}},
-	}, "http")
+	}, "http", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestRSAAndECDSAForOneName(t *testing.T) {
 
 func TestVersionsAndSuites(t *testing.T) {
 	c := makeCerts(t)
-	term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2"}, "http")
+	term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2"}, "http", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,15 @@ func TestVersionsAndSuites(t *testing.T) {
 		t.Fatalf("TLS 1.2: %v", err)
 	}
 	if st.NegotiatedProtocol != "http/1.1" {
-		t.Errorf("ALPN %q, want http/1.1 (h2 is not served)", st.NegotiatedProtocol)
+		t.Errorf("ALPN %q, want http/1.1 (only it is configured)", st.NegotiatedProtocol)
+	}
+	termH2, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2", ALPN: []string{"h2", "http/1.1"}}, "http", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err = handshake(serve(t, termH2), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil || st.NegotiatedProtocol != "h2" {
+		t.Errorf("ALPN %q (%v), want h2", st.NegotiatedProtocol, err)
 	}
 	for _, weak := range []uint16{
 		tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, // not AEAD
@@ -177,7 +185,7 @@ func TestVersionsAndSuites(t *testing.T) {
 		}
 	}
 
-	term13, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.3"}, "http")
+	term13, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.3"}, "http", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +201,7 @@ func TestReloadKeepsOldOnError(t *testing.T) {
 	cert, key := filepath.Join(dir, "c.pem"), filepath.Join(dir, "c.key")
 	copyFile(t, c.siteFile, cert)
 	copyFile(t, c.siteKey, key)
-	term, err := New(&config.TLS{Cert: cert, Key: key}, "http")
+	term, err := New(&config.TLS{Cert: cert, Key: key}, "http", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
