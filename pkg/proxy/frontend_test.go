@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -339,4 +340,39 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestRejectedRequestDuration: a request refused while its head was read
+// is logged with a real duration, not time since the zero time.
+func TestRejectedRequestDuration(t *testing.T) {
+	e := startEcho(t)
+	var buf syncBuffer
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, listener: func(l *Listener) {
+		l.Access = hclog.New(&hclog.LoggerOptions{Output: &buf})
+	}})
+	for _, req := range []string{
+		"GARBAGE\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + strings.Repeat("v", 20<<10) + "\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+	} {
+		hs.raw(req)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) < 4 {
+		t.Fatalf("access log:\n%s", buf.String())
+	}
+	if !strings.Contains(lines[0], `method="" host="" uri="" status=400`) {
+		t.Errorf("a head that did not parse is logged as %q", lines[0])
+	}
+	re := regexp.MustCompile(`duration=(\S+)`)
+	for _, line := range lines {
+		m := re.FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("no duration in %q", line)
+		}
+		d, err := time.ParseDuration(strings.Trim(m[1], `"`))
+		if err != nil || d < 0 || d > 5*time.Second {
+			t.Errorf("duration %s in %q", m[1], line)
+		}
+	}
 }

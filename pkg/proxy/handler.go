@@ -164,6 +164,19 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	h.account(ctx, l, t, b, attempts, proto, err)
 }
 
+// requestStart is when a request began: when its head was read, or for
+// one refused while its head was read (which fasthttp never timed), when
+// the connection's wait for it began.
+func requestStart(ctx *fasthttp.RequestCtx) time.Time {
+	if t := ctx.Time(); !t.IsZero() {
+		return t
+	}
+	if t := ctx.ConnTime(); !t.IsZero() {
+		return t
+	}
+	return time.Now()
+}
+
 // Client protocols, for the access log (and HTTP/1.0's close-delimited
 // bodies).
 const (
@@ -192,7 +205,7 @@ func protoOf(ctx *fasthttp.RequestCtx) int {
 //go:noinline
 func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *balancer.Backend, attempts, proto int, err error) {
 	code := ctx.Response.StatusCode()
-	d := time.Since(ctx.Time())
+	d := time.Since(requestStart(ctx))
 	switch {
 	case t == nil:
 		l.Rejected.Inc(code)
@@ -500,14 +513,20 @@ func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *Upst
 	if c, ok := ctx.Conn().(*tlsterm.Conn); ok {
 		tlsVersion = tlsterm.VersionName(c.Version)
 	}
+	method, host, uri := string(ctx.Method()), string(ctx.Host()), string(ctx.Request.Header.RequestURI())
+	if up == nil && err != nil && len(ctx.Request.Header.RawHeaders()) == 0 {
+		// Refused before a head was read: what fasthttp holds are its
+		// defaults ("GET", "/"), not what the client sent.
+		method, host, uri = "", "", ""
+	}
 	args := []any{
 		"listener", l.Name,
 		"client", ctx.RemoteAddr().String(),
 		"tls", tlsVersion,
 		"proto", protoNames[proto],
-		"method", string(ctx.Method()),
-		"host", string(ctx.Host()),
-		"uri", string(ctx.Request.Header.RequestURI()),
+		"method", method,
+		"host", host,
+		"uri", uri,
 		"status", ctx.Response.StatusCode(),
 		"bytes", ctx.Response.Header.ContentLength(),
 		"pool", pool,
