@@ -238,7 +238,7 @@ max_connections = 30000
   [listener.tls]
   cert = %q
   key = %q
-  alpn = ["http/1.1"]
+  alpn = ["h2", "http/1.1"]
 [[pool]]
 name = "web"
 max_conns_per_backend = 0
@@ -260,7 +260,7 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend fe
-  bind 127.0.0.1:%d ssl crt %s alpn http/1.1
+  bind 127.0.0.1:%d ssl crt %s alpn h2,http/1.1
   option forwardfor
   http-request set-header X-Forwarded-Proto https
   http-request set-header X-Forwarded-Host %%[req.hdr(host)]
@@ -283,7 +283,7 @@ http {
     keepalive_requests 10000000;
   }
   server {
-    listen 127.0.0.1:%d ssl backlog=4096;
+    listen 127.0.0.1:%d ssl http2 backlog=4096;
     ssl_certificate %s;
     ssl_certificate_key %s;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -354,8 +354,10 @@ func (e *env) measure(c *contender, scenario string) (measurement, error) {
 		return e.handshake(pid, addr)
 	case "idle":
 		return e.idle(pid, addr)
+	case "h2":
+		return e.h2(pid, addr)
 	}
-	return measurement{}, fmt.Errorf("unknown scenario %q (keepalive, handshake, idle)", scenario)
+	return measurement{}, fmt.Errorf("unknown scenario %q (keepalive, handshake, h2, idle)", scenario)
 }
 
 func (e *env) keepalive(pid int, addr string) (measurement, error) {
@@ -383,6 +385,43 @@ func (e *env) keepalive(pid int, addr string) (measurement, error) {
 	m := cpuMeasurement(before, after, w.requests)
 	m.P99 = w.p99
 	return m, nil
+}
+
+// h2 runs h2load: 16 TLS connections negotiating h2, 10 streams each.
+func (e *env) h2(pid int, addr string) (measurement, error) {
+	url := "https://" + addr + "/"
+	run := func(d time.Duration) (float64, error) {
+		out, err := outputErr("taskset", "-c", e.o.loadCPU, "h2load", "-c16", "-m10", "-t1",
+			"-D", strconv.Itoa(int(d.Seconds())), url)
+		if err != nil {
+			return 0, fmt.Errorf("h2load: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, "Application protocol: h2") {
+			return 0, fmt.Errorf("h2load did not speak h2:\n%s", out)
+		}
+		var total, started, done, ok, failed int
+		i := strings.Index(out, "requests: ")
+		if i < 0 {
+			return 0, fmt.Errorf("no h2load summary:\n%s", out)
+		}
+		if _, err := fmt.Sscanf(out[i:], "requests: %d total, %d started, %d done, %d succeeded, %d failed", &total, &started, &done, &ok, &failed); err != nil {
+			return 0, fmt.Errorf("h2load summary: %v\n%s", err, out)
+		}
+		if failed > 0 || ok == 0 {
+			return 0, fmt.Errorf("h2load: %d of %d requests failed:\n%s", failed, done, out)
+		}
+		return float64(ok), nil
+	}
+	if _, err := run(e.o.warmup); err != nil {
+		return measurement{}, err
+	}
+	before := sample(pid, e.o.proxyCPU)
+	n, err := run(e.o.duration)
+	after := sample(pid, e.o.proxyCPU)
+	if err != nil {
+		return measurement{}, err
+	}
+	return cpuMeasurement(before, after, n), nil
 }
 
 func (e *env) handshake(pid int, addr string) (measurement, error) {

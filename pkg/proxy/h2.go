@@ -84,7 +84,9 @@ func (a *HTTP2) readRequest(ctx *fasthttp.RequestCtx, r *http.Request) error {
 		ctx.Request.Header.SetMethod(http.MethodConnect)
 		return nil // checkRequest answers 405
 	}
-	head := make([]byte, 0, 512)
+	hp := headBufPool.Get().(*[]byte)
+	defer headBufPool.Put(hp)
+	head := (*hp)[:0]
 	head = append(head, r.Method...)
 	head = append(head, ' ')
 	head = append(head, r.RequestURI...)
@@ -109,6 +111,7 @@ func (a *HTTP2) readRequest(ctx *fasthttp.RequestCtx, r *http.Request) error {
 		}
 	}
 	head = append(head, "\r\n"...)
+	*hp = head
 	if len(head) > a.maxHead {
 		return errHeadTooLarge
 	}
@@ -124,8 +127,12 @@ func (a *HTTP2) readRequest(ctx *fasthttp.RequestCtx, r *http.Request) error {
 	if r.ContentLength > int64(a.maxBody) {
 		return fasthttp.ErrBodyTooLarge
 	}
-	if r.Body != nil && r.Body != http.NoBody {
-		n, err := io.Copy(ctx.Request.BodyWriter(), io.LimitReader(r.Body, int64(a.maxBody)+1))
+	// ContentLength is 0 when the HEADERS frame ended the stream: no
+	// body (-1: one is coming, its length unknown).
+	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		bp := copyBufPool.Get().(*[]byte)
+		n, err := io.CopyBuffer(ctx.Request.BodyWriter(), io.LimitReader(r.Body, int64(a.maxBody)+1), *bp)
+		copyBufPool.Put(bp)
 		switch {
 		case n > int64(a.maxBody):
 			return fasthttp.ErrBodyTooLarge
@@ -195,4 +202,7 @@ func writeResponse(w http.ResponseWriter, r *http.Request, ctx *fasthttp.Request
 	}
 }
 
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+var (
+	copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+	headBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+)

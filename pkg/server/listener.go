@@ -295,7 +295,7 @@ func (in *instance) serveH2(c *tlsterm.Conn) bool {
 		}()
 		opts := *in.h2opts
 		opts.Context = proxy.WithConn(context.Background(), c)
-		in.h2.ServeConn(c, &opts)
+		in.h2.ServeConn(newCoalescingConn(c), &opts)
 	}()
 	return true
 }
