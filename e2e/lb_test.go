@@ -460,6 +460,19 @@ name = "web"
 	if resp.StatusCode != 308 || resp.Header.Get("Location") != "https://127.0.0.1:8443/a/b?c=d" {
 		t.Errorf("redirect: %d to %q", resp.StatusCode, resp.Header.Get("Location"))
 	}
+	if curl, err := execLookPath("curl"); err == nil {
+		// As a browser would meet it: a name, a POST (308 keeps the
+		// method), and a redirect never followed to a backend.
+		_, port, _ := net.SplitHostPort(lb.addrs["redirect"])
+		out, err := runCmd(t, 10*time.Second, curl, "-sS", "-D", "-", "-o", "/dev/null", "-X", "POST",
+			"--resolve", "shop.example.com:"+port+":127.0.0.1", "http://shop.example.com:"+port+"/cart?id=7")
+		if err != nil || !strings.HasPrefix(out, "HTTP/1.1 308") || !strings.Contains(out, "Location: https://shop.example.com:8443/cart?id=7") {
+			t.Errorf("curl redirect: %v\n%s", err, out)
+		}
+		if b.hits.Load() != 1 {
+			t.Errorf("the backend saw %d requests, want only the plaintext one", b.hits.Load())
+		}
+	}
 
 	tc := &http.Client{Transport: &http.Transport{TLSClientConfig: insecureTLS()}}
 	if code, _, err := get(tc, "https://"+lb.addrs["secure"]+"/s"); err != nil || code != 200 {
