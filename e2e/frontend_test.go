@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -539,7 +540,7 @@ func TestH2Spec(t *testing.T) {
 func TestTestSSL(t *testing.T) {
 	testssl := ""
 	for _, name := range []string{"testssl", "testssl.sh"} {
-		if p, err := execLookPath(name); err == nil {
+		if p, err := exec.LookPath(name); err == nil {
 			testssl = p
 			break
 		}
@@ -582,19 +583,10 @@ func TestTestSSL(t *testing.T) {
 // one already in the environment must not make it loop.
 func TestGODEBUGInEnvironment(t *testing.T) {
 	dir := t.TempDir()
-	writeCerts(t, dir)
+	certs := writeCerts(t, dir)
 	b := startBackend(t, "b1")
 	lb := startLBEnv(t, dir, frontConfig("", "", "", backendsTOML(b)), []string{"GODEBUG=http2debug=0"})
-	if code, _, err := get(newInsecureClient(lb.addrs["https"]), "https://localhost/"); err != nil || code != 200 {
+	if code, _, err := get(certs.client(lb.addrs["https"], false), "https://localhost/"); err != nil || code != 200 {
 		t.Fatalf("%d %v", code, err)
 	}
-}
-
-func newInsecureClient(addr string) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: insecureTLS(),
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-		},
-	}}
 }

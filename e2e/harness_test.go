@@ -4,7 +4,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -24,6 +23,7 @@ import (
 	"time"
 
 	"github.com/offloadlb/lb/internal/certgen"
+	"github.com/offloadlb/lb/internal/testutil"
 	"github.com/offloadlb/lb/pkg/admin"
 )
 
@@ -55,31 +55,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and readers at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // lbProc is a running lb.
 type lbProc struct {
 	t      *testing.T
 	cmd    *exec.Cmd
 	dir    string
-	stdout *syncBuffer
-	stderr *syncBuffer
+	stdout *testutil.SyncBuffer
+	stderr *testutil.SyncBuffer
 	addrs  map[string]string // listener name -> bound address
 	admin  string
 	exited chan struct{}
@@ -107,7 +89,7 @@ func startLBEnv(t *testing.T, dir, cfg string, env []string, args ...string) *lb
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &lbProc{t: t, dir: dir, stdout: &syncBuffer{}, stderr: &syncBuffer{}, addrs: map[string]string{}, exited: make(chan struct{})}
+	p := &lbProc{t: t, dir: dir, stdout: &testutil.SyncBuffer{}, stderr: &testutil.SyncBuffer{}, addrs: map[string]string{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(lbBin, append([]string{"-config", path}, args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if env != nil {
@@ -473,6 +455,3 @@ func execCommand(name string, args ...string) *exec.Cmd { return exec.Command(na
 // insecureTLS is a client TLS config for tests that do not check
 // certificates.
 func insecureTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
-
-// execLookPath is exec.LookPath.
-func execLookPath(name string) (string, error) { return exec.LookPath(name) }

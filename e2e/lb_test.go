@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/offloadlb/lb/internal/testutil"
 )
 
 // baseConfig is a TLS listener on a free port in front of pool "web".
@@ -363,8 +366,8 @@ func TestSIGTERMLetsSlowRequestFinish(t *testing.T) {
 }
 
 func TestDemo(t *testing.T) {
-	out := &syncBuffer{}
-	errOut := &syncBuffer{}
+	out := &testutil.SyncBuffer{}
+	errOut := &testutil.SyncBuffer{}
 	p := &lbProc{t: t, stdout: out, stderr: errOut, exited: make(chan struct{})}
 	p.cmd = execCommand(lbBin, "-demo", "-demo-listen", "127.0.0.1:0", "-demo-admin", "127.0.0.1:0")
 	p.cmd.Stdout, p.cmd.Stderr = out, errOut
@@ -460,7 +463,7 @@ name = "web"
 	if resp.StatusCode != 308 || resp.Header.Get("Location") != "https://127.0.0.1:8443/a/b?c=d" {
 		t.Errorf("redirect: %d to %q", resp.StatusCode, resp.Header.Get("Location"))
 	}
-	if curl, err := execLookPath("curl"); err == nil {
+	if curl, err := exec.LookPath("curl"); err == nil {
 		// As a browser would meet it: a name, a POST (308 keeps the
 		// method), and a redirect never followed to a backend.
 		_, port, _ := net.SplitHostPort(lb.addrs["redirect"])

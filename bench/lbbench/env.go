@@ -412,6 +412,12 @@ func (e *env) h2(pid int, addr string) (measurement, error) {
 		}
 		return float64(ok), nil
 	}
+	return e.timed(pid, run)
+}
+
+// timed runs a load once to warm up and once measured, and returns the
+// proxy's CPU per unit of what run counted (requests, handshakes, MB).
+func (e *env) timed(pid int, run func(time.Duration) (float64, error)) (measurement, error) {
 	if _, err := run(e.o.warmup); err != nil {
 		return measurement{}, err
 	}
@@ -425,34 +431,24 @@ func (e *env) h2(pid int, addr string) (measurement, error) {
 }
 
 func (e *env) handshake(pid int, addr string) (measurement, error) {
-	run := func(d time.Duration) (hsResult, error) {
+	return e.timed(pid, func(d time.Duration) (float64, error) {
 		out, err := outputErr("taskset", "-c", e.o.loadCPU, e.self, "handshake-client",
 			"-addr", addr, "-c", strconv.Itoa(e.o.hsConns), "-d", d.String())
 		if err != nil {
-			return hsResult{}, fmt.Errorf("handshake client: %v\n%s", err, out)
+			return 0, fmt.Errorf("handshake client: %v\n%s", err, out)
 		}
 		var r hsResult
 		if err := jsonLast(out, &r); err != nil {
-			return r, err
+			return 0, err
 		}
 		if r.Resumed > 0 {
-			return r, fmt.Errorf("%d handshakes resumed a session; the scenario needs full handshakes", r.Resumed)
+			return 0, fmt.Errorf("%d handshakes resumed a session; the scenario needs full handshakes", r.Resumed)
 		}
 		if r.Errors > r.Handshakes/100 {
-			return r, fmt.Errorf("%d of %d handshakes failed: %s", r.Errors, r.Handshakes, r.LastError)
+			return 0, fmt.Errorf("%d of %d handshakes failed: %s", r.Errors, r.Handshakes, r.LastError)
 		}
-		return r, nil
-	}
-	if _, err := run(e.o.warmup); err != nil {
-		return measurement{}, err
-	}
-	before := sample(pid, e.o.proxyCPU)
-	r, err := run(e.o.duration)
-	after := sample(pid, e.o.proxyCPU)
-	if err != nil {
-		return measurement{}, err
-	}
-	return cpuMeasurement(before, after, float64(r.Handshakes)), nil
+		return float64(r.Handshakes), nil
+	})
 }
 
 func (e *env) idle(pid int, addr string) (measurement, error) {
@@ -524,36 +520,24 @@ func (e *env) tcpScenario(pid int, addr, mode string) (measurement, error) {
 	if mode == "connrate" {
 		conc = "16"
 	}
-	run := func(d time.Duration) (tcpResult, error) {
+	return e.timed(pid, func(d time.Duration) (float64, error) {
 		out, err := outputErr("taskset", "-c", e.o.loadCPU, e.self, "tcp-client", "-mode", mode,
 			"-addr", addr, "-c", conc, "-d", d.String())
 		if err != nil {
-			return tcpResult{}, fmt.Errorf("tcp client: %v\n%s", err, out)
+			return 0, fmt.Errorf("tcp client: %v\n%s", err, out)
 		}
 		var r tcpResult
 		if err := jsonLast(out, &r); err != nil {
-			return r, err
+			return 0, err
 		}
 		if r.Errors > 0 {
-			return r, fmt.Errorf("%d errors: %s", r.Errors, r.LastError)
+			return 0, fmt.Errorf("%d errors: %s", r.Errors, r.LastError)
 		}
-		return r, nil
-	}
-	if _, err := run(e.o.warmup); err != nil {
-		return measurement{}, err
-	}
-	before := sample(pid, e.o.proxyCPU)
-	r, err := run(e.o.duration)
-	after := sample(pid, e.o.proxyCPU)
-	if err != nil {
-		return measurement{}, err
-	}
-	if mode == "throughput" {
-		mb := float64(r.Bytes) / 1e6
-		m := cpuMeasurement(before, after, mb) // per MB
-		return m, nil
-	}
-	return cpuMeasurement(before, after, float64(r.Conns)), nil
+		if mode == "throughput" {
+			return float64(r.Bytes) / 1e6, nil // CPU per MB
+		}
+		return float64(r.Conns), nil
+	})
 }
 
 // hsResult is what handshake-client prints.

@@ -11,13 +11,13 @@ import (
 	"net/http/httptest"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/net/http2"
 
+	"github.com/offloadlb/lb/internal/testutil"
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
@@ -308,7 +308,7 @@ func TestHTTP2Front(t *testing.T) {
 // spoke.
 func TestHTTP2AccessLogProto(t *testing.T) {
 	e := startEcho(t)
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, listener: func(l *Listener) {
 		l.Access = hclog.New(&hclog.LoggerOptions{Output: &buf})
 	}})
@@ -325,28 +325,11 @@ func TestHTTP2AccessLogProto(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestRejectedRequestDuration: a request refused while its head was read
 // is logged with a real duration, not time since the zero time.
 func TestRejectedRequestDuration(t *testing.T) {
 	e := startEcho(t)
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, listener: func(l *Listener) {
 		l.Access = hclog.New(&hclog.LoggerOptions{Output: &buf})
 	}})

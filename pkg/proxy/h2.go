@@ -94,11 +94,12 @@ func (a *HTTP2) readRequest(ctx *fasthttp.RequestCtx, r *http.Request) error {
 	head = append(head, r.Host...)
 	head = append(head, "\r\n"...)
 	for k, vs := range r.Header {
+		// Connection-specific fields never get here (the HTTP/2 server
+		// answers 400); "TE: trailers", which may, goes with the other
+		// hop-by-hop headers in prepareRequest, as on HTTP/1.1.
 		switch k {
-		case "Host", "Content-Length", "Transfer-Encoding", "Connection", "Te", "Upgrade", "Keep-Alive", "Proxy-Connection":
-			// The length is set from the body read; the others are
-			// hop-by-hop (HTTP/2 refuses most of them itself; "TE:
-			// trailers" is allowed there and meaningless here).
+		case "Host", "Content-Length":
+			// Written above; the length from the body read.
 			continue
 		case "Cookie":
 			// HTTP/2 may split cookies over several fields; HTTP/1.1
@@ -162,8 +163,9 @@ func writeResponse(w http.ResponseWriter, r *http.Request, ctx *fasthttp.Request
 	resp := &ctx.Response
 	hdr := w.Header()
 	for k, v := range resp.Header.All() {
-		switch string(k) {
-		case "Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "Proxy-Connection", "Content-Length":
+		// Hop-by-hop fields went in cleanResponse; the framing is
+		// HTTP/2's own.
+		if string(k) == "Content-Length" || string(k) == "Transfer-Encoding" {
 			continue
 		}
 		key := string(k)

@@ -21,7 +21,6 @@ var (
 	hLocation        = []byte("Location")
 	hUpgrade         = []byte("Upgrade")
 	hConnection      = []byte("Connection")
-	hUpgradeValue    = []byte("Upgrade")
 	hXClientVerify   = []byte("X-Client-Verify")
 	hXClientSubject  = []byte("X-Client-Cert-Subject")
 	protoHTTPS       = []byte("https")
@@ -63,7 +62,7 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 			continue // not a field line (or a folded continuation)
 		}
 		name := line[:colon]
-		if len(name) > 9 && bytes.EqualFold(name[:9], []byte("x-client-")) {
+		if name[0]|0x20 == 'x' && len(name) > 9 && bytes.EqualFold(name[:9], []byte("x-client-")) {
 			mask |= hopXClient
 			continue
 		}
@@ -129,7 +128,7 @@ func prepareRequest(ctx *fasthttp.RequestCtx, tls bool) {
 		removeHopHeaders(h, mask)
 		if proto != nil {
 			h.SetCanonical(hUpgrade, proto)
-			h.SetCanonical(hConnection, hUpgradeValue)
+			h.SetCanonical(hConnection, hUpgrade) // "Connection: Upgrade"
 		}
 	}
 	h.ResetConnectionClose()

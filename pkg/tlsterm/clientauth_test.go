@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/offloadlb/lb/internal/certgen"
+	"github.com/offloadlb/lb/internal/testutil"
 	"github.com/offloadlb/lb/pkg/config"
 )
 
@@ -331,7 +332,7 @@ func TestWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logBuf syncBuf
+	var logBuf testutil.SyncBuffer
 	log := hclog.New(&hclog.LoggerOptions{Output: &logBuf, Level: hclog.Info})
 	term.Watch("https", log)
 	defer term.Close()
@@ -388,21 +389,4 @@ func TestWatch(t *testing.T) {
 	if !strings.Contains(logBuf.String(), "certificate reloaded") {
 		t.Errorf("reloads not logged:\n%s", logBuf.String())
 	}
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -57,37 +57,24 @@ func (k *TicketKeys) rotate(now time.Time) {
 	k.gen.Add(1)
 }
 
-// current returns the keys and their generation, rotating first when the
-// newest key is due for replacement. Between rotations it costs two
-// atomic loads.
-func (k *TicketKeys) current() (uint64, [][32]byte) {
-	now := k.now()
-	if now.UnixNano() >= k.next.Load() {
-		k.mu.Lock()
-		if now.UnixNano() >= k.next.Load() {
-			k.rotate(now)
-		}
-		keys, gen := k.keys, k.gen.Load()
-		k.mu.Unlock()
-		return gen, keys
-	}
-	return k.gen.Load(), nil
-}
-
-// apply gives cfg the current keys if its generation is older; cfgGen
-// holds the generation cfg has.
+// apply gives cfg the current keys if it has older ones (cfgGen holds the
+// generation cfg has), rotating first when the newest key is due. When
+// nothing changed, as between rotations, it costs three atomic loads.
 func (k *TicketKeys) apply(cfg *tls.Config, cfgGen *atomic.Uint64) {
-	gen, keys := k.current()
-	if cfgGen.Load() == gen {
+	now := k.now()
+	if now.UnixNano() < k.next.Load() && cfgGen.Load() == k.gen.Load() {
 		return
 	}
-	if keys == nil {
-		k.mu.Lock()
-		keys, gen = k.keys, k.gen.Load()
-		k.mu.Unlock()
+	k.mu.Lock()
+	if now.UnixNano() >= k.next.Load() {
+		k.rotate(now)
 	}
-	cfg.SetSessionTicketKeys(keys)
-	cfgGen.Store(gen)
+	keys, gen := k.keys, k.gen.Load()
+	k.mu.Unlock()
+	if cfgGen.Load() != gen {
+		cfg.SetSessionTicketKeys(keys)
+		cfgGen.Store(gen)
+	}
 }
 
 // Len is the number of keys held.
