@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -588,5 +590,61 @@ func TestGODEBUGInEnvironment(t *testing.T) {
 	lb := startLBEnv(t, dir, frontConfig("", "", "", backendsTOML(b)), []string{"GODEBUG=http2debug=0"})
 	if code, _, err := get(certs.client(lb.addrs["https"], false), "https://localhost/"); err != nil || code != 200 {
 		t.Fatalf("%d %v", code, err)
+	}
+}
+
+// TestSessionResumption: a client with a session ticket resumes, also
+// after a reload, and resumed handshakes are counted apart in
+// lb_tls_handshakes_total.
+func TestSessionResumption(t *testing.T) {
+	dir := t.TempDir()
+	certs := writeCerts(t, dir)
+	b := startBackend(t, "b1")
+	// A fixed port: a reload keeps that socket (and its ticket keys),
+	// where port 0 would bind a new one.
+	cfg := strings.Replace(frontConfig("", "", "", backendsTOML(b)), `bind = "127.0.0.1:0"`, `bind = "`+freePort(t)+`"`, 1)
+	lb := startLB(t, dir, cfg)
+	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
+		cache := tls.NewLRUClientSessionCache(4)
+		resumed := func() bool {
+			t.Helper()
+			conn, err := tls.Dial("tcp", lb.addrs["https"], &tls.Config{RootCAs: certs.pool(), ServerName: "www.example.com",
+				ClientSessionCache: cache, MaxVersion: v})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			// A request and its answer: TLS 1.3 tickets come after the
+			// handshake and are read with it.
+			io.WriteString(conn, "GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return conn.ConnectionState().DidResume
+		}
+		name := "TLS 1.3"
+		if v == tls.VersionTLS12 {
+			name = "TLS 1.2"
+		}
+		if resumed() || !resumed() {
+			t.Fatalf("%s: want a full handshake, then a resumed one", name)
+		}
+		if code, body := lb.post("/reload"); code != 200 {
+			t.Fatalf("reload: %d %s", code, body)
+		}
+		if !resumed() {
+			t.Errorf("%s: no resumption after a reload", name)
+		}
+	}
+	m := scrape(t, lb)
+	for version, want := range map[string]float64{"1.3": 2, "1.2": 2} {
+		if got, _ := lookup(m, "lb_tls_handshakes_total", "listener", "https", "version", version, "result", "resumed"); got != want {
+			t.Errorf("resumed TLS %s handshakes counted %v, want %v", version, got, want)
+		}
+		if got, _ := lookup(m, "lb_tls_handshakes_total", "listener", "https", "version", version, "result", "success"); got < 1 {
+			t.Errorf("full TLS %s handshakes counted %v", version, got)
+		}
 	}
 }
