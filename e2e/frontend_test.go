@@ -467,16 +467,8 @@ func TestWebSocket(t *testing.T) {
 	}
 }
 
-// h2specAllowed are h2spec cases lb's HTTP/2 server (golang.org/x/net)
-// answers differently from what h2spec, written against RFC 7540,
-// expects; README's HTTP/2 section says why each is fine.
-var h2specAllowed = map[string]string{
-	"http2/6.5.3|Sends multiple values of SETTINGS_INITIAL_WINDOW_SIZE":                               "x/net refuses a SETTINGS frame that repeats a setting",
-	"http2/8.1.2.2|Sends a HEADERS frame that contains the connection-specific header field":          "answered 400 (RFC 9113 8.1.1 allows a response), never forwarded",
-	"http2/8.1.2.2|Sends a HEADERS frame that contains the TE header field with any value other than": "answered 400 (RFC 9113 8.1.1 allows a response), never forwarded",
-}
-
-// TestH2Spec runs the h2spec conformance suite against the h2 front end.
+// TestH2Spec runs the h2spec conformance suite against the h2 front end:
+// every case must pass.
 func TestH2Spec(t *testing.T) {
 	h2spec := needTool(t, "h2spec")
 	dir := t.TempDir()
@@ -518,21 +510,11 @@ func TestH2Spec(t *testing.T) {
 				continue
 			}
 			failed++
-			known := false
-			for k, why := range h2specAllowed {
-				pkg, name, _ := strings.Cut(k, "|")
-				if s.Package == pkg && strings.HasPrefix(c.Name, name) {
-					known = true
-					t.Logf("known difference: %s %s: %s", s.Package, c.Name, why)
-				}
-			}
-			if !known {
-				t.Errorf("h2spec failure: %s %s", s.Package, c.Name)
-			}
+			t.Errorf("h2spec failure: %s %s", s.Package, c.Name)
 		}
 	}
-	if fmt.Sprint(failed) != m[4] {
-		t.Errorf("report lists %d failures, summary says %s", failed, m[4])
+	if fmt.Sprint(failed) != m[4] || m[1] != m[2] {
+		t.Errorf("report lists %d failures; summary: %s", failed, m[0])
 	}
 }
 

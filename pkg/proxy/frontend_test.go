@@ -3,23 +3,18 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
-	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/net/http2"
 
 	"github.com/offloadlb/lb/internal/testutil"
 	"github.com/offloadlb/lb/pkg/balancer"
-	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
 func TestClientCertificateHeadersCannotBeForged(t *testing.T) {
@@ -138,24 +133,6 @@ func TestUpgradeNotPassed(t *testing.T) {
 			t.Errorf("%s: backend got Upgrade %q", name, req.Header.Get("Upgrade"))
 		}
 	}
-}
-
-// h2Front serves HTTP/2 over TLS with the HTTP2 adapter in front of hs's
-// handler, as a listener does, and returns an HTTP/2 client for it.
-func h2Front(t *testing.T, hs *harness, maxBody int) (*http.Client, string) {
-	t.Helper()
-	a := NewHTTP2(hs.h, maxBody, 16<<10, quietLogger{})
-	srv := httptest.NewUnstartedServer(a)
-	srv.EnableHTTP2 = true
-	srv.Config.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-		// What a listener delivers for a client that negotiated h2.
-		return WithConn(ctx, &tlsterm.Conn{Conn: c.(*tls.Conn), Version: tls.VersionTLS13, Proto: "h2"})
-	}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	tr := &http2.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, srv.URL
 }
 
 func TestHTTP2Front(t *testing.T) {

@@ -3,51 +3,113 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
-	"io"
-	"net"
-	"net/http"
 	"strconv"
-	"strings"
 	"sync"
+	"time"
 
 	"github.com/valyala/fasthttp"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
-// HTTP2 serves requests that reach a listener over HTTP/2. The HTTP/2
-// framing, flow control and stream limits are golang.org/x/net/http2's;
-// each request it hands over is written out as the HTTP/1.1 head it
-// stands for and parsed by fasthttp, exactly as a request read off an
-// HTTP/1.1 connection is, and then served by the listener's Handler. So
-// routing, balancing, retries, header rules, limits, metrics and the
-// access log are the same code for both, and backends speak HTTP/1.1.
+// HTTP2 serves the clients of a listener that negotiated HTTP/2. Its
+// connection loop (h2conn.go) reads frames with golang.org/x/net/http2's
+// Framer and HPACK decoder and keeps the protocol's state itself: no
+// goroutine per stream until a request is complete, no channel round trip
+// per frame, and the responses of many streams share a TLS record.
+//
+// Each complete request is written out as the HTTP/1.1 head it stands for
+// and parsed by fasthttp, exactly as a request read off an HTTP/1.1
+// connection is, and then served by the listener's Handler. So routing,
+// balancing, retries, header rules, limits, metrics and the access log are
+// the same code for both, and backends speak HTTP/1.1.
 type HTTP2 struct {
-	h       *Handler
-	maxBody int
-	maxHead int
-	logger  fasthttp.Logger
+	h *Handler
+	o HTTP2Options
 
 	ctxs    sync.Pool // *fasthttp.RequestCtx
-	readers sync.Pool // *bufio.Reader sized for maxHead
+	readers sync.Pool // *bufio.Reader sized for MaxHead
+	workers workerPool
+
+	mu        sync.Mutex
+	conns     map[*h2Conn]struct{}
+	goingAway bool
 }
 
-// NewHTTP2 returns the HTTP/2 side of h. Requests whose head exceeds
-// maxHead bytes get 431, whose body exceeds maxBody bytes 413, as on
-// HTTP/1.1.
-func NewHTTP2(h *Handler, maxBody, maxHead int, logger fasthttp.Logger) *HTTP2 {
-	a := &HTTP2{h: h, maxBody: maxBody, maxHead: maxHead, logger: logger}
+// HTTP2Options are a listener's limits as its HTTP/2 side applies them.
+type HTTP2Options struct {
+	// MaxBody bounds a request body (413 past it); MaxHead the request
+	// head written as HTTP/1.1 (431 past it).
+	MaxBody, MaxHead int
+	// MaxStreams is how many streams a client may have open at once.
+	MaxStreams uint32
+	// IdleTimeout closes a connection without streams for this long;
+	// ReadTimeout bounds the wait for the preface and for each frame of
+	// a request body; WriteTimeout each write to the client and the wait
+	// for flow-control credit. 0 for none.
+	IdleTimeout, ReadTimeout, WriteTimeout time.Duration
+	Logger                                 fasthttp.Logger
+}
+
+// DefaultMaxStreams is the number of streams an HTTP/2 client may have
+// open at once (HAProxy's default; NGINX allows 128).
+const DefaultMaxStreams = 100
+
+// NewHTTP2 returns the HTTP/2 side of h.
+func NewHTTP2(h *Handler, o HTTP2Options) *HTTP2 {
+	if o.MaxStreams == 0 {
+		o.MaxStreams = DefaultMaxStreams
+	}
+	a := &HTTP2{h: h, o: o, conns: map[*h2Conn]struct{}{}}
 	a.ctxs.New = func() any { return new(fasthttp.RequestCtx) }
-	a.readers.New = func() any { return bufio.NewReaderSize(nil, maxHead+512) }
+	a.readers.New = func() any { return bufio.NewReaderSize(nil, o.MaxHead+512) }
 	return a
 }
 
-type connKey struct{}
+// ServeConn serves an HTTP/2 client until the connection ends and the
+// requests it carried have been answered.
+func (a *HTTP2) ServeConn(tc *tlsterm.Conn) {
+	c := newH2Conn(a, tc)
+	a.mu.Lock()
+	if a.goingAway {
+		a.mu.Unlock()
+		tc.Close()
+		return
+	}
+	a.conns[c] = struct{}{}
+	a.mu.Unlock()
+	c.serve()
+	a.mu.Lock()
+	delete(a.conns, c)
+	a.mu.Unlock()
+}
 
-// WithConn returns a context carrying the client connection an HTTP/2
-// connection's requests arrive on; ServeHTTP finds it there.
-func WithConn(parent context.Context, c net.Conn) context.Context {
-	return context.WithValue(parent, connKey{}, c)
+// GoAway starts a graceful stop: every connection gets a GOAWAY naming
+// the last stream it will serve and closes once those are answered; idle
+// ones close at once, and ServeConn refuses new ones.
+func (a *HTTP2) GoAway() {
+	a.mu.Lock()
+	a.goingAway = true
+	conns := make([]*h2Conn, 0, len(a.conns))
+	for c := range a.conns {
+		conns = append(conns, c)
+	}
+	a.mu.Unlock()
+	for _, c := range conns {
+		c.goAway()
+	}
+}
+
+// Close closes every connection, answered or not.
+func (a *HTTP2) Close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for c := range a.conns {
+		c.tc.Close() // not c.w: no waiting for a client that does not read
+	}
 }
 
 // Errors that map onto the statuses ServeError gives.
@@ -56,97 +118,177 @@ var (
 	errTruncatedReq = errors.New("request body broke off")
 )
 
-// ServeHTTP implements http.Handler.
-func (a *HTTP2) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	c, _ := r.Context().Value(connKey{}).(net.Conn)
-	if c == nil {
-		http.Error(w, "no connection", http.StatusInternalServerError)
-		return
-	}
-	ctx := a.ctxs.Get().(*fasthttp.RequestCtx)
-	ctx.Init2(c, a.logger, false)
-	if err := a.readRequest(ctx, r); err != nil {
-		a.h.ServeError(ctx, err)
-	} else {
-		a.h.Serve(ctx)
-	}
-	writeResponse(w, r, ctx)
-	ctx.Request.Reset()
-	ctx.Response.Reset() // closes a streamed body: frees the backend
-	a.ctxs.Put(ctx)
+// errMalformed is a request HTTP/2 calls malformed (RFC 9113 section
+// 8.1.1): the stream is reset with PROTOCOL_ERROR and nothing is served.
+var errMalformed = errors.New("malformed HTTP/2 request")
+
+// h2Head is what readRequest learns about a request besides its head.
+type h2Head struct {
+	declared  int64 // content-length, -1 if none
+	continue_ bool  // expect: 100-continue
 }
 
-// readRequest builds and parses the HTTP/1.1 head of r into ctx.Request,
-// then reads the body (bounded by maxBody).
-func (a *HTTP2) readRequest(ctx *fasthttp.RequestCtx, r *http.Request) error {
-	if r.Method == http.MethodConnect {
-		// Tunnels and extended CONNECT (RFC 8441) are not proxied.
-		ctx.Request.Header.SetMethod(http.MethodConnect)
-		return nil // checkRequest answers 405
+// readRequest checks the fields of a request HEADERS frame and writes the
+// request they stand for into ctx.Request as fasthttp would have parsed
+// it off an HTTP/1.1 connection. errMalformed means the stream must be
+// reset; other errors are answered by ServeError.
+func (a *HTTP2) readRequest(ctx *fasthttp.RequestCtx, f *http2.MetaHeadersFrame) (h2Head, error) {
+	hd := h2Head{declared: -1}
+	var method, path, scheme, authority string
+	for _, hf := range f.PseudoFields() {
+		switch hf.Name {
+		case ":method":
+			method = hf.Value
+		case ":path":
+			path = hf.Value
+		case ":scheme":
+			scheme = hf.Value
+		case ":authority":
+			authority = hf.Value
+		default: // :protocol (extended CONNECT is not offered), :status
+			return hd, errMalformed
+		}
 	}
+	if !validToken(method) {
+		return hd, errMalformed
+	}
+	if method == fasthttp.MethodConnect {
+		if scheme != "" || path != "" || authority == "" {
+			return hd, errMalformed
+		}
+		// Tunnels are not proxied: checkRequest answers 405.
+		ctx.Request.Header.SetMethod(method)
+		return hd, nil
+	}
+	if scheme == "" || !validPath(path) {
+		return hd, errMalformed
+	}
+	if f.Truncated {
+		return hd, errHeadTooLarge
+	}
+
 	hp := headBufPool.Get().(*[]byte)
 	defer headBufPool.Put(hp)
 	head := (*hp)[:0]
-	head = append(head, r.Method...)
+	head = append(head, method...)
 	head = append(head, ' ')
-	head = append(head, r.RequestURI...)
-	head = append(head, " HTTP/1.1\r\nHost: "...)
-	head = append(head, r.Host...)
-	head = append(head, "\r\n"...)
-	for k, vs := range r.Header {
-		// Connection-specific fields never get here (the HTTP/2 server
-		// answers 400); "TE: trailers", which may, goes with the other
-		// hop-by-hop headers in prepareRequest, as on HTTP/1.1.
-		switch k {
-		case "Host", "Content-Length":
-			// Written above; the length from the body read.
+	head = append(head, path...)
+	head = append(head, " HTTP/1.1\r\n"...)
+	cookies := 0
+	for _, hf := range f.RegularFields() {
+		switch hf.Name {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			// Connection-specific: malformed in HTTP/2.
+			return hd, errMalformed
+		case "te":
+			if hf.Value != "trailers" {
+				return hd, errMalformed
+			}
+			// Dropped with the other hop-by-hop fields, as on HTTP/1.1.
+		case "content-length":
+			n, err := strconv.ParseInt(hf.Value, 10, 64)
+			if err != nil || n < 0 || (hd.declared >= 0 && hd.declared != n) {
+				return hd, errMalformed
+			}
+			hd.declared = n
+			continue // written from the body received
+		case "host":
+			if authority == "" {
+				authority = hf.Value
+			}
 			continue
-		case "Cookie":
+		case "expect":
+			// Answered here; the backend gets the whole body at once.
+			if asciiEqualFold(hf.Value, "100-continue") {
+				hd.continue_ = true
+				continue
+			}
+		case "cookie":
 			// HTTP/2 may split cookies over several fields; HTTP/1.1
-			// wants one (RFC 9113 section 8.2.3).
-			head = appendField(head, k, strings.Join(vs, "; "))
+			// wants one (RFC 9113 section 8.2.3). Joined below.
+			cookies++
 			continue
 		}
-		for _, v := range vs {
-			head = appendField(head, k, v)
+		head = appendField(head, hf.Name, hf.Value)
+	}
+	if cookies > 0 {
+		head = append(head, "cookie: "...)
+		n := 0
+		for _, hf := range f.RegularFields() {
+			if hf.Name == "cookie" {
+				if n > 0 {
+					head = append(head, "; "...)
+				}
+				head = append(head, hf.Value...)
+				n++
+			}
 		}
+		head = append(head, "\r\n"...)
+	}
+	if authority != "" {
+		head = appendField(head, "host", authority)
 	}
 	head = append(head, "\r\n"...)
 	*hp = head
-	if len(head) > a.maxHead {
-		return errHeadTooLarge
+	if len(head) > a.o.MaxHead {
+		return hd, errHeadTooLarge
+	}
+	if hd.declared > int64(a.o.MaxBody) {
+		return hd, fasthttp.ErrBodyTooLarge
 	}
 	br := a.readers.Get().(*bufio.Reader)
 	br.Reset(bytes.NewReader(head))
 	err := ctx.Request.Header.Read(br)
 	br.Reset(nil)
 	a.readers.Put(br)
-	if err != nil {
-		return err
-	}
+	return hd, err
+}
 
-	if r.ContentLength > int64(a.maxBody) {
-		return fasthttp.ErrBodyTooLarge
+// validToken: a method is a non-empty token (RFC 9110 section 5.6.2).
+func validToken(s string) bool {
+	if s == "" {
+		return false
 	}
-	// ContentLength is 0 when the HEADERS frame ended the stream: no
-	// body (-1: one is coming, its length unknown).
-	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
-		bp := copyBufPool.Get().(*[]byte)
-		n, err := io.CopyBuffer(ctx.Request.BodyWriter(), io.LimitReader(r.Body, int64(a.maxBody)+1), *bp)
-		copyBufPool.Put(bp)
-		switch {
-		case n > int64(a.maxBody):
-			return fasthttp.ErrBodyTooLarge
-		case err != nil:
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return err
-			}
-			return errTruncatedReq
+	for i := 0; i < len(s); i++ {
+		if !tokenChar(s[i]) {
+			return false
 		}
 	}
-	// fasthttp writes Content-Length from the body it holds.
-	return nil
+	return true
+}
+
+func tokenChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return c < 0x80 && bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
+}
+
+// validPath: a non-empty request target without spaces or control
+// characters, which the HTTP/1.1 request line it goes into could not hold.
+func validPath(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func asciiEqualFold(s, t string) bool {
+	if len(s) != len(t) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i]|0x20 != t[i]|0x20 {
+			return false
+		}
+	}
+	return true
 }
 
 func appendField(b []byte, k, v string) []byte {
@@ -156,52 +298,50 @@ func appendField(b []byte, k, v string) []byte {
 	return append(b, "\r\n"...)
 }
 
-// writeResponse sends ctx.Response to an HTTP/2 client: the head, then
-// the body, a streamed one flushed as it arrives so that event streams
-// and long polls are not held back.
-func writeResponse(w http.ResponseWriter, r *http.Request, ctx *fasthttp.RequestCtx) {
-	resp := &ctx.Response
-	hdr := w.Header()
+// encodeHead writes the HPACK block of resp's head to c.hbuf: :status,
+// the fields in lower case, and content-length unless the status has no
+// body or the length is unknown (cl < 0).
+func (c *h2Conn) encodeHead(resp *fasthttp.Response, cl int) []byte {
+	c.hbuf.Reset()
+	code := resp.StatusCode()
+	c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(code)}) //nolint:errcheck // a bytes.Buffer
 	for k, v := range resp.Header.All() {
 		// Hop-by-hop fields went in cleanResponse; the framing is
 		// HTTP/2's own.
-		if string(k) == "Content-Length" || string(k) == "Transfer-Encoding" {
+		if string(k) == "Content-Length" || string(k) == "Transfer-Encoding" || string(k) == "Connection" {
 			continue
 		}
-		key := string(k)
-		hdr[key] = append(hdr[key], string(v))
-	}
-	head := r.Method == http.MethodHead || resp.SkipBody
-	cl := resp.Header.ContentLength()
-	if !head && !resp.IsBodyStream() {
-		cl = len(resp.Body())
-	}
-	if cl >= 0 && !noBody(resp.StatusCode()) {
-		hdr["Content-Length"] = []string{strconv.Itoa(cl)}
-	}
-	w.WriteHeader(resp.StatusCode())
-	if head || noBody(resp.StatusCode()) {
-		return
-	}
-	if !resp.IsBodyStream() {
-		w.Write(resp.Body()) //nolint:errcheck // the client went away
-		return
-	}
-	bp := copyBufPool.Get().(*[]byte)
-	defer copyBufPool.Put(bp)
-	body, f := resp.BodyStream(), w.(http.Flusher)
-	for {
-		n, err := body.Read(*bp)
-		if n > 0 {
-			if _, werr := w.Write((*bp)[:n]); werr != nil {
-				return
+		c.scratch = append(c.scratch[:0], k...)
+		for i, b := range c.scratch {
+			if 'A' <= b && b <= 'Z' {
+				c.scratch[i] = b + 'a' - 'A'
 			}
-			f.Flush()
 		}
-		if err != nil {
-			return
-		}
+		// The encoder keeps no dynamic table (see newH2Conn), so these
+		// views of reused buffers are not retained.
+		c.henc.WriteField(hpack.HeaderField{Name: b2s(c.scratch), Value: b2s(v)}) //nolint:errcheck
 	}
+	if cl >= 0 && !noBody(code) {
+		c.scratch = strconv.AppendInt(c.scratch[:0], int64(cl), 10)
+		c.henc.WriteField(hpack.HeaderField{Name: "content-length", Value: b2s(c.scratch)}) //nolint:errcheck
+	}
+	return c.hbuf.Bytes()
+}
+
+// statusStrings holds the text of every status code, so that writing one
+// allocates nothing.
+var statusStrings = func() (s [600]string) {
+	for i := 100; i < len(s); i++ {
+		s[i] = strconv.Itoa(i)
+	}
+	return
+}()
+
+func statusString(code int) string {
+	if code >= 100 && code < len(statusStrings) {
+		return statusStrings[code]
+	}
+	return strconv.Itoa(code)
 }
 
 var (

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/valyala/fasthttp"
 	"go.uber.org/atomic"
-	"golang.org/x/net/http2"
 
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/l4"
@@ -66,11 +64,8 @@ type instance struct {
 	open  atomic.Int64 // connections it serves
 	done  chan struct{}
 
-	h2      *http2.Server
-	h2base  *http.Server // timeouts and limits for h2; its Shutdown sends GOAWAY
-	h2opts  *http2.ServeConnOpts
+	h2      *proxy.HTTP2
 	h2mu    sync.Mutex
-	h2conns map[net.Conn]struct{}
 	h2wg    sync.WaitGroup
 	closing bool // under h2mu: no new h2 connections
 }
@@ -244,33 +239,16 @@ func (l *listener) newInstance(cfg config.Listener) *instance {
 			}
 		},
 	}
-	in.h2base = &http.Server{
-		ReadTimeout:    cfg.ReadTimeout.Duration,
-		WriteTimeout:   cfg.WriteTimeout.Duration,
-		IdleTimeout:    cfg.IdleTimeout.Duration,
-		MaxHeaderBytes: int(cfg.MaxHeaderBytes.Bytes),
-		ErrorLog:       l.log.With("listener", cfg.Name).StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Debug}),
-	}
-	in.h2 = &http2.Server{
-		MaxConcurrentStreams: h2MaxStreams,
-		IdleTimeout:          cfg.IdleTimeout.Duration,
-		// The protocol's default frame size: a peer cannot make lb
-		// buffer a 1 MiB frame before it can look at it.
-		MaxReadFrameSize: 16 << 10,
-	}
-	// Registers the h2 server's graceful shutdown (GOAWAY) with h2base.
-	if err := http2.ConfigureServer(in.h2base, in.h2); err != nil {
-		l.log.Error("HTTP/2 set-up failed", "error", err)
-	}
-	handler := proxy.NewHTTP2(l.handler, int(cfg.MaxRequestBody.Bytes), int(cfg.MaxHeaderBytes.Bytes), fasthttpLogger{l.log.With("listener", cfg.Name)})
-	in.h2opts = &http2.ServeConnOpts{BaseConfig: in.h2base, Handler: handler}
-	in.h2conns = map[net.Conn]struct{}{}
+	in.h2 = proxy.NewHTTP2(l.handler, proxy.HTTP2Options{
+		MaxBody:      int(cfg.MaxRequestBody.Bytes),
+		MaxHead:      int(cfg.MaxHeaderBytes.Bytes),
+		IdleTimeout:  cfg.IdleTimeout.Duration,
+		ReadTimeout:  cfg.ReadTimeout.Duration,
+		WriteTimeout: cfg.WriteTimeout.Duration,
+		Logger:       fasthttpLogger{l.log.With("listener", cfg.Name)},
+	})
 	return in
 }
-
-// h2MaxStreams is the number of streams an HTTP/2 client may have open at
-// once (HAProxy's default; NGINX allows 128).
-const h2MaxStreams = 100
 
 // serveH2 serves an HTTP/2 connection on its own goroutine; false once
 // the instance is shutting down.
@@ -280,22 +258,15 @@ func (in *instance) serveH2(c *tlsterm.Conn) bool {
 		in.h2mu.Unlock()
 		return false
 	}
-	in.h2conns[c] = struct{}{}
 	in.h2wg.Add(1)
 	in.open.Inc()
 	in.h2mu.Unlock()
 	go func() {
 		defer func() {
-			c.Close()
-			in.h2mu.Lock()
-			delete(in.h2conns, c)
-			in.h2mu.Unlock()
 			in.open.Dec()
 			in.h2wg.Done()
 		}()
-		opts := *in.h2opts
-		opts.Context = proxy.WithConn(context.Background(), c)
-		in.h2.ServeConn(newCoalescingConn(c), &opts)
+		in.h2.ServeConn(c)
 	}()
 	return true
 }
@@ -306,7 +277,7 @@ func (in *instance) shutdownH2(ctx context.Context) {
 	in.h2mu.Lock()
 	in.closing = true
 	in.h2mu.Unlock()
-	in.h2base.Shutdown(ctx) //nolint:errcheck // it serves no listener of its own
+	in.h2.GoAway()
 	done := make(chan struct{})
 	go func() {
 		in.h2wg.Wait()
@@ -315,11 +286,7 @@ func (in *instance) shutdownH2(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		in.h2mu.Lock()
-		for c := range in.h2conns {
-			c.Close()
-		}
-		in.h2mu.Unlock()
+		in.h2.Close()
 		<-done
 	}
 }

@@ -1,10 +1,10 @@
-package server
+package proxy
 
 import (
+	"net"
+	"runtime"
 	"sync"
 	"time"
-
-	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
 // maxPending is how much a coalescingConn holds before Write waits for
@@ -12,13 +12,14 @@ import (
 // client that stops reading is felt at once.
 const maxPending = 64 << 10
 
+// keepBuffer is the largest buffer kept between bursts of writes.
+const keepBuffer = 16 << 10
+
 // closeFlushWait bounds how long Close waits for held bytes (a GOAWAY, the
 // end of a response) to reach a client that does not read.
 const closeFlushWait = 2 * time.Second
 
-// coalescingConn is the connection an HTTP/2 client is served on. The
-// HTTP/2 server flushes after every frame batch it writes, which under
-// load means a TLS record and a write system call per response; here a
+// coalescingConn is what an HTTP/2 connection writes its frames to. A
 // Write only appends to a buffer and wakes a flusher, which writes
 // whatever has gathered by the time it runs as one TLS record. Under load
 // the responses of many streams share a record and a system call (as
@@ -26,7 +27,9 @@ const closeFlushWait = 2 * time.Second
 // as soon as the writer's goroutine yields. Order is kept; a write error
 // is returned by the next Write; past maxPending held bytes Write waits.
 type coalescingConn struct {
-	*tlsterm.Conn
+	net.Conn
+	// writeTimeout bounds each write to the socket; 0 for none.
+	writeTimeout time.Duration
 
 	mu       sync.Mutex
 	cond     sync.Cond
@@ -37,8 +40,8 @@ type coalescingConn struct {
 	err      error
 }
 
-func newCoalescingConn(c *tlsterm.Conn) *coalescingConn {
-	cc := &coalescingConn{Conn: c}
+func newCoalescingConn(c net.Conn, writeTimeout time.Duration) *coalescingConn {
+	cc := &coalescingConn{Conn: c, writeTimeout: writeTimeout}
 	cc.cond.L = &cc.mu
 	return cc
 }
@@ -62,18 +65,23 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// flush writes what is pending until nothing is.
+// flush writes what is pending until nothing is. It first lets every
+// goroutine that is ready run: other streams whose backends answered in
+// the same poll add their responses before the write.
 func (c *coalescingConn) flush() {
+	runtime.Gosched()
 	c.mu.Lock()
 	for len(c.pending) > 0 && c.err == nil {
 		b := c.pending
 		c.pending = c.spare[:0]
+		closed := c.closed
 		c.mu.Unlock()
+		if c.writeTimeout > 0 && !closed {
+			c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout)) //nolint:errcheck
+		}
 		_, err := c.Conn.Write(b)
 		c.mu.Lock()
-		if cap(b) <= 2*maxPending {
-			c.spare = b[:0]
-		}
+		c.spare = b[:0]
 		if err != nil {
 			c.err = err
 		}
@@ -82,6 +90,13 @@ func (c *coalescingConn) flush() {
 	c.flushing = false
 	if c.closed || c.err != nil {
 		c.pending, c.spare = nil, nil
+	}
+	// An idle connection keeps no large buffer.
+	if cap(c.pending) > keepBuffer {
+		c.pending = nil
+	}
+	if cap(c.spare) > keepBuffer {
+		c.spare = nil
 	}
 	c.cond.Broadcast()
 	c.mu.Unlock()

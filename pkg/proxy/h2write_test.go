@@ -1,4 +1,4 @@
-package server
+package proxy
 
 import (
 	"bytes"
@@ -52,7 +52,7 @@ func tlsPair(t *testing.T) (*tlsterm.Conn, *tls.Conn) {
 
 func TestCoalescingConnKeepsOrderAndBytes(t *testing.T) {
 	server, client := tlsPair(t)
-	cc := newCoalescingConn(server)
+	cc := newCoalescingConn(server, 0)
 	var want bytes.Buffer
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -92,7 +92,7 @@ func TestCoalescingConnKeepsOrderAndBytes(t *testing.T) {
 
 func TestCoalescingConnBackpressureAndErrors(t *testing.T) {
 	server, client := tlsPair(t)
-	cc := newCoalescingConn(server)
+	cc := newCoalescingConn(server, 0)
 	// The client reads nothing: Write must stop accepting once the
 	// socket buffers and maxPending are full, not grow without bound.
 	chunk := make([]byte, 16<<10)

@@ -1,0 +1,689 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/offloadlb/lb/pkg/tlsterm"
+)
+
+// Flow-control windows lb offers a client for request bodies. Bodies are
+// read whole before a request is served (bounded by MaxBody), so credit is
+// given back as soon as data arrives, half a window at a time.
+const (
+	h2StreamWindow = 1 << 20
+	h2ConnWindow   = 1 << 20
+	// h2FrameSize is the largest frame lb reads and writes: the
+	// protocol's default, so a peer cannot make lb buffer a 16 MiB frame
+	// before it can look at it.
+	h2FrameSize = 16 << 10
+	// h2MaxSettings bounds the parameters in one SETTINGS frame.
+	h2MaxSettings = 64
+)
+
+// h2Conn is one HTTP/2 client connection. Its reader goroutine (serve)
+// reads and acts on every frame; a request runs on a goroutine of its own
+// once its last frame is in. Protocol state, the HPACK encoder and all
+// frame writes are under mu; writes go to a coalescingConn, so the
+// responses of many streams leave in one TLS record.
+type h2Conn struct {
+	a  *HTTP2
+	tc *tlsterm.Conn
+	w  *coalescingConn
+	fr *http2.Framer
+
+	mu          sync.Mutex
+	cond        sync.Cond // flow-control credit arrived, or a stream ended
+	streams     map[uint32]*h2Stream
+	maxClientID uint32 // highest stream the client opened
+	handlers    int    // requests being served
+	unserved    int    // streams whose request is still coming in
+	wg          sync.WaitGroup
+	henc        *hpack.Encoder
+	hbuf        bytes.Buffer
+	scratch     []byte
+	sendWin     int64 // connection-level credit for DATA to the client
+	initWin     int64 // the client's SETTINGS_INITIAL_WINDOW_SIZE
+	recvWin     int64 // credit the client has for DATA to lb
+	recvUnacked int64
+	sentGoAway  bool
+	peerGoAway  bool
+	closed      bool
+	deadline    int // deadline* below: which read deadline is set
+}
+
+const (
+	deadlineNone = iota
+	deadlineIdle
+	deadlineBody
+)
+
+// h2Stream is one request. Its fields are under the connection's mu.
+type h2Stream struct {
+	id       uint32
+	ctx      *fasthttp.RequestCtx
+	err      error // answer with ServeError instead of serving
+	declared int64 // content-length, -1 if none
+	got      int64 // body bytes received
+	sendWin  int64
+	recvWin  int64
+	unacked  int64
+
+	served     bool // its handler started
+	remoteDone bool // the client ended the stream
+	localDone  bool // lb ended the stream
+	reset      bool // reset by either side: nothing more is written
+}
+
+func newH2Conn(a *HTTP2, tc *tlsterm.Conn) *h2Conn {
+	c := &h2Conn{
+		a:       a,
+		tc:      tc,
+		w:       newCoalescingConn(tc, a.o.WriteTimeout),
+		streams: map[uint32]*h2Stream{},
+		sendWin: 65535,
+		initWin: 65535,
+		recvWin: h2ConnWindow,
+	}
+	c.cond.L = &c.mu
+	c.fr = http2.NewFramer(c.w, tc)
+	c.fr.SetMaxReadFrameSize(h2FrameSize)
+	c.fr.SetReuseFrames()
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.fr.MaxHeaderListSize = h2HeaderListSize(a.o.MaxHead)
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	// No dynamic table: like HAProxy's encoder, fields go out as static
+	// table references or literals, and encoding keeps nothing.
+	c.henc.SetMaxDynamicTableSizeLimit(0)
+	return c
+}
+
+// h2HeaderListSize is the largest header list lb decodes, in HPACK's
+// measure (32 bytes per field on top of names and values). Heads between
+// maxHead (as HTTP/1.1) and this are decoded whole and answered 431, as on
+// HTTP/1.1; clients are told not to send more, which would end the
+// connection.
+func h2HeaderListSize(maxHead int) uint32 { return uint32(2*maxHead + 4096) }
+
+// errClosing stops the reader when the connection is done with.
+var errClosing = errors.New("connection done")
+
+// serve runs the connection until it ends, then waits for the requests it
+// started.
+func (c *h2Conn) serve() {
+	defer func() {
+		c.mu.Lock()
+		c.closed = true
+		c.cond.Broadcast()
+		for _, st := range c.streams {
+			if !st.served {
+				c.release(st)
+			}
+		}
+		c.mu.Unlock()
+		c.w.Close()
+		c.wg.Wait()
+	}()
+	c.mu.Lock()
+	c.fr.WriteSettings( //nolint:errcheck // write errors show on the next read
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.a.o.MaxStreams},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: c.fr.MaxHeaderListSize},
+	)
+	c.fr.WriteWindowUpdate(0, h2ConnWindow-65535) //nolint:errcheck
+	c.mu.Unlock()
+
+	wait := c.a.o.ReadTimeout
+	if wait == 0 {
+		wait = c.a.o.IdleTimeout
+	}
+	if wait > 0 {
+		c.tc.SetReadDeadline(time.Now().Add(wait)) //nolint:errcheck
+	}
+	var preface [len(http2.ClientPreface)]byte
+	if _, err := io.ReadFull(c.tc, preface[:]); err != nil || string(preface[:]) != http2.ClientPreface {
+		return
+	}
+	c.mu.Lock()
+	c.setDeadline()
+	c.mu.Unlock()
+	for first := true; ; first = false {
+		f, err := c.fr.ReadFrame()
+		if err == nil {
+			if _, ok := f.(*http2.SettingsFrame); first && !ok {
+				// The preface ends with a SETTINGS frame (RFC 9113 3.4).
+				err = http2.ConnectionError(http2.ErrCodeProtocol)
+			} else {
+				err = c.handle(f)
+			}
+		}
+		if err != nil && !c.fail(err) {
+			return
+		}
+	}
+}
+
+// fail answers a protocol error: a stream error resets the stream and the
+// connection goes on (true); a connection error sends GOAWAY and ends it.
+func (c *h2Conn) fail(err error) bool {
+	var se http2.StreamError
+	var ce http2.ConnectionError
+	switch {
+	case errors.As(err, &se):
+		c.mu.Lock()
+		if se.StreamID > c.maxClientID && se.StreamID%2 == 1 && se.Code == http2.ErrCodeProtocol {
+			c.maxClientID = se.StreamID // a malformed request used the id up
+		}
+		c.resetLocked(se.StreamID, se.Code)
+		c.setDeadline()
+		c.mu.Unlock()
+		return true
+	case errors.As(err, &ce):
+		c.goAwayLocking(http2.ErrCode(ce))
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		c.goAwayLocking(http2.ErrCodeFrameSize)
+	case errors.Is(err, errClosing):
+	default:
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			c.goAwayLocking(http2.ErrCodeNo)
+		}
+	}
+	return false
+}
+
+func (c *h2Conn) goAwayLocking(code http2.ErrCode) {
+	c.mu.Lock()
+	if !c.closed {
+		c.fr.WriteGoAway(c.maxClientID, code, nil) //nolint:errcheck
+		c.sentGoAway = true
+	}
+	c.mu.Unlock()
+}
+
+// goAway starts a graceful stop of this connection (HTTP2.GoAway).
+func (c *h2Conn) goAway() {
+	c.mu.Lock()
+	if !c.sentGoAway && !c.closed {
+		c.fr.WriteGoAway(c.maxClientID, http2.ErrCodeNo, nil) //nolint:errcheck
+		c.sentGoAway = true
+	}
+	quiet := c.quiet()
+	c.mu.Unlock()
+	if quiet {
+		// The reader sees it and returns. Not waited for: closing
+		// flushes the GOAWAY, which a client that does not read could
+		// hold up for closeFlushWait.
+		go c.w.Close()
+	}
+}
+
+// quiet: no stream is open and no request is being served.
+func (c *h2Conn) quiet() bool { return len(c.streams) == 0 && c.handlers == 0 }
+
+// setDeadline sets the read deadline for what the connection waits for:
+// the next frame of a request body (ReadTimeout), the next request
+// (IdleTimeout), or frames that may never come while requests are served
+// (none).
+func (c *h2Conn) setDeadline() {
+	want, d := deadlineNone, time.Duration(0)
+	switch {
+	case c.quiet():
+		want, d = deadlineIdle, c.a.o.IdleTimeout
+	case c.a.o.ReadTimeout > 0 && c.unserved > 0:
+		want, d = deadlineBody, c.a.o.ReadTimeout
+	}
+	if want == c.deadline && want != deadlineBody {
+		return
+	}
+	c.deadline = want
+	var t time.Time
+	if d > 0 {
+		t = time.Now().Add(d)
+	}
+	c.tc.SetReadDeadline(t) //nolint:errcheck
+}
+
+func (c *h2Conn) handle(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return c.onHeaders(f)
+	case *http2.DataFrame:
+		return c.onData(f)
+	case *http2.SettingsFrame:
+		return c.onSettings(f)
+	case *http2.WindowUpdateFrame:
+		return c.onWindowUpdate(f)
+	case *http2.RSTStreamFrame:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if f.StreamID > c.maxClientID {
+			return http2.ConnectionError(http2.ErrCodeProtocol) // idle stream
+		}
+		if st := c.streams[f.StreamID]; st != nil {
+			c.forget(st)
+			c.setDeadline()
+		}
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			c.mu.Lock()
+			c.fr.WritePing(true, f.Data) //nolint:errcheck
+			c.mu.Unlock()
+		}
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeProtocol}
+		}
+	case *http2.GoAwayFrame:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.peerGoAway = true
+		if c.quiet() {
+			return errClosing
+		}
+	case *http2.PushPromiseFrame:
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	return nil // unknown frame types are ignored
+}
+
+func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if id%2 == 0 {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	if st := c.streams[id]; st != nil {
+		// Trailers: the end of a request body. They are not passed on.
+		switch {
+		case st.remoteDone:
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
+		case !f.StreamEnded() || len(f.PseudoFields()) > 0:
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+		}
+		return c.endOfRequest(st)
+	}
+	if id <= c.maxClientID {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	c.maxClientID = id
+	if c.sentGoAway {
+		return nil // past the last stream the GOAWAY promised to serve
+	}
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+	}
+	if uint32(len(c.streams)) >= c.a.o.MaxStreams || uint32(c.handlers) >= c.a.o.MaxStreams {
+		// Over the advertised limit, or streams reset by the client
+		// whose requests are still being served (the "rapid reset"
+		// pattern): refused, safe for the client to retry.
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeRefusedStream}
+	}
+	ctx := c.a.ctxs.Get().(*fasthttp.RequestCtx)
+	ctx.Init2(c.tc, c.a.o.Logger, false)
+	hd, err := c.a.readRequest(ctx, f)
+	if errors.Is(err, errMalformed) {
+		ctx.Request.Reset()
+		c.a.ctxs.Put(ctx)
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+	}
+	st := &h2Stream{id: id, ctx: ctx, err: err, declared: hd.declared, sendWin: c.initWin, recvWin: h2StreamWindow}
+	c.streams[id] = st
+	c.unserved++
+	switch {
+	case f.StreamEnded():
+		if err := c.endOfRequest(st); err != nil {
+			return err
+		}
+	case st.err != nil:
+		c.serveStream(st) // answered now; the body that follows is dropped
+	case hd.continue_:
+		c.writeInterim(id, fasthttp.StatusContinue)
+	}
+	c.setDeadline()
+	return nil
+}
+
+// endOfRequest: the client ended st. Its request is served unless it
+// already is.
+func (c *h2Conn) endOfRequest(st *h2Stream) error {
+	st.remoteDone = true
+	if st.served {
+		if st.localDone {
+			delete(c.streams, st.id)
+		}
+		return nil
+	}
+	if st.declared >= 0 && st.got != st.declared {
+		return http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol}
+	}
+	c.serveStream(st)
+	return nil
+}
+
+func (c *h2Conn) onData(f *http2.DataFrame) error {
+	id, n := f.StreamID, int64(f.Length)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n > c.recvWin {
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	// The connection's credit comes back whatever becomes of the data.
+	c.recvWin -= n
+	c.recvUnacked += n
+	if c.recvUnacked >= h2ConnWindow/2 {
+		c.fr.WriteWindowUpdate(0, uint32(c.recvUnacked)) //nolint:errcheck
+		c.recvWin += c.recvUnacked
+		c.recvUnacked = 0
+	}
+	st := c.streams[id]
+	switch {
+	case st == nil && id > c.maxClientID:
+		return http2.ConnectionError(http2.ErrCodeProtocol) // idle stream
+	case st == nil, st.remoteDone:
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
+	case n > st.recvWin:
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeFlowControl}
+	}
+	st.recvWin -= n
+	data := f.Data()
+	st.got += int64(len(data))
+	if st.declared >= 0 && st.got > st.declared {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+	}
+	if !st.served {
+		if st.got > int64(c.a.o.MaxBody) {
+			st.err = fasthttp.ErrBodyTooLarge
+			st.ctx.Request.ResetBody()
+			c.serveStream(st)
+		} else {
+			st.ctx.Request.AppendBody(data)
+		}
+	}
+	if f.StreamEnded() {
+		err := c.endOfRequest(st)
+		c.setDeadline()
+		return err
+	}
+	st.unacked += n
+	if st.unacked >= h2StreamWindow/2 {
+		c.fr.WriteWindowUpdate(id, uint32(st.unacked)) //nolint:errcheck
+		st.recvWin += st.unacked
+		st.unacked = 0
+	}
+	c.setDeadline()
+	return nil
+}
+
+func (c *h2Conn) onSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	if f.NumSettings() > h2MaxSettings {
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		if s.ID == http2.SettingInitialWindowSize {
+			// Applies to every open stream at once (RFC 9113 6.9.2).
+			delta := int64(s.Val) - c.initWin
+			c.initWin = int64(s.Val)
+			for _, st := range c.streams {
+				st.sendWin += delta
+				if st.sendWin > 1<<31-1 {
+					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				}
+			}
+			c.cond.Broadcast()
+		}
+		// The others need nothing: frames are sent at the default
+		// size, the encoder keeps no table, lb pushes nothing.
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	c.fr.WriteSettingsAck() //nolint:errcheck
+	return nil
+}
+
+func (c *h2Conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	inc := int64(f.Increment)
+	if f.StreamID == 0 {
+		c.sendWin += inc
+		if c.sendWin > 1<<31-1 {
+			return http2.ConnectionError(http2.ErrCodeFlowControl)
+		}
+		c.cond.Broadcast()
+		return nil
+	}
+	st := c.streams[f.StreamID]
+	if st == nil {
+		if f.StreamID > c.maxClientID {
+			return http2.ConnectionError(http2.ErrCodeProtocol) // idle stream
+		}
+		return nil // closed: credit may still be in flight
+	}
+	st.sendWin += inc
+	if st.sendWin > 1<<31-1 {
+		return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeFlowControl}
+	}
+	c.cond.Broadcast()
+	return nil
+}
+
+// resetLocked sends RST_STREAM and forgets the stream.
+func (c *h2Conn) resetLocked(id uint32, code http2.ErrCode) {
+	if c.closed {
+		return
+	}
+	c.fr.WriteRSTStream(id, code) //nolint:errcheck
+	if st := c.streams[id]; st != nil {
+		c.forget(st)
+	}
+}
+
+// forget drops a reset stream; a handler serving it writes nothing more.
+func (c *h2Conn) forget(st *h2Stream) {
+	st.reset = true
+	delete(c.streams, st.id)
+	if !st.served {
+		c.unserved--
+		c.release(st)
+	}
+	c.cond.Broadcast()
+}
+
+func (c *h2Conn) release(st *h2Stream) {
+	st.ctx.Request.Reset()
+	st.ctx.Response.Reset()
+	c.a.ctxs.Put(st.ctx)
+	st.ctx = nil
+}
+
+// serveStream starts serving st's request on a goroutine of its own.
+func (c *h2Conn) serveStream(st *h2Stream) {
+	st.served = true
+	c.unserved--
+	c.handlers++
+	c.wg.Add(1)
+	c.a.workers.run(c, st)
+}
+
+func (c *h2Conn) run(st *h2Stream) {
+	defer c.wg.Done()
+	ctx := st.ctx
+	if st.err != nil {
+		c.a.h.ServeError(ctx, st.err)
+	} else {
+		c.a.h.Serve(ctx)
+	}
+	c.writeResponse(st, ctx)
+	ctx.Request.Reset()
+	ctx.Response.Reset() // closes a streamed body: frees the backend
+	c.a.ctxs.Put(ctx)
+
+	c.mu.Lock()
+	c.handlers--
+	st.ctx = nil
+	done := c.quiet() && (c.sentGoAway || c.peerGoAway)
+	if !done {
+		c.setDeadline()
+	}
+	c.mu.Unlock()
+	if done {
+		c.w.Close()
+	}
+}
+
+// writeResponse sends ctx.Response on st: the head, then the body, a
+// streamed one flushed as it arrives so that event streams and long polls
+// are not held back. A body that breaks off resets the stream, so the
+// client cannot take it for whole.
+func (c *h2Conn) writeResponse(st *h2Stream, ctx *fasthttp.RequestCtx) {
+	resp := &ctx.Response
+	code := resp.StatusCode()
+	skip := ctx.IsHead() || resp.SkipBody || noBody(code)
+	streamed := resp.IsBodyStream()
+	cl := resp.Header.ContentLength()
+	var body []byte
+	if !skip && !streamed {
+		body = resp.Body()
+		cl = len(body)
+	}
+	c.mu.Lock()
+	if st.reset || c.closed {
+		c.mu.Unlock()
+		return
+	}
+	end := skip || (!streamed && len(body) == 0)
+	c.writeHead(st.id, c.encodeHead(resp, cl), end)
+	if end {
+		c.endLocal(st)
+		c.mu.Unlock()
+		return
+	}
+	if !streamed {
+		c.writeData(st, body, true)
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	bs := resp.BodyStream()
+	for {
+		n, err := bs.Read(*bp)
+		c.mu.Lock()
+		ok := true
+		if n > 0 || err == io.EOF {
+			ok = c.writeData(st, (*bp)[:n], err == io.EOF)
+		}
+		if err != nil && err != io.EOF && ok {
+			c.resetLocked(st.id, http2.ErrCodeInternal)
+		}
+		c.mu.Unlock()
+		if err != nil || !ok {
+			return
+		}
+	}
+}
+
+// writeHead writes a header block as HEADERS and, past the frame size,
+// CONTINUATION frames.
+func (c *h2Conn) writeHead(id uint32, block []byte, end bool) {
+	frag := block[:min(len(block), h2FrameSize)]
+	block = block[len(frag):]
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: len(block) == 0}) //nolint:errcheck
+	for len(block) > 0 {
+		frag = block[:min(len(block), h2FrameSize)]
+		block = block[len(frag):]
+		c.fr.WriteContinuation(id, len(block) == 0, frag) //nolint:errcheck
+	}
+}
+
+// writeInterim sends a 1xx response head.
+func (c *h2Conn) writeInterim(id uint32, code int) {
+	c.hbuf.Reset()
+	c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(code)}) //nolint:errcheck
+	c.writeHead(id, c.hbuf.Bytes(), false)
+}
+
+// writeData sends p on st within the flow-control credit the client
+// gives, waiting for more (at most WriteTimeout); end ends the stream.
+// False when the stream or connection is gone.
+func (c *h2Conn) writeData(st *h2Stream, p []byte, end bool) bool {
+	var timer *time.Timer
+	var expired bool
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		if st.reset || c.closed {
+			return false
+		}
+		n := int64(len(p))
+		if n > 0 {
+			n = min(n, h2FrameSize, st.sendWin, c.sendWin)
+			if n <= 0 {
+				if expired {
+					c.resetLocked(st.id, http2.ErrCodeCancel)
+					return false
+				}
+				if timer == nil && c.a.o.WriteTimeout > 0 {
+					timer = time.AfterFunc(c.a.o.WriteTimeout, func() {
+						c.mu.Lock()
+						expired = true
+						c.cond.Broadcast()
+						c.mu.Unlock()
+					})
+				}
+				c.cond.Wait()
+				continue
+			}
+		}
+		last := end && n == int64(len(p))
+		if err := c.fr.WriteData(st.id, last, p[:n]); err != nil {
+			return false
+		}
+		st.sendWin -= n
+		c.sendWin -= n
+		p = p[n:]
+		if last {
+			c.endLocal(st)
+			return true
+		}
+		if len(p) == 0 {
+			return true
+		}
+	}
+}
+
+// endLocal: lb ended st. A client still sending a body it no longer
+// needs (the answer was 413) is told to stop.
+func (c *h2Conn) endLocal(st *h2Stream) {
+	st.localDone = true
+	if !st.remoteDone {
+		c.resetLocked(st.id, http2.ErrCodeNo)
+		return
+	}
+	delete(c.streams, st.id)
+}

@@ -1,0 +1,84 @@
+package proxy
+
+import (
+	"sync"
+	"time"
+)
+
+// workerIdle is how long a request goroutine waits for another request
+// before it ends.
+var workerIdle = 10 * time.Second
+
+// workerPool runs HTTP/2 requests on goroutines it keeps for reuse. A
+// fresh goroutine per request would start with a small stack and grow it
+// (copying it twice) on every request; a kept one has the stack the
+// request path needs. The most recently idle worker is used first, so that
+// a few hot ones do the work and the rest expire.
+type workerPool struct {
+	mu       sync.Mutex
+	idle     []*worker // oldest first
+	cleaning bool
+}
+
+type worker struct {
+	jobs  chan h2Job
+	since time.Time
+}
+
+type h2Job struct {
+	c  *h2Conn
+	st *h2Stream
+}
+
+// run serves st on an idle worker, or on a new one.
+func (p *workerPool) run(c *h2Conn, st *h2Stream) {
+	p.mu.Lock()
+	if n := len(p.idle); n > 0 {
+		w := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		w.jobs <- h2Job{c, st}
+		return
+	}
+	p.mu.Unlock()
+	go p.work(&worker{jobs: make(chan h2Job, 1)}, h2Job{c, st})
+}
+
+func (p *workerPool) work(w *worker, j h2Job) {
+	for j.c != nil {
+		j.c.run(j.st)
+		j = h2Job{}
+		w.since = time.Now()
+		p.mu.Lock()
+		p.idle = append(p.idle, w)
+		if !p.cleaning {
+			p.cleaning = true
+			go p.clean()
+		}
+		p.mu.Unlock()
+		j = <-w.jobs
+	}
+}
+
+// clean ends workers idle longer than workerIdle, while there are any.
+func (p *workerPool) clean() {
+	for {
+		time.Sleep(workerIdle / 2)
+		p.mu.Lock()
+		old := time.Now().Add(-workerIdle)
+		n := 0
+		for n < len(p.idle) && p.idle[n].since.Before(old) {
+			p.idle[n].jobs <- h2Job{}
+			p.idle[n] = nil
+			n++
+		}
+		p.idle = append(p.idle[:0], p.idle[n:]...)
+		if len(p.idle) == 0 {
+			p.cleaning = false
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Unlock()
+	}
+}
