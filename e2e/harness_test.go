@@ -31,6 +31,9 @@ import (
 var lbBin string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(backendProcessEnv); spec != "" {
+		runBackendProcess(spec) // this binary as a backend to kill
+	}
 	dir, err := os.MkdirTemp("", "lb-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
