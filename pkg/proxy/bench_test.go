@@ -67,6 +67,7 @@ func BenchmarkPrepareRequest(b *testing.B) {
 		if err := ctx.Request.Header.Read(br); err != nil {
 			b.Fatal(err)
 		}
-		prepareRequest(&ctx, true)
+		_, mask := checkRequest(&ctx)
+		prepareRequest(&ctx, true, mask)
 	}
 }

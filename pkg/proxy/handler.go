@@ -145,13 +145,13 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	proto := protoOf(ctx)
 	if l.Redirect != nil {
 		redirect(ctx, l.Redirect)
-	} else if code := checkRequest(ctx); code != 0 {
+	} else if code, mask := checkRequest(ctx); code != 0 {
 		errorResponse(ctx, code)
 		ctx.SetConnectionClose()
 	} else if t = l.route(ctx.Host(), ctx.Path()); t == nil {
 		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
 	} else {
-		prepareRequest(ctx, l.TLS)
+		prepareRequest(ctx, l.TLS, mask)
 		var stream *bodyStream
 		b, attempts, stream, err = h.forward(ctx, t.Up)
 		if stream != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
@@ -400,50 +400,91 @@ func isIdempotent(h *fasthttp.RequestHeader) bool {
 }
 
 // checkRequest rejects what must never reach a backend, returning the
-// status to answer with, or 0. fasthttp itself already refuses malformed
-// heads, duplicate Content-Length, unknown transfer codings and oversized
-// heads and bodies (see ServeError).
-func checkRequest(ctx *fasthttp.RequestCtx) int {
+// status to answer with (0 for none) and what scanRequestHeaders found in
+// the head, for prepareRequest. fasthttp itself already refuses
+// malformed heads, duplicate Content-Length, unknown transfer codings,
+// Transfer-Encoding in HTTP/1.0, duplicate Host and oversized heads and
+// bodies (see ServeError); what it lets through and is refused here is
+// what an HTTP/1.1 backend, or a proxy in front of lb, could frame
+// differently.
+func checkRequest(ctx *fasthttp.RequestCtx) (code, mask int) {
 	h := &ctx.Request.Header
 	if h.IsConnect() || h.IsTrace() {
-		return fasthttp.StatusMethodNotAllowed
+		return fasthttp.StatusMethodNotAllowed, 0
+	}
+	if !h.IsHTTP11() {
+		// fasthttp takes any HTTP/d.d; a major version other than 1
+		// is not HTTP/1 (RFC 9110 section 15.6.6). A higher minor
+		// version is read as HTTP/1.1's family (RFC 9110 section 2.5).
+		if p := h.Protocol(); len(p) < 6 || p[5] != '1' {
+			return fasthttp.StatusHTTPVersionNotSupported, 0
+		}
+	}
+	mask = scanRequestHeaders(h)
+	switch {
+	case mask&badFraming != 0:
+		// Folded lines (RFC 9112 section 5.2 allows a 400), a space in
+		// a field name, Transfer-Encoding other than chunked, a line
+		// ended by a bare LF.
+		return fasthttp.StatusBadRequest, mask
+	case mask&(fieldContentLength|fieldTransferEncoding) == fieldContentLength|fieldTransferEncoding:
+		// The classic request smuggling set-up (RFC 9112 section 6.3):
+		// refuse rather than pick one.
+		return fasthttp.StatusBadRequest, mask
+	}
+	if hv := h.Host(); len(hv) > 0 && !validHost(hv) {
+		return fasthttp.StatusBadRequest, mask // RFC 9112 section 3.2
 	}
 	if len(ctx.Host()) == 0 {
 		if h.IsHTTP11() {
-			return fasthttp.StatusBadRequest // RFC 9112 section 3.2
+			return fasthttp.StatusBadRequest, mask // RFC 9112 section 3.2
 		}
 		// An HTTP/1.0 request may lack Host; name the address it reached.
 		ctx.Request.URI().SetHost(ctx.LocalAddr().String())
 	}
-	// fasthttp marks a request with both Content-Length and
-	// Transfer-Encoding "close" and reads it as chunked; the raw head is
-	// looked at only then (and for requests that asked to close).
-	if h.ConnectionClose() && hasField(h.RawHeaders(), "content-length") && hasField(h.RawHeaders(), "transfer-encoding") {
-		// The classic request smuggling set-up (RFC 9112 section 6.3):
-		// refuse rather than pick one.
-		return fasthttp.StatusBadRequest
-	}
-	return 0
+	return 0, mask
 }
 
-// hasField reports whether raw header lines include the named field
-// (lower-case name).
-func hasField(raw []byte, name string) bool {
-	for len(raw) > 0 {
-		line := raw
-		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
-			line, raw = raw[:i], raw[i+1:]
-		} else {
-			raw = nil
+// hostChars are the bytes of a reg-name or IPv4 address (unreserved,
+// pct-encoded and sub-delims, RFC 3986 section 3.2.2), and ':' for the
+// port.
+var hostChars = func() (t [256]bool) {
+	for _, c := range []byte("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:") {
+		t[c] = true
+	}
+	return t
+}()
+
+// validHost reports whether a Host value is uri-host [":" port] (RFC
+// 9110 section 7.2): no userinfo, path, space or control character.
+func validHost(h []byte) bool {
+	if h[0] == '[' {
+		// IP-literal: hex digits, ':' and '.' (IPv6, with an IPv4 tail),
+		// then an optional port.
+		end := bytes.IndexByte(h, ']')
+		if end < 0 {
+			return false
 		}
-		if len(line) > len(name) && bytes.EqualFold(line[:len(name)], []byte(name)) {
-			rest := bytes.TrimLeft(line[len(name):], " \t")
-			if len(rest) > 0 && rest[0] == ':' {
-				return true
+		for _, c := range h[1:end] {
+			if !(c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'f' || c == ':' || c == '.') {
+				return false
 			}
 		}
+		h = h[end+1:]
+		if len(h) == 0 {
+			return true
+		}
+		if h[0] != ':' {
+			return false
+		}
 	}
-	return false
+	colon := bytes.IndexByte(h, ':')
+	for i, c := range h {
+		if !hostChars[c] || c == ':' && i != colon || i > colon && colon >= 0 && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
 }
 
 // ServeError answers requests fasthttp could not parse; it is the

@@ -41,12 +41,28 @@ const (
 	hopManyXFF
 	hopManyConnection
 	hopXClient // X-Client-*: set by lb alone
+
+	// Not hop-by-hop: what checkRequest refuses the request for.
+	fieldContentLength
+	fieldTransferEncoding
+	badFold     // obs-fold: a line continuing the field before it
+	badName     // a field name with a space in it
+	badTransfer // Transfer-Encoding other than exactly "chunked"
+	badLF       // a line of the head ended by a bare LF
 )
 
+// hopMask is the flags of headers prepareRequest removes.
+const hopMask = fieldContentLength - 1
+
+// badFraming is the flags of a request checkRequest refuses.
+const badFraming = badFold | badName | badTransfer | badLF
+
 // scanRequestHeaders reports which hop-by-hop headers a request carries,
-// and whether it has more than one X-Forwarded-For or Connection. It reads
-// the raw head as received: fasthttp's header iterator would parse and
-// re-serialise the cookies of every request.
+// whether it has more than one X-Forwarded-For or Connection, and what
+// of its framing and syntax fasthttp lets through but a backend may read
+// another way (see checkRequest). It reads the raw head as received:
+// fasthttp's header iterator would parse and re-serialise the cookies of
+// every request, and has already unfolded folded lines.
 func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 	raw := h.RawHeaders()
 	xff, conn := 0, 0
@@ -54,19 +70,51 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 		line := raw
 		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
 			line, raw = raw[:i], raw[i+1:]
+			if len(line) == 0 || line[len(line)-1] != '\r' {
+				// fasthttp ends a line at a bare LF, and the head at a
+				// bare-LF blank line if a CRLFCRLF comes later: whether
+				// bytes are a second request would depend on what
+				// follows them. A bare LF in a field value may be
+				// refused (RFC 9110 section 5.5, RFC 9112 section 2.2).
+				mask |= badLF
+			}
 		} else {
 			raw = nil
 		}
+		if len(line) > 0 && (line[0] == ' ' || line[0] == '\t') {
+			mask |= badFold
+			continue
+		}
 		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || line[0] == ' ' || line[0] == '\t' {
-			continue // not a field line (or a folded continuation)
+		if colon <= 0 {
+			continue // not a field line (the blank line ending the head)
 		}
 		name := line[:colon]
+		if bytes.IndexByte(name, ' ') >= 0 {
+			// fasthttp accepts "X A: b" (and passes it on as it is);
+			// a field name is a token (RFC 9110 section 5.1).
+			mask |= badName
+			continue
+		}
 		if name[0]|0x20 == 'x' && len(name) > 9 && bytes.EqualFold(name[:9], []byte("x-client-")) {
 			mask |= hopXClient
 			continue
 		}
 		switch len(name) {
+		case 14:
+			if bytes.EqualFold(name, []byte("content-length")) {
+				mask |= fieldContentLength
+			}
+		case 17:
+			if bytes.EqualFold(name, []byte("transfer-encoding")) {
+				mask |= fieldTransferEncoding
+				// fasthttp takes "identity" for no body at all and lets
+				// what follows be read as the next request; chunked is
+				// the only coding lb understands (RFC 9112 section 6.1).
+				if v := bytes.Trim(line[colon+1:], " \t\r"); !bytes.EqualFold(v, []byte("chunked")) {
+					mask |= badTransfer
+				}
+			}
 		case 2:
 			if bytes.EqualFold(name, []byte("te")) {
 				mask |= hopTE
@@ -116,11 +164,12 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 // kept alive whatever the client asked for its own. A request to switch
 // protocols (a WebSocket handshake) keeps Upgrade and Connection: Upgrade
 // for the backend; every other loses them.
-func prepareRequest(ctx *fasthttp.RequestCtx, tls bool) {
+//
+// mask is what scanRequestHeaders found in the request.
+func prepareRequest(ctx *fasthttp.RequestCtx, tls bool, mask int) {
 	req := &ctx.Request
 	h := &req.Header
-	mask := scanRequestHeaders(h)
-	if mask != 0 {
+	if mask&hopMask != 0 {
 		var proto []byte
 		if mask&(hopUpgrade|hopConnection) == hopUpgrade|hopConnection {
 			proto = upgradeProto(h)

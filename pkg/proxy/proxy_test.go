@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/offloadlb/lb/pkg/config"
 )
 
@@ -422,6 +424,17 @@ func TestRejectedRequestsNeverReachBackend(t *testing.T) {
 		{"TRACE", "TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", "405"},
 		{"oversized head", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 20<<10) + "\r\n\r\n", "431"},
 		{"NUL in header", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", "400"},
+		// fasthttp reads "identity" as no body, so the body would be
+		// taken for a second request.
+		{"TE identity", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", "400"},
+		{"folded TE", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n", "400"},
+		{"space in a field name", "GET / HTTP/1.1\r\nHost: x\r\nX A: b\r\n\r\n", "400"},
+		{"space in Content-Length's name", "POST / HTTP/1.1\r\nHost: x\r\nContent Length: 5\r\n\r\nhello", "400"},
+		{"Host with userinfo", "GET / HTTP/1.1\r\nHost: evil@x\r\n\r\n", "400"},
+		{"bare LF ends the head", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\n\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"HTTP/2.0 on HTTP/1", "GET / HTTP/2.0\r\nHost: x\r\n\r\n", "505"},
+		{"HTTP/0.9 version", "GET / HTTP/0.9\r\nHost: x\r\n\r\n", "505"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.hits.Load()
@@ -433,6 +446,63 @@ func TestRejectedRequestsNeverReachBackend(t *testing.T) {
 				t.Errorf("the request reached the backend")
 			}
 		})
+	}
+}
+
+func TestValidHost(t *testing.T) {
+	for _, tc := range []struct {
+		host string
+		ok   bool
+	}{
+		{"www.example.com", true},
+		{"www.example.com:8443", true},
+		{"127.0.0.1:80", true},
+		{"[::1]", true},
+		{"[::1]:8080", true},
+		{"[::ffff:10.0.0.1]:1", true},
+		{"xn--bcher-kva.example", true},
+		{"a%2Eb", true},
+		{"www.example.com:", true}, // port = *DIGIT
+		{"evil@www.example.com", false},
+		{"www.example.com/x", false},
+		{"www.exa mple.com", false},
+		{"www.example.com:80x", false},
+		{"a:1:2", false},
+		{"[::1", false},
+		{"[::1]x", false},
+		{"[v1.x]", false},
+		{"a\x00b", false},
+		{"caf\xc3\xa9", false},
+	} {
+		if got := validHost([]byte(tc.host)); got != tc.ok {
+			t.Errorf("validHost(%q) = %v, want %v", tc.host, got, tc.ok)
+		}
+	}
+}
+
+func TestScanRequestHeadersFraming(t *testing.T) {
+	for _, tc := range []struct {
+		head string
+		want int // flags of badFraming|fieldContentLength|fieldTransferEncoding
+	}{
+		{"Content-Length: 5\r\n", fieldContentLength},
+		{"Transfer-Encoding: chunked\r\n", fieldTransferEncoding},
+		{"transfer-encoding:  Chunked \r\n", fieldTransferEncoding},
+		{"Transfer-Encoding: identity\r\n", fieldTransferEncoding | badTransfer},
+		{"X-A: a\r\n b\r\n", badFold},
+		{"X-A: a\r\n\tb\r\n", badFold},
+		{"X A: b\r\n", badName},
+		{"X-A: a\nX-B: b\r\n", badLF},
+		{"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n", fieldContentLength | fieldTransferEncoding},
+	} {
+		var h fasthttp.RequestHeader
+		if err := h.Read(bufio.NewReader(strings.NewReader("POST / HTTP/1.1\r\nHost: x\r\n" + tc.head + "\r\n"))); err != nil {
+			t.Errorf("%q: %v", tc.head, err)
+			continue
+		}
+		if got := scanRequestHeaders(&h) &^ hopMask; got != tc.want {
+			t.Errorf("%q: flags %b, want %b", tc.head, got, tc.want)
+		}
 	}
 }
 
