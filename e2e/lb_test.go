@@ -482,12 +482,13 @@ name = "web"
 		t.Fatalf("TLS listener: %d %v", code, err)
 	}
 
-	// One JSON line per request in the access log file.
+	// One JSON line per request in the access log file, written by a
+	// writer of its own: wait for the last request's line.
 	var logText string
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		data, _ := os.ReadFile(accessLog)
-		if logText = string(data); strings.Count(logText, "\n") >= 3 {
+		if logText = string(data); strings.Contains(logText, `"listener":"secure"`) {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
