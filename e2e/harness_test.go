@@ -365,6 +365,10 @@ func (b *backend) serve(ln net.Listener) {
 			hook(r)
 		}
 		w.Header().Set("X-Backend", b.id)
+		if strings.HasPrefix(r.URL.Path, "/cacheable/") {
+			// For the cache's tests: fresh for a minute.
+			w.Header().Set("Cache-Control", "max-age=60")
+		}
 		if code, ok := strings.CutPrefix(r.URL.Path, "/code/"); ok {
 			var n int
 			fmt.Sscanf(code, "%d", &n)

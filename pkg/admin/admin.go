@@ -9,6 +9,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -32,6 +33,10 @@ type Source interface {
 	ReloadFromSource() error
 	// SetBackendDrained takes a backend out of rotation or puts it back.
 	SetBackendDrained(pool, addr string, drained bool) error
+	// PurgeCache removes one URL ("https://host/path?query" or
+	// "host/path") from a pool's cache, or everything when url is "",
+	// and returns how many URLs it removed.
+	PurgeCache(pool, url string) (int, error)
 }
 
 // Options adjust the admin server.
@@ -83,6 +88,7 @@ func New(addr string, src Source, opts Options, log hclog.Logger) (*Server, erro
 	mux.HandleFunc("POST /reload", s.reload)
 	mux.HandleFunc("POST /pools/{pool}/backends/{address}/drain", s.drain(true))
 	mux.HandleFunc("POST /pools/{pool}/backends/{address}/enable", s.drain(false))
+	mux.HandleFunc("POST /pools/{pool}/cache/purge", s.purge)
 	mux.HandleFunc("/debug/pprof/", s.gatePprof(pprof.Index))
 	mux.HandleFunc("/debug/pprof/cmdline", s.gatePprof(pprof.Cmdline))
 	mux.HandleFunc("/debug/pprof/profile", s.gatePprof(pprof.Profile))
@@ -167,6 +173,23 @@ func (s *Server) drain(drained bool) http.HandlerFunc {
 		}
 		w.Write([]byte(pool + " " + addr + " " + state + "\n")) //nolint:errcheck
 	}
+}
+
+// purge empties a pool's cache, or removes the URL in ?url=.
+func (s *Server) purge(w http.ResponseWriter, r *http.Request) {
+	pool, url := r.PathValue("pool"), r.URL.Query().Get("url")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	n, err := s.src.PurgeCache(pool, url)
+	if err != nil {
+		code := http.StatusBadRequest
+		if errors.Is(err, ErrNotFound) {
+			code = http.StatusNotFound
+		}
+		w.WriteHeader(code)
+		w.Write([]byte(err.Error() + "\n")) //nolint:errcheck
+		return
+	}
+	fmt.Fprintf(w, "purged %d URL(s) from the cache of pool %s\n", n, pool)
 }
 
 // Addr is the bound address.

@@ -15,6 +15,7 @@ import (
 type fakeSource struct {
 	reloadErr error
 	drained   map[string]bool
+	purged    string
 }
 
 func (f *fakeSource) Status() Status {
@@ -29,6 +30,19 @@ func (f *fakeSource) SetBackendDrained(pool, addr string, d bool) error {
 	}
 	f.drained[addr] = d
 	return nil
+}
+
+func (f *fakeSource) PurgeCache(pool, url string) (int, error) {
+	switch {
+	case pool != "web":
+		return 0, fmt.Errorf("%w: no pool %q", ErrNotFound, pool)
+	case url == "":
+		return 7, nil
+	case url == "bad":
+		return 0, errors.New("url \"bad\": want host/path")
+	}
+	f.purged = url
+	return 1, nil
 }
 
 func start(t *testing.T, src Source, opts Options) string {
@@ -80,11 +94,19 @@ func TestEndpoints(t *testing.T) {
 		{"POST", "/pools/web/backends/10.0.0.1:80/enable", 200, "enabled"},
 		{"POST", "/pools/api/backends/10.0.0.1:80/drain", 404, "not found"},
 		{"GET", "/debug/pprof/", 404, "profiling is off"},
+		{"POST", "/pools/web/cache/purge", 200, "purged 7 URL(s) from the cache of pool web"},
+		{"POST", "/pools/web/cache/purge?url=https://www.example.com/a%3Fb", 200, "purged 1 URL(s)"},
+		{"POST", "/pools/web/cache/purge?url=bad", 400, "want host/path"},
+		{"POST", "/pools/api/cache/purge", 404, "no pool"},
+		{"GET", "/pools/web/cache/purge", 405, ""},
 	} {
 		code, body := do(t, tc.method, base+tc.path)
 		if code != tc.code || !strings.Contains(body, tc.body) {
 			t.Errorf("%s %s: %d %q, want %d containing %q", tc.method, tc.path, code, body, tc.code, tc.body)
 		}
+	}
+	if src.purged != "https://www.example.com/a?b" {
+		t.Errorf("purge got url %q", src.purged)
 	}
 	if src.drained["10.0.0.1:80"] {
 		t.Error("enable did not undo drain")

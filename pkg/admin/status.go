@@ -1,6 +1,10 @@
 package admin
 
-import "time"
+import (
+	"time"
+
+	"github.com/offloadlb/lb/pkg/cache"
+)
 
 // Status is the document served at /status.json. Counters are totals since
 // lb started (or since the backend was added); rates come from the
@@ -50,6 +54,8 @@ type PoolStatus struct {
 	Algorithm string          `json:"algorithm"`
 	Usable    int             `json:"usable"`
 	Backends  []BackendStatus `json:"backends"`
+	// Cache is the pool's response cache, if it has one.
+	Cache *cache.Stats `json:"cache,omitempty"`
 }
 
 // BackendStatus describes one backend.

@@ -118,6 +118,18 @@ type Health struct {
 type Cache struct {
 	MaxSize   Size `toml:"max_size"`
 	MaxObject Size `toml:"max_object"`
+	// Heuristic gives responses without explicit freshness a lifetime
+	// of a tenth of the time since their Last-Modified (at most a day).
+	Heuristic bool `toml:"heuristic"`
+	// StoreSetCookie stores responses that set cookies (every client
+	// then gets the same cookie).
+	StoreSetCookie bool `toml:"store_set_cookie"`
+	// IgnoreClientNoCache serves fresh entries to clients that ask for
+	// revalidation (Cache-Control: no-cache, max-age=0).
+	IgnoreClientNoCache bool `toml:"ignore_client_no_cache"`
+	// XCache adds X-Cache: HIT|MISS|STALE|REVALIDATED|BYPASS to responses
+	// (default true).
+	XCache bool `toml:"x_cache"`
 }
 
 // Backend is one server in a pool.

@@ -89,6 +89,9 @@ func (l *loader) applyDefaults() {
 		if pl.Cache != nil {
 			l.setSize(&pl.Cache.MaxSize, p+".cache.max_size", DefaultCacheMaxSize)
 			l.setSize(&pl.Cache.MaxObject, p+".cache.max_object", DefaultCacheMaxObject)
+			if !l.defined(p + ".cache.x_cache") {
+				pl.Cache.XCache = true
+			}
 		}
 		for j := range pl.Backends {
 			if !l.defined(fmt.Sprintf("%s.backend[%d].weight", p, j)) {

@@ -298,8 +298,15 @@ func (l *loader) validatePool(i int, pools map[string]int) {
 		l.errorf(p+".max_conns_per_backend", "must be 0 (unlimited) or more (got %d)", pl.MaxConnsPerBackend)
 	}
 	l.validateHealth(p+".health", &pl.Health)
-	if pl.Cache != nil {
-		l.errorf(p+".cache", "the response cache is not available in this version")
+	if c := pl.Cache; c != nil {
+		switch {
+		case c.MaxSize.Bytes <= 0:
+			l.errorf(p+".cache.max_size", "must be more than 0 (got %d)", c.MaxSize.Bytes)
+		case c.MaxObject.Bytes <= 0:
+			l.errorf(p+".cache.max_object", "must be more than 0 (got %d)", c.MaxObject.Bytes)
+		case c.MaxObject.Bytes > c.MaxSize.Bytes:
+			l.errorf(p+".cache.max_object", "is larger than max_size (%d > %d bytes)", c.MaxObject.Bytes, c.MaxSize.Bytes)
+		}
 	}
 	if len(pl.Backends) == 0 {
 		l.errorf(p, "pool %q has no [[pool.backend]]", pl.Name)

@@ -75,6 +75,7 @@ type Gauges struct {
 	ConnectionsActive func(listener string, n int64)
 	CertificateExpiry func(listener, subject string, notAfter time.Time)
 	CacheRequests     func(pool, result string, n uint64)
+	CacheSize         func(pool string, bytes int64, objects int)
 	AccessLogDropped  func(n uint64)
 }
 
@@ -234,7 +235,11 @@ var (
 	descExpiry = prometheus.NewDesc("lb_tls_certificate_expiry_seconds",
 		"Seconds until a served certificate expires (negative once it has).", []string{"listener", "subject"}, nil)
 	descCache = prometheus.NewDesc("lb_cache_requests_total",
-		"Cache lookups by pool and result (hit, miss, stale, bypass).", []string{"pool", "result"}, nil)
+		"Requests to pools with a cache by how the cache answered (hit, miss, stale, revalidated, bypass).", []string{"pool", "result"}, nil)
+	descCacheBytes = prometheus.NewDesc("lb_cache_bytes",
+		"Bytes held by a pool's cache (bodies, heads and bookkeeping).", []string{"pool"}, nil)
+	descCacheObjects = prometheus.NewDesc("lb_cache_objects",
+		"URLs held by a pool's cache.", []string{"pool"}, nil)
 	descTCPConns = prometheus.NewDesc("lb_tcp_connections_total",
 		"Connections tcp listeners proxied, by listener, pool and backend (empty for those that reached none).",
 		[]string{"listener", "pool", "backend"}, nil)
@@ -248,7 +253,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descExpiry, descCache, descDropped, descTCPConns, descTCPFailures, descTCPBytes} {
+	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descExpiry, descCache, descCacheBytes, descCacheObjects, descDropped, descTCPConns, descTCPFailures, descTCPBytes} {
 		ch <- d
 	}
 }
@@ -313,6 +318,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		},
 		CacheRequests: func(pool, result string, n uint64) {
 			ch <- prometheus.MustNewConstMetric(descCache, prometheus.CounterValue, float64(n), pool, result)
+		},
+		CacheSize: func(pool string, bytes int64, objects int) {
+			ch <- prometheus.MustNewConstMetric(descCacheBytes, prometheus.GaugeValue, float64(bytes), pool)
+			ch <- prometheus.MustNewConstMetric(descCacheObjects, prometheus.GaugeValue, float64(objects), pool)
 		},
 		AccessLogDropped: func(n uint64) {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n))

@@ -33,6 +33,8 @@ type bodyStream struct {
 	// closes.
 	up      *Upstream
 	backend *balancer.Backend
+	// tee, when set, gets a copy of the body as it passes, for the cache.
+	tee *cacheTee
 }
 
 var bodyStreamPool = sync.Pool{New: func() any { return new(bodyStream) }}
@@ -64,6 +66,14 @@ var (
 // Read implements io.Reader. Every read off the backend gets the response
 // timeout as an inactivity deadline.
 func (s *bodyStream) Read(p []byte) (int, error) {
+	n, err := s.read(p)
+	if s.tee != nil && n > 0 {
+		s.tee.add(p[:n])
+	}
+	return n, err
+}
+
+func (s *bodyStream) read(p []byte) (int, error) {
 	if s.done {
 		return 0, io.EOF
 	}
@@ -237,6 +247,9 @@ func (s *bodyStream) CloseWithError(writeErr error) error {
 	}
 	if s.up != nil {
 		s.up.finish(s.backend, s.err, true)
+	}
+	if s.tee != nil {
+		s.tee.end(s.done && s.err == nil)
 	}
 	*s = bodyStream{}
 	bodyStreamPool.Put(s)

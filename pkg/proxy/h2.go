@@ -64,6 +64,7 @@ func NewHTTP2(h *Handler, o HTTP2Options) *HTTP2 {
 		o.MaxStreams = DefaultMaxStreams
 	}
 	a := &HTTP2{h: h, o: o, conns: map[*h2Conn]struct{}{}}
+	a.workers.idle = workerIdle
 	a.ctxs.New = func() any { return new(fasthttp.RequestCtx) }
 	a.readers.New = func() any { return bufio.NewReaderSize(nil, o.MaxHead+512) }
 	return a

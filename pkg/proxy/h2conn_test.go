@@ -475,12 +475,12 @@ func TestHTTP2GoAway(t *testing.T) {
 // TestWorkerPoolReusesAndExpires: request goroutines are reused, and end
 // after workerIdle without work.
 func TestWorkerPoolReusesAndExpires(t *testing.T) {
-	old := workerIdle
-	workerIdle = 100 * time.Millisecond
-	defer func() { workerIdle = old }()
 	e := startEcho(t)
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
 	addr, a := h2Serve(t, hs, HTTP2Options{})
+	a.workers.mu.Lock()
+	a.workers.idle = 100 * time.Millisecond
+	a.workers.mu.Unlock()
 	r := dialH2(t, addr)
 	for i := range 20 {
 		id := uint32(2*i + 1)
@@ -490,7 +490,7 @@ func TestWorkerPoolReusesAndExpires(t *testing.T) {
 		}
 	}
 	a.workers.mu.Lock()
-	n := len(a.workers.idle)
+	n := len(a.workers.waiting)
 	a.workers.mu.Unlock()
 	if n != 1 {
 		t.Errorf("%d idle workers after 20 requests one at a time, want 1", n)
@@ -498,7 +498,7 @@ func TestWorkerPoolReusesAndExpires(t *testing.T) {
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		a.workers.mu.Lock()
-		n, cleaning := len(a.workers.idle), a.workers.cleaning
+		n, cleaning := len(a.workers.waiting), a.workers.cleaning
 		a.workers.mu.Unlock()
 		if n == 0 && !cleaning {
 			break

@@ -7,7 +7,7 @@ import (
 
 // workerIdle is how long a request goroutine waits for another request
 // before it ends.
-var workerIdle = 10 * time.Second
+const workerIdle = 10 * time.Second
 
 // workerPool runs HTTP/2 requests on goroutines it keeps for reuse. A
 // fresh goroutine per request would start with a small stack and grow it
@@ -15,8 +15,10 @@ var workerIdle = 10 * time.Second
 // request path needs. The most recently idle worker is used first, so that
 // a few hot ones do the work and the rest expire.
 type workerPool struct {
+	idle time.Duration // workerIdle; shorter in tests
+
 	mu       sync.Mutex
-	idle     []*worker // oldest first
+	waiting  []*worker // idle, oldest first
 	cleaning bool
 }
 
@@ -33,10 +35,10 @@ type h2Job struct {
 // run serves st on an idle worker, or on a new one.
 func (p *workerPool) run(c *h2Conn, st *h2Stream) {
 	p.mu.Lock()
-	if n := len(p.idle); n > 0 {
-		w := p.idle[n-1]
-		p.idle[n-1] = nil
-		p.idle = p.idle[:n-1]
+	if n := len(p.waiting); n > 0 {
+		w := p.waiting[n-1]
+		p.waiting[n-1] = nil
+		p.waiting = p.waiting[:n-1]
 		p.mu.Unlock()
 		w.jobs <- h2Job{c, st}
 		return
@@ -51,7 +53,7 @@ func (p *workerPool) work(w *worker, j h2Job) {
 		j = h2Job{}
 		w.since = time.Now()
 		p.mu.Lock()
-		p.idle = append(p.idle, w)
+		p.waiting = append(p.waiting, w)
 		if !p.cleaning {
 			p.cleaning = true
 			go p.clean()
@@ -61,20 +63,20 @@ func (p *workerPool) work(w *worker, j h2Job) {
 	}
 }
 
-// clean ends workers idle longer than workerIdle, while there are any.
+// clean ends workers idle longer than p.idle, while there are any.
 func (p *workerPool) clean() {
 	for {
-		time.Sleep(workerIdle / 2)
+		time.Sleep(p.idle / 2)
 		p.mu.Lock()
-		old := time.Now().Add(-workerIdle)
+		old := time.Now().Add(-p.idle)
 		n := 0
-		for n < len(p.idle) && p.idle[n].since.Before(old) {
-			p.idle[n].jobs <- h2Job{}
-			p.idle[n] = nil
+		for n < len(p.waiting) && p.waiting[n].since.Before(old) {
+			p.waiting[n].jobs <- h2Job{}
+			p.waiting[n] = nil
 			n++
 		}
-		p.idle = append(p.idle[:0], p.idle[n:]...)
-		if len(p.idle) == 0 {
+		p.waiting = append(p.waiting[:0], p.waiting[n:]...)
+		if len(p.waiting) == 0 {
 			p.cleaning = false
 			p.mu.Unlock()
 			return

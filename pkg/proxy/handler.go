@@ -153,7 +153,11 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	} else {
 		prepareRequest(ctx, l.TLS, mask)
 		var stream *bodyStream
-		b, attempts, stream, err = h.forward(ctx, t.Up)
+		if t.Up.Cache != nil {
+			b, attempts, stream, err = h.cached(ctx, t.Up, t.Up.Cache)
+		} else {
+			b, attempts, stream, err = h.forward(ctx, t.Up, maxBufferedBody)
+		}
 		if stream != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
 			closeDelimited(ctx)
 		}
@@ -231,13 +235,15 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *b
 
 // forward sends the request to a backend of up, retrying on others where
 // that is safe, and leaves the response (or an error response) in ctx.
-func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.Backend, attempts int, stream *bodyStream, lastErr error) {
+// Response bodies up to maxBuffered bytes are read whole; longer ones, and
+// those of unknown length, stream.
+func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream, maxBuffered int) (b *balancer.Backend, attempts int, stream *bodyStream, lastErr error) {
 	idempotent := isIdempotent(&ctx.Request.Header)
 	maxAge := IdleConnTimeout
 	if !idempotent {
 		maxAge = safeReuseAge
 	}
-	x := exchange{timeout: up.ResponseTimeout, maxBuffered: maxBufferedBody}
+	x := exchange{timeout: up.ResponseTimeout, maxBuffered: maxBuffered}
 	var tried balancer.Tried
 	for attempts <= up.Retries {
 		next, err := up.Pool.Acquire(&tried, up.QueueTimeout)

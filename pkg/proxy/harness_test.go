@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fasthttp/fasthttputil"
 
 	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/cache"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/health"
 	"github.com/offloadlb/lb/pkg/metrics"
@@ -47,6 +48,7 @@ type harnessOpts struct {
 	routes          []Route // Target nil means the harness's pool
 	health          *config.Health
 	listener        func(*Listener)
+	cache           *cache.Cache
 }
 
 func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *Upstream {
@@ -80,6 +82,7 @@ func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *Upst
 		Retries:         o.retries,
 		QueueTimeout:    time.Second,
 		ResponseTimeout: timeout,
+		Cache:           o.cache,
 	}
 	t.Cleanup(func() { up.Health.Stop(); up.Close() })
 	return up

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/cache"
 	"github.com/offloadlb/lb/pkg/health"
 )
 
@@ -27,6 +28,8 @@ type Upstream struct {
 	// ResponseTimeout bounds the wait for a response head, and each read
 	// of a streamed body.
 	ResponseTimeout time.Duration
+	// Cache is the pool's response cache; nil for none.
+	Cache *cache.Cache
 }
 
 // finish ends a request on b: frees its slot, counts it, and tells the

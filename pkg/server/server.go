@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/offloadlb/lb/pkg/cache"
 	"sync"
 	"time"
 
@@ -249,6 +250,34 @@ func (s *Server) SetBackendDrained(pool, addr string, drained bool) error {
 		}
 	}
 	return nil
+}
+
+// PurgeCache removes url, or everything, from a pool's cache.
+func (s *Server) PurgeCache(pool, url string) (int, error) {
+	s.mu.Lock()
+	pl := s.rt.pools[pool]
+	s.mu.Unlock()
+	if pl == nil {
+		return 0, fmt.Errorf("%w: no pool %q", admin.ErrNotFound, pool)
+	}
+	c := pl.up.Cache
+	if c == nil {
+		return 0, fmt.Errorf("%w: pool %q has no [pool.cache]", admin.ErrNotFound, pool)
+	}
+	if url == "" {
+		n := c.PurgeAll()
+		s.log.Info("cache purged", "pool", pool, "urls", n)
+		return n, nil
+	}
+	key, err := cache.KeyOf(url)
+	if err != nil {
+		return 0, err
+	}
+	if !c.Purge(key) {
+		return 0, nil
+	}
+	s.log.Info("cache purged", "pool", pool, "url", url)
+	return 1, nil
 }
 
 // terminatorFor builds a listener's TLS side, nil for plaintext.

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"github.com/offloadlb/lb/pkg/cache"
 	"time"
 
 	"github.com/offloadlb/lb/pkg/admin"
@@ -187,6 +188,19 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 		return nil, err
 	}
 	mon := health.NewMonitor(bp, pc.Health, s.log)
+	var c *cache.Cache
+	if cc := pc.Cache; cc != nil {
+		// A reload that leaves [pool.cache] as it was keeps what the
+		// cache holds.
+		if old != nil && old.up.Cache != nil && old.cfg.Cache != nil && *old.cfg.Cache == *cc {
+			c = old.up.Cache
+		} else {
+			c = cache.New(cc.MaxSize.Bytes, cc.MaxObject.Bytes, cache.Options{
+				Heuristic: cc.Heuristic, StoreSetCookie: cc.StoreSetCookie,
+				IgnoreClientNoCache: cc.IgnoreClientNoCache, XCache: cc.XCache,
+			})
+		}
+	}
 	return &pool{
 		cfg:   *pc,
 		added: added,
@@ -198,6 +212,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 			Retries:         pc.Retries,
 			QueueTimeout:    pc.ConnectTimeout.Duration,
 			ResponseTimeout: pc.ResponseTimeout.Duration,
+			Cache:           c,
 		},
 	}, nil
 }

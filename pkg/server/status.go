@@ -52,6 +52,10 @@ func (s *Server) Status() admin.Status {
 	for _, name := range s.rt.order {
 		p := s.rt.pools[name].up.Pool
 		ps := admin.PoolStatus{Name: p.Name, Algorithm: p.Algorithm, Usable: p.Usable()}
+		if c := s.rt.pools[name].up.Cache; c != nil {
+			st := c.Stats()
+			ps.Cache = &st
+		}
 		for _, b := range p.Backends {
 			bs := admin.BackendStatus{
 				Address:           b.Address,
@@ -108,6 +112,13 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 		for _, b := range s.rt.pools[name].up.Pool.Backends {
 			g.BackendUp(name, b.Address, b.Up())
 			g.BackendActive(name, b.Address, b.Active())
+		}
+		if c := s.rt.pools[name].up.Cache; c != nil {
+			st := c.Stats()
+			for r, n := range st.Results {
+				g.CacheRequests(name, strings.ToLower(r), n)
+			}
+			g.CacheSize(name, st.Bytes, st.Objects)
 		}
 	}
 	for _, l := range s.sortedListeners() {

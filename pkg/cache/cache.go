@@ -1,0 +1,411 @@
+// Package cache is lb's HTTP response cache, one per pool that has a
+// [pool.cache]: a shared cache by the rules of RFC 9111, held in memory,
+// bounded in bytes and evicting the least recently used, with variants by
+// Vary and collapsed forwarding of concurrent misses (Traffic Server's
+// read-while-writer). The proxy decides when to look up, store, revalidate
+// and serve stale; this package keeps the entries and the rules.
+package cache
+
+import (
+	"bytes"
+	"container/list"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Entry is one stored response. It is never changed once stored (a
+// revalidation stores a new one), so a reader needs no lock.
+type Entry struct {
+	Header fasthttp.ResponseHeader // without Age; hop-by-hop fields removed
+	Body   []byte
+	Fresh  Freshness
+	// RFC 9111 4.2.3's inputs.
+	Date, RequestTime, ResponseTime time.Time
+	AgeValue                        time.Duration
+
+	// Validators, copied out: a fasthttp header is not safe for
+	// concurrent reads (Peek writes a scratch buffer), so a stored entry's
+	// Header is only ever copied from.
+	etag, lastModified []byte
+
+	vary []varyField
+	size int64
+}
+
+type varyField struct {
+	name  string
+	value []byte
+}
+
+// entryOverhead approximates the memory an entry costs beyond its body
+// and head bytes.
+const entryOverhead = 512
+
+// NewEntry makes an entry of a response with head h and body, the answer
+// to req, sent at requestTime and received at responseTime, copying what
+// it keeps. The body may be set later, with SetBody, until the entry is
+// stored.
+func NewEntry(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, body []byte, f Freshness, requestTime, responseTime time.Time) *Entry {
+	e := &Entry{Fresh: f, RequestTime: requestTime, ResponseTime: responseTime}
+	h.CopyTo(&e.Header)
+	e.Header.Del("Age")
+	e.Date = httpDate(e.Header.Peek("Date"))
+	if a, err := strconv.ParseInt(string(h.Peek("Age")), 10, 64); err == nil && a > 0 {
+		e.AgeValue = time.Duration(a) * time.Second
+	}
+	for _, name := range bytes.Split(e.Header.Peek("Vary"), []byte(",")) {
+		if name = bytes.TrimSpace(name); len(name) > 0 {
+			e.vary = append(e.vary, varyField{name: string(name), value: append([]byte(nil), bytes.TrimSpace(req.Peek(string(name)))...)})
+		}
+	}
+	e.setValidators()
+	e.SetBody(append([]byte(nil), body...))
+	return e
+}
+
+func (e *Entry) setValidators() {
+	if v := e.Header.Peek("ETag"); len(v) > 0 {
+		e.etag = append([]byte(nil), v...)
+	}
+	if v := e.Header.Peek("Last-Modified"); len(v) > 0 {
+		e.lastModified = append([]byte(nil), v...)
+	}
+}
+
+// SetBody sets the body of an entry not yet stored; the entry keeps b.
+// The head's length fields are made to match it.
+func (e *Entry) SetBody(b []byte) {
+	e.Body = b
+	e.Header.SetContentLength(len(b))
+	e.size = int64(len(e.Body)+len(e.Header.Header())) + entryOverhead
+}
+
+// Refreshed is e updated by a 304 answer to a revalidation (RFC 9111
+// 4.3.4): the new head's fields replace the stored ones, the body stays.
+func (e *Entry) Refreshed(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, f Freshness, requestTime, responseTime time.Time) *Entry {
+	n := &Entry{Body: e.Body, Fresh: f, RequestTime: requestTime, ResponseTime: responseTime, vary: e.vary}
+	e.Header.CopyTo(&n.Header)
+	for k, v := range h.All() {
+		switch string(k) {
+		case "Content-Length", "Content-Type", "Age":
+			// The body's length and type are the stored ones; Age is
+			// computed.
+			continue
+		}
+		n.Header.SetBytesKV(k, v)
+	}
+	n.Date = httpDate(n.Header.Peek("Date"))
+	n.setValidators()
+	if a, err := strconv.ParseInt(string(h.Peek("Age")), 10, 64); err == nil && a > 0 {
+		n.AgeValue = time.Duration(a) * time.Second
+	}
+	n.size = e.size
+	return n
+}
+
+// CurrentAge is the entry's age at now.
+func (e *Entry) CurrentAge(now time.Time) time.Duration {
+	return Age(e.Date, e.AgeValue, e.RequestTime, e.ResponseTime, now)
+}
+
+// Staleness is how long past its freshness lifetime the entry is at now;
+// zero or less while fresh.
+func (e *Entry) Staleness(now time.Time) time.Duration {
+	return e.CurrentAge(now) - e.Fresh.Lifetime
+}
+
+// Validators returns the entry's ETag and Last-Modified (nil if none).
+func (e *Entry) Validators() (etag, lastModified []byte) {
+	return e.etag, e.lastModified
+}
+
+// WriteTo answers with the entry: its head with Age, and its body
+// (shared, not copied: it is never changed).
+func (e *Entry) WriteTo(resp *fasthttp.Response, now time.Time) {
+	resp.Reset()
+	e.Header.CopyTo(&resp.Header)
+	var buf [20]byte
+	resp.Header.SetCanonical(hAge, strconv.AppendInt(buf[:0], int64(e.CurrentAge(now)/time.Second), 10))
+	resp.SetBodyRaw(e.Body)
+}
+
+var hAge = []byte("Age")
+
+// Matches reports whether req selects this variant.
+func (e *Entry) Matches(req *fasthttp.RequestHeader) bool {
+	for _, f := range e.vary {
+		if !bytes.Equal(bytes.TrimSpace(req.Peek(f.name)), f.value) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameVariant: a and b answer the same requests.
+func sameVariant(a, b *Entry) bool {
+	if len(a.vary) != len(b.vary) {
+		return false
+	}
+	for i := range a.vary {
+		if a.vary[i].name != b.vary[i].name || !bytes.Equal(a.vary[i].value, b.vary[i].value) {
+			return false
+		}
+	}
+	return true
+}
+
+// maxVariants bounds the variants kept for one URL.
+const maxVariants = 16
+
+// object is what the cache keeps for one URL: its variants.
+type object struct {
+	key      string
+	variants []*Entry
+	size     int64
+}
+
+// Cache is one pool's cache.
+type Cache struct {
+	maxSize, maxObject int64
+	o                  Options
+
+	mu    sync.Mutex
+	lru   list.List // *object, most recently used first
+	objs  map[string]*list.Element
+	size  int64
+	fills map[string]*Fill
+
+	// Results counts lookups by result, for metrics and status.
+	Results [numResults]atomic.Uint64
+}
+
+// Result is how a request was answered, as X-Cache and metrics say.
+type Result int
+
+const (
+	Hit Result = iota
+	Miss
+	Stale
+	Revalidated
+	Bypass
+	numResults
+)
+
+var resultNames = [numResults]string{"HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"}
+
+func (r Result) String() string { return resultNames[r] }
+
+// New returns a cache holding at most maxSize bytes, entries of at most
+// maxObject bytes of body.
+func New(maxSize, maxObject int64, o Options) *Cache {
+	return &Cache{maxSize: maxSize, maxObject: maxObject, o: o, objs: map[string]*list.Element{}, fills: map[string]*Fill{}}
+}
+
+// Options returns the operator's choices.
+func (c *Cache) Options() Options { return c.o }
+
+// MaxObject is the largest body stored.
+func (c *Cache) MaxObject() int64 { return c.maxObject }
+
+// Resize applies new limits, evicting what no longer fits.
+func (c *Cache) Resize(maxSize, maxObject int64, o Options) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxSize, c.maxObject, c.o = maxSize, maxObject, o
+	c.evict()
+}
+
+// Get returns the variant of key that req selects, or nil.
+func (c *Cache) Get(key []byte, req *fasthttp.RequestHeader) *Entry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el := c.objs[string(key)]
+	if el == nil {
+		return nil
+	}
+	o := el.Value.(*object)
+	for _, e := range o.variants {
+		if e.Matches(req) {
+			c.lru.MoveToFront(el)
+			return e
+		}
+	}
+	return nil
+}
+
+// Put stores e under key, replacing the variant it stands for. Entries
+// larger than the object limit are not stored.
+func (c *Cache) Put(key []byte, e *Entry) bool {
+	if int64(len(e.Body)) > c.maxObject || e.size > c.maxSize {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el := c.objs[string(key)]
+	if el == nil {
+		el = c.lru.PushFront(&object{key: string(key)})
+		c.objs[string(key)] = el
+	} else {
+		c.lru.MoveToFront(el)
+	}
+	o := el.Value.(*object)
+	replaced := false
+	for i, old := range o.variants {
+		if sameVariant(old, e) {
+			o.size -= old.size
+			c.size -= old.size
+			o.variants[i] = e
+			replaced = true
+			break
+		}
+	}
+	if !replaced {
+		if len(o.variants) >= maxVariants {
+			old := o.variants[0]
+			o.size -= old.size
+			c.size -= old.size
+			o.variants = append(o.variants[:0], o.variants[1:]...)
+		}
+		o.variants = append(o.variants, e)
+	}
+	o.size += e.size
+	c.size += e.size
+	c.evict()
+	return true
+}
+
+// evict drops least recently used objects until the cache fits.
+func (c *Cache) evict() {
+	for c.size > c.maxSize {
+		el := c.lru.Back()
+		if el == nil {
+			return
+		}
+		c.remove(el)
+	}
+}
+
+func (c *Cache) remove(el *list.Element) {
+	o := el.Value.(*object)
+	c.lru.Remove(el)
+	delete(c.objs, o.key)
+	c.size -= o.size
+}
+
+// Purge removes every variant of key; false if there was none.
+func (c *Cache) Purge(key []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el := c.objs[string(key)]
+	if el == nil {
+		return false
+	}
+	c.remove(el)
+	return true
+}
+
+// PurgeAll empties the cache and returns how many URLs it held.
+func (c *Cache) PurgeAll() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := len(c.objs)
+	c.lru.Init()
+	clear(c.objs)
+	c.size = 0
+	return n
+}
+
+// Stats are a cache's size and use.
+type Stats struct {
+	MaxSize   int64             `json:"max_size"`
+	MaxObject int64             `json:"max_object"`
+	Bytes     int64             `json:"bytes"`
+	Objects   int               `json:"objects"`
+	Results   map[string]uint64 `json:"results"`
+}
+
+// Stats returns the cache's size now and its results so far.
+func (c *Cache) Stats() Stats {
+	c.mu.Lock()
+	s := Stats{MaxSize: c.maxSize, MaxObject: c.maxObject, Bytes: c.size, Objects: len(c.objs), Results: map[string]uint64{}}
+	c.mu.Unlock()
+	for r := range numResults {
+		s.Results[resultNames[r]] = c.Results[r].Load()
+	}
+	return s
+}
+
+// Count records how a request was answered.
+func (c *Cache) Count(r Result) { c.Results[r].Add(1) }
+
+// Key appends the cache key of a request to dst: host and request target.
+func Key(dst, host, uri []byte) []byte {
+	dst = append(dst, host...)
+	dst = append(dst, ' ')
+	return append(dst, uri...)
+}
+
+// KeyOf is the key of a URL given to purge: "https://host/path?q",
+// "http://host/path" or "host/path" (the host as clients send it in Host,
+// with the port if they send one).
+func KeyOf(url string) ([]byte, error) {
+	for _, scheme := range []string{"https://", "http://"} {
+		url = strings.TrimPrefix(url, scheme)
+	}
+	host, path, ok := strings.Cut(url, "/")
+	if !ok || host == "" {
+		return nil, fmt.Errorf("url %q: want host/path, as in https://www.example.com/page", url)
+	}
+	return Key(nil, []byte(host), []byte("/"+path)), nil
+}
+
+// Fill is a miss being fetched from the origin; requests for the same
+// key wait for it rather than fetch it again.
+type Fill struct {
+	done  chan struct{}
+	entry *Entry
+}
+
+// StartFill registers a fetch of key. leader is true for the request that
+// must fetch; the others get the leader's Fill to Wait on.
+func (c *Cache) StartFill(key []byte) (f *Fill, leader bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.fills[string(key)]; f != nil {
+		return f, false
+	}
+	f = &Fill{done: make(chan struct{})}
+	c.fills[string(key)] = f
+	return f, true
+}
+
+// EndFill ends the leader's fetch; e is what was stored, nil if nothing
+// was (the waiters then fetch for themselves).
+func (c *Cache) EndFill(key []byte, f *Fill, e *Entry) {
+	c.mu.Lock()
+	if c.fills[string(key)] == f {
+		delete(c.fills, string(key))
+	}
+	c.mu.Unlock()
+	f.entry = e
+	close(f.done)
+}
+
+// Wait waits at most timeout for the fill and returns what it stored, or
+// nil.
+func (f *Fill) Wait(timeout time.Duration) *Entry {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-f.done:
+		return f.entry
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,288 @@
+package cache
+
+import (
+	"bytes"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// The rules of RFC 9111 for a shared cache: what a request asks of the
+// cache, whether a response may be stored, and for how long it is fresh.
+
+// RequestControl is what a request's method and Cache-Control ask.
+type RequestControl struct {
+	// Lookup: the request may be answered from the cache (GET or HEAD,
+	// no Range, no no-store).
+	Lookup bool
+	// Store: its response may be stored (GET, no no-store).
+	Store bool
+	// Revalidate: the client asked for a validated answer (no-cache,
+	// max-age=0, Pragma: no-cache) and the cache honours it.
+	Revalidate bool
+	// OnlyIfCached: answer 504 rather than go to the origin.
+	OnlyIfCached bool
+	// MaxAge, MaxStale and MinFresh are the client's limits; -1 for
+	// none. MaxStale is 1<<62 for "max-stale" without a value.
+	MaxAge, MaxStale, MinFresh int64
+	// Authorization: the response may be stored only if it says so.
+	Authorization bool
+}
+
+// ParseRequest reads what h asks of the cache. ignoreNoCache makes
+// no-cache and max-age=0 from clients count for nothing, as operators
+// often want in front of their own sites.
+func ParseRequest(h *fasthttp.RequestHeader, ignoreNoCache bool) RequestControl {
+	rc := RequestControl{MaxAge: -1, MaxStale: -1, MinFresh: -1}
+	get, head := h.IsGet(), h.IsHead()
+	if !get && !head {
+		return rc
+	}
+	rc.Lookup, rc.Store = true, get
+	if len(h.Peek("Range")) > 0 {
+		rc.Lookup, rc.Store = false, false
+	}
+	rc.Authorization = len(h.Peek("Authorization")) > 0
+	noCache := false
+	directives(h.Peek("Cache-Control"), func(name, value []byte) {
+		switch string(name) {
+		case "no-store":
+			rc.Lookup, rc.Store = false, false
+		case "no-cache":
+			noCache = true
+		case "only-if-cached":
+			rc.OnlyIfCached = true
+		case "max-age":
+			rc.MaxAge = seconds(value)
+			if rc.MaxAge == 0 {
+				noCache = true
+			}
+		case "max-stale":
+			if len(value) == 0 {
+				rc.MaxStale = 1 << 62
+			} else {
+				rc.MaxStale = seconds(value)
+			}
+		case "min-fresh":
+			rc.MinFresh = seconds(value)
+		}
+	})
+	if len(h.Peek("Cache-Control")) == 0 && bytes.Contains(h.Peek("Pragma"), []byte("no-cache")) {
+		noCache = true // RFC 9111 5.4, for HTTP/1.0 clients
+	}
+	if noCache && !ignoreNoCache {
+		rc.Revalidate = true
+	}
+	if ignoreNoCache {
+		rc.MaxAge = -1
+	}
+	return rc
+}
+
+// Freshness is what a response allows a shared cache.
+type Freshness struct {
+	// Storable, or Why not.
+	Storable bool
+	Why      string
+	// Lifetime is the freshness lifetime (RFC 9111 4.2.1).
+	Lifetime time.Duration
+	// NoCache: stored, but revalidated before every use.
+	NoCache bool
+	// MustRevalidate: never served stale (must-revalidate,
+	// proxy-revalidate, s-maxage).
+	MustRevalidate bool
+	// StaleWhileRevalidate and StaleIfError are the RFC 5861 windows.
+	StaleWhileRevalidate, StaleIfError time.Duration
+}
+
+// Options are the operator's choices that the rules leave open.
+type Options struct {
+	// Heuristic allows a lifetime of a tenth of the time since
+	// Last-Modified (at most a day) for responses without one.
+	Heuristic bool
+	// StoreSetCookie allows storing responses that set cookies: every
+	// client then gets the same cookie.
+	StoreSetCookie bool
+	// IgnoreClientNoCache: see ParseRequest.
+	IgnoreClientNoCache bool
+	// XCache: responses say how the cache answered them.
+	XCache bool
+}
+
+// heuristicMax caps a heuristic lifetime.
+const heuristicMax = 24 * time.Hour
+
+// Evaluate decides whether resp, the answer to a request rc describes,
+// may be stored, and for how long it is fresh. now is when it arrived.
+func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o Options) Freshness {
+	var f Freshness
+	if !rc.Store {
+		f.Why = "request"
+		return f
+	}
+	code := resp.StatusCode()
+	var (
+		maxAge, sMaxAge       int64 = -1, -1
+		private               bool
+		noStore, mustReval    bool
+		swr, sie              int64 = -1, -1
+		explicit, heuristicOK bool
+		public                bool
+	)
+	directives(resp.Peek("Cache-Control"), func(name, value []byte) {
+		switch string(name) {
+		case "max-age":
+			maxAge = seconds(value)
+		case "s-maxage":
+			sMaxAge = seconds(value)
+		case "public":
+			public = true // allows storing what Authorization would forbid
+		case "private":
+			private = true
+		case "no-store":
+			noStore = true
+		case "no-cache":
+			f.NoCache = true
+		case "must-revalidate", "proxy-revalidate":
+			mustReval = true
+		case "stale-while-revalidate":
+			swr = seconds(value)
+		case "stale-if-error":
+			sie = seconds(value)
+		}
+	})
+	switch {
+	case noStore:
+		f.Why = "no-store"
+		return f
+	case private:
+		f.Why = "private"
+		return f
+	case rc.Authorization && !public && !mustReval && sMaxAge < 0:
+		// RFC 9111 3.5.
+		f.Why = "authorization"
+		return f
+	case len(resp.Peek("Set-Cookie")) > 0 && !o.StoreSetCookie:
+		f.Why = "set-cookie"
+		return f
+	case bytes.Contains(resp.Peek("Vary"), []byte("*")):
+		f.Why = "vary *"
+		return f
+	case code == fasthttp.StatusPartialContent || len(resp.Peek("Content-Range")) > 0:
+		f.Why = "partial"
+		return f
+	}
+	switch code {
+	case 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501:
+		heuristicOK = true // RFC 9110 15.1
+	}
+	date := httpDate(resp.Peek("Date"))
+	if date.IsZero() {
+		date = now
+	}
+	switch {
+	case sMaxAge >= 0:
+		f.Lifetime, explicit, mustReval = time.Duration(sMaxAge)*time.Second, true, true
+	case maxAge >= 0:
+		f.Lifetime, explicit = time.Duration(maxAge)*time.Second, true
+	case len(resp.Peek("Expires")) > 0:
+		explicit = true
+		if exp := httpDate(resp.Peek("Expires")); exp.After(date) {
+			f.Lifetime = exp.Sub(date)
+		} // an invalid or past Expires means already stale
+	case heuristicOK && o.Heuristic:
+		if lm := httpDate(resp.Peek("Last-Modified")); !lm.IsZero() && lm.Before(date) {
+			f.Lifetime, explicit = min(date.Sub(lm)/10, heuristicMax), true
+		}
+	}
+	if !explicit && !f.NoCache {
+		f.Why = "no freshness"
+		return f
+	}
+	if code >= 500 && code != fasthttp.StatusNotImplemented {
+		// Storable with explicit freshness by the rules, but a cache
+		// that keeps an outage's answers keeps the outage.
+		f.Why = "status"
+		return f
+	}
+	f.Storable = true
+	f.MustRevalidate = mustReval
+	if !mustReval {
+		if swr > 0 {
+			f.StaleWhileRevalidate = time.Duration(swr) * time.Second
+		}
+		if sie > 0 {
+			f.StaleIfError = time.Duration(sie) * time.Second
+		}
+	}
+	return f
+}
+
+// Age computes a stored response's current age (RFC 9111 4.2.3).
+func Age(dateValue time.Time, ageValue time.Duration, requestTime, responseTime, now time.Time) time.Duration {
+	apparent := max(0, responseTime.Sub(dateValue))
+	if dateValue.IsZero() {
+		apparent = 0
+	}
+	corrected := ageValue + responseTime.Sub(requestTime)
+	return max(apparent, corrected) + now.Sub(responseTime)
+}
+
+// directives calls f with each directive of a Cache-Control value, the
+// name in lower case and the value unquoted ("" when none).
+func directives(v []byte, f func(name, value []byte)) {
+	var lower [32]byte
+	for len(v) > 0 {
+		var d []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			d, v = v[:i], v[i+1:]
+		} else {
+			d, v = v, nil
+		}
+		d = bytes.TrimSpace(d)
+		if len(d) == 0 {
+			continue
+		}
+		name, value := d, []byte(nil)
+		if i := bytes.IndexByte(d, '='); i >= 0 {
+			name, value = bytes.TrimSpace(d[:i]), bytes.Trim(bytes.TrimSpace(d[i+1:]), `"`)
+		}
+		if len(name) > len(lower) {
+			continue
+		}
+		n := lower[:len(name)]
+		for i, c := range name {
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			n[i] = c
+		}
+		f(n, value)
+	}
+}
+
+// seconds parses a delta-seconds value; a bad one counts as 0 (RFC 9111
+// 1.2.2: treat an invalid max-age as stale), a huge one is capped.
+func seconds(v []byte) int64 {
+	n, err := strconv.ParseInt(string(v), 10, 64)
+	if err != nil {
+		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange && len(v) > 0 && v[0] != '-' {
+			return 1<<31 - 1
+		}
+		return 0
+	}
+	return min(max(n, 0), 1<<31-1)
+}
+
+// httpDate parses an HTTP date; the zero time when v is not one.
+func httpDate(v []byte) time.Time {
+	if len(v) == 0 {
+		return time.Time{}
+	}
+	t, err := fasthttp.ParseHTTPDate(v)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}

@@ -1,0 +1,108 @@
+package cache
+
+import (
+	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// httpFmt is an HTTP date (net/http.TimeFormat).
+const httpFmt = "Mon, 02 Jan 2006 15:04:05 GMT"
+
+func TestAge(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name                   string
+		date                   time.Time
+		ageValue               time.Duration
+		request, response, now time.Time
+		want                   time.Duration
+	}{
+		{"fresh from the origin", t0, 0, t0, t0, t0.Add(10 * time.Second), 10 * time.Second},
+		{"Age from an upstream cache", t0, 30 * time.Second, t0, t0, t0, 30 * time.Second},
+		{"Date in the past (apparent age)", t0.Add(-20 * time.Second), 0, t0, t0, t0, 20 * time.Second},
+		{"response delay added to Age", t0, 5 * time.Second, t0, t0.Add(2 * time.Second), t0.Add(2 * time.Second), 7 * time.Second},
+		{"Date in the future counts as 0", t0.Add(time.Hour), 0, t0, t0, t0, 0},
+		{"no Date", time.Time{}, 0, t0, t0, t0.Add(time.Second), time.Second},
+	} {
+		if got := Age(tc.date, tc.ageValue, tc.request, tc.response, tc.now); got != tc.want {
+			t.Errorf("%s: age %s, want %s", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestEvaluate(t *testing.T) {
+	now := time.Now()
+	rc := RequestControl{Lookup: true, Store: true, MaxAge: -1, MaxStale: -1, MinFresh: -1}
+	for _, tc := range []struct {
+		name     string
+		code     int
+		hdr      []string
+		o        Options
+		storable bool
+		lifetime time.Duration
+	}{
+		{"max-age", 200, []string{"Cache-Control", "max-age=60"}, Options{}, true, time.Minute},
+		{"s-maxage wins", 200, []string{"Cache-Control", "max-age=10, s-maxage=30"}, Options{}, true, 30 * time.Second},
+		{"quoted and upper case", 200, []string{"Cache-Control", `MAX-AGE="45"`}, Options{}, true, 45 * time.Second},
+		{"invalid max-age is stale", 200, []string{"Cache-Control", "max-age=abc"}, Options{}, true, 0},
+		{"huge max-age is capped", 200, []string{"Cache-Control", "max-age=99999999999999999999"}, Options{}, true, (1<<31 - 1) * time.Second},
+		{"Expires minus Date", 200, []string{"Date", now.UTC().Format(httpFmt), "Expires", now.Add(90 * time.Second).UTC().Format(httpFmt)}, Options{}, true, 90 * time.Second},
+		{"invalid Expires is stale", 200, []string{"Expires", "0"}, Options{}, true, 0},
+		{"no-store", 200, []string{"Cache-Control", "max-age=60, no-store"}, Options{}, false, 0},
+		{"private", 200, []string{"Cache-Control", "private, max-age=60"}, Options{}, false, 0},
+		{"nothing explicit", 200, nil, Options{}, false, 0},
+		{"heuristic without Last-Modified", 200, nil, Options{Heuristic: true}, false, 0},
+		{"heuristic", 200, []string{"Date", now.UTC().Format(httpFmt), "Last-Modified", now.Add(-100 * time.Second).UTC().Format(httpFmt)}, Options{Heuristic: true}, true, 10 * time.Second},
+		{"heuristic capped at a day", 200, []string{"Last-Modified", now.Add(-1000 * 24 * time.Hour).UTC().Format(httpFmt)}, Options{Heuristic: true}, true, 24 * time.Hour},
+		{"heuristic not for 302", 302, []string{"Last-Modified", now.Add(-time.Hour).UTC().Format(httpFmt)}, Options{Heuristic: true}, false, 0},
+		{"302 with max-age", 302, []string{"Cache-Control", "max-age=60"}, Options{}, true, time.Minute},
+		{"503 with max-age", 503, []string{"Cache-Control", "max-age=60"}, Options{}, false, 0},
+		{"206", 206, []string{"Cache-Control", "max-age=60"}, Options{}, false, 0},
+		{"Vary *", 200, []string{"Cache-Control", "max-age=60", "Vary", "*"}, Options{}, false, 0},
+		{"no-cache alone: stored, always revalidated", 200, []string{"Cache-Control", "no-cache", "ETag", `"x"`}, Options{}, true, 0},
+	} {
+		var h fasthttp.ResponseHeader
+		h.SetStatusCode(tc.code)
+		for i := 0; i+1 < len(tc.hdr); i += 2 {
+			h.Set(tc.hdr[i], tc.hdr[i+1])
+		}
+		f := Evaluate(rc, &h, now, tc.o)
+		if f.Storable != tc.storable || (tc.storable && (f.Lifetime-tc.lifetime).Abs() > time.Second) {
+			t.Errorf("%s: storable %v (%s), lifetime %s; want %v, %s", tc.name, f.Storable, f.Why, f.Lifetime, tc.storable, tc.lifetime)
+		}
+	}
+}
+
+func TestParseRequest(t *testing.T) {
+	for _, tc := range []struct {
+		method, cc, pragma string
+		ignore             bool
+		lookup, revalidate bool
+		maxStale           int64
+	}{
+		{"GET", "", "", false, true, false, -1},
+		{"POST", "", "", false, false, false, -1},
+		{"GET", "no-store", "", false, false, false, -1},
+		{"GET", "no-cache", "", false, true, true, -1},
+		{"GET", "max-age=0", "", false, true, true, -1},
+		{"GET", "", "no-cache", false, true, true, -1},
+		{"GET", "no-cache", "", true, true, false, -1},
+		{"GET", "max-stale", "", false, true, false, 1 << 62},
+		{"GET", "max-stale=30", "", false, true, false, 30},
+	} {
+		var h fasthttp.RequestHeader
+		h.SetMethod(tc.method)
+		if tc.cc != "" {
+			h.Set("Cache-Control", tc.cc)
+		}
+		if tc.pragma != "" {
+			h.Set("Pragma", tc.pragma)
+		}
+		rc := ParseRequest(&h, tc.ignore)
+		if rc.Lookup != tc.lookup || rc.Revalidate != tc.revalidate || rc.MaxStale != tc.maxStale {
+			t.Errorf("%s cc=%q pragma=%q ignore=%v: %+v", tc.method, tc.cc, tc.pragma, tc.ignore, rc)
+		}
+	}
+}

@@ -1,0 +1,329 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/cache"
+)
+
+// The response cache in the request path: after routing, before a
+// backend is picked, so that a hit costs no pick and no backend
+// connection. HTTP/1.1 and HTTP/2 clients share it (both come through
+// Serve).
+
+var (
+	hXCache         = []byte("X-Cache")
+	hIfNoneMatch    = []byte("If-None-Match")
+	hIfModifiedSnc  = []byte("If-Modified-Since")
+	xCacheValues    [5][]byte
+	cacheKeyBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+)
+
+func init() {
+	for r := cache.Hit; r <= cache.Bypass; r++ {
+		xCacheValues[r] = []byte(r.String())
+	}
+}
+
+// cached answers a request through the pool's cache: a fresh entry is
+// served as it is; a stale one is revalidated with the backend (or served
+// while it is, within stale-while-revalidate; or instead of an error,
+// within stale-if-error); a miss is fetched once for all the requests that
+// want it at the same moment, and stored when the rules allow.
+func (h *Handler) cached(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
+	req := &ctx.Request.Header
+	o := c.Options()
+	rc := cache.ParseRequest(req, o.IgnoreClientNoCache)
+	kp := cacheKeyBufPool.Get().(*[]byte)
+	key := cache.Key((*kp)[:0], ctx.Host(), req.RequestURI())
+	defer func() {
+		*kp = key[:0]
+		cacheKeyBufPool.Put(kp)
+	}()
+	if !rc.Lookup {
+		b, attempts, stream, err = h.forward(ctx, up, maxBufferedBody)
+		if !req.IsGet() && !req.IsHead() && err == nil && ctx.Response.StatusCode() < 400 {
+			// A successful unsafe request invalidates what is stored
+			// for its URL (RFC 9111 section 4.4).
+			c.Purge(key)
+		}
+		result(ctx, c, cache.Bypass)
+		return b, attempts, stream, err
+	}
+	now := time.Now()
+	e := c.Get(key, req)
+	if e == nil {
+		if rc.OnlyIfCached {
+			errorResponse(ctx, fasthttp.StatusGatewayTimeout)
+			result(ctx, c, cache.Miss)
+			return nil, 0, nil, nil
+		}
+		return h.miss(ctx, up, c, key, rc)
+	}
+	stale := e.Staleness(now)
+	usable := !e.Fresh.NoCache && !rc.Revalidate
+	switch {
+	case usable && stale <= 0 && (rc.MaxAge < 0 || e.CurrentAge(now) <= seconds(rc.MaxAge)) && (rc.MinFresh < 0 || -stale >= seconds(rc.MinFresh)):
+		serveEntry(ctx, c, e, now, cache.Hit)
+		return nil, 0, nil, nil
+	case usable && stale > 0 && !e.Fresh.MustRevalidate && rc.MaxStale >= 0 && stale <= seconds(rc.MaxStale):
+		// The client accepts this much staleness.
+		serveEntry(ctx, c, e, now, cache.Stale)
+		return nil, 0, nil, nil
+	case usable && stale > 0 && stale <= e.Fresh.StaleWhileRevalidate:
+		serveEntry(ctx, c, e, now, cache.Stale)
+		h.revalidateLater(ctx, up, c, key, e, rc)
+		return nil, 0, nil, nil
+	}
+	return h.revalidate(ctx, up, c, key, e, rc)
+}
+
+func seconds(n int64) time.Duration { return time.Duration(n) * time.Second }
+
+// miss fetches a response no entry has. The first request for a key
+// fetches it; the others wait for that one (at most the pool's response
+// timeout) and share what it stored, or fetch for themselves when it
+// stored nothing they can use.
+func (h *Handler) miss(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, key []byte, rc cache.RequestControl) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
+	f, leader := c.StartFill(key)
+	if !leader {
+		if e := f.Wait(up.ResponseTimeout); e != nil && e.Matches(&ctx.Request.Header) {
+			serveEntry(ctx, c, e, time.Now(), cache.Hit)
+			return nil, 0, nil, nil
+		}
+		f = nil
+	}
+	return h.fetch(ctx, up, c, key, rc, f)
+}
+
+// fetch forwards the request and keeps the response when it may; fill,
+// if not nil, is ended with what was kept.
+func (h *Handler) fetch(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, key []byte, rc cache.RequestControl, fill *cache.Fill) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
+	sent := time.Now()
+	b, attempts, stream, err = h.forward(ctx, up, maxBufferedBody)
+	if err == nil {
+		keep(ctx, c, key, rc, sent, fill, stream)
+	} else if fill != nil {
+		c.EndFill(key, fill, nil)
+	}
+	result(ctx, c, cache.Miss)
+	return b, attempts, stream, err
+}
+
+// keep stores the response in ctx when the rules allow: at once when its
+// body was read whole, or as it streams to the client (a copy of at most
+// max_object bytes, stored once the body has ended cleanly; a longer body
+// is not stored). fill, if not nil, is ended with what was stored. It
+// reports whether the response may be stored.
+func keep(ctx *fasthttp.RequestCtx, c *cache.Cache, key []byte, rc cache.RequestControl, sent time.Time, fill *cache.Fill, stream *bodyStream) bool {
+	now := time.Now()
+	resp := &ctx.Response
+	f := cache.Evaluate(rc, &resp.Header, now, c.Options())
+	var stored *cache.Entry
+	switch {
+	case !f.Storable:
+	case stream == nil:
+		e := cache.NewEntry(&ctx.Request.Header, &resp.Header, resp.Body(), f, sent, now)
+		if c.Put(key, e) {
+			stored = e
+		}
+	case stream.tee == nil && int64(resp.Header.ContentLength()) <= c.MaxObject():
+		e := cache.NewEntry(&ctx.Request.Header, &resp.Header, nil, f, sent, now)
+		stream.tee = &cacheTee{c: c, key: append([]byte(nil), key...), e: e, fill: fill}
+		return true // the tee ends the fill
+	}
+	if fill != nil {
+		c.EndFill(key, fill, stored)
+	}
+	return f.Storable
+}
+
+// cacheTee keeps a copy of a streamed body for the cache.
+type cacheTee struct {
+	c    *cache.Cache
+	key  []byte
+	e    *cache.Entry
+	fill *cache.Fill
+	buf  []byte
+	over bool
+}
+
+func (t *cacheTee) add(p []byte) {
+	if t.over {
+		return
+	}
+	if int64(len(t.buf)+len(p)) > t.c.MaxObject() {
+		t.over, t.buf = true, nil
+		return
+	}
+	t.buf = append(t.buf, p...)
+}
+
+// end stores the entry if the body arrived whole.
+func (t *cacheTee) end(whole bool) {
+	var stored *cache.Entry
+	if whole && !t.over {
+		t.e.SetBody(t.buf)
+		if t.c.Put(t.key, t.e) {
+			stored = t.e
+		}
+	}
+	if t.fill != nil {
+		t.c.EndFill(t.key, t.fill, stored)
+	}
+}
+
+// revalidate asks the backend whether a stale entry still holds, with
+// the entry's validators: a 304 refreshes and serves it, a new response
+// replaces it, and a failure is answered with the entry within its
+// stale-if-error window.
+func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, key []byte, e *cache.Entry, rc cache.RequestControl) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
+	etag, lastMod := e.Validators()
+	if etag == nil && lastMod == nil {
+		return h.miss(ctx, up, c, key, rc)
+	}
+	req := &ctx.Request.Header
+	// The client's own conditions are judged by lb against the entry
+	// once it is fresh again; the backend gets the entry's.
+	clientINM := append([]byte(nil), req.PeekBytes(hIfNoneMatch)...)
+	clientIMS := append([]byte(nil), req.PeekBytes(hIfModifiedSnc)...)
+	setValidators(req, etag, lastMod)
+	sent := time.Now()
+	b, attempts, stream, err = h.forward(ctx, up, maxBufferedBody)
+	now := time.Now()
+	code := ctx.Response.StatusCode()
+	switch {
+	case err == nil && code == fasthttp.StatusNotModified:
+		n := e.Refreshed(req, &ctx.Response.Header, e.Fresh, sent, now)
+		n.Fresh = cache.Evaluate(rc, &n.Header, now, c.Options())
+		if n.Fresh.Storable {
+			c.Put(key, n)
+		} else {
+			c.Purge(key)
+		}
+		restoreConditions(req, clientINM, clientIMS)
+		serveEntry(ctx, c, n, now, cache.Revalidated)
+		return b, attempts, nil, nil
+	case (err != nil || code >= 500) && e.Staleness(now) <= e.Fresh.StaleIfError:
+		// serveEntry resets the response, which closes a streamed body
+		// and frees its backend.
+		restoreConditions(req, clientINM, clientIMS)
+		serveEntry(ctx, c, e, now, cache.Stale)
+		return b, attempts, nil, nil
+	}
+	if err == nil && !keep(ctx, c, key, rc, sent, nil, stream) {
+		c.Purge(key) // replaced by an answer that may not be stored
+	}
+	result(ctx, c, cache.Miss)
+	return b, attempts, stream, err
+}
+
+func setValidators(req *fasthttp.RequestHeader, etag, lastMod []byte) {
+	req.DelBytes(hIfNoneMatch)
+	req.DelBytes(hIfModifiedSnc)
+	if etag != nil {
+		req.SetCanonical(hIfNoneMatch, etag)
+	}
+	if lastMod != nil {
+		req.SetCanonical(hIfModifiedSnc, lastMod)
+	}
+}
+
+func restoreConditions(req *fasthttp.RequestHeader, inm, ims []byte) {
+	req.DelBytes(hIfNoneMatch)
+	req.DelBytes(hIfModifiedSnc)
+	if len(inm) > 0 {
+		req.SetCanonical(hIfNoneMatch, inm)
+	}
+	if len(ims) > 0 {
+		req.SetCanonical(hIfModifiedSnc, ims)
+	}
+}
+
+// revalidateLater revalidates e in the background (stale-while-
+// revalidate), once per key at a time.
+func (h *Handler) revalidateLater(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, key []byte, e *cache.Entry, rc cache.RequestControl) {
+	f, leader := c.StartFill(key)
+	if !leader {
+		return // already under way
+	}
+	bg := new(fasthttp.RequestCtx)
+	bg.Init(&ctx.Request, ctx.RemoteAddr(), nil)
+	k := append([]byte(nil), key...)
+	go func() {
+		req := &bg.Request.Header
+		etag, lastMod := e.Validators()
+		setValidators(req, etag, lastMod)
+		sent := time.Now()
+		_, _, stream, err := h.forward(bg, up, maxBufferedBody)
+		now := time.Now()
+		switch {
+		case err != nil:
+			c.EndFill(k, f, nil)
+		case bg.Response.StatusCode() == fasthttp.StatusNotModified:
+			var stored *cache.Entry
+			n := e.Refreshed(req, &bg.Response.Header, e.Fresh, sent, now)
+			if n.Fresh = cache.Evaluate(rc, &n.Header, now, c.Options()); n.Fresh.Storable && c.Put(k, n) {
+				stored = n
+			}
+			c.EndFill(k, f, stored)
+		case bg.Response.StatusCode() < 500:
+			keep(bg, c, k, rc, sent, f, stream)
+			if stream != nil {
+				io.Copy(io.Discard, stream) //nolint:errcheck // the tee keeps what arrives
+			}
+		default:
+			c.EndFill(k, f, nil)
+		}
+		bg.Response.Reset() // closes a stream: frees the backend
+	}()
+}
+
+// serveEntry answers with e, or with 304 when the client's conditions
+// (If-None-Match, If-Modified-Since) hold for it.
+func serveEntry(ctx *fasthttp.RequestCtx, c *cache.Cache, e *cache.Entry, now time.Time, r cache.Result) {
+	e.WriteTo(&ctx.Response, now)
+	if notModified(&ctx.Request.Header, e) {
+		ctx.Response.SetStatusCode(fasthttp.StatusNotModified)
+		ctx.Response.SkipBody = true
+	}
+	result(ctx, c, r)
+}
+
+// notModified evaluates a client's conditional GET against an entry
+// (RFC 9110 section 13.1): If-None-Match first, then If-Modified-Since.
+func notModified(req *fasthttp.RequestHeader, e *cache.Entry) bool {
+	etag, lastMod := e.Validators()
+	if inm := req.PeekBytes(hIfNoneMatch); len(inm) > 0 {
+		if len(etag) == 0 {
+			return false
+		}
+		for _, t := range bytes.Split(inm, []byte(",")) {
+			t = bytes.TrimSpace(t)
+			if string(t) == "*" || bytes.Equal(bytes.TrimPrefix(t, []byte("W/")), bytes.TrimPrefix(etag, []byte("W/"))) {
+				return true
+			}
+		}
+		return false
+	}
+	if ims := req.PeekBytes(hIfModifiedSnc); len(ims) > 0 && len(lastMod) > 0 {
+		since, err1 := fasthttp.ParseHTTPDate(ims)
+		mod, err2 := fasthttp.ParseHTTPDate(lastMod)
+		return err1 == nil && err2 == nil && !mod.After(since)
+	}
+	return false
+}
+
+// result counts how the request was answered and says so in X-Cache.
+func result(ctx *fasthttp.RequestCtx, c *cache.Cache, r cache.Result) {
+	c.Count(r)
+	if c.Options().XCache {
+		ctx.Response.Header.SetCanonical(hXCache, xCacheValues[r])
+	}
+}

@@ -1,0 +1,335 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/offloadlb/lb/pkg/cache"
+)
+
+// origin is a backend whose answer a test case writes; it counts hits and
+// keeps the last request's conditional headers.
+type origin struct {
+	addr string
+	hits atomic.Int64
+	mu   sync.Mutex
+	inm  string // If-None-Match of the last request
+}
+
+func startOrigin(t *testing.T, answer func(n int64, w http.ResponseWriter, r *http.Request)) *origin {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &origin{addr: ln.Addr().String()}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := o.hits.Add(1)
+		o.mu.Lock()
+		o.inm = r.Header.Get("If-None-Match")
+		o.mu.Unlock()
+		answer(n, w, r)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return o
+}
+
+// fixed answers every request with a 200, these header pairs and body
+// "v<hit number>", and 304 to a request whose If-None-Match is the ETag.
+func fixed(hdr ...string) func(n int64, w http.ResponseWriter, r *http.Request) {
+	return func(n int64, w http.ResponseWriter, r *http.Request) {
+		etag := ""
+		for i := 0; i+1 < len(hdr); i += 2 {
+			w.Header().Set(hdr[i], hdr[i+1])
+			if hdr[i] == "ETag" {
+				etag = hdr[i+1]
+			}
+		}
+		if etag != "" && r.Header.Get("If-None-Match") == etag {
+			w.Header().Del("Age") // the origin's copy is new
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		fmt.Fprintf(w, "v%d", n)
+	}
+}
+
+// cacheStep is one request of a case and what must come of it.
+type cacheStep struct {
+	method string
+	hdr    []string
+	status int
+	xcache string
+	hits   int64  // origin hits after the step
+	body   string // "" for any
+}
+
+func get(x string, hits int64, hdr ...string) cacheStep {
+	return cacheStep{method: "GET", hdr: hdr, status: 200, xcache: x, hits: hits}
+}
+
+// TestCacheRules is the table of RFC 9111 cases: what is stored, what is
+// served from the cache, what is revalidated, and what the origin sees.
+func TestCacheRules(t *testing.T) {
+	old := time.Now().Add(-240 * time.Hour).UTC().Format(http.TimeFormat)
+	soon := func() string { return time.Now().Add(time.Minute).UTC().Format(http.TimeFormat) }
+	past := time.Now().Add(-time.Minute).UTC().Format(http.TimeFormat)
+	cases := []struct {
+		name   string
+		opts   cache.Options
+		answer func(n int64, w http.ResponseWriter, r *http.Request)
+		steps  []cacheStep
+	}{
+		{"max-age is served from the cache", cache.Options{}, fixed("Cache-Control", "max-age=60"),
+			[]cacheStep{get("MISS", 1), get("HIT", 1), get("HIT", 1)}},
+		{"no-store is never stored", cache.Options{}, fixed("Cache-Control", "no-store, max-age=60"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"private is not for a shared cache", cache.Options{}, fixed("Cache-Control", "private, max-age=60"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"no freshness and no heuristics: not stored", cache.Options{}, fixed("Last-Modified", old),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"heuristic freshness when enabled", cache.Options{Heuristic: true}, fixed("Last-Modified", old),
+			[]cacheStep{get("MISS", 1), get("HIT", 1)}},
+		{"s-maxage overrides max-age", cache.Options{}, fixed("Cache-Control", "max-age=0, s-maxage=60"),
+			[]cacheStep{get("MISS", 1), get("HIT", 1)}},
+		{"Expires in the future", cache.Options{}, func(n int64, w http.ResponseWriter, r *http.Request) {
+			fixed("Expires", soon())(n, w, r)
+		}, []cacheStep{get("MISS", 1), get("HIT", 1)}},
+		{"Expires in the past, no validator: fetched again", cache.Options{}, fixed("Expires", past),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"no-cache is revalidated each time", cache.Options{}, fixed("Cache-Control", "no-cache", "ETag", `"a"`),
+			[]cacheStep{get("MISS", 1), get("REVALIDATED", 2), get("REVALIDATED", 3)}},
+		{"Set-Cookie is not stored", cache.Options{}, fixed("Cache-Control", "max-age=60", "Set-Cookie", "s=1"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"Set-Cookie stored when configured", cache.Options{StoreSetCookie: true}, fixed("Cache-Control", "max-age=60", "Set-Cookie", "s=1"),
+			[]cacheStep{get("MISS", 1), get("HIT", 1)}},
+		{"Authorization: not stored", cache.Options{}, fixed("Cache-Control", "max-age=60"),
+			[]cacheStep{get("MISS", 1, "Authorization", "Basic eDp5"), get("MISS", 2)}},
+		{"Authorization with public: stored", cache.Options{}, fixed("Cache-Control", "public, max-age=60"),
+			[]cacheStep{get("MISS", 1, "Authorization", "Basic eDp5"), get("HIT", 1)}},
+		{"Vary keeps a variant per header value", cache.Options{}, fixed("Cache-Control", "max-age=60", "Vary", "Accept-Encoding"),
+			[]cacheStep{get("MISS", 1, "Accept-Encoding", "gzip"), get("HIT", 1, "Accept-Encoding", "gzip"),
+				get("MISS", 2, "Accept-Encoding", "br"), get("HIT", 2, "Accept-Encoding", "br"), get("HIT", 2, "Accept-Encoding", "gzip")}},
+		{"Vary: * is not stored", cache.Options{}, fixed("Cache-Control", "max-age=60", "Vary", "*"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"stale with a validator: revalidated, 304 refreshes", cache.Options{}, fixed("Cache-Control", "max-age=60", "Age", "120", "ETag", `"e1"`),
+			[]cacheStep{get("MISS", 1), {method: "GET", status: 200, xcache: "REVALIDATED", hits: 2, body: "v1"}, get("HIT", 2)}},
+		{"stale, origin sends a new version", cache.Options{}, fixed("Cache-Control", "max-age=60", "Age", "120"),
+			[]cacheStep{get("MISS", 1), {method: "GET", status: 200, xcache: "MISS", hits: 2, body: "v2"}}},
+		{"client no-cache revalidates", cache.Options{}, fixed("Cache-Control", "max-age=60", "ETag", `"e"`),
+			[]cacheStep{get("MISS", 1), get("REVALIDATED", 2, "Cache-Control", "no-cache"), get("HIT", 2)}},
+		{"client max-age=0 revalidates", cache.Options{}, fixed("Cache-Control", "max-age=60", "ETag", `"e"`),
+			[]cacheStep{get("MISS", 1), get("REVALIDATED", 2, "Cache-Control", "max-age=0")}},
+		{"client no-cache ignored when configured", cache.Options{IgnoreClientNoCache: true}, fixed("Cache-Control", "max-age=60", "ETag", `"e"`),
+			[]cacheStep{get("MISS", 1), get("HIT", 1, "Cache-Control", "no-cache"), get("HIT", 1, "Pragma", "no-cache")}},
+		{"client max-stale accepts a stale entry", cache.Options{}, fixed("Cache-Control", "max-age=60", "Age", "90"),
+			[]cacheStep{get("MISS", 1), get("STALE", 1, "Cache-Control", "max-stale=60"), get("MISS", 2, "Cache-Control", "max-stale=10")}},
+		{"stale-if-error serves stale when the origin fails", cache.Options{}, func(n int64, w http.ResponseWriter, r *http.Request) {
+			if n > 1 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			fixed("Cache-Control", "max-age=60, stale-if-error=600", "Age", "120", "ETag", `"e"`)(n, w, r)
+		}, []cacheStep{get("MISS", 1), {method: "GET", status: 200, xcache: "STALE", hits: 2, body: "v1"}}},
+		{"must-revalidate: no stale on error", cache.Options{}, func(n int64, w http.ResponseWriter, r *http.Request) {
+			if n > 1 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			fixed("Cache-Control", "max-age=60, must-revalidate, stale-if-error=600", "Age", "120", "ETag", `"e"`)(n, w, r)
+		}, []cacheStep{get("MISS", 1), {method: "GET", status: 503, xcache: "MISS", hits: 2}}},
+		{"a POST invalidates the URL", cache.Options{}, fixed("Cache-Control", "max-age=60"),
+			[]cacheStep{get("MISS", 1), get("HIT", 1), {method: "POST", status: 200, xcache: "BYPASS", hits: 2}, get("MISS", 3), get("HIT", 3)}},
+		{"HEAD is answered from a stored GET", cache.Options{}, fixed("Cache-Control", "max-age=60"),
+			[]cacheStep{get("MISS", 1), {method: "HEAD", status: 200, xcache: "HIT", hits: 1}}},
+		{"a client's If-None-Match is answered 304 by lb", cache.Options{}, fixed("Cache-Control", "max-age=60", "ETag", `"t"`),
+			[]cacheStep{get("MISS", 1), {method: "GET", hdr: []string{"If-None-Match", `"x", W/"t"`}, status: 304, xcache: "HIT", hits: 1}}},
+		{"404 with max-age is stored", cache.Options{}, func(n int64, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Cache-Control", "max-age=60")
+			w.WriteHeader(http.StatusNotFound)
+		}, []cacheStep{{method: "GET", status: 404, xcache: "MISS", hits: 1}, {method: "GET", status: 404, xcache: "HIT", hits: 1}}},
+		{"500 is not stored", cache.Options{}, func(n int64, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Cache-Control", "max-age=60")
+			w.WriteHeader(http.StatusInternalServerError)
+		}, []cacheStep{{method: "GET", status: 500, xcache: "MISS", hits: 1}, {method: "GET", status: 500, xcache: "MISS", hits: 2}}},
+		{"Range requests bypass", cache.Options{}, fixed("Cache-Control", "max-age=60"),
+			[]cacheStep{get("BYPASS", 1, "Range", "bytes=0-0"), get("MISS", 2), get("BYPASS", 3, "Range", "bytes=0-0")}},
+		{"client no-store bypasses", cache.Options{}, fixed("Cache-Control", "max-age=60"),
+			[]cacheStep{get("BYPASS", 1, "Cache-Control", "no-store"), get("MISS", 2)}},
+		{"only-if-cached on a miss is 504", cache.Options{}, fixed("Cache-Control", "max-age=60"),
+			[]cacheStep{{method: "GET", hdr: []string{"Cache-Control", "only-if-cached"}, status: 504, xcache: "MISS", hits: 0}, get("MISS", 1), get("HIT", 1, "Cache-Control", "only-if-cached")}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			o := startOrigin(t, tc.answer)
+			opts := tc.opts
+			opts.XCache = true
+			c := cache.New(1<<20, 64<<10, opts)
+			hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c})
+			for i, s := range tc.steps {
+				resp, body := hs.do(s.method, "/page", nil, s.hdr...)
+				if resp.StatusCode != s.status || resp.Header.Get("X-Cache") != s.xcache || o.hits.Load() != s.hits {
+					t.Fatalf("step %d (%s %v): status %d, X-Cache %q, origin hits %d; want %d, %q, %d",
+						i+1, s.method, s.hdr, resp.StatusCode, resp.Header.Get("X-Cache"), o.hits.Load(), s.status, s.xcache, s.hits)
+				}
+				if s.body != "" && body != s.body {
+					t.Fatalf("step %d: body %q, want %q", i+1, body, s.body)
+				}
+				if s.xcache == "HIT" && resp.Header.Get("Age") == "" {
+					t.Errorf("step %d: a hit without Age", i+1)
+				}
+				if s.method == "HEAD" && (body != "" || resp.ContentLength != 2) {
+					t.Errorf("HEAD: body %q, Content-Length %d", body, resp.ContentLength)
+				}
+			}
+		})
+	}
+}
+
+// TestCacheStaleWhileRevalidate: a stale entry within the window is
+// served at once, and revalidated in the background, once.
+func TestCacheStaleWhileRevalidate(t *testing.T) {
+	o := startOrigin(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+		time.Sleep(100 * time.Millisecond)
+		fixed("Cache-Control", "max-age=60, stale-while-revalidate=600", "Age", "90", "ETag", `"e"`)(n, w, r)
+	})
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c})
+	if resp, _ := hs.do("GET", "/swr", nil); resp.Header.Get("X-Cache") != "MISS" {
+		t.Fatalf("first: %s", resp.Header.Get("X-Cache"))
+	}
+	start := time.Now()
+	for range 3 {
+		resp, body := hs.do("GET", "/swr", nil)
+		if resp.Header.Get("X-Cache") != "STALE" || body != "v1" {
+			t.Fatalf("while revalidating: %s %q", resp.Header.Get("X-Cache"), body)
+		}
+	}
+	if d := time.Since(start); d > 90*time.Millisecond {
+		t.Errorf("stale answers took %s: they waited for the origin", d)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		resp, _ := hs.do("GET", "/swr", nil)
+		if resp.Header.Get("X-Cache") == "HIT" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the background revalidation never refreshed the entry")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := o.hits.Load(); n != 2 {
+		t.Errorf("origin hits %d, want 2 (one fill, one background revalidation)", n)
+	}
+	if o.inm != `"e"` {
+		t.Errorf("revalidation sent If-None-Match %q", o.inm)
+	}
+}
+
+// TestCacheCollapsesMisses: 200 concurrent misses for one URL reach the
+// origin once.
+func TestCacheCollapsesMisses(t *testing.T) {
+	o := startOrigin(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+		time.Sleep(200 * time.Millisecond)
+		fixed("Cache-Control", "max-age=60")(n, w, r)
+	})
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c, responseTimeout: 5 * time.Second})
+	hs.client.Transport.(*http.Transport).MaxIdleConnsPerHost = 200
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	results := map[string]int{}
+	var mu sync.Mutex
+	for range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, body := hs.do("GET", "/hot", nil)
+			if resp.StatusCode != 200 || body != "v1" {
+				bad.Add(1)
+			}
+			mu.Lock()
+			results[resp.Header.Get("X-Cache")]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if n := o.hits.Load(); n != 1 {
+		t.Errorf("200 concurrent misses reached the origin %d times, want 1", n)
+	}
+	if bad.Load() > 0 || results["MISS"] != 1 {
+		t.Errorf("%d wrong answers; results %v", bad.Load(), results)
+	}
+	t.Logf("results: %v", results)
+}
+
+// TestCacheBoundedLRU: the cache holds at most max_size bytes, evicting
+// the least recently used, and does not store bodies over max_object
+// (they stream through whole).
+func TestCacheBoundedLRU(t *testing.T) {
+	big := strings.Repeat("b", 200<<10)
+	o := startOrigin(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		if r.URL.Path == "/big" {
+			io.WriteString(w, big)
+			return
+		}
+		io.WriteString(w, strings.Repeat("x", 10<<10))
+	})
+	c := cache.New(64<<10, 100<<10, cache.Options{XCache: true})
+	hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c})
+	// The origin answers chunked (net/http does past 2 KiB): stored as
+	// it streams to the client.
+	for i := range 10 {
+		hs.do("GET", fmt.Sprintf("/p%d", i), nil)
+		hs.do("GET", "/p0", nil) // keeps /p0 recently used
+	}
+	st := c.Stats()
+	if st.Bytes > 64<<10 || st.Objects >= 10 {
+		t.Errorf("%d bytes in %d objects, limit 64 KiB", st.Bytes, st.Objects)
+	}
+	if resp, _ := hs.do("GET", "/p0", nil); resp.Header.Get("X-Cache") != "HIT" {
+		t.Error("the most used entry was evicted")
+	}
+	if resp, _ := hs.do("GET", "/p1", nil); resp.Header.Get("X-Cache") != "MISS" {
+		t.Error("the least recently used entry was kept")
+	}
+	for range 2 {
+		resp, body := hs.do("GET", "/big", nil)
+		if body != big || resp.Header.Get("X-Cache") != "MISS" {
+			t.Fatalf("a body over max_object: %d bytes, %s", len(body), resp.Header.Get("X-Cache"))
+		}
+	}
+}
+
+// TestCacheSharedByHTTP2: HTTP/1.1 and HTTP/2 clients share entries.
+func TestCacheSharedByHTTP2(t *testing.T) {
+	o := startOrigin(t, fixed("Cache-Control", "max-age=60"))
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c, tls: true})
+	if resp, _ := hs.do("GET", "/shared", nil, "Host", "127.0.0.1"); resp.Header.Get("X-Cache") != "MISS" {
+		t.Fatal(resp.Header.Get("X-Cache"))
+	}
+	client, url := h2Front(t, hs, 1<<20)
+	req, _ := http.NewRequest("GET", url+"/shared", nil)
+	req.Host = "127.0.0.1"
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.Header.Get("X-Cache") != "HIT" || string(body) != "v1" || o.hits.Load() != 1 {
+		t.Errorf("HTTP/2: %s %s %q, origin hits %d", resp.Proto, resp.Header.Get("X-Cache"), body, o.hits.Load())
+	}
+}
