@@ -34,6 +34,7 @@ type env struct {
 	backendCmd []*exec.Cmd
 	contenders map[string]*contender
 	self       string // this program, for the load-generator subcommands
+	cache      bool   // the cache scenario runs: each proxy gets a cached route
 }
 
 // contender is one proxy under test.
@@ -46,7 +47,7 @@ type contender struct {
 }
 
 func setup(o options, work string) (*env, error) {
-	e := &env{o: o, work: work, contenders: map[string]*contender{}}
+	e := &env{o: o, work: work, contenders: map[string]*contender{}, cache: contains(o.scenarios, "cache")}
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -129,16 +130,17 @@ const backendNginx = `worker_processes 1;
 daemon off;
 master_process off;
 user root;
-pid %s/nginx.pid;
-error_log %s/error.log warn;
+pid %[1]s/nginx.pid;
+error_log %[2]s/error.log warn;
 events { worker_connections 8192; }
 http {
   access_log off;
   keepalive_requests 10000000;
   keepalive_timeout 300s;
   server {
-    listen 127.0.0.1:%d backlog=4096;
-    location / { return 200 "%s"; }
+    listen 127.0.0.1:%[3]d backlog=4096;
+    location / { return 200 "%[4]s"; }
+    location /cached/ { add_header Cache-Control "max-age=3600"; return 200 "%[4]s"; }
   }
 }
 `
@@ -171,6 +173,11 @@ func (e *env) contender(name string) (*contender, error) {
 			fmt.Fprintf(&bs, "  [[pool.backend]]\n  address = %q\n", b)
 		}
 		text := fmt.Sprintf(lbConf, port, e.certFile, e.keyFile, bs.String())
+		if e.cache {
+			// A route to a second pool with the same backends and a cache.
+			text = strings.Replace(text, "  [listener.tls]", "  [[listener.route]]\n  path_prefix = \"/cached/\"\n  pool = \"cached\"\n  [listener.tls]", 1)
+			text += "\n[[pool]]\nname = \"cached\"\nmax_conns_per_backend = 0\n  [pool.health]\n  check = \"tcp\"\n  interval = \"2s\"\n  [pool.cache]\n  max_size = \"256MiB\"\n  max_object = \"1MiB\"\n" + bs.String()
+		}
 		if c.tcpPort != 0 {
 			text += fmt.Sprintf("\n[[listener]]\nname = \"tcp\"\nmode = \"tcp\"\nbind = \"127.0.0.1:%d\"\npool = \"tcp\"\nmax_connections = 30000\n\n[[pool]]\nname = \"tcp\"\nmax_conns_per_backend = 0\n  [pool.health]\n  check = \"tcp\"\n  interval = \"2s\"\n", c.tcpPort)
 			for _, b := range e.tcpSinks {
@@ -190,6 +197,10 @@ func (e *env) contender(name string) (*contender, error) {
 			fmt.Fprintf(&bs, "  server s%d %s check inter 2s\n", i, b)
 		}
 		text := fmt.Sprintf(haproxyConf, port, e.comboFile, bs.String())
+		if e.cache {
+			text = strings.Replace(text, "  default_backend be", "  use_backend cached if { path_beg /cached/ }\n  default_backend be", 1)
+			text += "cache c\n  total-max-size 256\n  max-object-size 1048576\n  max-age 3600\nbackend cached\n  balance roundrobin\n  http-request cache-use c\n  http-response cache-store c\n" + bs.String()
+		}
 		if c.tcpPort != 0 {
 			text += fmt.Sprintf("listen tcp\n  mode tcp\n  bind 127.0.0.1:%d\n  balance roundrobin\n  timeout client 60s\n  timeout server 60s\n", c.tcpPort)
 			for i, b := range e.tcpSinks {
@@ -208,7 +219,22 @@ func (e *env) contender(name string) (*contender, error) {
 		for _, b := range e.backends {
 			fmt.Fprintf(&bs, "    server %s;\n", b)
 		}
-		writeFile(conf, fmt.Sprintf(nginxConf, dir, dir, bs.String(), port, e.certFile, e.keyFile))
+		text := fmt.Sprintf(nginxConf, dir, dir, bs.String(), port, e.certFile, e.keyFile)
+		if e.cache {
+			text = strings.Replace(text, "  upstream be {", fmt.Sprintf("  proxy_cache_path %s/cache levels=1:2 keys_zone=c:10m max_size=256m inactive=60m use_temp_path=off;\n  upstream be {", dir), 1)
+			text = strings.Replace(text, "    location / {", `    location /cached/ {
+      proxy_pass http://be;
+      proxy_cache c;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_set_header X-Forwarded-Host $host;
+    }
+    location / {`, 1)
+		}
+		writeFile(conf, text)
 		c.version = strings.TrimSpace(output("nginx", "-v"))
 		c.start = func() (*exec.Cmd, error) {
 			cmd := pin(nil, "nginx", "-p", dir, "-c", conf)
@@ -349,7 +375,9 @@ func (e *env) measure(c *contender, scenario string) (measurement, error) {
 	}
 	switch scenario {
 	case "keepalive":
-		return e.keepalive(pid, addr)
+		return e.keepalive(pid, addr, "/")
+	case "cache":
+		return e.keepalive(pid, addr, "/cached/object")
 	case "handshake":
 		return e.handshake(pid, addr)
 	case "idle":
@@ -357,11 +385,12 @@ func (e *env) measure(c *contender, scenario string) (measurement, error) {
 	case "h2":
 		return e.h2(pid, addr)
 	}
-	return measurement{}, fmt.Errorf("unknown scenario %q (keepalive, handshake, h2, idle)", scenario)
+	return measurement{}, fmt.Errorf("unknown scenario %q (keepalive, handshake, h2, idle, cache, tcp-throughput, tcp-connrate)", scenario)
 }
 
-func (e *env) keepalive(pid int, addr string) (measurement, error) {
-	url := "https://" + addr + "/"
+// keepalive runs wrk over TLS keep-alive connections against path.
+func (e *env) keepalive(pid int, addr, path string) (measurement, error) {
+	url := "https://" + addr + path
 	wrk := func(d time.Duration) (string, error) {
 		return outputErr("taskset", "-c", e.o.loadCPU, "wrk", "-t1", "-c", strconv.Itoa(e.o.conns),
 			"-d", fmt.Sprintf("%ds", int(d.Seconds())), "--latency", url)

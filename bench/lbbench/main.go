@@ -56,7 +56,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; contenders are interleaved within each round")
 	flag.DurationVar(&o.duration, "d", 10*time.Second, "length of each measured run")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each run")
-	flag.StringVar(&scen, "scenarios", "keepalive,handshake,h2,idle", "scenarios to run: keepalive, handshake, h2, idle, tcp-throughput, tcp-connrate")
+	flag.StringVar(&scen, "scenarios", "keepalive,handshake,h2,idle", "scenarios to run: keepalive, handshake, h2, idle, cache, tcp-throughput, tcp-connrate")
 	flag.StringVar(&cont, "contenders", "lb,haproxy,nginx", "proxies to compare")
 	flag.IntVar(&o.conns, "c", 64, "wrk connections for the keep-alive scenario")
 	flag.IntVar(&o.hsConns, "hs-c", 16, "concurrent connections for the handshake scenario")

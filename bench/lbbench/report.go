@@ -40,6 +40,8 @@ var metrics = []metric{
 	{"handshake", "same: proxy CPU per handshake (µs)", func(m measurement) float64 { return m.CPUPer }, "%.0f", true},
 	{"h2", "HTTP/2 GET (h2load -c16 -m10): req/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
 	{"h2", "same: proxy CPU per request (µs)", func(m measurement) float64 { return m.CPUPer }, "%.1f", true},
+	{"cache", "cache hit, TLS keep-alive GET (wrk -t1 -c64): req/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
+	{"cache", "same: proxy CPU per request (µs)", func(m measurement) float64 { return m.CPUPer }, "%.1f", true},
 	{"idle", "RSS per idle TLS connection (KB)", func(m measurement) float64 { return m.RSSPer }, "%.1f", true},
 	{"tcp-throughput", "plain TCP, 4 connections uploading: MB/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
 	{"tcp-throughput", "same: proxy CPU per MB (µs)", func(m measurement) float64 { return m.CPUPer }, "%.0f", true},

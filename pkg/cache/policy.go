@@ -45,26 +45,26 @@ func ParseRequest(h *fasthttp.RequestHeader, ignoreNoCache bool) RequestControl 
 	}
 	rc.Authorization = len(h.Peek("Authorization")) > 0
 	noCache := false
-	directives(h.Peek("Cache-Control"), func(name, value []byte) {
-		switch string(name) {
-		case "no-store":
+	directives(h.Peek("Cache-Control"), func(dir int, value []byte) {
+		switch dir {
+		case dirNoStore:
 			rc.Lookup, rc.Store = false, false
-		case "no-cache":
+		case dirNoCache:
 			noCache = true
-		case "only-if-cached":
+		case dirOnlyIfCached:
 			rc.OnlyIfCached = true
-		case "max-age":
+		case dirMaxAge:
 			rc.MaxAge = seconds(value)
 			if rc.MaxAge == 0 {
 				noCache = true
 			}
-		case "max-stale":
+		case dirMaxStale:
 			if len(value) == 0 {
 				rc.MaxStale = 1 << 62
 			} else {
 				rc.MaxStale = seconds(value)
 			}
-		case "min-fresh":
+		case dirMinFresh:
 			rc.MinFresh = seconds(value)
 		}
 	})
@@ -130,25 +130,25 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 		explicit, heuristicOK bool
 		public                bool
 	)
-	directives(resp.Peek("Cache-Control"), func(name, value []byte) {
-		switch string(name) {
-		case "max-age":
+	directives(resp.Peek("Cache-Control"), func(dir int, value []byte) {
+		switch dir {
+		case dirMaxAge:
 			maxAge = seconds(value)
-		case "s-maxage":
+		case dirSMaxAge:
 			sMaxAge = seconds(value)
-		case "public":
+		case dirPublic:
 			public = true // allows storing what Authorization would forbid
-		case "private":
+		case dirPrivate:
 			private = true
-		case "no-store":
+		case dirNoStore:
 			noStore = true
-		case "no-cache":
+		case dirNoCache:
 			f.NoCache = true
-		case "must-revalidate", "proxy-revalidate":
+		case dirMustRevalidate, dirProxyRevalidate:
 			mustReval = true
-		case "stale-while-revalidate":
+		case dirStaleWhileRevalidate:
 			swr = seconds(value)
-		case "stale-if-error":
+		case dirStaleIfError:
 			sie = seconds(value)
 		}
 	})
@@ -229,10 +229,36 @@ func Age(dateValue time.Time, ageValue time.Duration, requestTime, responseTime,
 	return max(apparent, corrected) + now.Sub(responseTime)
 }
 
-// directives calls f with each directive of a Cache-Control value, the
-// name in lower case and the value unquoted ("" when none).
-func directives(v []byte, f func(name, value []byte)) {
-	var lower [32]byte
+// The Cache-Control directives lb acts on.
+const (
+	dirOther = iota
+	dirNoStore
+	dirNoCache
+	dirOnlyIfCached
+	dirMaxAge
+	dirMaxStale
+	dirMinFresh
+	dirSMaxAge
+	dirPublic
+	dirPrivate
+	dirMustRevalidate
+	dirProxyRevalidate
+	dirStaleWhileRevalidate
+	dirStaleIfError
+)
+
+var directiveNames = []string{
+	dirNoStore: "no-store", dirNoCache: "no-cache", dirOnlyIfCached: "only-if-cached",
+	dirMaxAge: "max-age", dirMaxStale: "max-stale", dirMinFresh: "min-fresh", dirSMaxAge: "s-maxage",
+	dirPublic: "public", dirPrivate: "private", dirMustRevalidate: "must-revalidate",
+	dirProxyRevalidate: "proxy-revalidate", dirStaleWhileRevalidate: "stale-while-revalidate",
+	dirStaleIfError: "stale-if-error",
+}
+
+// directives calls f with each directive of a Cache-Control value: which
+// one (dirOther for those lb does not act on; names are matched without
+// regard to case) and its value unquoted ("" when none).
+func directives(v []byte, f func(dir int, value []byte)) {
 	for len(v) > 0 {
 		var d []byte
 		if i := bytes.IndexByte(v, ','); i >= 0 {
@@ -248,17 +274,14 @@ func directives(v []byte, f func(name, value []byte)) {
 		if i := bytes.IndexByte(d, '='); i >= 0 {
 			name, value = bytes.TrimSpace(d[:i]), bytes.Trim(bytes.TrimSpace(d[i+1:]), `"`)
 		}
-		if len(name) > len(lower) {
-			continue
-		}
-		n := lower[:len(name)]
-		for i, c := range name {
-			if 'A' <= c && c <= 'Z' {
-				c += 'a' - 'A'
+		dir := dirOther
+		for id, n := range directiveNames {
+			if n != "" && len(n) == len(name) && bytes.EqualFold(name, []byte(n)) {
+				dir = id
+				break
 			}
-			n[i] = c
 		}
-		f(n, value)
+		f(dir, value)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/offloadlb/lb/pkg/cache"
 )
 
 // startFastBackend serves a fixed 100-byte body with fasthttp on
@@ -70,4 +72,47 @@ func BenchmarkPrepareRequest(b *testing.B) {
 		_, mask := checkRequest(&ctx)
 		prepareRequest(&ctx, true, mask)
 	}
+}
+
+// BenchmarkCacheHit is BenchmarkProxyRequest answered from the pool's
+// cache: no backend exchange.
+func BenchmarkCacheHit(b *testing.B) {
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	hs := newHarness(&testing.T{}, harnessOpts{backends: []string{startCacheableBackend(b)}, cache: c})
+	defer hs.srv.Shutdown() //nolint:errcheck
+	client := &fasthttp.HostClient{
+		Addr: "lb.test",
+		Dial: func(string) (net.Conn, error) { return hs.ln.DialWithLocalAddr(clientAddr) },
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		req.SetRequestURI("http://lb.test/bench?x=1")
+		for pb.Next() {
+			if err := client.Do(req, resp); err != nil || resp.StatusCode() != 200 {
+				b.Errorf("status %d: %v", resp.StatusCode(), err)
+				return
+			}
+		}
+	})
+	if st := c.Stats(); st.Results["MISS"] != 1 {
+		b.Errorf("results %v: want one miss", st.Results)
+	}
+}
+
+// startCacheableBackend is startFastBackend with Cache-Control: max-age.
+func startCacheableBackend(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	body := []byte(strings.Repeat("a", 100))
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		ctx.Response.Header.Set("Cache-Control", "max-age=3600")
+		ctx.SetBody(body)
+	}}
+	go srv.Serve(ln)                      //nolint:errcheck
+	tb.Cleanup(func() { srv.Shutdown() }) //nolint:errcheck
+	return ln.Addr().String()
 }
