@@ -326,30 +326,45 @@ func TestBackendFaults(t *testing.T) {
 	phase, workers := reliabilityScale()
 	load := fmt.Sprintf("%d clients, %s per phase", workers, phase)
 	var rows []reliabilityRow
+	// Each fault: start a victim backend; break it; heal it.
+	type victim struct {
+		addr         string
+		break_, heal func(t *testing.T)
+	}
+	switchable := func(m faultMode) func(t *testing.T) victim {
+		return func(t *testing.T) victim {
+			b := startFaulty(t, "victim")
+			return victim{b.addr, func(*testing.T) { b.set(m) }, func(*testing.T) { b.set(answer) }}
+		}
+	}
 	faults := []struct {
 		name, notes string
-		mode        faultMode
+		start       func(t *testing.T) victim
 	}{
-		{"accepts, never answers", "requests to it time out (response_timeout 1s) and are retried on another backend", blackHole},
-		{"resets mid-response", "a head and 100 of 1000 body bytes, then a TCP reset; the buffered body is retried", resetMidway},
-		{"answers slowly (300 ms)", "health checks (timeout 100 ms) take it out", slow},
-		{"answers garbage", "an SSH banner instead of HTTP: 502 from it, retried", garbage},
+		{"accepts, never answers", "requests to it time out (response_timeout 1s) and are retried on another backend", switchable(blackHole)},
+		{"resets mid-response", "a head and 100 of 1000 body bytes, then a TCP reset; the buffered body is retried", switchable(resetMidway)},
+		{"answers slowly (300 ms)", "health checks (timeout 100 ms) take it out", switchable(slow)},
+		{"answers garbage", "an SSH banner instead of HTTP: 502 from it, retried", switchable(garbage)},
+		{"killed (SIGKILL), restarted", "pooled connections reset, new ones refused: retried on another backend", func(t *testing.T) victim {
+			p := startProcessBackend(t, "victim")
+			return victim{p.addr, func(*testing.T) { p.kill() }, p.start}
+		}},
 	}
 	for _, f := range faults {
 		t.Run(f.name, func(t *testing.T) {
 			dir := t.TempDir()
 			certs := writeCerts(t, dir)
 			b1, b2 := startBackend(t, "b1"), startBackend(t, "b2")
-			victim := startFaulty(t, "victim")
-			lb := startLB(t, dir, faultConfig(backendsTOML(b1, b2)+fmt.Sprintf("\n  [[pool.backend]]\n  address = %q\n", victim.addr)))
+			v := f.start(t)
+			lb := startLB(t, dir, faultConfig(backendsTOML(b1, b2)+fmt.Sprintf("\n  [[pool.backend]]\n  address = %q\n", v.addr)))
 			l := startLoad(t, certs, lb.addrs["https"], workers)
 			time.Sleep(phase)
-			victim.set(f.mode)
-			detect := lb.waitState("web", victim.addr, "down", 10*time.Second)
+			v.break_(t)
+			detect := lb.waitState("web", v.addr, "down", 10*time.Second)
 			time.Sleep(phase)
-			victim.set(answer)
+			v.heal(t)
 			healed := time.Now()
-			lb.waitState("web", victim.addr, "up", 10*time.Second)
+			lb.waitState("web", v.addr, "up", 10*time.Second)
 			recover := l.servedBy(t, "victim", healed, 10*time.Second)
 			time.Sleep(phase / 2)
 			s := l.finish()
@@ -360,30 +375,6 @@ func TestBackendFaults(t *testing.T) {
 				detect: ms(detect), recover: ms(recover), latency: ms(s.p99) + " / " + ms(s.max), notes: f.notes})
 		})
 	}
-
-	t.Run("killed with SIGKILL", func(t *testing.T) {
-		dir := t.TempDir()
-		certs := writeCerts(t, dir)
-		b1, b2 := startBackend(t, "b1"), startBackend(t, "b2")
-		victim := startProcessBackend(t, "victim")
-		lb := startLB(t, dir, faultConfig(backendsTOML(b1, b2)+fmt.Sprintf("\n  [[pool.backend]]\n  address = %q\n", victim.addr)))
-		l := startLoad(t, certs, lb.addrs["https"], workers)
-		time.Sleep(phase)
-		victim.kill()
-		detect := lb.waitState("web", victim.addr, "down", 10*time.Second)
-		time.Sleep(phase)
-		victim.start(t)
-		healed := time.Now()
-		lb.waitState("web", victim.addr, "up", 10*time.Second)
-		recover := l.servedBy(t, "victim", healed, 10*time.Second)
-		time.Sleep(phase / 2)
-		s := l.finish()
-		if s.failed > 0 {
-			t.Errorf("%d of %d requests failed: %v", s.failed, s.sent, s.reasons)
-		}
-		rows = append(rows, reliabilityRow{name: "one backend killed (SIGKILL), restarted", load: load, sent: s.sent, failed: s.failed,
-			detect: ms(detect), recover: ms(recover), latency: ms(s.p99) + " / " + ms(s.max), notes: "pooled connections reset, new ones refused: retried on another backend"})
-	})
 
 	t.Run("all die and return", func(t *testing.T) {
 		dir := t.TempDir()

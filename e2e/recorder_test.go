@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/offloadlb/lb/internal/testutil"
 )
 
 // recorder is a backend that speaks HTTP/1.1 by hand: it keeps the exact
@@ -45,22 +47,7 @@ type recorded struct {
 }
 
 // recConn is the raw byte log of one connection.
-type recConn struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (c *recConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.buf.Write(p)
-}
-
-func (c *recConn) bytes() []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]byte(nil), c.buf.Bytes()...)
-}
+type recConn = testutil.SyncBuffer
 
 func startRecorder(t *testing.T) *recorder {
 	t.Helper()
@@ -162,7 +149,7 @@ func (r *recorder) leftovers() map[int]int {
 	}
 	out := map[int]int{}
 	for i, c := range r.conns {
-		if got := len(c.bytes()); got != used[i] && !broken[i] {
+		if got := len(c.String()); got != used[i] && !broken[i] {
 			out[i] = got - used[i]
 		}
 	}

@@ -223,15 +223,8 @@ func (e *env) contender(name string) (*contender, error) {
 		if e.cache {
 			text = strings.Replace(text, "  upstream be {", fmt.Sprintf("  proxy_cache_path %s/cache levels=1:2 keys_zone=c:10m max_size=256m inactive=60m use_temp_path=off;\n  upstream be {", dir), 1)
 			text = strings.Replace(text, "    location / {", `    location /cached/ {
-      proxy_pass http://be;
       proxy_cache c;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto https;
-      proxy_set_header X-Forwarded-Host $host;
-    }
+`+nginxProxy+`    }
     location / {`, 1)
 		}
 		writeFile(conf, text)
@@ -316,16 +309,19 @@ http {
     keepalive_requests 10000000;
     keepalive_timeout 300s;
     location / {
-      proxy_pass http://be;
+` + nginxProxy + `    }
+  }
+}
+`
+
+// nginxProxy is how NGINX passes a request to the backends.
+const nginxProxy = `      proxy_pass http://be;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto https;
       proxy_set_header X-Forwarded-Host $host;
-    }
-  }
-}
 `
 
 // measurement is one scenario run of one contender.

@@ -12,8 +12,8 @@ import (
 )
 
 // startFastBackend serves a fixed 100-byte body with fasthttp on
-// 127.0.0.1.
-func startFastBackend(tb testing.TB) string {
+// 127.0.0.1; header pairs are added to each answer.
+func startFastBackend(tb testing.TB, header ...string) string {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -23,7 +23,12 @@ func startFastBackend(tb testing.TB) string {
 	for i := range body {
 		body[i] = 'a' + byte(i%26)
 	}
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.SetBody(body) }}
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		for i := 0; i+1 < len(header); i += 2 {
+			ctx.Response.Header.Set(header[i], header[i+1])
+		}
+		ctx.SetBody(body)
+	}}
 	go srv.Serve(ln)                      //nolint:errcheck
 	tb.Cleanup(func() { srv.Shutdown() }) //nolint:errcheck
 	return ln.Addr().String()
@@ -34,6 +39,12 @@ func startFastBackend(tb testing.TB) string {
 // and a fasthttp backend on loopback. allocs/op counts all three.
 func BenchmarkProxyRequest(b *testing.B) {
 	hs := newHarness(&testing.T{}, harnessOpts{backends: []string{startFastBackend(b)}})
+	benchRequests(b, hs)
+}
+
+// benchRequests sends GETs through hs from parallel clients until b is
+// done.
+func benchRequests(b *testing.B, hs *harness) {
 	defer hs.srv.Shutdown() //nolint:errcheck
 	client := &fasthttp.HostClient{
 		Addr: "lb.test",
@@ -78,41 +89,9 @@ func BenchmarkPrepareRequest(b *testing.B) {
 // cache: no backend exchange.
 func BenchmarkCacheHit(b *testing.B) {
 	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
-	hs := newHarness(&testing.T{}, harnessOpts{backends: []string{startCacheableBackend(b)}, cache: c})
-	defer hs.srv.Shutdown() //nolint:errcheck
-	client := &fasthttp.HostClient{
-		Addr: "lb.test",
-		Dial: func(string) (net.Conn, error) { return hs.ln.DialWithLocalAddr(clientAddr) },
-	}
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-		req.SetRequestURI("http://lb.test/bench?x=1")
-		for pb.Next() {
-			if err := client.Do(req, resp); err != nil || resp.StatusCode() != 200 {
-				b.Errorf("status %d: %v", resp.StatusCode(), err)
-				return
-			}
-		}
-	})
+	hs := newHarness(&testing.T{}, harnessOpts{backends: []string{startFastBackend(b, "Cache-Control", "max-age=3600")}, cache: c})
+	benchRequests(b, hs)
 	if st := c.Stats(); st.Results["MISS"] != 1 {
 		b.Errorf("results %v: want one miss", st.Results)
 	}
-}
-
-// startCacheableBackend is startFastBackend with Cache-Control: max-age.
-func startCacheableBackend(tb testing.TB) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	body := []byte(strings.Repeat("a", 100))
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-		ctx.Response.Header.Set("Cache-Control", "max-age=3600")
-		ctx.SetBody(body)
-	}}
-	go srv.Serve(ln)                      //nolint:errcheck
-	tb.Cleanup(func() { srv.Shutdown() }) //nolint:errcheck
-	return ln.Addr().String()
 }

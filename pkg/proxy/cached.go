@@ -193,7 +193,7 @@ func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Ca
 	// once it is fresh again; the backend gets the entry's.
 	clientINM := append([]byte(nil), req.PeekBytes(hIfNoneMatch)...)
 	clientIMS := append([]byte(nil), req.PeekBytes(hIfModifiedSnc)...)
-	setValidators(req, etag, lastMod)
+	setConditions(req, etag, lastMod)
 	sent := time.Now()
 	b, attempts, stream, err = h.forward(ctx, up, maxBufferedBody)
 	now := time.Now()
@@ -207,13 +207,13 @@ func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Ca
 		} else {
 			c.Purge(key)
 		}
-		restoreConditions(req, clientINM, clientIMS)
+		setConditions(req, clientINM, clientIMS)
 		serveEntry(ctx, c, n, now, cache.Revalidated)
 		return b, attempts, nil, nil
 	case (err != nil || code >= 500) && e.Staleness(now) <= e.Fresh.StaleIfError:
 		// serveEntry resets the response, which closes a streamed body
 		// and frees its backend.
-		restoreConditions(req, clientINM, clientIMS)
+		setConditions(req, clientINM, clientIMS)
 		serveEntry(ctx, c, e, now, cache.Stale)
 		return b, attempts, nil, nil
 	}
@@ -224,18 +224,9 @@ func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Ca
 	return b, attempts, stream, err
 }
 
-func setValidators(req *fasthttp.RequestHeader, etag, lastMod []byte) {
-	req.DelBytes(hIfNoneMatch)
-	req.DelBytes(hIfModifiedSnc)
-	if etag != nil {
-		req.SetCanonical(hIfNoneMatch, etag)
-	}
-	if lastMod != nil {
-		req.SetCanonical(hIfModifiedSnc, lastMod)
-	}
-}
-
-func restoreConditions(req *fasthttp.RequestHeader, inm, ims []byte) {
+// setConditions replaces a request's If-None-Match and If-Modified-Since
+// with inm and ims (none when empty).
+func setConditions(req *fasthttp.RequestHeader, inm, ims []byte) {
 	req.DelBytes(hIfNoneMatch)
 	req.DelBytes(hIfModifiedSnc)
 	if len(inm) > 0 {
@@ -259,7 +250,7 @@ func (h *Handler) revalidateLater(ctx *fasthttp.RequestCtx, up *Upstream, c *cac
 	go func() {
 		req := &bg.Request.Header
 		etag, lastMod := e.Validators()
-		setValidators(req, etag, lastMod)
+		setConditions(req, etag, lastMod)
 		sent := time.Now()
 		_, _, stream, err := h.forward(bg, up, maxBufferedBody)
 		now := time.Now()

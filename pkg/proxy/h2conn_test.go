@@ -16,7 +16,6 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
-	"github.com/offloadlb/lb/internal/certgen"
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
@@ -32,15 +31,7 @@ func h2Serve(t *testing.T, hs *harness, o HTTP2Options) (string, *HTTP2) {
 	}
 	o.Logger = quietLogger{}
 	a := NewHTTP2(hs.h, o)
-	pair, err := certgen.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"}})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{testCertificate(t)}, NextProtos: []string{"h2"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,11 +343,9 @@ func TestHTTP2ExpectContinue(t *testing.T) {
 	}
 }
 
-// TestHTTP2ResetAndRefuse: streams the client resets while their requests
-// are served cost it nothing on the connection; past the stream limit new
-// streams are refused (safe to retry), and the connection serves again
-// once requests finish.
-func TestHTTP2ResetAndRefuse(t *testing.T) {
+// startSlowEcho is an echo backend whose answers to /slow wait until
+// release is closed.
+func startSlowEcho(t *testing.T) (*echoBackend, chan struct{}) {
 	release := make(chan struct{})
 	e := startEcho(t, func(w http.ResponseWriter, r *http.Request) bool {
 		if r.URL.Path == "/slow" {
@@ -364,6 +353,15 @@ func TestHTTP2ResetAndRefuse(t *testing.T) {
 		}
 		return false
 	})
+	return e, release
+}
+
+// TestHTTP2ResetAndRefuse: streams the client resets while their requests
+// are served cost it nothing on the connection; past the stream limit new
+// streams are refused (safe to retry), and the connection serves again
+// once requests finish.
+func TestHTTP2ResetAndRefuse(t *testing.T) {
+	e, release := startSlowEcho(t)
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, responseTimeout: 10 * time.Second})
 	addr, _ := h2Serve(t, hs, HTTP2Options{MaxStreams: 4})
 	r := dialH2(t, addr)
@@ -396,13 +394,7 @@ func TestHTTP2ResetAndRefuse(t *testing.T) {
 // ignores newer ones and closes the connection; an idle connection closes
 // after IdleTimeout with a GOAWAY.
 func TestHTTP2GoAway(t *testing.T) {
-	release := make(chan struct{})
-	e := startEcho(t, func(w http.ResponseWriter, r *http.Request) bool {
-		if r.URL.Path == "/slow" {
-			<-release
-		}
-		return false
-	})
+	e, release := startSlowEcho(t)
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, responseTimeout: 10 * time.Second})
 	addr, a := h2Serve(t, hs, HTTP2Options{IdleTimeout: 300 * time.Millisecond})
 	r := dialH2(t, addr)

@@ -13,9 +13,8 @@ import (
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
-// tlsPair returns the two ends of a TLS connection over loopback: the
-// server end wrapped as a listener delivers it, and the client end.
-func tlsPair(t *testing.T) (*tlsterm.Conn, *tls.Conn) {
+// testCertificate is a self-signed certificate for localhost.
+func testCertificate(t *testing.T) tls.Certificate {
 	t.Helper()
 	pair, err := certgen.SelfSigned("localhost")
 	if err != nil {
@@ -25,6 +24,14 @@ func tlsPair(t *testing.T) (*tlsterm.Conn, *tls.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cert
+}
+
+// tlsPair returns the two ends of a TLS connection over loopback: the
+// server end wrapped as a listener delivers it, and the client end.
+func tlsPair(t *testing.T) (*tlsterm.Conn, *tls.Conn) {
+	t.Helper()
+	cert := testCertificate(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
