@@ -53,6 +53,15 @@ func TestCacheEndToEnd(t *testing.T) {
 	if hits.Load() != 3 {
 		t.Errorf("%d backend hits, want 3", hits.Load())
 	}
+	// The access log says how the cache answered (written in the
+	// background: wait for it).
+	for deadline := time.Now().Add(2 * time.Second); !strings.Contains(lb.stdout.String(), "cache=HIT"); {
+		if time.Now().After(deadline) {
+			t.Errorf("access log lacks the cache result:\n%s", tail(lb.stdout.String(), 5))
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	m := scrape(t, lb)
 	if v, _ := lookup(m, "lb_cache_requests_total", "pool", "web", "result", "hit"); v < 5 {
 		t.Errorf("lb_cache_requests_total{result=hit} = %v", v)

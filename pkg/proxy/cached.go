@@ -314,7 +314,19 @@ func notModified(req *fasthttp.RequestHeader, e *cache.Entry) bool {
 // result counts how the request was answered and says so in X-Cache.
 func result(ctx *fasthttp.RequestCtx, c *cache.Cache, r cache.Result) {
 	c.Count(r)
+	ctx.SetUserValue(cacheResultKey{}, r)
 	if c.Options().XCache {
 		ctx.Response.Header.SetCanonical(hXCache, xCacheValues[r])
 	}
+}
+
+type cacheResultKey struct{}
+
+// cacheResult is how the cache answered the request in ctx, for the
+// access log.
+func cacheResult(ctx *fasthttp.RequestCtx) string {
+	if r, ok := ctx.UserValue(cacheResultKey{}).(cache.Result); ok {
+		return r.String()
+	}
+	return ""
 }

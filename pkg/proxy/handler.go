@@ -581,6 +581,10 @@ func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *Upst
 		"attempts", attempts,
 		"duration", d.Round(time.Microsecond).String(),
 	}
+	if up != nil && up.Cache != nil {
+		// How the cache answered (X-Cache, whether or not it is sent).
+		args = append(args, "cache", cacheResult(ctx))
+	}
 	if err != nil {
 		args = append(args, "error", err.Error())
 	}
