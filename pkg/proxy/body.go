@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,8 +34,9 @@ type bodyStream struct {
 	// closes.
 	up      *Upstream
 	backend *balancer.Backend
-	// tee, when set, gets a copy of the body as it passes, for the cache.
-	tee *cacheTee
+	// ahead is body already read off the connection (readAhead), given
+	// out before reading more.
+	ahead []byte
 }
 
 var bodyStreamPool = sync.Pool{New: func() any { return new(bodyStream) }}
@@ -66,11 +68,37 @@ var (
 // Read implements io.Reader. Every read off the backend gets the response
 // timeout as an inactivity deadline.
 func (s *bodyStream) Read(p []byte) (int, error) {
-	n, err := s.read(p)
-	if s.tee != nil && n > 0 {
-		s.tee.add(p[:n])
+	if len(s.ahead) > 0 {
+		n := copy(p, s.ahead)
+		s.ahead = s.ahead[n:]
+		return n, nil
 	}
-	return n, err
+	return s.read(p)
+}
+
+// readAhead reads the body into memory, up to max bytes. whole reports
+// that it ended within them, without error; otherwise what was read is
+// given out first by Read, and the rest follows from the connection.
+func (s *bodyStream) readAhead(max int64) (body []byte, whole bool) {
+	buf := make([]byte, 0, min(max+1, 16<<10))
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) > max {
+				break
+			}
+			buf = slices.Grow(buf, int(min(int64(2*cap(buf)), max+1))-len(buf))
+		}
+		n, err := s.read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF && int64(len(buf)) <= max {
+			return buf, true
+		}
+		if err != nil || int64(len(buf)) > max {
+			break
+		}
+	}
+	s.ahead = buf
+	return nil, false
 }
 
 func (s *bodyStream) read(p []byte) (int, error) {
@@ -247,9 +275,6 @@ func (s *bodyStream) CloseWithError(writeErr error) error {
 	}
 	if s.up != nil {
 		s.up.finish(s.backend, s.err, true)
-	}
-	if s.tee != nil {
-		s.tee.end(s.done && s.err == nil)
 	}
 	*s = bodyStream{}
 	bodyStreamPool.Put(s)

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"io"
 	"sync"
 	"time"
 
@@ -108,7 +107,7 @@ func (h *Handler) fetch(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, 
 	sent := time.Now()
 	b, attempts, stream, err = h.forward(ctx, up, maxBufferedBody)
 	if err == nil {
-		keep(ctx, c, key, rc, sent, fill, stream)
+		_, stream = keep(ctx, c, key, rc, sent, fill, stream)
 	} else if fill != nil {
 		c.EndFill(key, fill, nil)
 	}
@@ -116,12 +115,13 @@ func (h *Handler) fetch(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, 
 	return b, attempts, stream, err
 }
 
-// keep stores the response in ctx when the rules allow: at once when its
-// body was read whole, or as it streams to the client (a copy of at most
-// max_object bytes, stored once the body has ended cleanly; a longer body
-// is not stored). fill, if not nil, is ended with what was stored. It
-// reports whether the response may be stored.
-func keep(ctx *fasthttp.RequestCtx, c *cache.Cache, key []byte, rc cache.RequestControl, sent time.Time, fill *cache.Fill, stream *bodyStream) bool {
+// keep stores the response in ctx when the rules allow. A streamed body
+// no longer than max_object is read whole first (from the backend, at its
+// speed, not the client's), stored, and served from memory: stream is
+// then nil. A longer one streams through, not stored. fill, if not nil,
+// is ended with what was stored. storable reports whether the rules
+// allowed storing the response.
+func keep(ctx *fasthttp.RequestCtx, c *cache.Cache, key []byte, rc cache.RequestControl, sent time.Time, fill *cache.Fill, stream *bodyStream) (storable bool, _ *bodyStream) {
 	now := time.Now()
 	resp := &ctx.Response
 	f := cache.Evaluate(rc, &resp.Header, now, c.Options())
@@ -133,50 +133,24 @@ func keep(ctx *fasthttp.RequestCtx, c *cache.Cache, key []byte, rc cache.Request
 		if c.Put(key, e) {
 			stored = e
 		}
-	case stream.tee == nil && int64(resp.Header.ContentLength()) <= c.MaxObject():
+	case int64(resp.Header.ContentLength()) <= c.MaxObject():
+		body, whole := stream.readAhead(c.MaxObject())
+		if !whole {
+			break
+		}
+		resp.SetBodyRaw(body) // closes the stream: the backend is free
+		resp.Header.SetContentLength(len(body))
+		stream = nil
 		e := cache.NewEntry(&ctx.Request.Header, &resp.Header, nil, f, sent, now)
-		stream.tee = &cacheTee{c: c, key: append([]byte(nil), key...), e: e, fill: fill}
-		return true // the tee ends the fill
+		e.SetBody(body)
+		if c.Put(key, e) {
+			stored = e
+		}
 	}
 	if fill != nil {
 		c.EndFill(key, fill, stored)
 	}
-	return f.Storable
-}
-
-// cacheTee keeps a copy of a streamed body for the cache.
-type cacheTee struct {
-	c    *cache.Cache
-	key  []byte
-	e    *cache.Entry
-	fill *cache.Fill
-	buf  []byte
-	over bool
-}
-
-func (t *cacheTee) add(p []byte) {
-	if t.over {
-		return
-	}
-	if int64(len(t.buf)+len(p)) > t.c.MaxObject() {
-		t.over, t.buf = true, nil
-		return
-	}
-	t.buf = append(t.buf, p...)
-}
-
-// end stores the entry if the body arrived whole.
-func (t *cacheTee) end(whole bool) {
-	var stored *cache.Entry
-	if whole && !t.over {
-		t.e.SetBody(t.buf)
-		if t.c.Put(t.key, t.e) {
-			stored = t.e
-		}
-	}
-	if t.fill != nil {
-		t.c.EndFill(t.key, t.fill, stored)
-	}
+	return f.Storable, stream
 }
 
 // revalidate asks the backend whether a stale entry still holds, with
@@ -217,8 +191,11 @@ func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Ca
 		serveEntry(ctx, c, e, now, cache.Stale)
 		return b, attempts, nil, nil
 	}
-	if err == nil && !keep(ctx, c, key, rc, sent, nil, stream) {
-		c.Purge(key) // replaced by an answer that may not be stored
+	if err == nil {
+		var storable bool
+		if storable, stream = keep(ctx, c, key, rc, sent, nil, stream); !storable {
+			c.Purge(key) // replaced by an answer that may not be stored
+		}
 	}
 	result(ctx, c, cache.Miss)
 	return b, attempts, stream, err
@@ -266,9 +243,6 @@ func (h *Handler) revalidateLater(ctx *fasthttp.RequestCtx, up *Upstream, c *cac
 			c.EndFill(k, f, stored)
 		case bg.Response.StatusCode() < 500:
 			keep(bg, c, k, rc, sent, f, stream)
-			if stream != nil {
-				io.Copy(io.Discard, stream) //nolint:errcheck // the tee keeps what arrives
-			}
 		default:
 			c.EndFill(k, f, nil)
 		}

@@ -237,40 +237,46 @@ func TestCacheStaleWhileRevalidate(t *testing.T) {
 }
 
 // TestCacheCollapsesMisses: 200 concurrent misses for one URL reach the
-// origin once.
+// origin once, for a body with a length and for a chunked one.
 func TestCacheCollapsesMisses(t *testing.T) {
-	o := startOrigin(t, func(n int64, w http.ResponseWriter, r *http.Request) {
-		time.Sleep(200 * time.Millisecond)
-		fixed("Cache-Control", "max-age=60")(n, w, r)
-	})
-	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
-	hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c, responseTimeout: 5 * time.Second})
-	hs.client.Transport.(*http.Transport).MaxIdleConnsPerHost = 200
-	var wg sync.WaitGroup
-	var bad atomic.Int64
-	results := map[string]int{}
-	var mu sync.Mutex
-	for range 200 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, body := hs.do("GET", "/hot", nil)
-			if resp.StatusCode != 200 || body != "v1" {
-				bad.Add(1)
+	for _, size := range []int{2, 20 << 10} {
+		t.Run(fmt.Sprintf("%d bytes", size), func(t *testing.T) {
+			body := strings.Repeat("v", size)
+			o := startOrigin(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+				time.Sleep(200 * time.Millisecond)
+				w.Header().Set("Cache-Control", "max-age=60")
+				// net/http sends past 2 KiB chunked.
+				io.WriteString(w, body)
+			})
+			c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+			hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c, responseTimeout: 5 * time.Second})
+			hs.client.Transport.(*http.Transport).MaxIdleConnsPerHost = 200
+			var wg sync.WaitGroup
+			var bad atomic.Int64
+			results := map[string]int{}
+			var mu sync.Mutex
+			for range 200 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					resp, got := hs.do("GET", "/hot", nil)
+					if resp.StatusCode != 200 || got != body {
+						bad.Add(1)
+					}
+					mu.Lock()
+					results[resp.Header.Get("X-Cache")]++
+					mu.Unlock()
+				}()
 			}
-			mu.Lock()
-			results[resp.Header.Get("X-Cache")]++
-			mu.Unlock()
-		}()
+			wg.Wait()
+			if n := o.hits.Load(); n != 1 {
+				t.Errorf("200 concurrent misses reached the origin %d times, want 1", n)
+			}
+			if bad.Load() > 0 || results["MISS"] != 1 {
+				t.Errorf("%d wrong answers; results %v", bad.Load(), results)
+			}
+		})
 	}
-	wg.Wait()
-	if n := o.hits.Load(); n != 1 {
-		t.Errorf("200 concurrent misses reached the origin %d times, want 1", n)
-	}
-	if bad.Load() > 0 || results["MISS"] != 1 {
-		t.Errorf("%d wrong answers; results %v", bad.Load(), results)
-	}
-	t.Logf("results: %v", results)
 }
 
 // TestCacheBoundedLRU: the cache holds at most max_size bytes, evicting
@@ -288,8 +294,8 @@ func TestCacheBoundedLRU(t *testing.T) {
 	})
 	c := cache.New(64<<10, 100<<10, cache.Options{XCache: true})
 	hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c})
-	// The origin answers chunked (net/http does past 2 KiB): stored as
-	// it streams to the client.
+	// The origin answers chunked (net/http does past 2 KiB): read whole
+	// and stored.
 	for i := range 10 {
 		hs.do("GET", fmt.Sprintf("/p%d", i), nil)
 		hs.do("GET", "/p0", nil) // keeps /p0 recently used
