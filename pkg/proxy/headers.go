@@ -119,6 +119,9 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 func prepareRequest(ctx *fasthttp.RequestCtx, tls bool) {
 	req := &ctx.Request
 	h := &req.Header
+	if len(h.PeekTrailerKeys()) > 0 {
+		dropTrailers(h)
+	}
 	mask := scanRequestHeaders(h)
 	if mask != 0 {
 		var proto []byte
@@ -221,6 +224,25 @@ func removeHopHeaders(h *fasthttp.RequestHeader, mask int) {
 	if mask&hopXClient != 0 {
 		removeXClient(h)
 	}
+}
+
+// dropTrailers removes the trailer fields that ended a chunked request
+// body (RFC 9112 section 7.1.2), as HTTP/2 trailers are: lb buffers the
+// body and sends it with Content-Length. They must go before Trailer
+// does: deleting Trailer moves fasthttp's trailer fields among the header
+// fields, past the check of the raw head, where a client's
+// "X-Client-Verify: SUCCESS" would pass for lb's own. A header field also
+// sent as a trailer field goes with it.
+func dropTrailers(h *fasthttp.RequestHeader) {
+	var tmp [4][]byte
+	names := tmp[:0]
+	for _, k := range h.PeekTrailerKeys() {
+		names = append(names, append([]byte(nil), k...))
+	}
+	for _, k := range names {
+		h.DelBytes(k)
+	}
+	h.Del("Trailer")
 }
 
 // removeXClient removes every X-Client-* header a client sent: backends
