@@ -423,7 +423,36 @@ func checkRequest(ctx *fasthttp.RequestCtx) int {
 		// refuse rather than pick one.
 		return fasthttp.StatusBadRequest
 	}
+	if spaceInName(h.RawHeaders()) {
+		// A field name is a token (RFC 9110 section 5.1), but fasthttp
+		// keeps one with a space inside. Passed on, "Transfer Encoding:
+		// chunked" is a field a lenient backend may read as framing that
+		// lb did not, on a connection that other clients' requests share.
+		return fasthttp.StatusBadRequest
+	}
 	return 0
+}
+
+// spaceInName reports whether a raw header line has a space or tab in
+// its field name. fasthttp refuses whitespace before the colon, not
+// between two words of a name.
+func spaceInName(raw []byte) bool {
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || line[0] == ' ' || line[0] == '\t' {
+			continue // not a field line (or a folded continuation)
+		}
+		if bytes.IndexByte(line[:colon], ' ') >= 0 || bytes.IndexByte(line[:colon], '\t') >= 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // hasField reports whether raw header lines include the named field

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/offloadlb/lb/pkg/config"
 )
 
@@ -105,6 +107,31 @@ func TestRequestTrailersNotPassedOn(t *testing.T) {
 		}
 		if len(s.Trailer) > 0 {
 			t.Errorf("%q: trailer fields reached the backend: %v", announce, s.Trailer)
+		}
+	}
+}
+
+// TestSpaceInFieldNameRefused covers what fasthttp lets through to the
+// handler and net/http, the echo backend, would refuse by itself (so
+// TestRejectedRequestsNeverReachBackend cannot tell who refused it).
+func TestSpaceInFieldNameRefused(t *testing.T) {
+	for _, tc := range []struct {
+		head string
+		want int
+	}{
+		{"POST / HTTP/1.1\r\nHost: x\r\nTransfer Encoding: chunked\r\nContent-Length: 5\r\n\r\n", 400},
+		{"GET / HTTP/1.0\r\nX Y: 1\r\n\r\n", 400},
+		{"GET / HTTP/1.1\r\nHost: x\r\nX-A: a b: c\r\n\r\n", 0},
+		{"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b: c\r\n\r\n", 0},
+		{"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, X-A\r\nX-A: 1\r\n\r\n", 0},
+	} {
+		var ctx fasthttp.RequestCtx
+		ctx.Init(&fasthttp.Request{}, clientAddr, nil)
+		if err := ctx.Request.Header.Read(bufio.NewReader(strings.NewReader(tc.head))); err != nil {
+			t.Fatalf("%q: %v", tc.head, err)
+		}
+		if got := checkRequest(&ctx); got != tc.want {
+			t.Errorf("%q: checkRequest = %d, want %d", tc.head, got, tc.want)
 		}
 	}
 }
