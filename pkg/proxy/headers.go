@@ -62,7 +62,7 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 			continue // not a field line (or a folded continuation)
 		}
 		name := line[:colon]
-		if name[0]|0x20 == 'x' && len(name) > 9 && bytes.EqualFold(name[:9], []byte("x-client-")) {
+		if name[0]|0x20 == 'x' && isXClient(name) {
 			mask |= hopXClient
 			continue
 		}
@@ -226,6 +226,30 @@ func removeHopHeaders(h *fasthttp.RequestHeader, mask int) {
 	}
 }
 
+// isXClient reports whether a field name is X-Client-* with something
+// after the prefix, written with hyphens or underscores: CGI-style
+// backends (FastCGI, WSGI, PHP) read both X-Client-Verify and
+// X_Client_Verify as HTTP_X_CLIENT_VERIFY.
+func isXClient(name []byte) bool {
+	const prefix = "x-client-"
+	if len(name) <= len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := name[i]
+		switch {
+		case c == '_':
+			c = '-'
+		case c >= 'A' && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
 // dropTrailers removes the trailer fields that ended a chunked request
 // body (RFC 9112 section 7.1.2), as HTTP/2 trailers are: lb buffers the
 // body and sends it with Content-Length. They must go before Trailer
@@ -250,7 +274,7 @@ func dropTrailers(h *fasthttp.RequestHeader) {
 func removeXClient(h *fasthttp.RequestHeader) {
 	var names [][]byte
 	for k := range h.All() {
-		if len(k) > 9 && bytes.EqualFold(k[:9], []byte("x-client-")) {
+		if isXClient(k) {
 			names = append(names, append([]byte(nil), k...))
 		}
 	}
