@@ -146,6 +146,10 @@ func TestHTTP10ClientGetsHTTP11Backend(t *testing.T) {
 	if e.lastSeen().Proto != "HTTP/1.1" || e.lastSeen().Host == "" {
 		t.Errorf("backend saw %s with Host %q", e.lastSeen().Proto, e.lastSeen().Host)
 	}
+	hs.raw("GET //x/y HTTP/1.0\r\n\r\n")
+	if s := e.lastSeen(); s.URI != "//x/y" || s.Host == "x" {
+		t.Errorf("backend got target %q on host %q; want the path //x/y", s.URI, s.Host)
+	}
 }
 
 func TestResponseHeadersCleaned(t *testing.T) {
@@ -473,6 +477,8 @@ func TestRejectedRequestsNeverReachBackend(t *testing.T) {
 		{"bad chunk size", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n", "400"},
 		{"unknown transfer coding", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", "400"},
 		{"no Host in HTTP/1.1", "GET / HTTP/1.1\r\n\r\n", "400"},
+		{"no Host, absolute form", "GET http://x/y HTTP/1.1\r\n\r\n", "400"},
+		{"no Host, a path that looks like an authority", "GET //x/y HTTP/1.1\r\n\r\n", "400"},
 		{"CONNECT", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", "405"},
 		{"TRACE", "TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", "405"},
 		{"oversized head", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 20<<10) + "\r\n\r\n", "431"},
