@@ -136,9 +136,10 @@ func FuzzPrepareRequest(f *testing.F) {
 // originForm is the target a backend must get for one a client wrote:
 // the same, or the path and query of an absolute form (RFC 9112 section
 // 3.2.2), "/" when it has no path; a fragment, which no target may carry,
-// is dropped.
+// and an empty query are dropped, as fasthttp does.
 func originForm(target string) string {
 	target, _, _ = strings.Cut(target, "#")
+	target = strings.TrimSuffix(target, "?")
 	_, rest, ok := strings.Cut(target, "://")
 	if !ok || strings.HasPrefix(target, "/") {
 		return target

@@ -422,6 +422,11 @@ func checkRequest(ctx *fasthttp.RequestCtx) int {
 		h.SetHost(ctx.LocalAddr().String())
 		ctx.Request.SetRequestURIBytes(h.RequestURI())
 	}
+	if len(ctx.Host()) == 0 {
+		// An absolute target with an empty authority ("http:///x")
+		// overrides Host with nothing.
+		return fasthttp.StatusBadRequest
+	}
 	// fasthttp marks a request with both Content-Length and
 	// Transfer-Encoding "close" and reads it as chunked; the raw head is
 	// looked at only then (and for requests that asked to close).

@@ -479,6 +479,8 @@ func TestRejectedRequestsNeverReachBackend(t *testing.T) {
 		{"no Host in HTTP/1.1", "GET / HTTP/1.1\r\n\r\n", "400"},
 		{"no Host, absolute form", "GET http://x/y HTTP/1.1\r\n\r\n", "400"},
 		{"no Host, a path that looks like an authority", "GET //x/y HTTP/1.1\r\n\r\n", "400"},
+		{"absolute form with no host", "GET http:///y HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"HTTP/1.0, absolute form with no host", "GET x:// HTTP/1.0\r\n\r\n", "400"},
 		{"CONNECT", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", "405"},
 		{"TRACE", "TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", "405"},
 		{"oversized head", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 20<<10) + "\r\n\r\n", "431"},
