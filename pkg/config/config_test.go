@@ -12,7 +12,7 @@ import (
 )
 
 // writeCerts makes certs/site.pem and certs/site.key under dir.
-func writeCerts(t *testing.T, dir string) {
+func writeCerts(t testing.TB, dir string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Join(dir, "certs"), 0o755); err != nil {
 		t.Fatal(err)
@@ -118,150 +118,153 @@ max_conns_per_backend = 0
 	}
 }
 
-func TestBadConfigs(t *testing.T) {
-	tests := []struct {
-		name string
-		edit func(string) string
-		want string // "line:key: message" fragment
-	}{
-		{
-			"unknown key",
-			func(s string) string {
-				return strings.Replace(s, `address = "10.0.0.11:8080"`, `adress = "10.0.0.11:8080"`, 1)
-			},
-			`:13: pool[0].backend[0].adress: unknown key (did you mean "address"?)`,
+// badConfigs are edits of minimal that Load must refuse, with a fragment
+// of the error it must give.
+var badConfigs = []struct {
+	name string
+	edit func(string) string
+	want string // "line:key: message" fragment
+}{
+	{
+		"unknown key",
+		func(s string) string {
+			return strings.Replace(s, `address = "10.0.0.11:8080"`, `adress = "10.0.0.11:8080"`, 1)
 		},
-		{
-			"missing pool",
-			func(s string) string { return strings.Replace(s, `pool = "web"`, `pool = "wbe"`, 1) },
-			`:5: listener[0].pool: no pool named "wbe" (pools: "web")`,
-		},
-		{
-			"bad duration",
-			func(s string) string {
-				return strings.Replace(s, `name = "web"`, `name = "web"
+		`:13: pool[0].backend[0].adress: unknown key (did you mean "address"?)`,
+	},
+	{
+		"missing pool",
+		func(s string) string { return strings.Replace(s, `pool = "web"`, `pool = "wbe"`, 1) },
+		`:5: listener[0].pool: no pool named "wbe" (pools: "web")`,
+	},
+	{
+		"bad duration",
+		func(s string) string {
+			return strings.Replace(s, `name = "web"`, `name = "web"
 connect_timeout = "2"`, 1)
-			},
-			`:12: pool[0].connect_timeout: "2" is not a duration`,
 		},
-		{
-			"duration without unit",
-			func(s string) string {
-				return strings.Replace(s, `name = "web"`, `name = "web"
+		`:12: pool[0].connect_timeout: "2" is not a duration`,
+	},
+	{
+		"duration without unit",
+		func(s string) string {
+			return strings.Replace(s, `name = "web"`, `name = "web"
 response_timeout = 30`, 1)
-			},
-			`:12: pool[0].response_timeout: 30 has no unit`,
 		},
-		{
-			"duplicate name",
-			func(s string) string {
-				return s + "\n[[pool]]\nname = \"web\"\n  [[pool.backend]]\n  address = \"10.0.0.12:80\"\n"
-			},
-			`:16: pool[1].name: duplicate name "web" (also pool[0])`,
+		`:12: pool[0].response_timeout: 30 has no unit`,
+	},
+	{
+		"duplicate name",
+		func(s string) string {
+			return s + "\n[[pool]]\nname = \"web\"\n  [[pool.backend]]\n  address = \"10.0.0.12:80\"\n"
 		},
-		{
-			"bad address",
-			func(s string) string { return strings.Replace(s, `"10.0.0.11:8080"`, `"10.0.0.11"`, 1) },
-			`:13: pool[0].backend[0].address: "10.0.0.11" is not host:port (missing port in address)`,
-		},
-		{
-			"port out of range",
-			func(s string) string { return strings.Replace(s, `"10.0.0.11:8080"`, `"10.0.0.11:80800"`, 1) },
-			`pool[0].backend[0].address: "10.0.0.11:80800" has a bad port`,
-		},
-		{
-			"unreadable cert",
-			func(s string) string { return strings.Replace(s, `certs/site.pem`, `certs/missing.pem`, 1) },
-			`:7: listener[0].tls.cert: cannot read `,
-		},
-		{
-			"cert and key that do not match",
-			func(s string) string { return strings.Replace(s, `certs/site.key`, `certs/api.key`, 1) },
-			`listener[0].tls.cert: cannot load`,
-		},
-		{
-			"bad enum",
-			func(s string) string {
-				return strings.Replace(s, `name = "web"`, `name = "web"
+		`:16: pool[1].name: duplicate name "web" (also pool[0])`,
+	},
+	{
+		"bad address",
+		func(s string) string { return strings.Replace(s, `"10.0.0.11:8080"`, `"10.0.0.11"`, 1) },
+		`:13: pool[0].backend[0].address: "10.0.0.11" is not host:port (missing port in address)`,
+	},
+	{
+		"port out of range",
+		func(s string) string { return strings.Replace(s, `"10.0.0.11:8080"`, `"10.0.0.11:80800"`, 1) },
+		`pool[0].backend[0].address: "10.0.0.11:80800" has a bad port`,
+	},
+	{
+		"unreadable cert",
+		func(s string) string { return strings.Replace(s, `certs/site.pem`, `certs/missing.pem`, 1) },
+		`:7: listener[0].tls.cert: cannot read `,
+	},
+	{
+		"cert and key that do not match",
+		func(s string) string { return strings.Replace(s, `certs/site.key`, `certs/api.key`, 1) },
+		`listener[0].tls.cert: cannot load`,
+	},
+	{
+		"bad enum",
+		func(s string) string {
+			return strings.Replace(s, `name = "web"`, `name = "web"
 algorithm = "random"`, 1)
-			},
-			`:12: pool[0].algorithm: "random" is not one of round_robin, least_conn`,
 		},
-		{
-			"bad size",
-			func(s string) string {
-				return strings.Replace(s, `pool = "web"`, `pool = "web"
+		`:12: pool[0].algorithm: "random" is not one of round_robin, least_conn`,
+	},
+	{
+		"bad size",
+		func(s string) string {
+			return strings.Replace(s, `pool = "web"`, `pool = "web"
 max_request_body = "10 parsecs"`, 1)
-			},
-			`:6: listener[0].max_request_body: "10 parsecs" is not a size`,
 		},
-		{
-			"wrong type",
-			func(s string) string {
-				return strings.Replace(s, `address = "10.0.0.11:8080"`, `address = "10.0.0.11:8080"
+		`:6: listener[0].max_request_body: "10 parsecs" is not a size`,
+	},
+	{
+		"wrong type",
+		func(s string) string {
+			return strings.Replace(s, `address = "10.0.0.11:8080"`, `address = "10.0.0.11:8080"
   weight = "heavy"`, 1)
-			},
-			`:14: pool[0].backend[0].weight: must be an integer, not a string`,
 		},
-		{
-			"syntax error",
-			func(s string) string { return strings.Replace(s, `name = "web"`, `name = "web`, 1) },
-			`:11: pool.name: strings cannot contain newlines`,
-		},
-		{
-			"tls 1.1",
-			func(s string) string {
-				return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
+		`:14: pool[0].backend[0].weight: must be an integer, not a string`,
+	},
+	{
+		"syntax error",
+		func(s string) string { return strings.Replace(s, `name = "web"`, `name = "web`, 1) },
+		`:11: pool.name: strings cannot contain newlines`,
+	},
+	{
+		"tls 1.1",
+		func(s string) string {
+			return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
   min_version = "1.1"`, 1)
-			},
-			`:9: listener[0].tls.min_version: "1.1" is not one of "1.2", "1.3"`,
 		},
-		{
-			"route without pool",
-			func(s string) string {
-				return strings.Replace(s, "[[pool]]", "  [[listener.route]]\n  host = \"api.example.com\"\n\n[[pool]]", 1)
-			},
-			`:10: listener[0].route[0].pool: missing`,
+		`:9: listener[0].tls.min_version: "1.1" is not one of "1.2", "1.3"`,
+	},
+	{
+		"route without pool",
+		func(s string) string {
+			return strings.Replace(s, "[[pool]]", "  [[listener.route]]\n  host = \"api.example.com\"\n\n[[pool]]", 1)
 		},
-		{
-			"bad expect_status",
-			func(s string) string {
-				return strings.Replace(s, `name = "web"`, "name = \"web\"\n  [pool.health]\n  expect_status = \"2xx\"", 1)
-			},
-			`:13: pool[0].health.expect_status: "2xx" is not a status code or range`,
+		`:10: listener[0].route[0].pool: missing`,
+	},
+	{
+		"bad expect_status",
+		func(s string) string {
+			return strings.Replace(s, `name = "web"`, "name = \"web\"\n  [pool.health]\n  expect_status = \"2xx\"", 1)
 		},
-		{
-			"client_auth without client_ca",
-			func(s string) string {
-				return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
+		`:13: pool[0].health.expect_status: "2xx" is not a status code or range`,
+	},
+	{
+		"client_auth without client_ca",
+		func(s string) string {
+			return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
   client_auth = "require"`, 1)
-			},
-			`listener[0].tls.client_ca: missing (PEM bundle of the CAs that sign client certificates; client_auth = "require" needs it)`,
 		},
-		{
-			"client_ca that is not a CA bundle",
-			func(s string) string {
-				return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
+		`listener[0].tls.client_ca: missing (PEM bundle of the CAs that sign client certificates; client_auth = "require" needs it)`,
+	},
+	{
+		"client_ca that is not a CA bundle",
+		func(s string) string {
+			return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
   client_auth = "request"
   client_ca = "certs/site.key"`, 1)
-			},
-			`:10: listener[0].tls.client_ca: `,
 		},
-		{
-			"bad client_auth",
-			func(s string) string {
-				return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
+		`:10: listener[0].tls.client_ca: `,
+	},
+	{
+		"bad client_auth",
+		func(s string) string {
+			return strings.Replace(s, `key = "certs/site.key"`, `key = "certs/site.key"
   client_auth = "optional"`, 1)
-			},
-			`:9: listener[0].tls.client_auth: "optional" is not one of none, request, require`,
 		},
-		{
-			"no listeners",
-			func(s string) string { return s[strings.Index(s, "[[pool]]"):] },
-			`listener: at least one [[listener]] is required`,
-		},
-	}
-	for _, tc := range tests {
+		`:9: listener[0].tls.client_auth: "optional" is not one of none, request, require`,
+	},
+	{
+		"no listeners",
+		func(s string) string { return s[strings.Index(s, "[[pool]]"):] },
+		`listener: at least one [[listener]] is required`,
+	},
+}
+
+func TestBadConfigs(t *testing.T) {
+	for _, tc := range badConfigs {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseIn(t, tc.edit(minimal))
 			if err == nil {

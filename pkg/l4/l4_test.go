@@ -285,11 +285,60 @@ func TestMatchSNI(t *testing.T) {
 	}
 }
 
+// FuzzPeekServerName checks that peeking never consumes the stream, which
+// is forwarded untouched, and that a name found is the one crypto/tls,
+// standing for a backend that terminates TLS, reads from the same bytes:
+// a tcp listener routes by it.
 func FuzzPeekServerName(f *testing.F) {
 	f.Add([]byte{0x16, 3, 1, 0, 4, 1, 0, 0, 0})
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
+	for _, name := range []string{"db.example.com", "", "Mixed.Example.COM"} {
+		hello := clientHello(f, &tls.Config{ServerName: name, InsecureSkipVerify: true})
+		f.Add(hello)
+		// The same hello split across two records.
+		n := len(hello) - 5
+		split := append([]byte{0x16, 3, 1, byte(n / 2 >> 8), byte(n / 2)}, hello[5:5+n/2]...)
+		split = append(split, 0x16, 3, 1, byte((n-n/2)>>8), byte(n-n/2))
+		f.Add(append(split, hello[5+n/2:]...))
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		br := bufio.NewReaderSize(bytes.NewReader(in), maxHello+5)
-		PeekServerName(br) //nolint:errcheck // must not panic or hang
+		name, err := PeekServerName(br)
+		if rest, _ := io.ReadAll(br); !bytes.Equal(rest, in) {
+			t.Fatalf("peeking consumed the stream: %x left of %x", rest, in)
+		}
+		if err != nil {
+			return
+		}
+		if name != "" && (!validSNI(name) || name != strings.ToLower(name)) {
+			t.Fatalf("name %q is not a lower-case host name", name)
+		}
+		if seen, ok := tlsServerName(in); ok && !strings.EqualFold(strings.TrimSuffix(seen, "."), name) {
+			t.Fatalf("lb routes by %q, crypto/tls reads %q", name, seen)
+		}
 	})
 }
+
+// tlsServerName is the server name a crypto/tls server reads from in, and
+// whether it read a ClientHello at all.
+func tlsServerName(in []byte) (name string, ok bool) {
+	stop := errors.New("hello read")
+	cfg := &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		name, ok = h.ServerName, true
+		return nil, stop
+	}}
+	tls.Server(byteConn{bytes.NewReader(in)}, cfg).Handshake() //nolint:errcheck // stopped on purpose
+	return name, ok
+}
+
+// byteConn is a connection that reads fixed bytes and discards writes.
+type byteConn struct{ r *bytes.Reader }
+
+func (c byteConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
+func (c byteConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (c byteConn) Close() error                     { return nil }
+func (c byteConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (c byteConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (c byteConn) SetDeadline(time.Time) error      { return nil }
+func (c byteConn) SetReadDeadline(time.Time) error  { return nil }
+func (c byteConn) SetWriteDeadline(time.Time) error { return nil }

@@ -24,10 +24,12 @@ func TestClientCertificateHeadersCannotBeForged(t *testing.T) {
 		"X-Client-Verify", "SUCCESS",
 		"X-Client-Cert-Subject", "CN=admin",
 		"x-client-anything", "1",
+		"X_Client_Verify", "SUCCESS", // HTTP_X_CLIENT_VERIFY to a CGI-style backend
+		"x-client_cert_subject", "CN=admin",
 		"X-Clientele", "kept") // not X-Client-*
 	s := decodeSeen(t, body)
 	for k := range s.Header {
-		if strings.HasPrefix(strings.ToLower(k), "x-client-") {
+		if strings.HasPrefix(strings.ReplaceAll(strings.ToLower(k), "_", "-"), "x-client-") {
 			t.Errorf("client's %s: %q reached the backend", k, s.Header.Values(k))
 		}
 	}

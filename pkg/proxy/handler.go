@@ -441,12 +441,24 @@ func checkRequest(ctx *fasthttp.RequestCtx) (code, mask int) {
 	if hv := h.Host(); len(hv) > 0 && !validHost(hv) {
 		return fasthttp.StatusBadRequest, mask // RFC 9112 section 3.2
 	}
-	if len(ctx.Host()) == 0 {
+	// The Host field itself, not ctx.Host(): without one, fasthttp takes
+	// the host from the target, even from an origin-form "//a/b" (a path
+	// the backend would then get as "/b", on host a).
+	if len(h.Host()) == 0 {
 		if h.IsHTTP11() {
-			return fasthttp.StatusBadRequest, mask // RFC 9112 section 3.2
+			// RFC 9112 section 3.2, whatever the target's form; RFC 9113
+			// section 8.3.1 for HTTP/2 requests without :authority.
+			return fasthttp.StatusBadRequest, mask
 		}
-		// An HTTP/1.0 request may lack Host; name the address it reached.
-		ctx.Request.URI().SetHost(ctx.LocalAddr().String())
+		// An HTTP/1.0 request may lack Host; name the address it reached
+		// and parse the target again beside it.
+		h.SetHost(ctx.LocalAddr().String())
+		ctx.Request.SetRequestURIBytes(h.RequestURI())
+	}
+	if len(ctx.Host()) == 0 {
+		// An absolute target with an empty authority ("http:///x")
+		// overrides Host with nothing.
+		return fasthttp.StatusBadRequest, mask
 	}
 	return 0, mask
 }

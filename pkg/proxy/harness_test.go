@@ -203,6 +203,7 @@ type seen struct {
 	Header  http.Header
 	Body    string
 	Chunked bool
+	Trailer http.Header // trailer fields after a chunked body
 }
 
 // echoBackend is a net/http server that answers with a JSON account of
@@ -233,7 +234,7 @@ func startEcho(t testing.TB, handler ...func(w http.ResponseWriter, r *http.Requ
 		body, _ := io.ReadAll(r.Body)
 		s := &seen{
 			Backend: e.addr, Method: r.Method, URI: r.RequestURI, Proto: r.Proto, Host: r.Host,
-			Header: r.Header, Body: string(body), Chunked: len(r.TransferEncoding) > 0,
+			Header: r.Header, Body: string(body), Chunked: len(r.TransferEncoding) > 0, Trailer: r.Trailer,
 		}
 		e.mu.Lock()
 		e.last = s

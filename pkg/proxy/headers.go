@@ -90,13 +90,13 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 			continue // not a field line (the blank line ending the head)
 		}
 		name := line[:colon]
-		if bytes.IndexByte(name, ' ') >= 0 {
+		if bytes.IndexByte(name, ' ') >= 0 || bytes.IndexByte(name, '\t') >= 0 {
 			// fasthttp accepts "X A: b" (and passes it on as it is);
 			// a field name is a token (RFC 9110 section 5.1).
 			mask |= badName
 			continue
 		}
-		if name[0]|0x20 == 'x' && len(name) > 9 && bytes.EqualFold(name[:9], []byte("x-client-")) {
+		if name[0]|0x20 == 'x' && isXClient(name) {
 			mask |= hopXClient
 			continue
 		}
@@ -169,6 +169,11 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 func prepareRequest(ctx *fasthttp.RequestCtx, tls bool, mask int) {
 	req := &ctx.Request
 	h := &req.Header
+	if len(h.PeekTrailerKeys()) > 0 {
+		// Before Trailer goes with the hop-by-hop fields (see
+		// dropTrailers).
+		dropTrailers(h)
+	}
 	if mask&hopMask != 0 {
 		var proto []byte
 		if mask&(hopUpgrade|hopConnection) == hopUpgrade|hopConnection {
@@ -272,12 +277,55 @@ func removeHopHeaders(h *fasthttp.RequestHeader, mask int) {
 	}
 }
 
+// isXClient reports whether a field name is X-Client-* with something
+// after the prefix, written with hyphens or underscores: CGI-style
+// backends (FastCGI, WSGI, PHP) read both X-Client-Verify and
+// X_Client_Verify as HTTP_X_CLIENT_VERIFY.
+func isXClient(name []byte) bool {
+	const prefix = "x-client-"
+	if len(name) <= len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := name[i]
+		switch {
+		case c == '_':
+			c = '-'
+		case c >= 'A' && c <= 'Z':
+			c += 'a' - 'A'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// dropTrailers removes the trailer fields that ended a chunked request
+// body (RFC 9112 section 7.1.2), as HTTP/2 trailers are: lb buffers the
+// body and sends it with Content-Length. They must go before Trailer
+// does: deleting Trailer moves fasthttp's trailer fields among the header
+// fields, past the check of the raw head, where a client's
+// "X-Client-Verify: SUCCESS" would pass for lb's own. A header field also
+// sent as a trailer field goes with it.
+func dropTrailers(h *fasthttp.RequestHeader) {
+	var tmp [4][]byte
+	names := tmp[:0]
+	for _, k := range h.PeekTrailerKeys() {
+		names = append(names, append([]byte(nil), k...))
+	}
+	for _, k := range names {
+		h.DelBytes(k)
+	}
+	h.Del("Trailer")
+}
+
 // removeXClient removes every X-Client-* header a client sent: backends
 // trust them as lb's word on the client certificate.
 func removeXClient(h *fasthttp.RequestHeader) {
 	var names [][]byte
 	for k := range h.All() {
-		if len(k) > 9 && bytes.EqualFold(k[:9], []byte("x-client-")) {
+		if isXClient(k) {
 			names = append(names, append([]byte(nil), k...))
 		}
 	}

@@ -83,6 +83,59 @@ func TestRequestTargetAndHopHeaders(t *testing.T) {
 	}
 }
 
+// TestRequestTrailersNotPassedOn sends trailer fields after a chunked
+// body, announced by Trailer or not. lb sends the body with
+// Content-Length and no trailer: deleting Trailer used to move the
+// fields among the header fields, where X-Client-Verify passed for lb's.
+func TestRequestTrailersNotPassedOn(t *testing.T) {
+	e := startEcho(t)
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
+	for _, announce := range []string{"Trailer: X-Client-Verify, X-Sum\r\n", ""} {
+		resp := hs.raw("POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n" + announce +
+			"\r\n5\r\nhello\r\n0\r\nX-Client-Verify: SUCCESS\r\nX-Sum: 1\r\n\r\n")
+		if !strings.HasPrefix(resp, "HTTP/1.1 200") {
+			t.Fatalf("response: %q", resp)
+		}
+		s := e.lastSeen()
+		if s.Body != "hello" || s.Chunked {
+			t.Errorf("backend got body %q (chunked %v)", s.Body, s.Chunked)
+		}
+		for _, name := range []string{"X-Client-Verify", "X-Sum", "Trailer"} {
+			if v := s.Header.Get(name); v != "" {
+				t.Errorf("%q: client's trailer field %s reached the backend as a header: %q", announce, name, v)
+			}
+		}
+		if len(s.Trailer) > 0 {
+			t.Errorf("%q: trailer fields reached the backend: %v", announce, s.Trailer)
+		}
+	}
+}
+
+// TestSpaceInFieldNameRefused covers what fasthttp lets through to the
+// handler and net/http, the echo backend, would refuse by itself (so
+// TestRejectedRequestsNeverReachBackend cannot tell who refused it).
+func TestSpaceInFieldNameRefused(t *testing.T) {
+	for _, tc := range []struct {
+		head string
+		want int
+	}{
+		{"POST / HTTP/1.1\r\nHost: x\r\nTransfer Encoding: chunked\r\nContent-Length: 5\r\n\r\n", 400},
+		{"GET / HTTP/1.0\r\nX Y: 1\r\n\r\n", 400},
+		{"GET / HTTP/1.1\r\nHost: x\r\nX-A: a b: c\r\n\r\n", 0},
+		{"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b: c\r\n\r\n", 400}, // obs-fold
+		{"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, X-A\r\nX-A: 1\r\n\r\n", 0},
+	} {
+		var ctx fasthttp.RequestCtx
+		ctx.Init(&fasthttp.Request{}, clientAddr, nil)
+		if err := ctx.Request.Header.Read(bufio.NewReader(strings.NewReader(tc.head))); err != nil {
+			t.Fatalf("%q: %v", tc.head, err)
+		}
+		if got, _ := checkRequest(&ctx); got != tc.want {
+			t.Errorf("%q: checkRequest = %d, want %d", tc.head, got, tc.want)
+		}
+	}
+}
+
 func TestHTTP10ClientGetsHTTP11Backend(t *testing.T) {
 	e := startEcho(t)
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
@@ -92,6 +145,10 @@ func TestHTTP10ClientGetsHTTP11Backend(t *testing.T) {
 	}
 	if e.lastSeen().Proto != "HTTP/1.1" || e.lastSeen().Host == "" {
 		t.Errorf("backend saw %s with Host %q", e.lastSeen().Proto, e.lastSeen().Host)
+	}
+	hs.raw("GET //x/y HTTP/1.0\r\n\r\n")
+	if s := e.lastSeen(); s.URI != "//x/y" || s.Host == "x" {
+		t.Errorf("backend got target %q on host %q; want the path //x/y", s.URI, s.Host)
 	}
 }
 
@@ -420,6 +477,10 @@ func TestRejectedRequestsNeverReachBackend(t *testing.T) {
 		{"bad chunk size", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n", "400"},
 		{"unknown transfer coding", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", "400"},
 		{"no Host in HTTP/1.1", "GET / HTTP/1.1\r\n\r\n", "400"},
+		{"no Host, absolute form", "GET http://x/y HTTP/1.1\r\n\r\n", "400"},
+		{"no Host, a path that looks like an authority", "GET //x/y HTTP/1.1\r\n\r\n", "400"},
+		{"absolute form with no host", "GET http:///y HTTP/1.1\r\nHost: x\r\n\r\n", "400"},
+		{"HTTP/1.0, absolute form with no host", "GET x:// HTTP/1.0\r\n\r\n", "400"},
 		{"CONNECT", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", "405"},
 		{"TRACE", "TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", "405"},
 		{"oversized head", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 20<<10) + "\r\n\r\n", "431"},
