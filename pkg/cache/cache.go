@@ -345,24 +345,40 @@ func (c *Cache) Stats() Stats {
 func (c *Cache) Count(r Result) { c.Results[r].Add(1) }
 
 // Key appends the cache key of a request to dst: host and request target.
-func Key(dst, host, uri []byte) []byte {
-	dst = append(dst, host...)
+// The host is compared without case, and without the scheme's default
+// port (":443" when tls, ":80" when not), so that the spellings of one
+// site share entries.
+func Key(dst, host, uri []byte, tls bool) []byte {
+	port := ":80"
+	if tls {
+		port = ":443"
+	}
+	host = bytes.TrimSuffix(host, []byte(port))
+	for _, c := range host {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
 	dst = append(dst, ' ')
 	return append(dst, uri...)
 }
 
 // KeyOf is the key of a URL given to purge: "https://host/path?q",
-// "http://host/path" or "host/path" (the host as clients send it in Host,
-// with the port if they send one).
+// "http://host/path" or "host/path" (taken as https), the host as clients
+// send it in Host.
 func KeyOf(url string) ([]byte, error) {
-	for _, scheme := range []string{"https://", "http://"} {
-		url = strings.TrimPrefix(url, scheme)
+	tls := true
+	if rest, ok := strings.CutPrefix(url, "http://"); ok {
+		url, tls = rest, false
+	} else {
+		url = strings.TrimPrefix(url, "https://")
 	}
 	host, path, ok := strings.Cut(url, "/")
 	if !ok || host == "" {
 		return nil, fmt.Errorf("url %q: want host/path, as in https://www.example.com/page", url)
 	}
-	return Key(nil, []byte(host), []byte("/"+path)), nil
+	return Key(nil, []byte(host), []byte("/"+path), tls), nil
 }
 
 // Fill is a miss being fetched from the origin; requests for the same

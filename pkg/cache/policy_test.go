@@ -106,3 +106,29 @@ func TestParseRequest(t *testing.T) {
 		}
 	}
 }
+
+func TestKeys(t *testing.T) {
+	for _, tc := range []struct {
+		host, uri string
+		tls       bool
+		purge     string
+	}{
+		{"www.example.com", "/a?b=1", true, "https://www.example.com/a?b=1"},
+		{"WWW.Example.COM:443", "/a?b=1", true, "https://www.example.com/a?b=1"},
+		{"www.example.com:443", "/a?b=1", true, "www.example.com/a?b=1"},
+		{"www.example.com:80", "/", false, "http://www.example.com/"},
+		{"www.example.com:8443", "/", true, "https://www.example.com:8443/"},
+	} {
+		k := Key(nil, []byte(tc.host), []byte(tc.uri), tc.tls)
+		p, err := KeyOf(tc.purge)
+		if err != nil || string(k) != string(p) {
+			t.Errorf("%s%s (tls %v): key %q, purge %q gives %q %v", tc.host, tc.uri, tc.tls, k, tc.purge, p, err)
+		}
+	}
+	if k := Key(nil, []byte("www.example.com:80"), []byte("/"), true); string(k) != "www.example.com:80 /" {
+		t.Errorf("port 80 on TLS dropped: %q", k)
+	}
+	if _, err := KeyOf("https://"); err == nil {
+		t.Error("an empty URL made a key")
+	}
+}

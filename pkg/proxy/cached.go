@@ -35,12 +35,12 @@ func init() {
 // while it is, within stale-while-revalidate; or instead of an error,
 // within stale-if-error); a miss is fetched once for all the requests that
 // want it at the same moment, and stored when the rules allow.
-func (h *Handler) cached(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
+func (h *Handler) cached(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, tls bool) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
 	req := &ctx.Request.Header
 	o := c.Options()
 	rc := cache.ParseRequest(req, o.IgnoreClientNoCache)
 	kp := cacheKeyBufPool.Get().(*[]byte)
-	key := cache.Key((*kp)[:0], ctx.Host(), req.RequestURI())
+	key := cache.Key((*kp)[:0], ctx.Host(), req.RequestURI(), tls)
 	defer func() {
 		*kp = key[:0]
 		cacheKeyBufPool.Put(kp)

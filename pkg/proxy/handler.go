@@ -154,7 +154,7 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		prepareRequest(ctx, l.TLS, mask)
 		var stream *bodyStream
 		if t.Up.Cache != nil {
-			b, attempts, stream, err = h.cached(ctx, t.Up, t.Up.Cache)
+			b, attempts, stream, err = h.cached(ctx, t.Up, t.Up.Cache, l.TLS)
 		} else {
 			b, attempts, stream, err = h.forward(ctx, t.Up, maxBufferedBody)
 		}
