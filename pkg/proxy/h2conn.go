@@ -54,6 +54,8 @@ type h2Conn struct {
 	initWin     int64 // the client's SETTINGS_INITIAL_WINDOW_SIZE
 	recvWin     int64 // credit the client has for DATA to lb
 	recvUnacked int64
+	resetByUs   [8]uint32 // the streams lb reset last
+	resetNext   uint8
 	sentGoAway  bool
 	peerGoAway  bool
 	closed      bool
@@ -389,6 +391,8 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 	switch {
 	case st == nil && id > c.maxClientID:
 		return http2.ConnectionError(http2.ErrCodeProtocol) // idle stream
+	case st == nil && c.wasResetByUs(id):
+		return nil // its credit came back above
 	case st == nil, st.remoteDone:
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 	case n > st.recvWin:
@@ -495,7 +499,21 @@ func (c *h2Conn) resetLocked(id uint32, code http2.ErrCode) {
 	c.fr.WriteRSTStream(id, code) //nolint:errcheck
 	if st := c.streams[id]; st != nil {
 		c.forget(st)
+		c.resetByUs[c.resetNext%uint8(len(c.resetByUs))] = id
+		c.resetNext++
 	}
+}
+
+// wasResetByUs: lb reset stream id lately. Frames the client sent before
+// it saw the RST_STREAM are ignored rather than answered with another
+// (RFC 9113 section 5.4.2).
+func (c *h2Conn) wasResetByUs(id uint32) bool {
+	for _, r := range c.resetByUs {
+		if r == id {
+			return true
+		}
+	}
+	return false
 }
 
 // forget drops a reset stream; a handler serving it writes nothing more.

@@ -501,3 +501,38 @@ func TestWorkerPoolReusesAndExpires(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestHTTP2EarlyAnswerThenData: a request answered before its body
+// arrived (413) is reset with NO_ERROR; the DATA the client had already
+// sent is ignored, not answered with a reset each.
+func TestHTTP2EarlyAnswerThenData(t *testing.T) {
+	e := startEcho(t)
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
+	addr, _ := h2Serve(t, hs, HTTP2Options{MaxBody: 1 << 10})
+	r := dialH2(t, addr)
+	r.request(1, "POST", "/up", false, "content-length", "100000")
+	resp := r.response(1, nil)
+	if resp.status != "413" {
+		t.Fatalf("status %q, want 413", resp.status)
+	}
+	chunk := make([]byte, 1000)
+	for range 5 {
+		r.fr.WriteData(1, false, chunk)
+	}
+	r.fr.WritePing(false, [8]byte{1})
+	for {
+		switch f := r.next().(type) {
+		case *http2.RSTStreamFrame:
+			if f.ErrCode != http2.ErrCodeNo {
+				t.Errorf("RST_STREAM %v for DATA sent before the reset was seen", f.ErrCode)
+			}
+		case *http2.PingFrame:
+			if f.IsAck() {
+				if e.hits.Load() != 0 {
+					t.Error("the refused request reached the backend")
+				}
+				return
+			}
+		}
+	}
+}
