@@ -10,7 +10,6 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
@@ -31,7 +30,7 @@ type HTTP2 struct {
 	o HTTP2Options
 
 	ctxs    sync.Pool // *fasthttp.RequestCtx
-	readers sync.Pool // *bufio.Reader sized for MaxHead
+	readers sync.Pool // *headReader, its buffer sized for MaxHead
 	workers workerPool
 
 	mu        sync.Mutex
@@ -66,7 +65,11 @@ func NewHTTP2(h *Handler, o HTTP2Options) *HTTP2 {
 	a := &HTTP2{h: h, o: o, conns: map[*h2Conn]struct{}{}}
 	a.workers.idle = workerIdle
 	a.ctxs.New = func() any { return new(fasthttp.RequestCtx) }
-	a.readers.New = func() any { return bufio.NewReaderSize(nil, o.MaxHead+512) }
+	a.readers.New = func() any {
+		hr := &headReader{}
+		hr.br = bufio.NewReaderSize(&hr.r, o.MaxHead+512)
+		return hr
+	}
 	return a
 }
 
@@ -237,12 +240,20 @@ func (a *HTTP2) readRequest(ctx *fasthttp.RequestCtx, f *http2.MetaHeadersFrame)
 	if hd.declared > int64(a.o.MaxBody) {
 		return hd, fasthttp.ErrBodyTooLarge
 	}
-	br := a.readers.Get().(*bufio.Reader)
-	br.Reset(bytes.NewReader(head))
-	err := ctx.Request.Header.Read(br)
-	br.Reset(nil)
-	a.readers.Put(br)
+	hr := a.readers.Get().(*headReader)
+	hr.r.Reset(head)
+	hr.br.Reset(&hr.r)
+	err := ctx.Request.Header.Read(hr.br)
+	hr.r.Reset(nil)
+	a.readers.Put(hr)
 	return hd, err
+}
+
+// headReader reads a request head written out in memory, as fasthttp
+// reads one off a connection.
+type headReader struct {
+	r  bytes.Reader
+	br *bufio.Reader
 }
 
 // validToken: a method is a non-empty token (RFC 9110 section 5.6.2).
@@ -303,9 +314,8 @@ func appendField(b []byte, k, v string) []byte {
 // the fields in lower case, and content-length unless the status has no
 // body or the length is unknown (cl < 0).
 func (c *h2Conn) encodeHead(resp *fasthttp.Response, cl int) []byte {
-	c.hbuf.Reset()
 	code := resp.StatusCode()
-	c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(code)}) //nolint:errcheck // a bytes.Buffer
+	b := appendStatus(c.hbuf[:0], code)
 	for k, v := range resp.Header.All() {
 		// Hop-by-hop fields went in cleanResponse; the framing is
 		// HTTP/2's own.
@@ -313,20 +323,120 @@ func (c *h2Conn) encodeHead(resp *fasthttp.Response, cl int) []byte {
 			continue
 		}
 		c.scratch = append(c.scratch[:0], k...)
-		for i, b := range c.scratch {
-			if 'A' <= b && b <= 'Z' {
-				c.scratch[i] = b + 'a' - 'A'
+		for i, ch := range c.scratch {
+			if 'A' <= ch && ch <= 'Z' {
+				c.scratch[i] = ch + 'a' - 'A'
 			}
 		}
-		// The encoder keeps no dynamic table (see newH2Conn), so these
-		// views of reused buffers are not retained.
-		c.henc.WriteField(hpack.HeaderField{Name: b2s(c.scratch), Value: b2s(v)}) //nolint:errcheck
+		if idx := hpackNameIndex(c.scratch); idx > 0 {
+			b = appendHPACKInt(b, 0, 4, idx) // literal, indexed name
+		} else {
+			b = append(b, 0) // literal, new name
+			b = appendHPACKString(b, c.scratch)
+		}
+		b = appendHPACKString(b, v)
 	}
 	if cl >= 0 && !noBody(code) {
-		c.scratch = strconv.AppendInt(c.scratch[:0], int64(cl), 10)
-		c.henc.WriteField(hpack.HeaderField{Name: "content-length", Value: b2s(c.scratch)}) //nolint:errcheck
+		var num [20]byte
+		b = appendHPACKInt(b, 0, 4, hpackContentLength)
+		b = appendHPACKString(b, strconv.AppendInt(num[:0], int64(cl), 10))
 	}
-	return c.hbuf.Bytes()
+	c.hbuf = b
+	return b
+}
+
+// lb writes header blocks itself (RFC 7541): fields as literals without
+// indexing and without Huffman coding, with names (and :status) from the
+// static table when they are there. That costs a few bytes per response against the
+// smallest encoding, saves the table lookups and Huffman coding on every
+// response (as HAProxy's encoder does), and leaves nothing to keep in
+// step with the client.
+
+// Static table indexes (RFC 7541 appendix A).
+const (
+	hpackStatus        = 8
+	hpackContentLength = 28
+)
+
+// hpackNameIndex is the static table index of a response field name lb
+// passes on often, 0 for others.
+func hpackNameIndex(name []byte) int {
+	switch string(name) {
+	case "age":
+		return 21
+	case "cache-control":
+		return 24
+	case "content-encoding":
+		return 26
+	case "content-type":
+		return 31
+	case "date":
+		return 33
+	case "etag":
+		return 34
+	case "expires":
+		return 36
+	case "last-modified":
+		return 44
+	case "location":
+		return 46
+	case "server":
+		return 54
+	case "set-cookie":
+		return 55
+	case "strict-transport-security":
+		return 56
+	case "vary":
+		return 59
+	}
+	return 0
+}
+
+// appendStatus appends :status: indexed for the codes the static table
+// has, a literal with the indexed name otherwise.
+func appendStatus(b []byte, code int) []byte {
+	idx := 0
+	switch code {
+	case 200:
+		idx = 8
+	case 204:
+		idx = 9
+	case 206:
+		idx = 10
+	case 304:
+		idx = 11
+	case 400:
+		idx = 12
+	case 404:
+		idx = 13
+	case 500:
+		idx = 14
+	}
+	if idx > 0 {
+		return appendHPACKInt(b, 0x80, 7, idx)
+	}
+	b = appendHPACKInt(b, 0, 4, hpackStatus)
+	return appendHPACKString(b, s2b(statusString(code)))
+}
+
+// appendHPACKString appends a string literal, not Huffman coded.
+func appendHPACKString(b, s []byte) []byte {
+	b = appendHPACKInt(b, 0, 7, len(s))
+	return append(b, s...)
+}
+
+// appendHPACKInt appends v as an integer with an n-bit prefix, the bits
+// above the prefix in the first byte taken from first (RFC 7541 5.1).
+func appendHPACKInt(b []byte, first byte, n uint, v int) []byte {
+	limit := 1<<n - 1
+	if v < limit {
+		return append(b, first|byte(v))
+	}
+	b = append(b, first|byte(limit))
+	for v -= limit; v >= 128; v >>= 7 {
+		b = append(b, byte(v&127|128))
+	}
+	return append(b, byte(v))
 }
 
 // statusStrings holds the text of every status code, so that writing one

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -47,8 +46,7 @@ type h2Conn struct {
 	handlers    int    // requests being served
 	unserved    int    // streams whose request is still coming in
 	wg          sync.WaitGroup
-	henc        *hpack.Encoder
-	hbuf        bytes.Buffer
+	hbuf        []byte // a header block being written
 	scratch     []byte
 	sendWin     int64 // connection-level credit for DATA to the client
 	initWin     int64 // the client's SETTINGS_INITIAL_WINDOW_SIZE
@@ -101,10 +99,6 @@ func newH2Conn(a *HTTP2, tc *tlsterm.Conn) *h2Conn {
 	c.fr.SetReuseFrames()
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = h2HeaderListSize(a.o.MaxHead)
-	c.henc = hpack.NewEncoder(&c.hbuf)
-	// No dynamic table: like HAProxy's encoder, fields go out as static
-	// table references or literals, and encoding keeps nothing.
-	c.henc.SetMaxDynamicTableSizeLimit(0)
 	return c
 }
 
@@ -638,9 +632,8 @@ func (c *h2Conn) writeHead(id uint32, block []byte, end bool) {
 
 // writeInterim sends a 1xx response head.
 func (c *h2Conn) writeInterim(id uint32, code int) {
-	c.hbuf.Reset()
-	c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: statusString(code)}) //nolint:errcheck
-	c.writeHead(id, c.hbuf.Bytes(), false)
+	c.hbuf = appendStatus(c.hbuf[:0], code)
+	c.writeHead(id, c.hbuf, false)
 }
 
 // writeData sends p on st within the flow-control credit the client

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
@@ -533,6 +535,35 @@ func TestHTTP2EarlyAnswerThenData(t *testing.T) {
 				}
 				return
 			}
+		}
+	}
+}
+
+// TestHPACKEncoding: header blocks lb writes decode, with x/net's
+// decoder, to the fields meant, long values and unusual statuses
+// included.
+func TestHPACKEncoding(t *testing.T) {
+	long := strings.Repeat("v", 300) // lengths past the 7-bit prefix
+	for _, code := range []int{200, 204, 206, 304, 400, 404, 500, 201, 418, 599} {
+		var resp fasthttp.Response
+		resp.SetStatusCode(code)
+		resp.Header.Set("X-Long", long)
+		resp.Header.Set("Content-Type", "text/plain")
+		resp.Header.Set("ETag", `"e"`)
+		resp.Header.Set("Strict-Transport-Security", "max-age=1")
+		c := &h2Conn{}
+		block := c.encodeHead(&resp, 1234567)
+		got := map[string]string{}
+		if _, err := hpack.NewDecoder(4096, func(f hpack.HeaderField) { got[f.Name] = f.Value }).Write(block); err != nil {
+			t.Fatalf("%d: %v", code, err)
+		}
+		want := map[string]string{":status": strconv.Itoa(code), "x-long": long, "content-type": "text/plain", "content-length": "1234567",
+			"etag": `"e"`, "strict-transport-security": "max-age=1"}
+		if code == 204 || code == 304 {
+			delete(want, "content-length")
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("%d: decoded %v", code, got)
 		}
 	}
 }
