@@ -548,6 +548,7 @@ func (c *h2Conn) run(st *h2Stream) {
 	c.writeResponse(st, ctx)
 	ctx.Request.Reset()
 	ctx.Response.Reset() // closes a streamed body: frees the backend
+	ctx.ResetUserValues()
 	c.a.ctxs.Put(ctx)
 
 	c.mu.Lock()
