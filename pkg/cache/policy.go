@@ -172,6 +172,10 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 	case code == fasthttp.StatusPartialContent || len(resp.Peek("Content-Range")) > 0:
 		f.Why = "partial"
 		return f
+	case code == fasthttp.StatusNotModified:
+		// The answer to a client's own condition: no body to keep.
+		f.Why = "not modified"
+		return f
 	}
 	switch code {
 	case 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501:

@@ -59,6 +59,7 @@ func TestEvaluate(t *testing.T) {
 		{"heuristic not for 302", 302, []string{"Last-Modified", now.Add(-time.Hour).UTC().Format(httpFmt)}, Options{Heuristic: true}, false, 0},
 		{"302 with max-age", 302, []string{"Cache-Control", "max-age=60"}, Options{}, true, time.Minute},
 		{"503 with max-age", 503, []string{"Cache-Control", "max-age=60"}, Options{}, false, 0},
+		{"304", 304, []string{"Cache-Control", "max-age=60"}, Options{}, false, 0},
 		{"206", 206, []string{"Cache-Control", "max-age=60"}, Options{}, false, 0},
 		{"Vary *", 200, []string{"Cache-Control", "max-age=60", "Vary", "*"}, Options{}, false, 0},
 		{"no-cache alone: stored, always revalidated", 200, []string{"Cache-Control", "no-cache", "ETag", `"x"`}, Options{}, true, 0},

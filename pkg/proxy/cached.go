@@ -154,26 +154,26 @@ func keep(ctx *fasthttp.RequestCtx, c *cache.Cache, key []byte, rc cache.Request
 }
 
 // revalidate asks the backend whether a stale entry still holds, with
-// the entry's validators: a 304 refreshes and serves it, a new response
-// replaces it, and a failure is answered with the entry within its
-// stale-if-error window.
+// the entry's validators if it has any: a 304 refreshes and serves it, a
+// new response replaces it, and a failure is answered with the entry
+// within its stale-if-error window.
 func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, key []byte, e *cache.Entry, rc cache.RequestControl) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
 	etag, lastMod := e.Validators()
-	if etag == nil && lastMod == nil {
-		return h.miss(ctx, up, c, key, rc)
-	}
+	conditional := etag != nil || lastMod != nil
 	req := &ctx.Request.Header
 	// The client's own conditions are judged by lb against the entry
 	// once it is fresh again; the backend gets the entry's.
 	clientINM := append([]byte(nil), req.PeekBytes(hIfNoneMatch)...)
 	clientIMS := append([]byte(nil), req.PeekBytes(hIfModifiedSnc)...)
-	setConditions(req, etag, lastMod)
+	if conditional {
+		setConditions(req, etag, lastMod)
+	}
 	sent := time.Now()
 	b, attempts, stream, err = h.forward(ctx, up, maxBufferedBody)
 	now := time.Now()
 	code := ctx.Response.StatusCode()
 	switch {
-	case err == nil && code == fasthttp.StatusNotModified:
+	case err == nil && code == fasthttp.StatusNotModified && conditional:
 		n := e.Refreshed(req, &ctx.Response.Header, e.Fresh, sent, now)
 		n.Fresh = cache.Evaluate(rc, &n.Header, now, c.Options())
 		if n.Fresh.Storable {

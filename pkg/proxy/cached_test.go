@@ -152,6 +152,8 @@ func TestCacheRules(t *testing.T) {
 			[]cacheStep{get("MISS", 1), {method: "HEAD", status: 200, xcache: "HIT", hits: 1}}},
 		{"a client's If-None-Match is answered 304 by lb", cache.Options{}, fixed("Cache-Control", "max-age=60", "ETag", `"t"`),
 			[]cacheStep{get("MISS", 1), {method: "GET", hdr: []string{"If-None-Match", `"x", W/"t"`}, status: 304, xcache: "HIT", hits: 1}}},
+		{"a client's condition on a miss goes to the origin; its 304 is not stored", cache.Options{}, fixed("Cache-Control", "max-age=60", "ETag", `"t"`),
+			[]cacheStep{{method: "GET", hdr: []string{"If-None-Match", `"t"`}, status: 304, xcache: "MISS", hits: 1}, get("MISS", 2), get("HIT", 2)}},
 		{"404 with max-age is stored", cache.Options{}, func(n int64, w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Cache-Control", "max-age=60")
 			w.WriteHeader(http.StatusNotFound)
@@ -337,5 +339,30 @@ func TestCacheSharedByHTTP2(t *testing.T) {
 	resp.Body.Close()
 	if resp.ProtoMajor != 2 || resp.Header.Get("X-Cache") != "HIT" || string(body) != "v1" || o.hits.Load() != 1 {
 		t.Errorf("HTTP/2: %s %s %q, origin hits %d", resp.Proto, resp.Header.Get("X-Cache"), body, o.hits.Load())
+	}
+}
+
+// TestCacheStaleIfErrorWithBackendGone: with the only backend gone, a
+// stale entry within stale-if-error answers instead of a 502.
+func TestCacheStaleIfErrorWithBackendGone(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60, stale-if-error=600")
+		w.Header().Set("Age", "120")
+		io.WriteString(w, "kept")
+	})}
+	go srv.Serve(ln)
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	hs := newHarness(t, harnessOpts{backends: []string{ln.Addr().String()}, cache: c})
+	if resp, _ := hs.do("GET", "/p", nil); resp.Header.Get("X-Cache") != "MISS" {
+		t.Fatalf("first: %s", resp.Header.Get("X-Cache"))
+	}
+	srv.Close()
+	resp, body := hs.do("GET", "/p", nil)
+	if resp.StatusCode != 200 || body != "kept" || resp.Header.Get("X-Cache") != "STALE" {
+		t.Errorf("backend gone: %d %q %s", resp.StatusCode, body, resp.Header.Get("X-Cache"))
 	}
 }
