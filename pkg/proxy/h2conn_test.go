@@ -486,8 +486,10 @@ func TestWorkerPoolReusesAndExpires(t *testing.T) {
 	a.workers.mu.Lock()
 	n := len(a.workers.waiting)
 	a.workers.mu.Unlock()
-	if n != 1 {
-		t.Errorf("%d idle workers after 20 requests one at a time, want 1", n)
+	// One worker serves them all, or two when the next request came in
+	// before the first worker was back in the pool.
+	if n < 1 || n > 2 {
+		t.Errorf("%d idle workers after 20 requests one at a time, want 1 or 2", n)
 	}
 	deadline := time.Now().Add(3 * time.Second)
 	for {
