@@ -54,22 +54,25 @@ const entryOverhead = 512
 func NewEntry(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, body []byte, f Freshness, requestTime, responseTime time.Time) *Entry {
 	e := &Entry{Fresh: f, RequestTime: requestTime, ResponseTime: responseTime}
 	h.CopyTo(&e.Header)
-	e.Header.Del("Age")
-	e.Date = httpDate(e.Header.Peek("Date"))
-	if a, err := strconv.ParseInt(string(h.Peek("Age")), 10, 64); err == nil && a > 0 {
-		e.AgeValue = time.Duration(a) * time.Second
-	}
+	e.readHead(h)
 	for _, name := range bytes.Split(e.Header.Peek("Vary"), []byte(",")) {
 		if name = bytes.TrimSpace(name); len(name) > 0 {
 			e.vary = append(e.vary, varyField{name: string(name), value: append([]byte(nil), bytes.TrimSpace(req.Peek(string(name)))...)})
 		}
 	}
-	e.setValidators()
 	e.SetBody(append([]byte(nil), body...))
 	return e
 }
 
-func (e *Entry) setValidators() {
+// readHead takes what the entry needs to know of its stored head: the
+// Date, the Age the response arrived with (from h; the stored head keeps
+// none) and the validators.
+func (e *Entry) readHead(h *fasthttp.ResponseHeader) {
+	e.Header.Del("Age")
+	e.Date = httpDate(e.Header.Peek("Date"))
+	if a, err := strconv.ParseInt(string(h.Peek("Age")), 10, 64); err == nil && a > 0 {
+		e.AgeValue = time.Duration(a) * time.Second
+	}
 	if v := e.Header.Peek("ETag"); len(v) > 0 {
 		e.etag = append([]byte(nil), v...)
 	}
@@ -87,9 +90,10 @@ func (e *Entry) SetBody(b []byte) {
 }
 
 // Refreshed is e updated by a 304 answer to a revalidation (RFC 9111
-// 4.3.4): the new head's fields replace the stored ones, the body stays.
-func (e *Entry) Refreshed(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, f Freshness, requestTime, responseTime time.Time) *Entry {
-	n := &Entry{Body: e.Body, Fresh: f, RequestTime: requestTime, ResponseTime: responseTime, vary: e.vary}
+// 4.3.4): the new head's fields replace the stored ones, the body stays,
+// and the freshness is that of the updated head.
+func (e *Entry) Refreshed(h *fasthttp.ResponseHeader, rc RequestControl, o Options, requestTime, responseTime time.Time) *Entry {
+	n := &Entry{Body: e.Body, RequestTime: requestTime, ResponseTime: responseTime, vary: e.vary}
 	e.Header.CopyTo(&n.Header)
 	for k, v := range h.All() {
 		switch string(k) {
@@ -100,11 +104,8 @@ func (e *Entry) Refreshed(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeade
 		}
 		n.Header.SetBytesKV(k, v)
 	}
-	n.Date = httpDate(n.Header.Peek("Date"))
-	n.setValidators()
-	if a, err := strconv.ParseInt(string(h.Peek("Age")), 10, 64); err == nil && a > 0 {
-		n.AgeValue = time.Duration(a) * time.Second
-	}
+	n.readHead(h)
+	n.Fresh = Evaluate(rc, &n.Header, responseTime, o)
 	n.size = e.size
 	return n
 }

@@ -46,7 +46,7 @@ func (h *Handler) cached(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache,
 		cacheKeyBufPool.Put(kp)
 	}()
 	if !rc.Lookup {
-		b, attempts, stream, err = h.forward(ctx, up, maxBufferedBody)
+		b, attempts, stream, err = h.forward(ctx, up)
 		if !req.IsGet() && !req.IsHead() && err == nil && ctx.Response.StatusCode() < 400 {
 			// A successful unsafe request invalidates what is stored
 			// for its URL (RFC 9111 section 4.4).
@@ -105,7 +105,7 @@ func (h *Handler) miss(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, k
 // if not nil, is ended with what was kept.
 func (h *Handler) fetch(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, key []byte, rc cache.RequestControl, fill *cache.Fill) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
 	sent := time.Now()
-	b, attempts, stream, err = h.forward(ctx, up, maxBufferedBody)
+	b, attempts, stream, err = h.forward(ctx, up)
 	if err == nil {
 		_, stream = keep(ctx, c, key, rc, sent, fill, stream)
 	} else if fill != nil {
@@ -169,18 +169,12 @@ func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Ca
 		setConditions(req, etag, lastMod)
 	}
 	sent := time.Now()
-	b, attempts, stream, err = h.forward(ctx, up, maxBufferedBody)
+	b, attempts, stream, err = h.forward(ctx, up)
 	now := time.Now()
 	code := ctx.Response.StatusCode()
 	switch {
 	case err == nil && code == fasthttp.StatusNotModified && conditional:
-		n := e.Refreshed(req, &ctx.Response.Header, e.Fresh, sent, now)
-		n.Fresh = cache.Evaluate(rc, &n.Header, now, c.Options())
-		if n.Fresh.Storable {
-			c.Put(key, n)
-		} else {
-			c.Purge(key)
-		}
+		n, _ := refresh(c, key, e, &ctx.Response.Header, rc, sent, now)
 		setConditions(req, clientINM, clientIMS)
 		serveEntry(ctx, c, n, now, cache.Revalidated)
 		return b, attempts, nil, nil
@@ -199,6 +193,18 @@ func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Ca
 	}
 	result(ctx, c, cache.Miss)
 	return b, attempts, stream, err
+}
+
+// refresh updates e by the 304 answer with head h and stores it, or
+// drops the URL if the update may not be stored; it returns the updated
+// entry and whether it was stored.
+func refresh(c *cache.Cache, key []byte, e *cache.Entry, h *fasthttp.ResponseHeader, rc cache.RequestControl, sent, now time.Time) (*cache.Entry, bool) {
+	n := e.Refreshed(h, rc, c.Options(), sent, now)
+	if n.Fresh.Storable && c.Put(key, n) {
+		return n, true
+	}
+	c.Purge(key)
+	return n, false
 }
 
 // setConditions replaces a request's If-None-Match and If-Modified-Since
@@ -229,15 +235,14 @@ func (h *Handler) revalidateLater(ctx *fasthttp.RequestCtx, up *Upstream, c *cac
 		etag, lastMod := e.Validators()
 		setConditions(req, etag, lastMod)
 		sent := time.Now()
-		_, _, stream, err := h.forward(bg, up, maxBufferedBody)
+		_, _, stream, err := h.forward(bg, up)
 		now := time.Now()
 		switch {
 		case err != nil:
 			c.EndFill(k, f, nil)
 		case bg.Response.StatusCode() == fasthttp.StatusNotModified:
 			var stored *cache.Entry
-			n := e.Refreshed(req, &bg.Response.Header, e.Fresh, sent, now)
-			if n.Fresh = cache.Evaluate(rc, &n.Header, now, c.Options()); n.Fresh.Storable && c.Put(k, n) {
+			if n, ok := refresh(c, k, e, &bg.Response.Header, rc, sent, now); ok {
 				stored = n
 			}
 			c.EndFill(k, f, stored)

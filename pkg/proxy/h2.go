@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 
 	"github.com/offloadlb/lb/pkg/tlsterm"
@@ -153,7 +155,7 @@ func (a *HTTP2) readRequest(ctx *fasthttp.RequestCtx, f *http2.MetaHeadersFrame)
 			return hd, errMalformed
 		}
 	}
-	if !validToken(method) {
+	if !httpguts.ValidHeaderFieldName(method) { // a token (RFC 9110 section 9.1)
 		return hd, errMalformed
 	}
 	if method == fasthttp.MethodConnect {
@@ -203,7 +205,7 @@ func (a *HTTP2) readRequest(ctx *fasthttp.RequestCtx, f *http2.MetaHeadersFrame)
 			continue
 		case "expect":
 			// Answered here; the backend gets the whole body at once.
-			if asciiEqualFold(hf.Value, "100-continue") {
+			if strings.EqualFold(hf.Value, "100-continue") {
 				hd.continue_ = true
 				continue
 			}
@@ -256,27 +258,6 @@ type headReader struct {
 	br *bufio.Reader
 }
 
-// validToken: a method is a non-empty token (RFC 9110 section 5.6.2).
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !tokenChar(s[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func tokenChar(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	return c < 0x80 && bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
-}
-
 // validPath: a non-empty request target without spaces or control
 // characters, which the HTTP/1.1 request line it goes into could not hold.
 func validPath(s string) bool {
@@ -285,18 +266,6 @@ func validPath(s string) bool {
 	}
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c <= ' ' || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-func asciiEqualFold(s, t string) bool {
-	if len(s) != len(t) {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i]|0x20 != t[i]|0x20 {
 			return false
 		}
 	}
@@ -415,8 +384,9 @@ func appendStatus(b []byte, code int) []byte {
 	if idx > 0 {
 		return appendHPACKInt(b, 0x80, 7, idx)
 	}
+	var num [20]byte
 	b = appendHPACKInt(b, 0, 4, hpackStatus)
-	return appendHPACKString(b, s2b(statusString(code)))
+	return appendHPACKString(b, strconv.AppendInt(num[:0], int64(code), 10))
 }
 
 // appendHPACKString appends a string literal, not Huffman coded.
@@ -437,22 +407,6 @@ func appendHPACKInt(b []byte, first byte, n uint, v int) []byte {
 		b = append(b, byte(v&127|128))
 	}
 	return append(b, byte(v))
-}
-
-// statusStrings holds the text of every status code, so that writing one
-// allocates nothing.
-var statusStrings = func() (s [600]string) {
-	for i := 100; i < len(s); i++ {
-		s[i] = strconv.Itoa(i)
-	}
-	return
-}()
-
-func statusString(code int) string {
-	if code >= 100 && code < len(statusStrings) {
-		return statusStrings[code]
-	}
-	return strconv.Itoa(code)
 }
 
 var (

@@ -156,7 +156,7 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		if t.Up.Cache != nil {
 			b, attempts, stream, err = h.cached(ctx, t.Up, t.Up.Cache, l.TLS)
 		} else {
-			b, attempts, stream, err = h.forward(ctx, t.Up, maxBufferedBody)
+			b, attempts, stream, err = h.forward(ctx, t.Up)
 		}
 		if stream != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
 			closeDelimited(ctx)
@@ -235,15 +235,13 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *b
 
 // forward sends the request to a backend of up, retrying on others where
 // that is safe, and leaves the response (or an error response) in ctx.
-// Response bodies up to maxBuffered bytes are read whole; longer ones, and
-// those of unknown length, stream.
-func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream, maxBuffered int) (b *balancer.Backend, attempts int, stream *bodyStream, lastErr error) {
+func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.Backend, attempts int, stream *bodyStream, lastErr error) {
 	idempotent := isIdempotent(&ctx.Request.Header)
 	maxAge := IdleConnTimeout
 	if !idempotent {
 		maxAge = safeReuseAge
 	}
-	x := exchange{timeout: up.ResponseTimeout, maxBuffered: maxBuffered}
+	x := exchange{timeout: up.ResponseTimeout, maxBuffered: maxBufferedBody}
 	var tried balancer.Tried
 	for attempts <= up.Retries {
 		next, err := up.Pool.Acquire(&tried, up.QueueTimeout)
