@@ -241,7 +241,7 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 	if !idempotent {
 		maxAge = safeReuseAge
 	}
-	x := exchange{timeout: up.ResponseTimeout, maxBuffered: maxBufferedBody}
+	x := exchange{timeout: up.ResponseTimeout, maxBuffered: maxBufferedBody, yield: protoOf(ctx) == protoHTTP2}
 	var tried balancer.Tried
 	for attempts <= up.Retries {
 		next, err := up.Pool.Acquire(&tried, up.QueueTimeout)

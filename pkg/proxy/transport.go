@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -317,6 +318,14 @@ type exchange struct {
 	// maxBuffered is the largest body read whole before the connection is
 	// released; larger or unknown-length bodies are streamed.
 	maxBuffered int
+	// yield lets other goroutines run between sending the request and
+	// reading the answer. An HTTP/2 connection starts the requests of a
+	// whole frame batch at once: when each sends before any reads, the
+	// answers are usually there by the first read, which saves a read that
+	// would find nothing and a trip through the poller per request (8% of
+	// the CPU per HTTP/2 request on a busy core). HTTP/1.1 clients gain
+	// nothing from it and their tail latency suffers, so they do not yield.
+	yield bool
 }
 
 // switched handles a 101 answer. To a request that asked to switch
@@ -389,11 +398,16 @@ func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, max
 			return nil, x.fail(ErrSend, reused, err)
 		}
 		closeAfter = true
-	} else if _, err := c.br.Peek(1); err != nil {
+	} else {
+		if x.yield {
+			runtime.Gosched()
+		}
 		// Wait for the first byte on its own so that "closed before
 		// answering" can be told apart from a broken answer.
-		c.Close()
-		return nil, x.fail(ErrResponse, reused, err)
+		if _, err := c.br.Peek(1); err != nil {
+			c.Close()
+			return nil, x.fail(ErrResponse, reused, err)
+		}
 	}
 	if err := readHead(c.br, &resp.Header); err != nil {
 		c.Close()
