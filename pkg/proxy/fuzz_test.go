@@ -95,13 +95,22 @@ func FuzzPrepareRequest(f *testing.F) {
 		connNamed := connectionTokens(req.Header.PeekAll("Connection"))
 
 		prepareRequest(&ctx, tls, mask)
-		var out bytes.Buffer
+		var out, ref bytes.Buffer
 		bw := bufio.NewWriter(&out)
-		if err := req.Write(bw); err != nil {
+		if err := writeRequest(bw, req); err != nil {
 			t.Fatalf("an accepted request cannot be written: %v", err)
 		}
 		bw.Flush() //nolint:errcheck // writes to a bytes.Buffer
 		sent := out.Bytes()
+		// writeRequest stands in for Request.Write: the same bytes.
+		bw = bufio.NewWriter(&ref)
+		if err := req.Write(bw); err != nil {
+			t.Fatalf("Request.Write fails where writeRequest did not: %v", err)
+		}
+		bw.Flush() //nolint:errcheck // writes to a bytes.Buffer
+		if !bytes.Equal(ref.Bytes(), sent) {
+			t.Fatalf("writeRequest wrote\n%q\nRequest.Write writes\n%q", sent, ref.Bytes())
+		}
 
 		// The backend reads exactly one request, the one the client sent.
 		var back fasthttp.Request

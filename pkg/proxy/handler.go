@@ -237,11 +237,12 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *b
 // that is safe, and leaves the response (or an error response) in ctx.
 func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.Backend, attempts int, stream *bodyStream, lastErr error) {
 	idempotent := isIdempotent(&ctx.Request.Header)
-	maxAge := IdleConnTimeout
-	if !idempotent {
-		maxAge = safeReuseAge
+	x := exchange{
+		timeout:     up.ResponseTimeout,
+		maxBuffered: maxBufferedBody,
+		replayable:  idempotent,
+		yield:       protoOf(ctx) == protoHTTP2,
 	}
-	x := exchange{timeout: up.ResponseTimeout, maxBuffered: maxBufferedBody, yield: protoOf(ctx) == protoHTTP2}
 	var tried balancer.Tried
 	for attempts <= up.Retries {
 		next, err := up.Pool.Acquire(&tried, up.QueueTimeout)
@@ -255,12 +256,12 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 		attempts++
 		tried.Add(b)
 		x.t = up.Transports[b.Index]
-		stream, err = x.roundTrip(&ctx.Request, &ctx.Response, maxAge)
+		stream, err = x.roundTrip(&ctx.Request, &ctx.Response, true)
 		if err != nil && idempotent && errorKind(err) == ErrStale {
 			// The backend closed a pooled connection as it was reused:
 			// it never saw the request. Try once more on a new one.
 			ctx.Response.ResetBody()
-			stream, err = x.roundTrip(&ctx.Request, &ctx.Response, 0)
+			stream, err = x.roundTrip(&ctx.Request, &ctx.Response, false)
 		}
 		if err == nil {
 			if stream != nil && stream.tunnel {

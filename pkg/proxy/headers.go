@@ -189,9 +189,15 @@ func prepareRequest(ctx *fasthttp.RequestCtx, tls bool, mask int) {
 	if !h.IsHTTP11() {
 		h.SetProtocolBytes(http11)
 	}
-	req.URI().DisablePathNormalizing = true
+	// The target in origin form, exactly as the client wrote its path, and
+	// Host from the parsed target (an absolute form's authority wins), as
+	// Request.Write would set them; writeRequest writes the head as is.
+	uri := req.URI()
+	uri.DisablePathNormalizing = true
+	host := uri.Host()
+	h.SetHostBytes(host)
+	h.SetRequestURIBytes(uri.RequestURI())
 
-	host := ctx.Host()
 	var buf [256]byte
 	b := buf[:0]
 	if mask&hopManyXFF != 0 {

@@ -34,9 +34,19 @@ const (
 // cannot safely be sent twice (POST and friends) takes a pooled connection
 // only if it was used within safeReuseAge, when the race is all but
 // impossible; otherwise it opens a new one.
+//
+// Before reuse, a pooled connection is checked for a close or stray bytes
+// from the backend (alive), except when a request that can be sent again
+// takes a connection that was answering less than uncheckedReuse ago: no
+// server closes a connection that soon after answering on it without
+// saying so, and should one go away in that instant, the request is sent
+// again on a new connection. NGINX and HAProxy accept the same staleness
+// between their event loop's passes. It saves a system call per request
+// on a busy pool.
 const (
 	IdleConnTimeout = 2 * time.Second
 	safeReuseAge    = 500 * time.Millisecond
+	uncheckedReuse  = time.Millisecond
 	maxIdleConns    = 1024
 )
 
@@ -163,20 +173,20 @@ func (t *Transport) pop(now time.Time, maxAge time.Duration) *backendConn {
 }
 
 // get returns a live pooled connection used within maxAge, or a new one,
-// with its deadlines set.
-func (t *Transport) get(now, deadline time.Time, maxAge time.Duration, bigWrite bool) (c *backendConn, reused bool, err error) {
+// with its deadlines set. A pooled connection used within unchecked is
+// taken without the liveness check.
+func (t *Transport) get(now, deadline time.Time, maxAge, unchecked time.Duration, bigWrite bool) (c *backendConn, reused bool, err error) {
 	for {
 		c = t.pop(now, maxAge)
 		if c == nil {
 			break
 		}
-		if c.alive() && c.setDeadlines(deadline, bigWrite) == nil {
+		if (now.Sub(c.idleSince) < unchecked || c.alive()) && c.setDeadlines(deadline, bigWrite) == nil {
 			return c, true, nil
 		}
 		c.Close()
 	}
-	d := net.Dialer{Timeout: time.Duration(t.connectTimeout.Load()), KeepAlive: 30 * time.Second}
-	nc, err := d.Dial("tcp", t.addr)
+	nc, err := t.dial()
 	if err != nil {
 		return nil, false, &Error{Kind: ErrConnect, Err: err}
 	}
@@ -188,15 +198,34 @@ func (t *Transport) get(now, deadline time.Time, maxAge time.Duration, bigWrite 
 	return c, false, nil
 }
 
-// put returns a connection to the pool after a complete exchange. A
-// connection with unread bytes is closed instead: they are not the answer
-// to any request.
-func (t *Transport) put(c *backendConn) {
+// dial opens a connection to the backend on a goroutine of its own. The
+// dialer's call path is the deepest a request takes: on the client
+// connection's goroutine it would double that goroutine's stack, which
+// then stays doubled while the connection idles.
+func (t *Transport) dial() (net.Conn, error) {
+	type result struct {
+		nc  net.Conn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		d := net.Dialer{Timeout: time.Duration(t.connectTimeout.Load()), KeepAlive: 30 * time.Second}
+		nc, err := d.Dial("tcp", t.addr)
+		done <- result{nc, err}
+	}()
+	r := <-done
+	return r.nc, r.err
+}
+
+// put returns a connection to the pool after a complete exchange that
+// ended at now. A connection with unread bytes is closed instead: they are
+// not the answer to any request.
+func (t *Transport) put(c *backendConn, now time.Time) {
 	if c.br.Buffered() > 0 {
 		c.Close()
 		return
 	}
-	c.idleSince = time.Now()
+	c.idleSince = now
 	t.mu.Lock()
 	if t.closed || len(t.idle) >= maxIdleConns {
 		t.mu.Unlock()
@@ -318,6 +347,9 @@ type exchange struct {
 	// maxBuffered is the largest body read whole before the connection is
 	// released; larger or unknown-length bodies are streamed.
 	maxBuffered int
+	// replayable is whether the request may be sent twice (an idempotent
+	// method), which decides how old a pooled connection it may take.
+	replayable bool
 	// yield lets other goroutines run between sending the request and
 	// reading the answer. An HTTP/2 connection starts the requests of a
 	// whole frame batch at once: when each sends before any reads, the
@@ -378,13 +410,21 @@ func (c *backendConn) tunnelSide() net.Conn {
 // resp. A small body is read too and the connection pooled again at once;
 // a large one is left on the connection and returned as a stream, which
 // owns the connection until it is closed. req must not be a body stream.
-func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, maxAge time.Duration) (*bodyStream, error) {
+// Without reuse, it opens a new connection.
+func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, reuse bool) (*bodyStream, error) {
 	now := time.Now()
-	c, reused, err := x.t.get(now, now.Add(x.timeout), maxAge, len(req.Body()) > smallWrite)
+	var maxAge, unchecked time.Duration
+	switch {
+	case reuse && x.replayable:
+		maxAge, unchecked = IdleConnTimeout, uncheckedReuse
+	case reuse:
+		maxAge = safeReuseAge
+	}
+	c, reused, err := x.t.get(now, now.Add(x.timeout), maxAge, unchecked, len(req.Body()) > smallWrite)
 	if err != nil {
 		return nil, err
 	}
-	err = req.Write(c.bw)
+	err = writeRequest(c.bw, req)
 	if err == nil {
 		err = c.bw.Flush()
 	}
@@ -440,6 +480,31 @@ func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, max
 	return s, nil
 }
 
+// writeRequest writes a request prepareRequest has made ready, as
+// Request.Write would, less the work prepareRequest has done (the target
+// and Host from the parsed URI, no trailers) and the forms lb never
+// parses. It exists for the stack: every exchange of an HTTP/1.1 client
+// runs on that connection's goroutine, whose stack stays at 4 KiB while it
+// idles only if the deepest request path fits in 4 KiB, and Request.Write
+// alone takes 472 bytes of it (TestIdleConnectionStack). The fuzz test
+// checks that both write the same bytes.
+func writeRequest(w *bufio.Writer, req *fasthttp.Request) error {
+	h := &req.Header
+	if len(h.PeekTrailerKeys()) > 0 || len(h.Host()) == 0 {
+		return req.Write(w) // chunked with trailers, or its error
+	}
+	body := req.Body()
+	hasBody := len(body) != 0 || !(h.IsGet() || h.IsHead())
+	if hasBody {
+		h.SetContentLength(len(body))
+	}
+	if err := h.Write(w); err != nil || !hasBody {
+		return err
+	}
+	_, err := w.Write(body)
+	return err
+}
+
 // earlyAnswer reports whether a response head is waiting on a connection
 // whose request could not be written in full.
 func (x *exchange) earlyAnswer(c *backendConn) bool {
@@ -453,7 +518,7 @@ func (x *exchange) release(c *backendConn, closeAfter bool) {
 		c.Close()
 		return
 	}
-	x.t.put(c)
+	x.t.put(c, time.Now())
 }
 
 // fail classifies an error; a reused connection that failed before any
