@@ -142,11 +142,13 @@ func (s *Server) ReloadFromSource() error {
 	return s.Reloader()
 }
 
-// janitor closes backend connections idle too long to be reused.
+// janitor closes backend connections idle too long to be reused, and
+// gives memory back once lb goes quiet (memoryTrimmer).
 func (s *Server) janitor() {
 	defer s.wg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	mem := newMemoryTrimmer()
 	for {
 		select {
 		case <-s.stop:
@@ -158,6 +160,7 @@ func (s *Server) janitor() {
 			for _, pl := range rt.pools {
 				pl.up.CloseIdle(now)
 			}
+			mem.tick()
 		}
 	}
 }
