@@ -2,11 +2,14 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"net"
 	"strings"
 	"testing"
 
 	"github.com/valyala/fasthttp"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/offloadlb/lb/pkg/cache"
 )
@@ -93,5 +96,60 @@ func BenchmarkCacheHit(b *testing.B) {
 	benchRequests(b, hs)
 	if st := c.Stats(); st.Results["MISS"] != 1 {
 		b.Errorf("results %v: want one miss", st.Results)
+	}
+}
+
+// BenchmarkHTTP2Head decodes a request's HEADERS frame into the request
+// fasthttp serves, as an HTTP/2 connection does for each request once the
+// client's fields are in the HPACK dynamic table (they are after its
+// first request).
+func BenchmarkHTTP2Head(b *testing.B) {
+	a := NewHTTP2(nil, HTTP2Options{MaxHead: 8192, MaxBody: 1 << 20})
+	hb := newHeadBlock(h2HeaderListSize(8192))
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	frame := func() []byte {
+		block.Reset()
+		for _, f := range [][2]string{
+			{":method", "GET"}, {":scheme", "https"}, {":authority", "www.example.com"},
+			{":path", "/a/b?c=d"}, {"user-agent", "bench"}, {"accept", "*/*"},
+			{"cookie", "a=b"}, {"cookie", "c=d"},
+		} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}) //nolint:errcheck
+		}
+		var wire bytes.Buffer
+		http2.NewFramer(&wire, nil).WriteHeaders(http2.HeadersFrameParam{ //nolint:errcheck
+			StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true,
+		})
+		return wire.Bytes()
+	}
+	first, repeat := frame(), frame() // the second is all table references
+	src := bytes.NewReader(nil)
+	fr := http2.NewFramer(nil, src)
+	var ctx fasthttp.RequestCtx
+	head := make([]byte, 0, 1024)
+	decode := func(wire []byte) {
+		src.Reset(wire)
+		f, err := fr.ReadFrame()
+		if err != nil {
+			b.Fatal(err)
+		}
+		hb.start(head)
+		if err := hb.decode(f.(*http2.HeadersFrame), fr); err != nil || hb.invalid {
+			b.Fatal(err, hb.invalid)
+		}
+		ctx.Request.Reset()
+		if _, err := hb.request(&ctx, a); err != nil {
+			b.Fatal(err)
+		}
+		head = hb.head
+	}
+	decode(first)
+	if got := string(ctx.Request.Header.Peek("Cookie")); got != "a=b; c=d" {
+		b.Fatalf("cookie %q", got)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		decode(repeat)
 	}
 }

@@ -5,13 +5,10 @@ import (
 	"bytes"
 	"errors"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
-	"golang.org/x/net/http/httpguts"
-	"golang.org/x/net/http2"
 
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
@@ -128,127 +125,10 @@ var (
 // 8.1.1): the stream is reset with PROTOCOL_ERROR and nothing is served.
 var errMalformed = errors.New("malformed HTTP/2 request")
 
-// h2Head is what readRequest learns about a request besides its head.
+// h2Head is what a request's header block says besides its head.
 type h2Head struct {
 	declared  int64 // content-length, -1 if none
 	continue_ bool  // expect: 100-continue
-}
-
-// readRequest checks the fields of a request HEADERS frame and writes the
-// request they stand for into ctx.Request as fasthttp would have parsed
-// it off an HTTP/1.1 connection. errMalformed means the stream must be
-// reset; other errors are answered by ServeError.
-func (a *HTTP2) readRequest(ctx *fasthttp.RequestCtx, f *http2.MetaHeadersFrame) (h2Head, error) {
-	hd := h2Head{declared: -1}
-	var method, path, scheme, authority string
-	for _, hf := range f.PseudoFields() {
-		switch hf.Name {
-		case ":method":
-			method = hf.Value
-		case ":path":
-			path = hf.Value
-		case ":scheme":
-			scheme = hf.Value
-		case ":authority":
-			authority = hf.Value
-		default: // :protocol (extended CONNECT is not offered), :status
-			return hd, errMalformed
-		}
-	}
-	if !httpguts.ValidHeaderFieldName(method) { // a token (RFC 9110 section 9.1)
-		return hd, errMalformed
-	}
-	if method == fasthttp.MethodConnect {
-		if scheme != "" || path != "" || authority == "" {
-			return hd, errMalformed
-		}
-		// Tunnels are not proxied: checkRequest answers 405.
-		ctx.Request.Header.SetMethod(method)
-		return hd, nil
-	}
-	if scheme == "" || !validPath(path) {
-		return hd, errMalformed
-	}
-	if f.Truncated {
-		return hd, errHeadTooLarge
-	}
-
-	hp := headBufPool.Get().(*[]byte)
-	defer headBufPool.Put(hp)
-	head := (*hp)[:0]
-	head = append(head, method...)
-	head = append(head, ' ')
-	head = append(head, path...)
-	head = append(head, " HTTP/1.1\r\n"...)
-	cookies := 0
-	for _, hf := range f.RegularFields() {
-		switch hf.Name {
-		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-			// Connection-specific: malformed in HTTP/2.
-			return hd, errMalformed
-		case "te":
-			if hf.Value != "trailers" {
-				return hd, errMalformed
-			}
-			// Dropped with the other hop-by-hop fields, as on HTTP/1.1.
-		case "content-length":
-			n, err := strconv.ParseInt(hf.Value, 10, 64)
-			if err != nil || n < 0 || (hd.declared >= 0 && hd.declared != n) {
-				return hd, errMalformed
-			}
-			hd.declared = n
-			continue // written from the body received
-		case "host":
-			if authority == "" {
-				authority = hf.Value
-			}
-			continue
-		case "expect":
-			// Answered here; the backend gets the whole body at once.
-			if strings.EqualFold(hf.Value, "100-continue") {
-				hd.continue_ = true
-				continue
-			}
-		case "cookie":
-			// HTTP/2 may split cookies over several fields; HTTP/1.1
-			// wants one (RFC 9113 section 8.2.3). Joined below.
-			cookies++
-			continue
-		}
-		head = appendField(head, hf.Name, hf.Value)
-	}
-	if cookies > 0 {
-		head = append(head, "cookie: "...)
-		n := 0
-		for _, hf := range f.RegularFields() {
-			if hf.Name == "cookie" {
-				if n > 0 {
-					head = append(head, "; "...)
-				}
-				head = append(head, hf.Value...)
-				n++
-			}
-		}
-		head = append(head, "\r\n"...)
-	}
-	if authority != "" {
-		head = appendField(head, "host", authority)
-	}
-	head = append(head, "\r\n"...)
-	*hp = head
-	if len(head) > a.o.MaxHead {
-		return hd, errHeadTooLarge
-	}
-	if hd.declared > int64(a.o.MaxBody) {
-		return hd, fasthttp.ErrBodyTooLarge
-	}
-	hr := a.readers.Get().(*headReader)
-	hr.r.Reset(head)
-	hr.br.Reset(&hr.r)
-	err := ctx.Request.Header.Read(hr.br)
-	hr.r.Reset(nil)
-	a.readers.Put(hr)
-	return hd, err
 }
 
 // headReader reads a request head written out in memory, as fasthttp

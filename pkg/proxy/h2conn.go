@@ -9,7 +9,6 @@ import (
 
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
@@ -38,6 +37,7 @@ type h2Conn struct {
 	tc *tlsterm.Conn
 	w  *coalescingConn
 	fr *http2.Framer
+	hb *headBlock // the reader's HPACK decoder and request head
 
 	mu          sync.Mutex
 	cond        sync.Cond // flow-control credit arrived, or a stream ended
@@ -97,8 +97,8 @@ func newH2Conn(a *HTTP2, tc *tlsterm.Conn) *h2Conn {
 	c.fr = http2.NewFramer(c.w, tc)
 	c.fr.SetMaxReadFrameSize(h2FrameSize)
 	c.fr.SetReuseFrames()
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = h2HeaderListSize(a.o.MaxHead)
+	c.hb = newHeadBlock(c.fr.MaxHeaderListSize)
 	return c
 }
 
@@ -250,7 +250,7 @@ func (c *h2Conn) setDeadline() {
 
 func (c *h2Conn) handle(f http2.Frame) error {
 	switch f := f.(type) {
-	case *http2.MetaHeadersFrame:
+	case *http2.HeadersFrame:
 		return c.onHeaders(f)
 	case *http2.DataFrame:
 		return c.onData(f)
@@ -291,8 +291,22 @@ func (c *h2Conn) handle(f http2.Frame) error {
 	return nil // unknown frame types are ignored
 }
 
-func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
-	id := f.StreamID
+func (c *h2Conn) onHeaders(f *http2.HeadersFrame) error {
+	// What is needed of f, before decode reads the frames after it.
+	id, ended := f.StreamID, f.StreamEnded()
+	selfDep := f.HasPriority() && f.Priority.StreamDep == id
+	hp := headBufPool.Get().(*[]byte)
+	defer func() {
+		*hp = c.hb.head[:0]
+		headBufPool.Put(hp)
+	}()
+	c.hb.start(*hp)
+	if err := c.hb.decode(f, c.fr); err != nil {
+		return err
+	}
+	if c.hb.invalid {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if id%2 == 0 {
@@ -303,7 +317,7 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		switch {
 		case st.remoteDone:
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
-		case !f.StreamEnded() || len(f.PseudoFields()) > 0:
+		case !ended || c.hb.pseudo > 0:
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 		}
 		return c.endOfRequest(st)
@@ -315,7 +329,7 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if c.sentGoAway {
 		return nil // past the last stream the GOAWAY promised to serve
 	}
-	if f.HasPriority() && f.Priority.StreamDep == id {
+	if selfDep {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
 	if uint32(len(c.streams)) >= c.a.o.MaxStreams || uint32(c.handlers) >= c.a.o.MaxStreams {
@@ -326,7 +340,7 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	ctx := c.a.ctxs.Get().(*fasthttp.RequestCtx)
 	ctx.Init2(c.tc, c.a.o.Logger, false)
-	hd, err := c.a.readRequest(ctx, f)
+	hd, err := c.hb.request(ctx, c.a)
 	if errors.Is(err, errMalformed) {
 		ctx.Request.Reset()
 		c.a.ctxs.Put(ctx)
@@ -336,7 +350,7 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	c.streams[id] = st
 	c.unserved++
 	switch {
-	case f.StreamEnded():
+	case ended:
 		if err := c.endOfRequest(st); err != nil {
 			return err
 		}
