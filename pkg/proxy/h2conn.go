@@ -297,7 +297,7 @@ func (c *h2Conn) onHeaders(f *http2.HeadersFrame) error {
 	selfDep := f.HasPriority() && f.Priority.StreamDep == id
 	hp := headBufPool.Get().(*[]byte)
 	defer func() {
-		*hp = c.hb.head[:0]
+		*hp, c.hb.head = c.hb.head[:0], nil
 		headBufPool.Put(hp)
 	}()
 	c.hb.start(*hp)
