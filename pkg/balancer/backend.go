@@ -24,14 +24,13 @@ type Backend struct {
 }
 
 // State is the live state of a backend. All fields are safe for concurrent
-// use. The zero value is a backend that is down; NewState returns one that
-// is up, as a new backend counts as up until its first check says
-// otherwise.
+// use. NewState returns one that is up, as a new backend counts as up
+// until its first check says otherwise.
 type State struct {
-	// Read on every pick, written rarely.
-	up      atomic.Bool
-	drained atomic.Bool
-	_       [64]byte // keep the counters below off the read-mostly line
+	// Read on every pick, written rarely: flag* bits, 0 when the backend
+	// may take requests (one load per backend and pick).
+	flags atomic.Uint32
+	_     [64]byte // keep the counters below off the read-mostly line
 
 	// Written on every request.
 	active   atomic.Int64
@@ -54,22 +53,27 @@ type State struct {
 	changed      atomic.Time
 }
 
+// State.flags bits.
+const (
+	flagDown    = 1 << iota // health checking considers the backend dead
+	flagDrained             // the operator took it out of rotation
+)
+
 // NewState returns the state of a new backend: up, with no history.
 func NewState() *State {
 	s := &State{}
-	s.up.Store(true)
 	s.changed.Store(time.Now())
 	return s
 }
 
 // Up reports whether health checking considers the backend alive.
-func (s *State) Up() bool { return s.up.Load() }
+func (s *State) Up() bool { return s.flags.Load()&flagDown == 0 }
 
 // SetUp records the health verdict and reports whether it changed. Exactly
 // one of several racing callers that set the same new value sees true, so
 // a transition is logged and counted once.
 func (s *State) SetUp(up bool) bool {
-	if !s.up.CompareAndSwap(!up, up) {
+	if !s.setFlag(flagDown, !up) {
 		return false
 	}
 	s.changed.Store(time.Now())
@@ -77,15 +81,33 @@ func (s *State) SetUp(up bool) bool {
 }
 
 // Drained reports whether the operator took the backend out of rotation.
-func (s *State) Drained() bool { return s.drained.Load() }
+func (s *State) Drained() bool { return s.flags.Load()&flagDrained != 0 }
 
 // SetDrained takes the backend out of rotation (in-flight requests finish)
 // or puts it back, and reports whether that changed anything.
-func (s *State) SetDrained(d bool) bool { return s.drained.CompareAndSwap(!d, d) }
+func (s *State) SetDrained(d bool) bool { return s.setFlag(flagDrained, d) }
 
 // Usable reports whether the backend may take new requests: up and not
 // drained.
-func (s *State) Usable() bool { return s.up.Load() && !s.drained.Load() }
+func (s *State) Usable() bool { return s.flags.Load() == 0 }
+
+// setFlag sets or clears a flag and reports whether that changed it; of
+// racing callers making the same change, one sees true.
+func (s *State) setFlag(flag uint32, on bool) bool {
+	for {
+		old := s.flags.Load()
+		v := old &^ flag
+		if on {
+			v |= flag
+		}
+		if v == old {
+			return false
+		}
+		if s.flags.CompareAndSwap(old, v) {
+			return true
+		}
+	}
+}
 
 // Active is the number of requests (or connections) in flight.
 func (s *State) Active() int64 { return s.active.Load() }
