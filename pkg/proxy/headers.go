@@ -186,6 +186,9 @@ func prepareRequest(ctx *fasthttp.RequestCtx, tls bool, mask int) {
 		}
 	}
 	h.ResetConnectionClose()
+	// A body without a type goes without one; fasthttp would add
+	// application/octet-stream.
+	h.SetNoDefaultContentType(true)
 	if !h.IsHTTP11() {
 		h.SetProtocolBytes(http11)
 	}

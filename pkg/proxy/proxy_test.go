@@ -83,6 +83,30 @@ func TestRequestTargetAndHopHeaders(t *testing.T) {
 	}
 }
 
+// TestRequestBodyTypeUnchanged: a body the client sent without a
+// Content-Type reaches the backend without one, and one with a type keeps
+// it.
+func TestRequestBodyTypeUnchanged(t *testing.T) {
+	e := startEcho(t)
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
+	for _, typ := range []string{"", "application/json"} {
+		head := "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+		if typ != "" {
+			head += "Content-Type: " + typ + "\r\n"
+		}
+		if resp := hs.raw(head + "\r\n{}"); !strings.HasPrefix(resp, "HTTP/1.1 200") {
+			t.Fatalf("response: %q", resp)
+		}
+		s := e.lastSeen()
+		if got := s.Header.Values("Content-Type"); len(got) != len(strings.Fields(typ)) || typ != "" && got[0] != typ {
+			t.Errorf("sent Content-Type %q, backend got %q", typ, got)
+		}
+		if s.Body != "{}" {
+			t.Errorf("body %q", s.Body)
+		}
+	}
+}
+
 // TestRequestTrailersNotPassedOn sends trailer fields after a chunked
 // body, announced by Trailer or not. lb sends the body with
 // Content-Length and no trailer: deleting Trailer used to move the
