@@ -176,6 +176,16 @@ response_timeout = 30`, 1)
 		`:7: listener[0].tls.cert: cannot read `,
 	},
 	{
+		"cert that is a device",
+		func(s string) string { return strings.Replace(s, `certs/site.pem`, `/dev/zero`, 1) },
+		`:7: listener[0].tls.cert: /dev/zero is not a regular file`,
+	},
+	{
+		"key that is a folder",
+		func(s string) string { return strings.Replace(s, `certs/site.key`, `certs`, 1) },
+		`:8: listener[0].tls.key: `,
+	},
+	{
 		"cert and key that do not match",
 		func(s string) string { return strings.Replace(s, `certs/site.key`, `certs/api.key`, 1) },
 		`listener[0].tls.cert: cannot load`,
@@ -385,5 +395,26 @@ func TestExamplesAreValid(t *testing.T) {
 				t.Fatalf("%s does not validate:\n%v", f, err)
 			}
 		})
+	}
+}
+
+func TestReadPEMBoundsTheFile(t *testing.T) {
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.pem")
+	if err := os.WriteFile(big, make([]byte, MaxPEMFile+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadPEM(big); err == nil || !strings.Contains(err.Error(), "larger than 4 MiB") {
+		t.Errorf("a file over the limit: %v", err)
+	}
+	small := filepath.Join(dir, "small.pem")
+	if err := os.WriteFile(small, []byte("-----BEGIN X-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := ReadPEM(small); err != nil || len(b) != 18 {
+		t.Errorf("a small file: %d bytes, %v", len(b), err)
+	}
+	if _, err := ReadPEM(dir); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a folder: %v", err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 )
@@ -172,9 +171,9 @@ func (l *loader) validateTLS(p string, t *TLS, tcp bool) {
 
 // checkCAs verifies that a CA bundle can be read and holds certificates.
 func checkCAs(path string) error {
-	b, err := os.ReadFile(path)
+	b, err := ReadPEM(path)
 	if err != nil {
-		return fmt.Errorf("cannot read %s: %v", path, unwrapPathError(err))
+		return err
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(b) {
@@ -186,35 +185,24 @@ func checkCAs(path string) error {
 // checkKeyPair verifies that a certificate chain and its key can be read
 // and belong together.
 func (l *loader) checkKeyPair(p, cert, key string) {
-	ok := true
+	var certPEM, keyPEM []byte
+	var err error
 	if cert == "" {
 		l.missing(p+".cert", "(path to a PEM certificate chain)")
-		ok = false
-	} else if err := readable(cert); err != nil {
+	} else if certPEM, err = ReadPEM(cert); err != nil {
 		l.errorf(p+".cert", "%v", err)
-		ok = false
 	}
 	if key == "" {
 		l.missing(p+".key", "(path to the PEM private key)")
-		ok = false
-	} else if err := readable(key); err != nil {
+	} else if keyPEM, err = ReadPEM(key); err != nil {
 		l.errorf(p+".key", "%v", err)
-		ok = false
 	}
-	if !ok {
+	if certPEM == nil || keyPEM == nil {
 		return
 	}
-	if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
 		l.errorf(p+".cert", "cannot load %s with %s: %v", cert, key, err)
 	}
-}
-
-func readable(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("cannot read %s: %v", path, unwrapPathError(err))
-	}
-	return f.Close()
 }
 
 func (l *loader) validateRoute(p string, r *Route, pools map[string]int, tcp bool) {

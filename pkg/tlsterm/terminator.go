@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -153,7 +152,7 @@ func (t *Terminator) Reload() error {
 
 // LoadCAs reads a PEM bundle of CA certificates.
 func LoadCAs(path string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(path)
+	b, err := config.ReadPEM(path)
 	if err != nil {
 		return nil, fmt.Errorf("tlsterm: client CAs: %w", err)
 	}
@@ -232,10 +231,10 @@ func (st *state) conn(t *Terminator, tc *tls.Conn, cs *tls.ConnectionState) *Con
 func load(certFile, keyFile string, certPEM, keyPEM []byte) (*tls.Certificate, error) {
 	var err error
 	if certPEM == nil {
-		if certPEM, err = os.ReadFile(certFile); err != nil {
+		if certPEM, err = config.ReadPEM(certFile); err != nil {
 			return nil, fmt.Errorf("tlsterm: %w", err)
 		}
-		if keyPEM, err = os.ReadFile(keyFile); err != nil {
+		if keyPEM, err = config.ReadPEM(keyFile); err != nil {
 			return nil, fmt.Errorf("tlsterm: %w", err)
 		}
 	}
