@@ -3,9 +3,11 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -653,6 +655,59 @@ func TestSessionResumption(t *testing.T) {
 		}
 		if got, _ := lookup(m, "lb_tls_handshakes_total", "listener", "https", "version", version, "result", "success"); got < 1 {
 			t.Errorf("full TLS %s handshakes counted %v", version, got)
+		}
+	}
+}
+
+// TestSharedTicketKeysAcrossProcesses: two lb processes reading the same
+// ticket_keys file resume each other's sessions, as two instances behind
+// DNS round-robin would; and a key file others can read is warned about.
+func TestSharedTicketKeysAcrossProcesses(t *testing.T) {
+	dir1, dir2 := t.TempDir(), t.TempDir()
+	certs := writeCerts(t, dir1)
+	b := startBackend(t, "b1")
+	keyFile := filepath.Join(dir1, "tickets.key")
+	key := make([]byte, 32)
+	rand.Read(key)
+	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(keyFile, 0o644) // past the umask: readable by others
+	cfg := func(certDir string) string {
+		c := frontConfig("", `  ticket_keys = "`+keyFile+`"`, "", backendsTOML(b))
+		return strings.ReplaceAll(c, `"certs/`, `"`+certDir+`/certs/`)
+	}
+	lb1 := startLB(t, dir1, cfg(dir1))
+	lb2 := startLB(t, dir2, cfg(dir1))
+	if lb1.logCount("can be read by other users") != 1 {
+		t.Errorf("no warning about the key file's mode:\n%s", tail(lb1.stderr.String(), 10))
+	}
+	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
+		cache := tls.NewLRUClientSessionCache(4)
+		resumed := func(addr string) bool {
+			t.Helper()
+			conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: certs.pool(), ServerName: "www.example.com",
+				ClientSessionCache: cache, MaxVersion: v})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			io.WriteString(conn, "GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return conn.ConnectionState().DidResume
+		}
+		if resumed(lb1.addrs["https"]) {
+			t.Fatalf("TLS %x: first handshake resumed", v)
+		}
+		if !resumed(lb2.addrs["https"]) {
+			t.Errorf("TLS %x: the second process did not resume the first one's session", v)
+		}
+		if !resumed(lb1.addrs["https"]) {
+			t.Errorf("TLS %x: the first process did not resume the second one's session", v)
 		}
 	}
 }

@@ -63,6 +63,9 @@ type TLS struct {
 	ALPN       []string `toml:"alpn"`
 	HSTS       string   `toml:"hsts"`
 	SNI        []Cert   `toml:"sni"`
+	// TicketKeys is a file of session ticket keys shared with other lb
+	// processes (see ParseTicketKeys); empty for keys lb makes itself.
+	TicketKeys string `toml:"ticket_keys"`
 
 	// CertPEM and KeyPEM, when set, are used instead of reading Cert and
 	// Key from disk (the demo's certificate is made in memory).

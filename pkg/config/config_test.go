@@ -1,9 +1,13 @@
 package config
 
 import (
+	"bytes"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -416,5 +420,63 @@ func TestReadPEMBoundsTheFile(t *testing.T) {
 	}
 	if _, err := ReadPEM(dir); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("a folder: %v", err)
+	}
+}
+
+func TestTicketKeysFile(t *testing.T) {
+	dir := t.TempDir()
+	key := func(n int) string { return base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{byte(n)}, 32)) }
+	write := func(name, src string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(src), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good.key", "# rotated 2026-11-26\n"+key(2)+"\n\n"+key(1)+"\n", 0o600)
+	keys, err := ReadTicketKeys(good)
+	if err != nil || len(keys) != 2 || keys[0][0] != 2 || keys[1][0] != 1 {
+		t.Fatalf("good file: %d keys, %v", len(keys), err)
+	}
+	for _, tc := range []struct{ src, want string }{
+		{"", "holds no key"},
+		{"# only a comment\n", "holds no key"},
+		{key(1) + "\n" + "c2hvcnQ=\n", "line 2: not a key"},
+		{key(1) + "\nnot base64!\n", "line 2: not a key"},
+		{strings.Repeat(key(1)+"\n", MaxTicketKeys+1), "more than 64 keys"},
+	} {
+		_, err := ReadTicketKeys(write("bad.key", tc.src, 0o600))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.src, err, tc.want)
+		}
+	}
+
+	// In a config: resolved beside it, checked, and a key file others can
+	// read is warned about.
+	for _, tc := range []struct {
+		mode    os.FileMode
+		warning bool
+	}{{0o600, false}, {0o644, true}} {
+		path := write(fmt.Sprintf("shared-%o.key", tc.mode), key(7)+"\n", tc.mode)
+		if err := os.Chmod(path, tc.mode); err != nil { // past the umask
+			t.Fatal(err)
+		}
+		cfg, err := parseIn(t, strings.Replace(minimal, `key = "certs/site.key"`,
+			`key = "certs/site.key"`+"\n  ticket_keys = "+strconv.Quote(path), 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Listeners[0].TLS.TicketKeys != path {
+			t.Errorf("ticket_keys %q, want %q", cfg.Listeners[0].TLS.TicketKeys, path)
+		}
+		warned := strings.Contains(strings.Join(cfg.Warnings, "\n"), "ticket_keys")
+		if warned != tc.warning {
+			t.Errorf("mode %o: warnings %q", tc.mode, cfg.Warnings)
+		}
+	}
+	_, err = parseIn(t, strings.Replace(minimal, `key = "certs/site.key"`,
+		`key = "certs/site.key"`+"\n  ticket_keys = \"certs/missing.key\"", 1))
+	if err == nil || !strings.Contains(err.Error(), ":9: listener[0].tls.ticket_keys: cannot read ") {
+		t.Errorf("missing key file: %v", err)
 	}
 }

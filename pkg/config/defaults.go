@@ -43,6 +43,7 @@ func (l *loader) applyDefaults() {
 				t.Cert, t.Key = l.resolvePath(t.Cert), l.resolvePath(t.Key)
 			}
 			t.ClientCA = l.resolvePath(t.ClientCA)
+			t.TicketKeys = l.resolvePath(t.TicketKeys)
 			for j := range t.SNI {
 				t.SNI[j].Cert, t.SNI[j].Key = l.resolvePath(t.SNI[j].Cert), l.resolvePath(t.SNI[j].Key)
 			}

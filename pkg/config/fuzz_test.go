@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"os"
 	"path/filepath"
@@ -21,6 +22,10 @@ func FuzzParse(f *testing.F) {
 	dir := f.TempDir()
 	writeCerts(f, dir)
 	file := filepath.Join(dir, "lb.toml")
+	if err := os.WriteFile(filepath.Join(dir, "certs", "tickets.key"),
+		[]byte("# shared\n"+base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600); err != nil {
+		f.Fatal(err)
+	}
 
 	examples, _ := filepath.Glob("../../examples/*.toml")
 	if len(examples) == 0 {
@@ -44,6 +49,7 @@ func FuzzParse(f *testing.F) {
 			"redirect_https = \"https://:8443\"\n", 1),
 		strings.Replace(minimal, `pool = "web"`, "pool = \"web\"\nmode = \"tcp\"\nproxy_protocol = \"v2\"\n"+
 			"  [[listener.route]]\n  sni = \"*.example.com\"\n  pool = \"web\"", 1),
+		strings.Replace(minimal, `key = "certs/site.key"`, "key = \"certs/site.key\"\n  ticket_keys = \"certs/tickets.key\"", 1),
 		"\ufeff" + minimal,
 		"",
 		"[[listener]]\n[[pool]]\n",
@@ -211,6 +217,14 @@ func checkConfig(t *testing.T, c *Config, file string) {
 			}
 			if !filepath.IsAbs(t.Cert) || !filepath.IsAbs(t.Key) {
 				fail("listener[%d] certificate paths %q, %q not resolved against the config's folder", i, t.Cert, t.Key)
+			}
+			if t.TicketKeys != "" {
+				if !filepath.IsAbs(t.TicketKeys) {
+					fail("listener[%d] ticket_keys %q not resolved against the config's folder", i, t.TicketKeys)
+				}
+				if _, err := ReadTicketKeys(t.TicketKeys); err != nil {
+					fail("listener[%d] ticket_keys accepted but unreadable: %v", i, err)
+				}
 			}
 			for _, a := range t.ALPN {
 				if tcp && (a == "" || len(a) > 255) || !tcp && !oneOf(a, "h2", "http/1.1") {

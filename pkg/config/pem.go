@@ -1,9 +1,11 @@
 package config
 
 import (
+	"encoding/base64"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // MaxPEMFile is the largest certificate, key or CA file lb reads. A chain
@@ -35,4 +37,37 @@ func ReadPEM(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s is larger than %d MiB; it cannot be a certificate, key or CA bundle", path, MaxPEMFile>>20)
 	}
 	return b, nil
+}
+
+// MaxTicketKeys is the most keys a ticket_keys file may hold.
+const MaxTicketKeys = 64
+
+// ReadTicketKeys reads a ticket_keys file: one session ticket key per
+// line, 32 random bytes in base64 (`openssl rand -base64 32`), the first
+// sealing new tickets and every one opening them. Blank lines and lines
+// starting with # are skipped. Errors name the file and line.
+func ReadTicketKeys(path string) ([][32]byte, error) {
+	b, err := ReadPEM(path)
+	if err != nil {
+		return nil, err
+	}
+	var keys [][32]byte
+	for n, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		raw, err := base64.StdEncoding.DecodeString(line)
+		if err != nil || len(raw) != 32 {
+			return nil, fmt.Errorf("%s line %d: not a key (32 random bytes in base64, as `openssl rand -base64 32` prints)", path, n+1)
+		}
+		if len(keys) == MaxTicketKeys {
+			return nil, fmt.Errorf("%s holds more than %d keys", path, MaxTicketKeys)
+		}
+		keys = append(keys, [32]byte(raw))
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%s holds no key (one per line: 32 random bytes in base64)", path)
+	}
+	return keys, nil
 }

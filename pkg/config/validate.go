@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 )
@@ -130,6 +131,13 @@ func (l *loader) validateTLS(p string, t *TLS, tcp bool) {
 	}
 	for j, s := range t.SNI {
 		l.checkKeyPair(fmt.Sprintf("%s.sni[%d]", p, j), s.Cert, s.Key)
+	}
+	if t.TicketKeys != "" {
+		if _, err := ReadTicketKeys(t.TicketKeys); err != nil {
+			l.errorf(p+".ticket_keys", "%v", err)
+		} else if fi, err := os.Stat(t.TicketKeys); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			l.warnf(p+".ticket_keys", "%s can be read by other users (mode %v): whoever reads it can decrypt resumed sessions; chmod 600 it", t.TicketKeys, fi.Mode().Perm())
+		}
 	}
 	switch t.MinVersion {
 	case "1.2", "1.3":

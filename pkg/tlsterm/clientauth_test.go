@@ -1,8 +1,10 @@
 package tlsterm
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"net"
 	"os"
 	"path/filepath"
@@ -388,5 +390,106 @@ func TestWatch(t *testing.T) {
 	}
 	if !strings.Contains(logBuf.String(), "certificate reloaded") {
 		t.Errorf("reloads not logged:\n%s", logBuf.String())
+	}
+}
+
+// TestSharedTicketKeys: two listeners with key sets of their own, as two
+// lb processes have, resume each other's sessions when they read the same
+// ticket_keys file, and not without it. A rotation that puts a new key
+// first keeps the old tickets good; dropping their key ends them.
+func TestSharedTicketKeys(t *testing.T) {
+	c := makeCerts(t)
+	keyFile := filepath.Join(t.TempDir(), "tickets.key")
+	newKey := func() string {
+		b := make([]byte, 32)
+		rand.Read(b)
+		return base64.StdEncoding.EncodeToString(b)
+	}
+	k1, k2 := newKey(), newKey()
+	writeKeys := func(lines ...string) {
+		t.Helper()
+		if err := os.WriteFile(keyFile, []byte("# session ticket keys\n"+strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeKeys(k1)
+	start := func(shared bool) (*Terminator, string) {
+		cfg := &config.TLS{Cert: c.siteFile, Key: c.siteKey}
+		if shared {
+			cfg.TicketKeys = keyFile
+		}
+		term, err := New(cfg, "http", NewTicketKeys())
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr, out := serveHandshaker(t, term)
+		go func() {
+			for c := range out {
+				go func() {
+					c.SetReadDeadline(time.Now().Add(time.Second))
+					c.Read(make([]byte, 1))
+					c.Close()
+				}()
+			}
+		}()
+		return term, addr
+	}
+	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
+		resumed := func(cache tls.ClientSessionCache, addr string) bool {
+			t.Helper()
+			conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ClientSessionCache: cache, MaxVersion: v, ServerName: "www.example.com"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			conn.Read(make([]byte, 1))
+			return conn.ConnectionState().DidResume
+		}
+		name := VersionName(v)
+
+		_, own1 := start(false)
+		_, own2 := start(false)
+		cache := tls.NewLRUClientSessionCache(4)
+		resumed(cache, own1)
+		if resumed(cache, own2) {
+			t.Errorf("TLS %s: resumed on another listener with keys of its own", name)
+		}
+
+		writeKeys(k1)
+		a, addrA := start(true)
+		_, addrB := start(true)
+		cache = tls.NewLRUClientSessionCache(4)
+		if resumed(cache, addrA) {
+			t.Fatalf("TLS %s: first handshake resumed", name)
+		}
+		if !resumed(cache, addrB) {
+			t.Errorf("TLS %s: a session from one listener did not resume on the other sharing its keys", name)
+		}
+
+		// Rotation: a new key first seals new tickets; the old one still
+		// opens the tickets it sealed.
+		writeKeys(k2, k1)
+		if err := a.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		if !resumed(cache, addrA) {
+			t.Errorf("TLS %s: a ticket sealed with the second key did not resume after the rotation", name)
+		}
+		writeKeys(k2)
+		if err := a.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		old := tls.NewLRUClientSessionCache(4)
+		resumed(old, addrB) // sealed by B, which still has only k1
+		if resumed(old, addrA) {
+			t.Errorf("TLS %s: resumed with a ticket whose key left the file", name)
+		}
+
+		// A file that no longer parses leaves the keys in use.
+		writeKeys("not a key")
+		if err := a.Reload(); err == nil || !strings.Contains(err.Error(), "line 2") {
+			t.Errorf("TLS %s: reload with a bad key file: %v", name, err)
+		}
 	}
 }

@@ -51,6 +51,9 @@ type state struct {
 	store     *Store
 	roots     *x509.CertPool // client CAs; nil without client auth
 	ticketGen atomic.Uint64
+	// sharedKeys: the ticket keys came from the ticket_keys file, and lb
+	// does not rotate them.
+	sharedKeys bool
 }
 
 // New loads the certificates of a listener's [listener.tls] and builds its
@@ -89,7 +92,9 @@ func (t *Terminator) Config() *tls.Config { return t.current().tls }
 // brought up to date.
 func (t *Terminator) current() *state {
 	st := t.cur.Load()
-	t.tickets.apply(st.tls, &st.ticketGen)
+	if !st.sharedKeys {
+		t.tickets.apply(st.tls, &st.ticketGen)
+	}
 	return st
 }
 
@@ -146,6 +151,14 @@ func (t *Terminator) Reload() error {
 		ClientAuth:     clientAuth,
 		ClientCAs:      st.roots,
 	}
+	if t.cfg.TicketKeys != "" {
+		keys, err := config.ReadTicketKeys(t.cfg.TicketKeys)
+		if err != nil {
+			return fmt.Errorf("tlsterm: ticket keys: %w", err)
+		}
+		st.tls.SetSessionTicketKeys(keys)
+		st.sharedKeys = true
+	}
 	t.cur.Store(st)
 	return nil
 }
@@ -163,7 +176,8 @@ func LoadCAs(path string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// Files lists the files the certificates are read from.
+// Files lists the files the certificates (and shared ticket keys) are
+// read from.
 func (t *Terminator) Files() []string {
 	var files []string
 	if t.cfg.CertPEM == nil {
@@ -174,6 +188,9 @@ func (t *Terminator) Files() []string {
 	}
 	if t.cfg.ClientAuth == ClientAuthRequest || t.cfg.ClientAuth == ClientAuthRequire {
 		files = append(files, t.cfg.ClientCA)
+	}
+	if t.cfg.TicketKeys != "" {
+		files = append(files, t.cfg.TicketKeys)
 	}
 	return files
 }
@@ -204,6 +221,9 @@ func (t *Terminator) Watch(listener string, log hclog.Logger) {
 		for _, c := range t.Store().Certificates() {
 			log.Info("certificate reloaded", "listener", listener, "subject", c.Leaf.Subject.String(),
 				"serial", strings.ToUpper(c.Leaf.SerialNumber.Text(16)), "not_after", c.Leaf.NotAfter.UTC().Format(time.RFC3339))
+		}
+		if t.cfg.TicketKeys != "" {
+			log.Info("session ticket keys reloaded", "listener", listener, "file", t.cfg.TicketKeys)
 		}
 	})
 	if err != nil {
