@@ -360,6 +360,46 @@ func TestWatchedFileReloads(t *testing.T) {
 	}
 }
 
+// TestReloadTurnsWatchOnAndOff: global.watch takes effect on reload, and
+// a log_format change is said to wait for a restart.
+func TestReloadTurnsWatchOnAndOff(t *testing.T) {
+	dir := t.TempDir()
+	writeCerts(t, dir)
+	b1, b2 := startBackend(t, "b1"), startBackend(t, "b2")
+	bind := freePort(t)
+	lb := startLB(t, dir, reloadConfig(bind, false, "", weighted{b1, 1}))
+	if lb.logCount("watching the config file") != 0 {
+		t.Fatal("watching with watch = false")
+	}
+	backends := func() int { return len(lb.status().Pools[0].Backends) }
+
+	lb.rewrite(reloadConfig(bind, true, "", weighted{b1, 1}))
+	if code, body := lb.post("/reload"); code != 200 {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	lb.waitLog("watching the config file", 1, 5*time.Second)
+	lb.rewrite(reloadConfig(bind, true, "", weighted{b1, 1}, weighted{b2, 1}))
+	lb.waitLog("config reloaded", 2, 5*time.Second)
+	if n := backends(); n != 2 {
+		t.Fatalf("%d backends after an edit while watching", n)
+	}
+
+	// Turned off by an edit the watcher itself picks up.
+	lb.rewrite(strings.Replace(reloadConfig(bind, false, "", weighted{b1, 1}), "[global]", "[global]\nlog_format = \"json\"", 1))
+	lb.waitLog("no longer watching the config file", 1, 5*time.Second)
+	if lb.logCount("global.log_format takes effect when lb restarts") != 1 {
+		t.Errorf("no word that log_format waits for a restart:\n%s", tail(lb.stderr.String(), 8))
+	}
+	lb.rewrite(reloadConfig(bind, false, "", weighted{b1, 1}, weighted{b2, 1}))
+	time.Sleep(time.Second)
+	if n := lb.logCount("config reloaded"); n != 3 {
+		t.Errorf("%d reloads; an edit after watch = false reloaded", n)
+	}
+	if n := backends(); n != 1 {
+		t.Errorf("%d backends; the unwatched edit was applied", n)
+	}
+}
+
 func TestDrainedBackendFinishesInFlightAndGetsNoNew(t *testing.T) {
 	dir := t.TempDir()
 	certs := writeCerts(t, dir)

@@ -179,22 +179,21 @@ func serve(cfg *config.Config, path string, log hclog.InterceptLogger, started f
 		log.Error("cannot start", "error", err)
 		return 1
 	}
-	r := &reloader{path: path, srv: srv, log: log}
+	r := &reloader{path: path, srv: srv, log: log, cfg: cfg}
 	srv.Reloader = func() error { return r.reload("admin API") }
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	srv.Start()
 	log.Info("lb started", "version", version.String(), "config", path)
-	ctx, stopWatch := context.WithCancel(context.Background())
-	defer stopWatch()
-	if cfg.Global.Watch && path != "" {
-		if err := watch.Files(ctx, []string{path}, watch.Options{Debounce: 250 * time.Millisecond, Poll: 5 * time.Second, What: "the config file"}, log, func() { r.reload("file changed") }); err != nil {
-			log.Warn("cannot watch the config file; reload with SIGHUP or POST /reload", "file", path, "error", err)
-		} else {
-			log.Info("watching the config file for changes", "file", path)
-		}
-	}
+	r.mu.Lock()
+	r.setWatch(cfg.Global.Watch)
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.setWatch(false)
+		r.mu.Unlock()
+	}()
 	if started != nil {
 		started(srv)
 	}
@@ -204,11 +203,10 @@ func serve(cfg *config.Config, path string, log hclog.InterceptLogger, started f
 			r.reload("SIGHUP") //nolint:errcheck // logged
 			continue
 		}
-		stopWatch()
-		grace := r.current().Global.ShutdownGrace.Duration
-		if grace == 0 {
-			grace = cfg.Global.ShutdownGrace.Duration
-		}
+		r.mu.Lock()
+		r.setWatch(false)
+		grace := r.cfg.Global.ShutdownGrace.Duration
+		r.mu.Unlock()
 		log.Info("shutting down: no new connections, waiting for requests in flight", "signal", sig.String(), "grace", grace.String())
 		sctx, cancel := context.WithTimeout(context.Background(), grace)
 		go func() {
@@ -238,17 +236,32 @@ type reloader struct {
 	srv  *server.Server
 	log  hclog.InterceptLogger
 
-	mu  sync.Mutex
-	cfg *config.Config // the config in use, after the last good reload
+	mu       sync.Mutex
+	cfg      *config.Config     // the config in use
+	watching context.CancelFunc // stops watching the config file; nil when not watching
 }
 
-func (r *reloader) current() *config.Config {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cfg == nil {
-		return &config.Config{}
+// setWatch starts or stops watching the config file (global.watch).
+// Callers hold mu.
+func (r *reloader) setWatch(on bool) {
+	switch {
+	case r.path == "" || on == (r.watching != nil):
+		return
+	case !on:
+		r.watching()
+		r.watching = nil
+		r.log.Info("no longer watching the config file", "file", r.path)
+		return
 	}
-	return r.cfg
+	ctx, cancel := context.WithCancel(context.Background())
+	opts := watch.Options{Debounce: 250 * time.Millisecond, Poll: 5 * time.Second, What: "the config file"}
+	if err := watch.Files(ctx, []string{r.path}, opts, r.log, func() { r.reload("file changed") }); err != nil {
+		cancel()
+		r.log.Warn("cannot watch the config file; reload with SIGHUP or POST /reload", "file", r.path, "error", err)
+		return
+	}
+	r.watching = cancel
+	r.log.Info("watching the config file for changes", "file", r.path)
 }
 
 func (r *reloader) reload(why string) error {
@@ -280,8 +293,13 @@ func (r *reloader) reload(why string) error {
 		r.log.Error("reload failed; the running config keeps serving", "error", err)
 		return err
 	}
+	if cfg.Global.LogFormat != r.cfg.Global.LogFormat {
+		r.log.Warn("global.log_format takes effect when lb restarts; the log keeps its format until then",
+			"running", r.cfg.Global.LogFormat, "configured", cfg.Global.LogFormat)
+	}
 	r.cfg = cfg
 	r.log.SetLevel(hclog.LevelFromString(cfg.Global.LogLevel))
+	r.setWatch(cfg.Global.Watch)
 	return nil
 }
 
