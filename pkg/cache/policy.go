@@ -14,8 +14,11 @@ import (
 // RequestControl is what a request's method and Cache-Control ask.
 type RequestControl struct {
 	// Lookup: the request may be answered from the cache (GET or HEAD,
-	// no Range, no no-store).
+	// no no-store).
 	Lookup bool
+	// Range: a GET for part of the resource. A stored whole response
+	// answers it (206); on a miss it goes to the origin as it is.
+	Range bool
 	// Store: its response may be stored (GET, no no-store).
 	Store bool
 	// Revalidate: the client asked for a validated answer (no-cache,
@@ -40,9 +43,7 @@ func ParseRequest(h *fasthttp.RequestHeader, ignoreNoCache bool) RequestControl 
 		return rc
 	}
 	rc.Lookup, rc.Store = true, get
-	if len(h.Peek("Range")) > 0 {
-		rc.Lookup, rc.Store = false, false
-	}
+	rc.Range = get && len(h.Peek("Range")) > 0
 	rc.Authorization = len(h.Peek("Authorization")) > 0
 	noCache := false
 	directives(h.Peek("Cache-Control"), func(dir int, value []byte) {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"strconv"
 	"sync"
 	"time"
 
@@ -20,6 +21,9 @@ var (
 	hXCache         = []byte("X-Cache")
 	hIfNoneMatch    = []byte("If-None-Match")
 	hIfModifiedSnc  = []byte("If-Modified-Since")
+	hRange          = []byte("Range")
+	hIfRange        = []byte("If-Range")
+	hContentRange   = []byte("Content-Range")
 	xCacheValues    [5][]byte
 	cacheKeyBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
 )
@@ -62,6 +66,11 @@ func (h *Handler) cached(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache,
 			errorResponse(ctx, fasthttp.StatusGatewayTimeout)
 			result(ctx, c, cache.Miss)
 			return nil, 0, nil, nil
+		}
+		if rc.Range {
+			// Forwarded as it is, not collapsed with whole requests: a
+			// partial answer is not stored (a whole one is).
+			return h.fetch(ctx, up, c, key, rc, nil)
 		}
 		return h.miss(ctx, up, c, key, rc)
 	}
@@ -162,9 +171,26 @@ func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Ca
 	conditional := etag != nil || lastMod != nil
 	req := &ctx.Request.Header
 	// The client's own conditions are judged by lb against the entry
-	// once it is fresh again; the backend gets the entry's.
+	// once it is fresh again; the backend gets the entry's. A range is
+	// cut from the entry too: the backend is asked for the whole.
 	clientINM := append([]byte(nil), req.PeekBytes(hIfNoneMatch)...)
 	clientIMS := append([]byte(nil), req.PeekBytes(hIfModifiedSnc)...)
+	var clientRange, clientIfRange []byte
+	if rc.Range {
+		clientRange = append(clientRange, req.PeekBytes(hRange)...)
+		clientIfRange = append(clientIfRange, req.PeekBytes(hIfRange)...)
+		req.DelBytes(hRange)
+		req.DelBytes(hIfRange)
+	}
+	restore := func() {
+		setConditions(req, clientINM, clientIMS)
+		if rc.Range {
+			req.SetCanonical(hRange, clientRange)
+			if len(clientIfRange) > 0 {
+				req.SetCanonical(hIfRange, clientIfRange)
+			}
+		}
+	}
 	if conditional {
 		setConditions(req, etag, lastMod)
 	}
@@ -175,13 +201,13 @@ func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Ca
 	switch {
 	case err == nil && code == fasthttp.StatusNotModified && conditional:
 		n, _ := refresh(c, key, e, &ctx.Response.Header, rc, sent, now)
-		setConditions(req, clientINM, clientIMS)
+		restore()
 		serveEntry(ctx, c, n, now, cache.Revalidated)
 		return b, attempts, nil, nil
 	case (err != nil || code >= 500) && e.Staleness(now) <= e.Fresh.StaleIfError:
 		// serveEntry resets the response, which closes a streamed body
 		// and frees its backend.
-		setConditions(req, clientINM, clientIMS)
+		restore()
 		serveEntry(ctx, c, e, now, cache.Stale)
 		return b, attempts, nil, nil
 	}
@@ -234,6 +260,8 @@ func (h *Handler) revalidateLater(ctx *fasthttp.RequestCtx, up *Upstream, c *cac
 		req := &bg.Request.Header
 		etag, lastMod := e.Validators()
 		setConditions(req, etag, lastMod)
+		req.DelBytes(hRange) // the whole is revalidated
+		req.DelBytes(hIfRange)
 		sent := time.Now()
 		_, _, stream, err := h.forward(bg, up)
 		now := time.Now()
@@ -262,8 +290,114 @@ func serveEntry(ctx *fasthttp.RequestCtx, c *cache.Cache, e *cache.Entry, now ti
 	if notModified(&ctx.Request.Header, e) {
 		ctx.Response.SetStatusCode(fasthttp.StatusNotModified)
 		ctx.Response.SkipBody = true
+	} else if ctx.IsGet() {
+		serveRange(ctx, e)
 	}
 	result(ctx, c, r)
+}
+
+// serveRange answers a Range request from a stored 200 (RFC 9110 section
+// 14): one satisfiable byte range gets 206 with that slice of the stored
+// body (shared, not copied), a range that starts past the end 416.
+// Several ranges, an If-Range the entry does not match, and anything but
+// "bytes=" get the whole 200, as a server may answer any Range.
+func serveRange(ctx *fasthttp.RequestCtx, e *cache.Entry) {
+	req, resp := &ctx.Request.Header, &ctx.Response
+	spec := req.PeekBytes(hRange)
+	if len(spec) == 0 || resp.StatusCode() != fasthttp.StatusOK {
+		return
+	}
+	if ir := req.PeekBytes(hIfRange); len(ir) > 0 && !ifRangeMatches(ir, e) {
+		return
+	}
+	size := int64(len(e.Body))
+	first, last, ok := byteRange(spec, size)
+	if !ok {
+		return
+	}
+	var buf [64]byte
+	cr := append(buf[:0], "bytes "...)
+	if first < 0 {
+		resp.SetStatusCode(fasthttp.StatusRequestedRangeNotSatisfiable)
+		resp.ResetBody()
+		cr = append(cr, '*')
+	} else {
+		resp.SetStatusCode(fasthttp.StatusPartialContent)
+		resp.SetBodyRaw(e.Body[first : last+1])
+		cr = strconv.AppendInt(append(strconv.AppendInt(cr, first, 10), '-'), last, 10)
+	}
+	cr = strconv.AppendInt(append(cr, '/'), size, 10)
+	resp.Header.SetCanonical(hContentRange, cr)
+}
+
+// byteRange reads a single "bytes=" range of a size-byte body: its first
+// and last byte, or first < 0 when it cannot be satisfied. ok is false for
+// what is answered with the whole body: several ranges, another unit, or
+// a malformed range.
+func byteRange(spec []byte, size int64) (first, last int64, ok bool) {
+	unit, set, found := bytes.Cut(spec, []byte("="))
+	if !found || !bytes.EqualFold(bytes.TrimSpace(unit), []byte("bytes")) {
+		return 0, 0, false
+	}
+	set = bytes.TrimSpace(set)
+	a, b, found := bytes.Cut(set, []byte("-"))
+	if !found || bytes.IndexByte(set, ',') >= 0 {
+		return 0, 0, false
+	}
+	num := func(s []byte) (int64, bool) {
+		if len(s) == 0 || len(s) > 18 {
+			return 0, false
+		}
+		var n int64
+		for _, c := range s {
+			if c < '0' || c > '9' {
+				return 0, false
+			}
+			n = n*10 + int64(c-'0')
+		}
+		return n, true
+	}
+	if len(a) == 0 { // the last n bytes
+		n, ok := num(b)
+		if !ok {
+			return 0, 0, false
+		}
+		if n == 0 || size == 0 {
+			return -1, 0, true
+		}
+		return max(0, size-n), size - 1, true
+	}
+	first, ok = num(a)
+	if !ok {
+		return 0, 0, false
+	}
+	last = size - 1
+	if len(b) > 0 {
+		if last, ok = num(b); !ok || last < first {
+			return 0, 0, false
+		}
+		last = min(last, size-1)
+	}
+	if first >= size {
+		return -1, 0, true
+	}
+	return first, last, true
+}
+
+// ifRangeMatches: an If-Range entity tag is the entry's strong ETag, or
+// its date the entry's Last-Modified (RFC 9110 section 13.1.5).
+func ifRangeMatches(v []byte, e *cache.Entry) bool {
+	etag, lastMod := e.Validators()
+	v = bytes.TrimSpace(v)
+	if len(v) > 0 && (v[0] == '"' || bytes.HasPrefix(v, []byte("W/"))) {
+		return len(etag) > 0 && etag[0] == '"' && bytes.Equal(v, etag)
+	}
+	if len(lastMod) == 0 {
+		return false
+	}
+	t1, err1 := fasthttp.ParseHTTPDate(v)
+	t2, err2 := fasthttp.ParseHTTPDate(lastMod)
+	return err1 == nil && err2 == nil && t1.Equal(t2)
 }
 
 // notModified evaluates a client's conditional GET against an entry

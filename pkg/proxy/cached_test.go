@@ -21,6 +21,7 @@ type origin struct {
 	hits atomic.Int64
 	mu   sync.Mutex
 	inm  string // If-None-Match of the last request
+	rng  string // Range of the last request
 }
 
 func startOrigin(t *testing.T, answer func(n int64, w http.ResponseWriter, r *http.Request)) *origin {
@@ -34,6 +35,7 @@ func startOrigin(t *testing.T, answer func(n int64, w http.ResponseWriter, r *ht
 		n := o.hits.Add(1)
 		o.mu.Lock()
 		o.inm = r.Header.Get("If-None-Match")
+		o.rng = r.Header.Get("Range")
 		o.mu.Unlock()
 		answer(n, w, r)
 	})}
@@ -162,8 +164,16 @@ func TestCacheRules(t *testing.T) {
 			w.Header().Set("Cache-Control", "max-age=60")
 			w.WriteHeader(http.StatusInternalServerError)
 		}, []cacheStep{{method: "GET", status: 500, xcache: "MISS", hits: 1}, {method: "GET", status: 500, xcache: "MISS", hits: 2}}},
-		{"Range requests bypass", cache.Options{}, fixed("Cache-Control", "max-age=60"),
-			[]cacheStep{get("BYPASS", 1, "Range", "bytes=0-0"), get("MISS", 2), get("BYPASS", 3, "Range", "bytes=0-0")}},
+		{"a Range miss goes to the origin, its 206 unstored; a hit is cut from the entry", cache.Options{}, func(n int64, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Cache-Control", "max-age=60")
+			http.ServeContent(w, r, "", time.Time{}, strings.NewReader(fmt.Sprintf("v%d", n)))
+		}, []cacheStep{{method: "GET", hdr: []string{"Range", "bytes=0-0"}, status: 206, xcache: "MISS", hits: 1, body: "v"},
+			{method: "GET", status: 200, xcache: "MISS", hits: 2, body: "v2"},
+			{method: "GET", hdr: []string{"Range", "bytes=1-1"}, status: 206, xcache: "HIT", hits: 2, body: "2"}}},
+		{"a stale entry is revalidated whole for a Range, then cut", cache.Options{}, fixed("Cache-Control", "max-age=60", "Age", "120", "ETag", `"e1"`),
+			[]cacheStep{get("MISS", 1), {method: "GET", hdr: []string{"Range", "bytes=1-1"}, status: 206, xcache: "REVALIDATED", hits: 2, body: "1"}}},
+		{"a Range miss answered whole is stored", cache.Options{}, fixed("Cache-Control", "max-age=60"),
+			[]cacheStep{{method: "GET", hdr: []string{"Range", "bytes=0-0"}, status: 200, xcache: "MISS", hits: 1, body: "v1"}, get("HIT", 1)}},
 		{"client no-store bypasses", cache.Options{}, fixed("Cache-Control", "max-age=60"),
 			[]cacheStep{get("BYPASS", 1, "Cache-Control", "no-store"), get("MISS", 2)}},
 		{"only-if-cached on a miss is 504", cache.Options{}, fixed("Cache-Control", "max-age=60"),
@@ -186,6 +196,12 @@ func TestCacheRules(t *testing.T) {
 				if s.body != "" && body != s.body {
 					t.Fatalf("step %d: body %q, want %q", i+1, body, s.body)
 				}
+				o.mu.Lock()
+				rng := o.rng
+				o.mu.Unlock()
+				if s.xcache == "REVALIDATED" && rng != "" {
+					t.Errorf("step %d: the origin was asked for a range (%q) to revalidate the whole", i+1, rng)
+				}
 				if s.xcache == "HIT" && resp.Header.Get("Age") == "" {
 					t.Errorf("step %d: a hit without Age", i+1)
 				}
@@ -194,6 +210,66 @@ func TestCacheRules(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCacheRanges: Range requests answered from a stored whole response
+// (RFC 9110 section 14).
+func TestCacheRanges(t *testing.T) {
+	const body = "abcdefghijklmnopqrstuvwxyz"
+	lastMod := time.Now().Add(-time.Hour).UTC().Format(http.TimeFormat)
+	o := startOrigin(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Header().Set("ETag", `"r1"`)
+		w.Header().Set("Last-Modified", lastMod)
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, body)
+	})
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c})
+	if resp, _ := hs.do("GET", "/r", nil); resp.Header.Get("X-Cache") != "MISS" {
+		t.Fatalf("fill: %s", resp.Header.Get("X-Cache"))
+	}
+	for _, tc := range []struct {
+		hdr          []string
+		status       int
+		body, crange string
+	}{
+		{[]string{"Range", "bytes=0-4"}, 206, "abcde", "bytes 0-4/26"},
+		{[]string{"Range", "bytes=20-"}, 206, "uvwxyz", "bytes 20-25/26"},
+		{[]string{"Range", "bytes=20-100"}, 206, "uvwxyz", "bytes 20-25/26"},
+		{[]string{"Range", "bytes=-3"}, 206, "xyz", "bytes 23-25/26"},
+		{[]string{"Range", "bytes=-100"}, 206, body, "bytes 0-25/26"},
+		{[]string{"Range", "Bytes = 25-25"}, 206, "z", "bytes 25-25/26"},
+		{[]string{"Range", "bytes=26-"}, 416, "", "bytes */26"},
+		{[]string{"Range", "bytes=-0"}, 416, "", "bytes */26"},
+		{[]string{"Range", "bytes=0-1,5-6"}, 200, body, ""}, // several: the whole
+		{[]string{"Range", "bytes=5-2"}, 200, body, ""},     // malformed
+		{[]string{"Range", "items=0-1"}, 200, body, ""},     // another unit
+		{[]string{"Range", "bytes=x-1"}, 200, body, ""},
+		{[]string{"Range", "bytes=0-1", "If-Range", `"r1"`}, 206, "ab", "bytes 0-1/26"},
+		{[]string{"Range", "bytes=0-1", "If-Range", `"r0"`}, 200, body, ""},
+		{[]string{"Range", "bytes=0-1", "If-Range", `W/"r1"`}, 200, body, ""}, // weak never matches
+		{[]string{"Range", "bytes=0-1", "If-Range", lastMod}, 206, "ab", "bytes 0-1/26"},
+		{[]string{"Range", "bytes=0-1", "If-None-Match", `"r1"`}, 304, "", ""},
+	} {
+		resp, got := hs.do("GET", "/r", nil, tc.hdr...)
+		if resp.StatusCode != tc.status || got != tc.body || resp.Header.Get("Content-Range") != tc.crange {
+			t.Errorf("%q: %d %q Content-Range %q; want %d %q %q", tc.hdr, resp.StatusCode, got,
+				resp.Header.Get("Content-Range"), tc.status, tc.body, tc.crange)
+		}
+		if x := resp.Header.Get("X-Cache"); x != "HIT" {
+			t.Errorf("%q: X-Cache %q", tc.hdr, x)
+		}
+		if resp.StatusCode == 206 && resp.Header.Get("Content-Type") != "text/plain" {
+			t.Errorf("%q: 206 without the entry's Content-Type", tc.hdr)
+		}
+	}
+	if resp, got := hs.do("HEAD", "/r", nil, "Range", "bytes=0-4"); resp.StatusCode != 200 || got != "" || resp.ContentLength != 26 {
+		t.Errorf("HEAD with Range: %d %q length %d", resp.StatusCode, got, resp.ContentLength)
+	}
+	if n := o.hits.Load(); n != 1 {
+		t.Errorf("%d origin hits; ranges of a stored response need none", n)
 	}
 }
 
