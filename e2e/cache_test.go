@@ -85,6 +85,15 @@ func TestCacheEndToEnd(t *testing.T) {
 		if err != nil || strings.Count(out, "http/2 200") != 2 || !strings.Contains(out, "x-cache: miss") || !strings.Contains(out, "x-cache: hit") {
 			t.Errorf("curl --http2: %v\n%s", err, out)
 		}
+		// A range of the stored page, as a download manager asks.
+		before := hits.Load()
+		out, err = runCmd(t, 10*time.Second, curl, "-sS", "-r", "0-1", "-D", "-", "--cacert", dir+"/certs/ca.pem",
+			"--resolve", "www.example.com:"+port+":127.0.0.1", url)
+		low := strings.ToLower(out)
+		if err != nil || !strings.Contains(low, "206") || !strings.Contains(low, "content-range: bytes 0-1/") ||
+			!strings.Contains(low, "x-cache: hit") || !strings.HasSuffix(out, "b1") || hits.Load() != before {
+			t.Errorf("curl -r 0-1: %v\n%s", err, out)
+		}
 	}
 
 	// A reload that leaves [pool.cache] alone keeps what it holds.
