@@ -711,3 +711,42 @@ func TestSharedTicketKeysAcrossProcesses(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxConnectionsPerClient: a client address past its limit has its
+// next connection closed before any handshake, other addresses go on, and
+// the refusals are counted and logged.
+func TestMaxConnectionsPerClient(t *testing.T) {
+	dir := t.TempDir()
+	certs := writeCerts(t, dir)
+	b := startBackend(t, "b1")
+	lb := startLB(t, dir, frontConfig("max_connections_per_client = 2", "", "", backendsTOML(b)))
+	addr := lb.addrs["https"]
+	dial := func(from string) (*tls.Conn, error) {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 2 * time.Second}
+		c, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{RootCAs: certs.pool(), ServerName: "www.example.com"})
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+		return c, err
+	}
+	for i := range 2 {
+		if _, err := dial("127.0.0.1"); err != nil {
+			t.Fatalf("connection %d: %v", i+1, err)
+		}
+	}
+	if _, err := dial("127.0.0.1"); err == nil {
+		t.Fatal("a third connection from 127.0.0.1 completed its handshake")
+	}
+	c, err := dial("127.0.0.2")
+	if err != nil {
+		t.Fatalf("another address: %v", err)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("another address: %v %v", resp, err)
+	}
+	if got, _ := lookup(scrape(t, lb), "lb_connections_refused_total", "listener", "https", "reason", "per_client"); got != 1 {
+		t.Errorf("lb_connections_refused_total{reason=per_client} = %v, want 1", got)
+	}
+	lb.waitLog("connection refused: the client already holds max_connections_per_client", 1, 2*time.Second)
+}

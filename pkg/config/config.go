@@ -36,21 +36,24 @@ type Global struct {
 
 // Listener is one bound address that accepts clients.
 type Listener struct {
-	Name                string   `toml:"name"`
-	Bind                string   `toml:"bind"`
-	Mode                string   `toml:"mode"` // http | tcp
-	Pool                string   `toml:"pool"`
-	ReadTimeout         Duration `toml:"read_timeout"`
-	WriteTimeout        Duration `toml:"write_timeout"`
-	IdleTimeout         Duration `toml:"idle_timeout"`
-	MaxRequestBody      Size     `toml:"max_request_body"`
-	MaxHeaderBytes      Size     `toml:"max_header_bytes"`
-	MaxConnections      int      `toml:"max_connections"`
-	ProxyProtocol       string   `toml:"proxy_protocol"`
-	AcceptProxyProtocol bool     `toml:"accept_proxy_protocol"`
-	RedirectHTTPS       string   `toml:"redirect_https"`
-	TLS                 *TLS     `toml:"tls"`
-	Routes              []Route  `toml:"route"`
+	Name           string   `toml:"name"`
+	Bind           string   `toml:"bind"`
+	Mode           string   `toml:"mode"` // http | tcp
+	Pool           string   `toml:"pool"`
+	ReadTimeout    Duration `toml:"read_timeout"`
+	WriteTimeout   Duration `toml:"write_timeout"`
+	IdleTimeout    Duration `toml:"idle_timeout"`
+	MaxRequestBody Size     `toml:"max_request_body"`
+	MaxHeaderBytes Size     `toml:"max_header_bytes"`
+	MaxConnections int      `toml:"max_connections"`
+	// MaxConnectionsPerClient bounds the connections one client address
+	// may hold open; 0 for no bound.
+	MaxConnectionsPerClient int     `toml:"max_connections_per_client"`
+	ProxyProtocol           string  `toml:"proxy_protocol"`
+	AcceptProxyProtocol     bool    `toml:"accept_proxy_protocol"`
+	RedirectHTTPS           string  `toml:"redirect_https"`
+	TLS                     *TLS    `toml:"tls"`
+	Routes                  []Route `toml:"route"`
 }
 
 // TLS configures termination on a listener. A nil *TLS means plaintext.

@@ -180,6 +180,20 @@ response_timeout = 30`, 1)
 		`:7: listener[0].tls.cert: cannot read `,
 	},
 	{
+		"negative limit per client",
+		func(s string) string {
+			return strings.Replace(s, `pool = "web"`, "pool = \"web\"\nmax_connections_per_client = -1", 1)
+		},
+		`:6: listener[0].max_connections_per_client: must be 0 (no limit) or more (got -1)`,
+	},
+	{
+		"limit per client behind a balancer",
+		func(s string) string {
+			return strings.Replace(s, `pool = "web"`, "pool = \"web\"\naccept_proxy_protocol = true\nmax_connections_per_client = 5", 1)
+		},
+		`:7: listener[0].max_connections_per_client: counts the addresses connections come from`,
+	},
+	{
 		"cert that is a device",
 		func(s string) string { return strings.Replace(s, `certs/site.pem`, `/dev/zero`, 1) },
 		`:7: listener[0].tls.cert: /dev/zero is not a regular file`,

@@ -206,7 +206,8 @@ func checkConfig(t *testing.T, c *Config, file string) {
 			fail("listener[%d] has a timeout that is not positive", i)
 		}
 		if l.MaxRequestBody.Bytes <= 0 || l.MaxHeaderBytes.Bytes < 1024 || l.MaxHeaderBytes.Bytes > 1<<20 ||
-			l.MaxRequestBody.err != nil || l.MaxHeaderBytes.err != nil || l.MaxConnections < 1 {
+			l.MaxRequestBody.err != nil || l.MaxHeaderBytes.err != nil || l.MaxConnections < 1 ||
+			l.MaxConnectionsPerClient < 0 || l.MaxConnectionsPerClient > 0 && l.AcceptProxyProtocol {
 			fail("listener[%d] sizes %v, %v, max_connections %d", i, l.MaxRequestBody, l.MaxHeaderBytes, l.MaxConnections)
 		}
 		if t := l.TLS; t != nil {

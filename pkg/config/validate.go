@@ -97,6 +97,12 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 	if ln.MaxConnections < 1 {
 		l.errorf(p+".max_connections", "must be at least 1 (got %d)", ln.MaxConnections)
 	}
+	switch {
+	case ln.MaxConnectionsPerClient < 0:
+		l.errorf(p+".max_connections_per_client", "must be 0 (no limit) or more (got %d)", ln.MaxConnectionsPerClient)
+	case ln.MaxConnectionsPerClient > 0 && ln.AcceptProxyProtocol:
+		l.errorf(p+".max_connections_per_client", "counts the addresses connections come from; behind accept_proxy_protocol they all come from the balancer in front, so set the limit there")
+	}
 	switch ln.ProxyProtocol {
 	case "":
 	case "v1", "v2":

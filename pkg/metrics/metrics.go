@@ -73,10 +73,13 @@ type Gauges struct {
 	BackendUp         func(pool, backend string, up bool)
 	BackendActive     func(pool, backend string, active int64)
 	ConnectionsActive func(listener string, n int64)
-	CertificateExpiry func(listener, subject string, notAfter time.Time)
-	CacheRequests     func(pool, result string, n uint64)
-	CacheSize         func(pool string, bytes int64, objects int)
-	AccessLogDropped  func(n uint64)
+	// ConnectionsRefused: connections closed at once, by reason
+	// ("per_client": the client held max_connections_per_client).
+	ConnectionsRefused func(listener, reason string, n uint64)
+	CertificateExpiry  func(listener, subject string, notAfter time.Time)
+	CacheRequests      func(pool, result string, n uint64)
+	CacheSize          func(pool string, bytes int64, objects int)
+	AccessLogDropped   func(n uint64)
 }
 
 // Registry owns every lb metric. Request counters survive reloads: a
@@ -232,6 +235,8 @@ var (
 		"Requests in flight to the backend.", []string{"pool", "backend"}, nil)
 	descConns = prometheus.NewDesc("lb_connections_active",
 		"Open client connections by listener.", []string{"listener"}, nil)
+	descRefused = prometheus.NewDesc("lb_connections_refused_total",
+		"Client connections closed as soon as accepted, by listener and reason (per_client: the client address held max_connections_per_client).", []string{"listener", "reason"}, nil)
 	descExpiry = prometheus.NewDesc("lb_tls_certificate_expiry_seconds",
 		"Seconds until a served certificate expires (negative once it has).", []string{"listener", "subject"}, nil)
 	descCache = prometheus.NewDesc("lb_cache_requests_total",
@@ -253,7 +258,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descExpiry, descCache, descCacheBytes, descCacheObjects, descDropped, descTCPConns, descTCPFailures, descTCPBytes} {
+	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descRefused, descExpiry, descCache, descCacheBytes, descCacheObjects, descDropped, descTCPConns, descTCPFailures, descTCPBytes} {
 		ch <- d
 	}
 }
@@ -312,6 +317,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		},
 		ConnectionsActive: func(listener string, n int64) {
 			ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(n), listener)
+		},
+		ConnectionsRefused: func(listener, reason string, n uint64) {
+			ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(n), listener, reason)
 		},
 		CertificateExpiry: func(listener, subject string, notAfter time.Time) {
 			ch <- prometheus.MustNewConstMetric(descExpiry, prometheus.GaugeValue, notAfter.Sub(now).Seconds(), listener, subject)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -86,6 +87,16 @@ func bindListener(cfg config.Listener, log hclog.Logger) (*listener, error) {
 		done:    make(chan struct{}),
 	}
 	l.name.Store(cfg.Name)
+	var lastRefusal atomic.Int64
+	l.sock.onRefuse = func(client netip.Addr, limit int64) {
+		// At most a line a second: a client hammering at its limit
+		// must not flood the log.
+		now := time.Now().UnixNano()
+		if last := lastRefusal.Load(); now-last >= int64(time.Second) && lastRefusal.CompareAndSwap(last, now) {
+			l.log.Warn("connection refused: the client already holds max_connections_per_client connections",
+				"listener", l.name.Load(), "client", client.String(), "limit", limit, "refused_so_far", l.sock.Refused())
+		}
+	}
 	l.prelude = func(c net.Conn) (net.Conn, error) {
 		return l4.AcceptProxy(c, time.Duration(l.preludeWait.Load()))
 	}
@@ -111,6 +122,7 @@ func (l *listener) configure(cfg config.Listener, state *proxy.Listener, tcpStat
 	l.cfg = cfg
 	l.name.Store(cfg.Name)
 	l.sock.SetMax(cfg.MaxConnections)
+	l.sock.SetPerClient(cfg.MaxConnectionsPerClient)
 	if l.hs == nil {
 		l.hs = tlsterm.NewHandshaker(handshakeTimeout(cfg))
 		l.hs.Done = func(r tlsterm.HandshakeResult) { countHandshake(m, l.name.Load(), r) }
@@ -459,12 +471,61 @@ type limitListener struct {
 	active int64
 	closed bool
 	count  atomic.Int64 // active, readable without the lock
+
+	// Connections per client address, kept whether or not there is a
+	// limit, so that one set by a reload counts connections already open.
+	perClient atomic.Int64 // 0: no limit
+	cmu       sync.Mutex
+	clients   map[netip.Addr]int32
+	refused   atomic.Uint64
+	// onRefuse, if set, hears of each connection closed for its client's
+	// limit.
+	onRefuse func(client netip.Addr, limit int64)
 }
 
 func newLimitListener(ln net.Listener, max int) *limitListener {
-	l := &limitListener{Listener: ln, max: int64(max)}
+	l := &limitListener{Listener: ln, max: int64(max), clients: map[netip.Addr]int32{}}
 	l.cond = sync.NewCond(&l.mu)
 	return l
+}
+
+// SetPerClient changes the limit of connections per client address (0
+// for none). Connections already open stay.
+func (l *limitListener) SetPerClient(n int) { l.perClient.Store(int64(n)) }
+
+// Refused is the number of connections closed at once for their client's
+// limit.
+func (l *limitListener) Refused() uint64 { return l.refused.Load() }
+
+// admit counts a new connection from client, unless the client is at its
+// limit.
+func (l *limitListener) admit(client netip.Addr) bool {
+	limit := l.perClient.Load()
+	l.cmu.Lock()
+	defer l.cmu.Unlock()
+	n := l.clients[client]
+	if limit > 0 && int64(n) >= limit {
+		return false
+	}
+	l.clients[client] = n + 1
+	return true
+}
+
+func (l *limitListener) leave(client netip.Addr) {
+	l.cmu.Lock()
+	if n := l.clients[client] - 1; n > 0 {
+		l.clients[client] = n
+	} else {
+		delete(l.clients, client)
+	}
+	l.cmu.Unlock()
+}
+
+func clientAddr(c net.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 // SetMax changes the limit; waiting accepts see it at once.
@@ -476,23 +537,37 @@ func (l *limitListener) SetMax(max int) {
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	l.mu.Lock()
-	for l.active >= l.max && !l.closed {
-		l.cond.Wait()
-	}
-	if l.closed {
+	for {
+		l.mu.Lock()
+		for l.active >= l.max && !l.closed {
+			l.cond.Wait()
+		}
+		if l.closed {
+			l.mu.Unlock()
+			return nil, net.ErrClosed
+		}
+		l.active++
 		l.mu.Unlock()
-		return nil, net.ErrClosed
+		c, err := l.Listener.Accept()
+		if err != nil {
+			l.release()
+			return nil, err
+		}
+		client := clientAddr(c)
+		if !l.admit(client) {
+			// Closed before any byte is read: a client at its limit
+			// costs no handshake.
+			c.Close()
+			l.release()
+			l.refused.Add(1)
+			if l.onRefuse != nil {
+				l.onRefuse(client, l.perClient.Load())
+			}
+			continue
+		}
+		l.count.Inc()
+		return &limitConn{Conn: c, l: l, client: client}, nil
 	}
-	l.active++
-	l.mu.Unlock()
-	c, err := l.Listener.Accept()
-	if err != nil {
-		l.release()
-		return nil, err
-	}
-	l.count.Inc()
-	return &limitConn{Conn: c, l: l}, nil
 }
 
 func (l *limitListener) release() {
@@ -521,6 +596,7 @@ func (l *limitListener) Active() int64 { return l.count.Load() }
 type limitConn struct {
 	net.Conn
 	l      *limitListener
+	client netip.Addr
 	closed atomic.Bool
 }
 
@@ -531,6 +607,7 @@ func (c *limitConn) Close() error {
 	err := c.Conn.Close()
 	if c.closed.CompareAndSwap(false, true) {
 		c.l.count.Dec()
+		c.l.leave(c.client)
 		c.l.release()
 	}
 	return err

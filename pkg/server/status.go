@@ -124,6 +124,7 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 	for _, l := range s.sortedListeners() {
 		lc := l.config()
 		g.ConnectionsActive(lc.Name, l.sock.Active())
+		g.ConnectionsRefused(lc.Name, "per_client", l.sock.Refused())
 		if term := l.term.Load(); term != nil {
 			for _, c := range term.Store().Certificates() {
 				g.CertificateExpiry(lc.Name, c.Leaf.Subject.String(), c.Leaf.NotAfter)
