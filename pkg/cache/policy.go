@@ -173,6 +173,11 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 	case code == fasthttp.StatusPartialContent || len(resp.Peek("Content-Range")) > 0:
 		f.Why = "partial"
 		return f
+	case rc.Range && code != fasthttp.StatusOK:
+		// An answer to the range, not to the URL (a 416 without
+		// Content-Range): stored, it would answer every request.
+		f.Why = "range"
+		return f
 	case code == fasthttp.StatusNotModified:
 		// The answer to a client's own condition: no body to keep.
 		f.Why = "not modified"

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 )
 
 // MaxPEMFile is the largest certificate, key or CA file lb reads. A chain
@@ -17,7 +18,9 @@ const MaxPEMFile = 4 << 20
 // ReadPEM reads a certificate, key or CA file: a regular file (or a link
 // to one) of at most MaxPEMFile bytes. Errors name the path.
 func ReadPEM(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	// Non-blocking, so that opening a named pipe returns at once (to be
+	// refused below) instead of waiting for a writer.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read %s: %v", path, unwrapPathError(err))
 	}

@@ -172,6 +172,15 @@ func TestCacheRules(t *testing.T) {
 			{method: "GET", hdr: []string{"Range", "bytes=1-1"}, status: 206, xcache: "HIT", hits: 2, body: "2"}}},
 		{"a stale entry is revalidated whole for a Range, then cut", cache.Options{}, fixed("Cache-Control", "max-age=60", "Age", "120", "ETag", `"e1"`),
 			[]cacheStep{get("MISS", 1), {method: "GET", hdr: []string{"Range", "bytes=1-1"}, status: 206, xcache: "REVALIDATED", hits: 2, body: "1"}}},
+		{"a range's 416 is not stored for the URL", cache.Options{}, func(n int64, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Cache-Control", "max-age=60")
+			if r.Header.Get("Range") != "" {
+				w.WriteHeader(http.StatusRequestedRangeNotSatisfiable) // no Content-Range
+				return
+			}
+			fmt.Fprintf(w, "v%d", n)
+		}, []cacheStep{{method: "GET", hdr: []string{"Range", "bytes=999-"}, status: 416, xcache: "MISS", hits: 1},
+			{method: "GET", status: 200, xcache: "MISS", hits: 2, body: "v2"}, get("HIT", 2)}},
 		{"a Range miss answered whole is stored", cache.Options{}, fixed("Cache-Control", "max-age=60"),
 			[]cacheStep{{method: "GET", hdr: []string{"Range", "bytes=0-0"}, status: 200, xcache: "MISS", hits: 1, body: "v1"}, get("HIT", 1)}},
 		{"client no-store bypasses", cache.Options{}, fixed("Cache-Control", "max-age=60"),

@@ -35,18 +35,14 @@ const (
 // only if it was used within safeReuseAge, when the race is all but
 // impossible; otherwise it opens a new one.
 //
-// Before reuse, a pooled connection is checked for a close or stray bytes
-// from the backend (alive), except when a request that can be sent again
-// takes a connection that was answering less than uncheckedReuse ago: no
-// server closes a connection that soon after answering on it without
-// saying so, and should one go away in that instant, the request is sent
-// again on a new connection. NGINX and HAProxy accept the same staleness
-// between their event loop's passes. It saves a system call per request
-// on a busy pool.
+// Every reuse is checked first for a close or stray bytes from the backend
+// (alive), even of a connection that was answering a moment ago: bytes a
+// faulty backend sends after its answer (a body to a HEAD, more than its
+// Content-Length) arrive just then, and would be read as the next
+// client's answer.
 const (
 	IdleConnTimeout = 2 * time.Second
 	safeReuseAge    = 500 * time.Millisecond
-	uncheckedReuse  = time.Millisecond
 	maxIdleConns    = 1024
 )
 
@@ -173,15 +169,14 @@ func (t *Transport) pop(now time.Time, maxAge time.Duration) *backendConn {
 }
 
 // get returns a live pooled connection used within maxAge, or a new one,
-// with its deadlines set. A pooled connection used within unchecked is
-// taken without the liveness check.
-func (t *Transport) get(now, deadline time.Time, maxAge, unchecked time.Duration, bigWrite bool) (c *backendConn, reused bool, err error) {
+// with its deadlines set.
+func (t *Transport) get(now, deadline time.Time, maxAge time.Duration, bigWrite bool) (c *backendConn, reused bool, err error) {
 	for {
 		c = t.pop(now, maxAge)
 		if c == nil {
 			break
 		}
-		if (now.Sub(c.idleSince) < unchecked || c.alive()) && c.setDeadlines(deadline, bigWrite) == nil {
+		if c.alive() && c.setDeadlines(deadline, bigWrite) == nil {
 			return c, true, nil
 		}
 		c.Close()
@@ -413,14 +408,14 @@ func (c *backendConn) tunnelSide() net.Conn {
 // Without reuse, it opens a new connection.
 func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, reuse bool) (*bodyStream, error) {
 	now := time.Now()
-	var maxAge, unchecked time.Duration
+	var maxAge time.Duration
 	switch {
 	case reuse && x.replayable:
-		maxAge, unchecked = IdleConnTimeout, uncheckedReuse
+		maxAge = IdleConnTimeout
 	case reuse:
 		maxAge = safeReuseAge
 	}
-	c, reused, err := x.t.get(now, now.Add(x.timeout), maxAge, unchecked, len(req.Body()) > smallWrite)
+	c, reused, err := x.t.get(now, now.Add(x.timeout), maxAge, len(req.Body()) > smallWrite)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"runtime/debug"
 	"runtime/metrics"
+	"time"
 )
 
 // memoryTrimmer gives memory back to the operating system once lb goes
@@ -13,29 +14,36 @@ import (
 // live memory until traffic picked up again. A C proxy frees as it goes.
 //
 // The janitor calls tick every second. When less than quietAlloc was
-// allocated since the last tick and the heap holds more garbage and free
-// pages not yet returned than minGarbage (or a quarter of the live heap,
-// if larger), it collects and releases every free page
-// (debug.FreeOSMemory). Under load nothing
-// happens: the request path allocates nothing, and the collector paces
-// itself as usual.
+// allocated in each of the last quietTicks ticks and the heap holds more
+// garbage and free pages not yet returned than minGarbage (or a quarter
+// of the live heap, if larger), it collects and releases every free page
+// (debug.FreeOSMemory), at most once every trimEvery. Under load nothing
+// happens: the request path allocates nothing, a flood of handshakes is
+// not quiet, and the collector paces itself as usual; light steady
+// traffic, which is quiet, costs a collection every trimEvery at most.
 type memoryTrimmer struct {
 	quietAlloc uint64
 	minGarbage uint64
+	now        func() time.Time
 
 	samples   []metrics.Sample
 	lastAlloc uint64
+	quiet     int       // consecutive quiet ticks
+	lastTrim  time.Time // zero before the first
 }
 
 const (
 	quietAlloc = 1 << 20 // bytes per tick
+	quietTicks = 2
 	minGarbage = 4 << 20
+	trimEvery  = 30 * time.Second
 )
 
 func newMemoryTrimmer() *memoryTrimmer {
 	t := &memoryTrimmer{
 		quietAlloc: quietAlloc,
 		minGarbage: minGarbage,
+		now:        time.Now,
 		samples: []metrics.Sample{
 			{Name: "/gc/heap/allocs:bytes"},              // allocated since start
 			{Name: "/memory/classes/heap/objects:bytes"}, // live and not yet collected
@@ -65,10 +73,18 @@ func (t *memoryTrimmer) read() (allocated, live, reclaimable uint64) {
 // tick reports whether it released memory.
 func (t *memoryTrimmer) tick() bool {
 	allocated, live, reclaimable := t.read()
-	if allocated >= t.quietAlloc || reclaimable < max(t.minGarbage, live/4) {
+	if allocated >= t.quietAlloc {
+		t.quiet = 0
+		return false
+	}
+	t.quiet++
+	now := t.now()
+	if t.quiet < quietTicks || reclaimable < max(t.minGarbage, live/4) ||
+		!t.lastTrim.IsZero() && now.Sub(t.lastTrim) < trimEvery {
 		return false
 	}
 	debug.FreeOSMemory()
+	t.lastTrim = now
 	t.read() // FreeOSMemory's own allocations do not count
 	return true
 }

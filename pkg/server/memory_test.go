@@ -4,6 +4,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"testing"
+	"time"
 )
 
 var sink []byte
@@ -12,33 +13,52 @@ func TestMemoryTrimmerReleasesAfterBurst(t *testing.T) {
 	// With the collector off, a burst leaves all of its garbage behind.
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	debug.FreeOSMemory()
+	clock := time.Now()
 	tr := newMemoryTrimmer()
-	if tr.tick() {
+	tr.now = func() time.Time { return clock }
+	tick := func() bool { clock = clock.Add(time.Second); return tr.tick() }
+	if tick() || tick() {
 		t.Fatal("released memory with no garbage")
 	}
-	const burst = 48 << 20
-	for range burst / 4096 {
-		sink = make([]byte, 4096)
+	burst := func() {
+		for range 48 << 20 / 4096 {
+			sink = make([]byte, 4096)
+		}
+		sink = nil
 	}
-	sink = nil
+	burst()
 	before := readMetric("/memory/classes/heap/objects:bytes")
-	if tr.tick() {
+	if tick() {
 		t.Fatal("released memory in the second of the burst")
 	}
-	if !tr.tick() {
-		t.Fatal("did not release memory once quiet")
+	if tick() {
+		t.Fatal("released memory after one quiet second")
+	}
+	if !tick() {
+		t.Fatal("did not release memory after two quiet seconds")
 	}
 	after := readMetric("/memory/classes/heap/objects:bytes")
 	released := readMetric("/memory/classes/heap/released:bytes")
 	t.Logf("heap objects %d MiB -> %d MiB; released %d MiB", before>>20, after>>20, released>>20)
-	if before-after < burst/2 {
-		t.Errorf("heap objects went from %d to %d bytes after a %d-byte burst", before, after, burst)
+	if before-after < 24<<20 {
+		t.Errorf("heap objects went from %d to %d bytes after a 48 MiB burst", before, after)
 	}
-	if released < burst/2 {
-		t.Errorf("%d bytes released to the system after a %d-byte burst", released, burst)
+	if released < 24<<20 {
+		t.Errorf("%d bytes released to the system after a 48 MiB burst", released)
 	}
-	if tr.tick() {
+	if tick() {
 		t.Error("released again with nothing new to release")
+	}
+	// Another burst soon after waits for trimEvery since the last release.
+	burst()
+	for range 5 {
+		if tick() {
+			t.Fatal("released twice within trimEvery")
+		}
+	}
+	clock = clock.Add(trimEvery)
+	if !tick() {
+		t.Error("did not release the second burst once trimEvery had passed")
 	}
 }
 
