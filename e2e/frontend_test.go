@@ -616,24 +616,7 @@ func TestSessionResumption(t *testing.T) {
 	lb := startLB(t, dir, cfg)
 	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
 		cache := tls.NewLRUClientSessionCache(4)
-		resumed := func() bool {
-			t.Helper()
-			conn, err := tls.Dial("tcp", lb.addrs["https"], &tls.Config{RootCAs: certs.pool(), ServerName: "www.example.com",
-				ClientSessionCache: cache, MaxVersion: v})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			// A request and its answer: TLS 1.3 tickets come after the
-			// handshake and are read with it.
-			io.WriteString(conn, "GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
-			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			return conn.ConnectionState().DidResume
-		}
+		resumed := func() bool { t.Helper(); return resumes(t, lb.addrs["https"], certs, cache, v) }
 		name := "TLS 1.3"
 		if v == tls.VersionTLS12 {
 			name = "TLS 1.2"
@@ -657,6 +640,26 @@ func TestSessionResumption(t *testing.T) {
 			t.Errorf("full TLS %s handshakes counted %v", version, got)
 		}
 	}
+}
+
+// resumes makes one request on a new TLS connection of version v with the
+// session cache, and reports whether the handshake resumed. The answer is
+// read: TLS 1.3 tickets come after the handshake and are read with it.
+func resumes(t *testing.T, addr string, certs *testCerts, cache tls.ClientSessionCache, v uint16) bool {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: certs.pool(), ServerName: "www.example.com",
+		ClientSessionCache: cache, MaxVersion: v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return conn.ConnectionState().DidResume
 }
 
 // TestSharedTicketKeysAcrossProcesses: two lb processes reading the same
@@ -684,22 +687,7 @@ func TestSharedTicketKeysAcrossProcesses(t *testing.T) {
 	}
 	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
 		cache := tls.NewLRUClientSessionCache(4)
-		resumed := func(addr string) bool {
-			t.Helper()
-			conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: certs.pool(), ServerName: "www.example.com",
-				ClientSessionCache: cache, MaxVersion: v})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			io.WriteString(conn, "GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
-			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			return conn.ConnectionState().DidResume
-		}
+		resumed := func(addr string) bool { t.Helper(); return resumes(t, addr, certs, cache, v) }
 		if resumed(lb1.addrs["https"]) {
 			t.Fatalf("TLS %x: first handshake resumed", v)
 		}

@@ -276,32 +276,10 @@ func TestResumption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, out := serveHandshaker(t, term)
-	go func() {
-		for c := range out {
-			// Read so that TLS 1.3 tickets (sent after the handshake)
-			// reach the client, then close.
-			go func() {
-				c.SetReadDeadline(time.Now().Add(time.Second))
-				c.Read(make([]byte, 1))
-				c.Close()
-			}()
-		}
-	}()
+	addr := serveResumable(t, term)
 	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
 		cache := tls.NewLRUClientSessionCache(4)
-		resumed := func() bool {
-			t.Helper()
-			conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ClientSessionCache: cache, MaxVersion: v, ServerName: "www.example.com"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			// A 1.3 ticket arrives after the handshake: read for it.
-			conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-			conn.Read(make([]byte, 1))
-			return conn.ConnectionState().DidResume
-		}
+		resumed := func() bool { t.Helper(); return resumes(t, addr, cache, v) }
 		if resumed() {
 			t.Fatalf("TLS %s: first handshake resumed", VersionName(v))
 		}
@@ -422,29 +400,12 @@ func TestSharedTicketKeys(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		addr, out := serveHandshaker(t, term)
-		go func() {
-			for c := range out {
-				go func() {
-					c.SetReadDeadline(time.Now().Add(time.Second))
-					c.Read(make([]byte, 1))
-					c.Close()
-				}()
-			}
-		}()
-		return term, addr
+		return term, serveResumable(t, term)
 	}
 	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
 		resumed := func(cache tls.ClientSessionCache, addr string) bool {
 			t.Helper()
-			conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ClientSessionCache: cache, MaxVersion: v, ServerName: "www.example.com"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-			conn.Read(make([]byte, 1))
-			return conn.ConnectionState().DidResume
+			return resumes(t, addr, cache, v)
 		}
 		name := VersionName(v)
 
@@ -492,4 +453,35 @@ func TestSharedTicketKeys(t *testing.T) {
 			t.Errorf("TLS %s: reload with a bad key file: %v", name, err)
 		}
 	}
+}
+
+// serveResumable serves term's handshakes, then reads (so that TLS 1.3
+// tickets, sent after the handshake, reach the client) and closes.
+func serveResumable(t *testing.T, term *Terminator) string {
+	addr, out := serveHandshaker(t, term)
+	go func() {
+		for c := range out {
+			go func() {
+				c.SetReadDeadline(time.Now().Add(time.Second))
+				c.Read(make([]byte, 1))
+				c.Close()
+			}()
+		}
+	}()
+	return addr
+}
+
+// resumes makes a TLS connection of version v with the session cache and
+// reports whether it resumed a session.
+func resumes(t *testing.T, addr string, cache tls.ClientSessionCache, v uint16) bool {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ClientSessionCache: cache, MaxVersion: v, ServerName: "www.example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// A 1.3 ticket arrives after the handshake: read for it.
+	conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	conn.Read(make([]byte, 1))
+	return conn.ConnectionState().DidResume
 }
