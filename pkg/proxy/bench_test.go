@@ -135,8 +135,8 @@ func BenchmarkHTTP2Head(b *testing.B) {
 			b.Fatal(err)
 		}
 		hb.start(head)
-		if err := hb.decode(f.(*http2.HeadersFrame), fr); err != nil || hb.invalid {
-			b.Fatal(err, hb.invalid)
+		if err := hb.decode(f.(*http2.HeadersFrame), fr); err != nil || hb.refused() {
+			b.Fatal(err, hb.refused())
 		}
 		ctx.Request.Reset()
 		if _, err := hb.request(&ctx, a); err != nil {

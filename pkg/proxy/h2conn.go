@@ -304,7 +304,7 @@ func (c *h2Conn) onHeaders(f *http2.HeadersFrame) error {
 	if err := c.hb.decode(f, c.fr); err != nil {
 		return err
 	}
-	if c.hb.invalid {
+	if c.hb.refused() {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
 	c.mu.Lock()

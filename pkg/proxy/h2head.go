@@ -32,10 +32,13 @@ type headBlock struct {
 	pseudoSeen  uint8  // which, to refuse repeats
 	sawRegular  bool
 	lineWritten bool
-	// invalid: a field x/net refuses (a bad name or value, a pseudo-field
-	// after a regular one, an unknown or repeated pseudo-field): the
-	// stream is reset whatever it is.
-	invalid bool
+	// invalid: a field x/net refuses as it decodes (a bad name or value,
+	// a pseudo-field after a regular one); the rest of the block is
+	// decoded for the table only. badPseudo: an unknown or repeated
+	// pseudo-field, which x/net refuses once the block is decoded. Either
+	// resets the stream whatever it is (refused).
+	invalid   bool
+	badPseudo bool
 	// malformed: a field an HTTP/2 request must not carry, or an
 	// unusable content-length; trailers may.
 	malformed bool
@@ -135,6 +138,9 @@ func (b *headBlock) field(hf hpack.HeaderField) {
 	b.regularField(hf.Name, hf.Value)
 }
 
+// refused: the stream must be reset, whatever it is.
+func (b *headBlock) refused() bool { return b.invalid || b.badPseudo }
+
 // stop marks the block invalid; the rest is decoded for the table only.
 func (b *headBlock) stop() {
 	b.invalid = true
@@ -142,6 +148,15 @@ func (b *headBlock) stop() {
 }
 
 func (b *headBlock) pseudoField(hf hpack.HeaderField) {
+	if size := hf.Size(); size <= b.remain {
+		b.remain -= size
+	} else {
+		b.truncated = true
+		b.remain, b.trailers = 0, 0
+		b.dec.SetEmitEnabled(false)
+		return
+	}
+	b.pseudo++
 	var bit uint8
 	switch hf.Name {
 	case ":method":
@@ -156,22 +171,13 @@ func (b *headBlock) pseudoField(hf hpack.HeaderField) {
 		// Extended CONNECT is not offered.
 		b.malformed = true
 	default: // :status is a response's
-		b.stop()
+		b.badPseudo = true
 		return
 	}
 	if b.pseudoSeen&bit != 0 {
-		b.stop()
-		return
+		b.badPseudo = true
 	}
 	b.pseudoSeen |= bit
-	b.pseudo++
-	if size := hf.Size(); size <= b.remain {
-		b.remain -= size
-	} else {
-		b.truncated = true
-		b.remain, b.trailers = 0, 0
-		b.dec.SetEmitEnabled(false)
-	}
 }
 
 func (b *headBlock) requestLine() {
