@@ -269,7 +269,7 @@ func (s *bodyStream) CloseWithError(writeErr error) error {
 	}
 	s.c = nil
 	if s.done && !s.closeAfter {
-		s.t.put(c, time.Now())
+		s.t.put(c)
 	} else {
 		c.Close()
 	}

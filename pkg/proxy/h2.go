@@ -115,11 +115,8 @@ func (a *HTTP2) Close() {
 	}
 }
 
-// Errors that map onto the statuses ServeError gives.
-var (
-	errHeadTooLarge = errors.New("request head too large")
-	errTruncatedReq = errors.New("request body broke off")
-)
+// errHeadTooLarge maps onto the status ServeError gives (431).
+var errHeadTooLarge = errors.New("request head too large")
 
 // errMalformed is a request HTTP/2 calls malformed (RFC 9113 section
 // 8.1.1): the stream is reset with PROTOCOL_ERROR and nothing is served.

@@ -22,16 +22,15 @@ type headBlock struct {
 	maxList uint32
 
 	// The block being decoded.
-	head        []byte // the request line (once known) and fields
-	cookies     []byte // cookie values joined with "; " (RFC 9113 8.2.3)
-	method      string
-	path        string
-	scheme      string
-	authority   string // :authority, else the first host field
-	pseudo      int    // pseudo-fields seen
-	pseudoSeen  uint8  // which, to refuse repeats
-	sawRegular  bool
-	lineWritten bool
+	head       []byte // the request line (once known) and fields
+	cookies    []byte // cookie values joined with "; " (RFC 9113 8.2.3)
+	method     string
+	path       string
+	scheme     string
+	authority  string // :authority, else the first host field
+	pseudo     int    // pseudo-fields seen
+	pseudoSeen uint8  // which, to refuse repeats
+	sawRegular bool   // a regular field came, and the request line is written
 	// invalid: a field x/net refuses as it decodes (a bad name or value,
 	// a pseudo-field after a regular one); the rest of the block is
 	// decoded for the table only. badPseudo: an unknown or repeated
@@ -181,7 +180,6 @@ func (b *headBlock) pseudoField(hf hpack.HeaderField) {
 }
 
 func (b *headBlock) requestLine() {
-	b.lineWritten = true
 	b.head = append(b.head, b.method...)
 	b.head = append(b.head, ' ')
 	b.head = append(b.head, b.path...)
@@ -252,7 +250,7 @@ func (b *headBlock) request(ctx *fasthttp.RequestCtx, a *HTTP2) (h2Head, error) 
 	if b.truncated {
 		return b.hd, errHeadTooLarge
 	}
-	if !b.lineWritten {
+	if !b.sawRegular { // else written at the first regular field
 		b.requestLine()
 	}
 	if len(b.cookies) > 0 {

@@ -261,9 +261,6 @@ func upgradeProto(h *fasthttp.RequestHeader) []byte {
 // s2b is a string's bytes, for header setters that copy them.
 func s2b(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
-// b2s is the string b holds, valid while b is unchanged.
-func b2s(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
-
 func removeHopHeaders(h *fasthttp.RequestHeader, mask int) {
 	dropCommon(h, mask)
 	if mask&hopTE != 0 {

@@ -212,15 +212,15 @@ func (t *Transport) dial() (net.Conn, error) {
 	return r.nc, r.err
 }
 
-// put returns a connection to the pool after a complete exchange that
-// ended at now. A connection with unread bytes is closed instead: they are
-// not the answer to any request.
-func (t *Transport) put(c *backendConn, now time.Time) {
+// put returns a connection to the pool after a complete exchange. A
+// connection with unread bytes is closed instead: they are not the answer
+// to any request.
+func (t *Transport) put(c *backendConn) {
 	if c.br.Buffered() > 0 {
 		c.Close()
 		return
 	}
-	c.idleSince = now
+	c.idleSince = time.Now()
 	t.mu.Lock()
 	if t.closed || len(t.idle) >= maxIdleConns {
 		t.mu.Unlock()
@@ -513,7 +513,7 @@ func (x *exchange) release(c *backendConn, closeAfter bool) {
 		c.Close()
 		return
 	}
-	x.t.put(c, time.Now())
+	x.t.put(c)
 }
 
 // fail classifies an error; a reused connection that failed before any

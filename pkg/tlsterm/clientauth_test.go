@@ -50,9 +50,9 @@ func serveHandshaker(tb testing.TB, term *Terminator) (string, <-chan net.Conn) 
 }
 
 type clientCerts struct {
-	caFile          string
-	good, otherCA   tls.Certificate
-	expired, server tls.Certificate
+	caFile        string
+	good, otherCA tls.Certificate
+	expired       tls.Certificate
 }
 
 func makeClientCerts(t *testing.T) *clientCerts {
