@@ -259,6 +259,24 @@ func TestConcurrentPicksNeverExceedMaxConns(t *testing.T) {
 	wg.Wait()
 }
 
+// TestPickAllocatesNothing keeps what BenchmarkPick measures free of
+// allocations: a pick by either algorithm, counted and released.
+func TestPickAllocatesNothing(t *testing.T) {
+	for _, algo := range []string{RoundRobin, LeastConn} {
+		p := newTestPool(t, algo, 512, 5, 1, 1, 3, 2, 1, 1, 4)
+		got := testing.AllocsPerRun(1000, func() {
+			be, err := p.Acquire(nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Release(be)
+		})
+		if got != 0 {
+			t.Errorf("%s: %v allocations per pick", algo, got)
+		}
+	}
+}
+
 func BenchmarkPick(b *testing.B) {
 	for _, algo := range []string{RoundRobin, LeastConn} {
 		b.Run(algo, func(b *testing.B) {

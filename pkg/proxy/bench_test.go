@@ -45,14 +45,19 @@ func BenchmarkProxyRequest(b *testing.B) {
 	benchRequests(b, hs)
 }
 
+// lbClient is a fasthttp client of hs's lb, over its in-memory listener.
+func lbClient(hs *harness) *fasthttp.HostClient {
+	return &fasthttp.HostClient{
+		Addr: "lb.test",
+		Dial: func(string) (net.Conn, error) { return hs.ln.DialWithLocalAddr(clientAddr) },
+	}
+}
+
 // benchRequests sends GETs through hs from parallel clients until b is
 // done.
 func benchRequests(b *testing.B, hs *harness) {
 	defer hs.srv.Shutdown() //nolint:errcheck
-	client := &fasthttp.HostClient{
-		Addr: "lb.test",
-		Dial: func(string) (net.Conn, error) { return hs.ln.DialWithLocalAddr(clientAddr) },
-	}
+	client := lbClient(hs)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
@@ -69,19 +74,28 @@ func benchRequests(b *testing.B, hs *harness) {
 
 // BenchmarkPrepareRequest measures header rewriting alone.
 func BenchmarkPrepareRequest(b *testing.B) {
+	prepare := prepareLoop(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		prepare()
+	}
+}
+
+// prepareLoop returns one round of reading a request head, checking it
+// and rewriting it for a backend.
+func prepareLoop(tb testing.TB) func() {
 	var ctx fasthttp.RequestCtx
 	ctx.Init(&fasthttp.Request{}, clientAddr, nil)
 	raw := "GET /a/b?c=d HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: bench\r\nAccept: */*\r\n" +
 		"X-Forwarded-For: 10.1.2.3\r\nConnection: keep-alive\r\nCookie: a=b\r\n\r\n"
 	src := strings.NewReader(raw)
 	br := bufio.NewReader(src)
-	b.ReportAllocs()
-	for b.Loop() {
+	return func() {
 		ctx.Request.Reset()
 		src.Reset(raw)
 		br.Reset(src)
 		if err := ctx.Request.Header.Read(br); err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		_, mask := checkRequest(&ctx)
 		prepareRequest(&ctx, true, mask)
@@ -104,6 +118,17 @@ func BenchmarkCacheHit(b *testing.B) {
 // client's fields are in the HPACK dynamic table (they are after its
 // first request).
 func BenchmarkHTTP2Head(b *testing.B) {
+	decode := h2HeadLoop(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		decode()
+	}
+}
+
+// h2HeadLoop returns one round of decoding a HEADERS frame whose fields
+// are all in the HPACK table into a request, the first frame (which puts
+// them there) decoded already.
+func h2HeadLoop(tb testing.TB) func() {
 	a := NewHTTP2(nil, HTTP2Options{MaxHead: 8192, MaxBody: 1 << 20})
 	hb := newHeadBlock(h2HeaderListSize(8192))
 	var block bytes.Buffer
@@ -132,24 +157,66 @@ func BenchmarkHTTP2Head(b *testing.B) {
 		src.Reset(wire)
 		f, err := fr.ReadFrame()
 		if err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		hb.start(head)
 		if err := hb.decode(f.(*http2.HeadersFrame), fr); err != nil || hb.refused() {
-			b.Fatal(err, hb.refused())
+			tb.Fatal(err, hb.refused())
 		}
 		ctx.Request.Reset()
 		if _, err := hb.request(&ctx, a); err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 		head = hb.head
 	}
 	decode(first)
 	if got := string(ctx.Request.Header.Peek("Cookie")); got != "a=b; c=d" {
-		b.Fatalf("cookie %q", got)
+		tb.Fatalf("cookie %q", got)
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		decode(repeat)
+	return func() { decode(repeat) }
+}
+
+// TestHotPathsAllocateNothing keeps the request paths the benchmarks
+// measure free of allocations in steady state: a whole HTTP/1.1 request
+// through lb to a backend, a cache hit, the header rewriting, and HTTP/2
+// header decoding (one allocation: x/net's HEADERS frame).
+func TestHotPathsAllocateNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector changes allocations")
+	}
+	request := func(hs *harness) func() {
+		client := lbClient(hs)
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		req.SetRequestURI("http://lb.test/bench?x=1")
+		return func() {
+			if err := client.Do(req, resp); err != nil || resp.StatusCode() != 200 {
+				t.Fatalf("status %d: %v", resp.StatusCode(), err)
+			}
+		}
+	}
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	for _, tc := range []struct {
+		name string
+		loop func() func()
+		want float64
+	}{
+		{"request through lb", func() func() {
+			return request(newHarness(t, harnessOpts{backends: []string{startFastBackend(t)}}))
+		}, 0},
+		{"cache hit", func() func() {
+			return request(newHarness(t, harnessOpts{backends: []string{startFastBackend(t, "Cache-Control", "max-age=3600")}, cache: c}))
+		}, 0},
+		{"header rewriting", func() func() { return prepareLoop(t) }, 0},
+		{"HTTP/2 header block", func() func() { return h2HeadLoop(t) }, 1},
+	} {
+		f := tc.loop()
+		for range 200 { // pools and buffers reach their steady size
+			f()
+		}
+		// Whole allocations per run: a rare one (a pool emptied by a
+		// collection) does not count.
+		if got := testing.AllocsPerRun(500, f); got != tc.want {
+			t.Errorf("%s: %v allocations per run, want %v", tc.name, got, tc.want)
+		}
 	}
 }
