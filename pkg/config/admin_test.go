@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/offloadlb/lb/internal/certgen"
 )
 
 const testToken = "s3cret-admin-token-0123456789"
@@ -110,5 +112,32 @@ func TestSecretDoesNotPrint(t *testing.T) {
 	}
 	if !strings.Contains(out, "[redacted]") {
 		t.Errorf("no [redacted] in:\n%s", out)
+	}
+}
+
+// TestDockerExampleNeedsToken: the Docker example's admin server listens
+// on every interface of the container, so it takes a token, and loads
+// without the warning once the token is in the environment.
+func TestDockerExampleNeedsToken(t *testing.T) {
+	src, err := os.ReadFile("../../examples/docker/lb.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := certgen.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := ParseOptions{Files: map[string][]byte{"/etc/lb/certs/site.pem": pair.CertPEM, "/etc/lb/certs/site.key": pair.KeyPEM}}
+	t.Setenv("LB_ADMIN_TOKEN", "")
+	if _, err := ParseWith(src, "lb.toml", files); err == nil || !strings.Contains(err.Error(), "global.admin_token: environment variable LB_ADMIN_TOKEN is not set") {
+		t.Errorf("without LB_ADMIN_TOKEN: %v", err)
+	}
+	t.Setenv("LB_ADMIN_TOKEN", testToken)
+	cfg, err := ParseWith(src, "lb.toml", files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Warnings) > 0 || string(cfg.Global.AdminTokenValue) != testToken {
+		t.Errorf("warnings %q, token set %v", cfg.Warnings, cfg.Global.AdminTokenValue != "")
 	}
 }
