@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -92,11 +93,33 @@ func TestChangeSeenInBusyFolder(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
+		{"symlink renamed over, as certbot does", func(t *testing.T, path string) {
+			// live/lb.toml -> ../archive/lb1.toml becomes -> ../archive/lb2.toml.
+			archive := filepath.Join(filepath.Dir(filepath.Dir(path)), "archive")
+			write(t, filepath.Join(archive, "lb2.toml"), "v2")
+			tmp := path + ".new"
+			if err := os.Symlink("../archive/lb2.toml", tmp); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
+			root := t.TempDir()
+			dir := filepath.Join(root, "live")
+			os.Mkdir(dir, 0o755)
+			os.Mkdir(filepath.Join(root, "archive"), 0o755)
 			path := filepath.Join(dir, "lb.toml")
-			write(t, path, "v1")
+			if strings.HasPrefix(tc.name, "symlink") {
+				write(t, filepath.Join(root, "archive", "lb1.toml"), "v1")
+				if err := os.Symlink("../archive/lb1.toml", path); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				write(t, path, "v1")
+			}
 			busyNeighbour(t, dir)
 			changed := watchOne(t, path)
 			tc.edit(t, path)
