@@ -91,11 +91,11 @@ func (s *Server) hostAllowed(hostport string) bool {
 
 func normalHost(h string) string { return strings.ToLower(strings.TrimSuffix(h, ".")) }
 
-// open reports the endpoints every caller may read whatever its Host or
+// alwaysOpen reports the endpoints every caller may read whatever its Host or
 // token: container health checks and lb -healthcheck ask /healthz, and
 // Prometheus scrapes /metrics under whatever name its service discovery
 // knows.
-func open(r *http.Request) bool {
+func alwaysOpen(r *http.Request) bool {
 	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && (r.URL.Path == "/healthz" || r.URL.Path == "/metrics")
 }
 
@@ -107,7 +107,7 @@ func open(r *http.Request) bool {
 // request's credentials.
 func (s *Server) guard(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if open(r) {
+		if alwaysOpen(r) {
 			h.ServeHTTP(w, r)
 			return
 		}
