@@ -128,3 +128,97 @@ func TestStatusPageShowsABackendGoingDown(t *testing.T) {
 	}
 	t.Logf("screenshot of the status page with %s down: %s", b2.addr, path)
 }
+
+// TestStatusPageAsksForTheToken: with global.admin_token set, the status
+// page's drain button asks for the token once, sends it, and keeps it for
+// the next action; a wrong token is not kept.
+func TestStatusPageAsksForTheToken(t *testing.T) {
+	chrome := findChromium(t)
+	dir := t.TempDir()
+	writeCerts(t, dir)
+	b1, b2 := startBackend(t, "b1"), startBackend(t, "b2")
+	bind := freePort(t)
+	token := "browser-admin-token-" + strings.Repeat("q5", 10)
+	cfg := strings.Replace(reloadConfig(bind, false, "", weighted{b1, 1}, weighted{b2, 1}),
+		"[global]\n", "[global]\nadmin_token = \"env:LB_E2E_ADMIN_TOKEN\"\n", 1)
+	lb := startLBEnv(t, dir, cfg, []string{"LB_E2E_ADMIN_TOKEN=" + token})
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chrome),
+		chromedp.NoSandbox,
+		chromedp.Headless,
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(filepath.Join(dir, "chromium")),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
+	defer cancelTimeout()
+	eval := func(js string) string {
+		t.Helper()
+		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+		if err != nil {
+			t.Fatalf("evaluating %s: %v", js, err)
+		}
+		return s
+	}
+	waitState := func(addr, want string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for lb.backendStatus("web", addr).State != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s is %q, want %q", addr, lb.backendStatus("web", addr).State, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	if _, err := chromedp.Run(ctx, chromedp.Navigate("http://"+lb.admin+"/status")); err != nil {
+		t.Fatalf("loading the status page: %v", err)
+	}
+	// The page's dialogs answered by the test: confirm says yes, prompt
+	// gives the answer held in window.answer and counts its calls.
+	eval(`window.prompts = 0; window.confirm = () => true;
+		window.prompt = () => { window.prompts++; return window.answer; }; ""`)
+	click := func(act, addr string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		js := fmt.Sprintf(`(function(){const b=document.querySelector('button[data-act=%q][data-addr=%q]');if(!b)return "";b.click();return "ok"})()`, act, addr)
+		for eval(js) != "ok" {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s button for %s on the page", act, addr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	eval(`window.alert = (m) => { window.alerted = m; }; window.answer = "not-the-token-0123456789"; ""`)
+	click("drain", b1.addr)
+	deadline := time.Now().Add(10 * time.Second)
+	for eval(`String(window.alerted || "")`) == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("a wrong token brought no alert")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := lb.backendStatus("web", b1.addr).State; got != "up" {
+		t.Fatalf("a wrong token drained %s (%s)", b1.addr, got)
+	}
+	if kept := eval(`String(sessionStorage.getItem("lb-admin-token") || "")`); kept != "" {
+		t.Errorf("a wrong token was kept")
+	}
+
+	eval(fmt.Sprintf(`window.answer = %q; window.prompts = 0; ""`, token))
+	click("drain", b1.addr)
+	waitState(b1.addr, "drained")
+	click("enable", b1.addr)
+	waitState(b1.addr, "up")
+	if n := eval(`String(window.prompts)`); n != "1" {
+		t.Errorf("the token was asked for %s times for two actions, want once", n)
+	}
+}

@@ -86,6 +86,9 @@ func runDemo(listen, adminAddr string, stdout, stderr io.Writer) int {
 	}
 
 	log := newLogger(cfg.Global, stderr)
+	for _, w := range cfg.Warnings { // -demo-admin 0.0.0.0:9100 is open to the network
+		log.Warn(w)
+	}
 	return serve(cfg, "", log, func(s *server.Server) {
 		url := "https://" + s.Addrs()["https"]
 		fmt.Fprintf(stdout, `

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +44,13 @@ type Options struct {
 	Pprof bool
 	// Gatherer supplies /metrics; nil serves no metrics.
 	Gatherer prometheus.Gatherer
+	// Token, when not "", is the bearer token that state-changing
+	// endpoints and the profiler require.
+	Token string
+	// Hosts are names accepted in Host besides IP addresses, localhost
+	// and the bind address's own name; "*.example.com" accepts every
+	// name under example.com.
+	Hosts []string
 }
 
 //go:embed status.html
@@ -52,11 +58,13 @@ var statusPage []byte
 
 // Server is the admin HTTP server.
 type Server struct {
-	ln    net.Listener
-	srv   *http.Server
-	log   hclog.Logger
-	src   Source
-	pprof atomic.Bool
+	ln       net.Listener
+	srv      *http.Server
+	log      hclog.Logger
+	src      Source
+	pprof    atomic.Bool
+	access   atomic.Pointer[access]
+	bindHost string // the host of the bound address when it is a name
 }
 
 // New binds addr; Start serves.
@@ -66,7 +74,11 @@ func New(addr string, src Source, opts Options, log hclog.Logger) (*Server, erro
 		return nil, err
 	}
 	s := &Server{ln: ln, log: log, src: src}
+	if host, _, err := net.SplitHostPort(addr); err == nil && net.ParseIP(host) == nil {
+		s.bindHost = normalHost(host)
+	}
 	s.pprof.Store(opts.Pprof)
+	s.SetAccess(opts.Token, opts.Hosts)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -95,7 +107,7 @@ func New(addr string, src Source, opts Options, log hclog.Logger) (*Server, erro
 	mux.HandleFunc("/debug/pprof/symbol", s.gatePprof(pprof.Symbol))
 	mux.HandleFunc("/debug/pprof/trace", s.gatePprof(pprof.Trace))
 	s.srv = &http.Server{
-		Handler:           sameOrigin(mux),
+		Handler:           s.guard(mux),
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		ErrorLog:          log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
@@ -114,26 +126,6 @@ func (s *Server) gatePprof(h http.HandlerFunc) http.HandlerFunc {
 		}
 		h(w, r)
 	}
-}
-
-// sameOrigin refuses state-changing requests a browser sends on behalf of
-// another site (a page elsewhere posting to 127.0.0.1:9100): the admin
-// API has no password, so only curl, scripts and the status page itself
-// may change things.
-func sameOrigin(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			if site := r.Header.Get("Sec-Fetch-Site"); site == "cross-site" || site == "same-site" {
-				http.Error(w, "cross-site request refused", http.StatusForbidden)
-				return
-			}
-			if o := r.Header.Get("Origin"); o != "" && o != "null" && !strings.HasSuffix(o, "://"+r.Host) {
-				http.Error(w, "cross-origin request refused", http.StatusForbidden)
-				return
-			}
-		}
-		h.ServeHTTP(w, r)
-	})
 }
 
 func (s *Server) statusJSON(w http.ResponseWriter, _ *http.Request) {

@@ -32,7 +32,34 @@ type Global struct {
 	Watch         bool     `toml:"watch"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the admin server.
 	Pprof bool `toml:"pprof"`
+	// AdminHosts are names, besides loopback names and IP addresses,
+	// that the admin server accepts in a request's Host ("lb.internal",
+	// "*.ops.example"): a name that is not here may be one an attacker
+	// rebound to this address.
+	AdminHosts []string `toml:"admin_hosts"`
+	// AdminToken says where the admin bearer token is: "file:PATH"
+	// (relative to the config file's folder) or "env:NAME"; "" for none.
+	AdminToken string `toml:"admin_token"`
+	// AdminTokenValue is the token AdminToken points to, read when the
+	// config is loaded; "" when there is none.
+	AdminTokenValue Secret `toml:"-"`
 }
+
+// Secret is a value that must not be printed: it formats, and encodes as
+// JSON or text, as "[redacted]", so logging it by mistake leaks nothing.
+// Convert it to string where the value itself is needed.
+type Secret string
+
+const redacted = "[redacted]"
+
+// String implements fmt.Stringer.
+func (Secret) String() string { return redacted }
+
+// GoString implements fmt.GoStringer.
+func (Secret) GoString() string { return redacted }
+
+// MarshalText implements encoding.TextMarshaler.
+func (Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
 
 // Listener is one bound address that accepts clients.
 type Listener struct {

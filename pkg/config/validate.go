@@ -52,6 +52,7 @@ func (l *loader) validateGlobal() {
 		}
 	}
 	l.checkDur(g.ShutdownGrace, "global.shutdown_grace", true)
+	l.validateAdminAccess()
 }
 
 func (l *loader) validateListener(i int, names, binds, pools map[string]int) {

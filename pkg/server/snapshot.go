@@ -110,7 +110,9 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 	if cfg.Global.Admin != adminAddr(s.rt) {
 		p.admin = nil
 		if cfg.Global.Admin != "" {
-			if p.admin, err = admin.New(cfg.Global.Admin, s, admin.Options{Pprof: cfg.Global.Pprof, Gatherer: s.metrics.Gatherer()}, s.log.Named("admin")); err != nil {
+			opts := admin.Options{Pprof: cfg.Global.Pprof, Gatherer: s.metrics.Gatherer(),
+				Token: string(cfg.Global.AdminTokenValue), Hosts: cfg.Global.AdminHosts}
+			if p.admin, err = admin.New(cfg.Global.Admin, s, opts, s.log.Named("admin")); err != nil {
 				return p, fmt.Errorf("admin server: %w", err)
 			}
 		}
@@ -378,6 +380,10 @@ func (s *Server) commit(p *plan, initial bool) {
 			s.admin.Start()
 			s.log.Info("admin server listening", "address", s.admin.Addr())
 		}
+	} else if s.admin != nil {
+		// A new token or host list applies from this reload on; the
+		// server and its connections stay.
+		s.admin.SetAccess(string(p.cfg.Global.AdminTokenValue), p.cfg.Global.AdminHosts)
 	}
 	if p.newAccess {
 		prev := s.access
