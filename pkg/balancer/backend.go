@@ -52,6 +52,10 @@ type State struct {
 	lastError    atomic.String
 	lastCheck    atomic.Time
 	changed      atomic.Time
+	// Passive hold-down (pools without active checks): when it ends (unix
+	// nanoseconds) and which health monitor brings the backend back.
+	holdUntil atomic.Int64
+	holdOwner atomic.Uint64
 }
 
 // State.flags bits.
@@ -209,6 +213,14 @@ func (s *State) Changed() time.Time { return s.changed.Load() }
 // counters and the consecutive passive failure counter to pkg/health.
 func (s *State) CheckCounters() (passes, fails, passive *atomic.Int32) {
 	return &s.checkPasses, &s.checkFails, &s.passiveFails
+}
+
+// HoldDown exposes to pkg/health when a passive hold-down ends (unix
+// nanoseconds) and the id of the monitor that ends it (0 for none). They
+// live here, with the up flag they guard, so that a reload hands them to
+// the new config's monitor along with the rest of the state.
+func (s *State) HoldDown() (until *atomic.Int64, owner *atomic.Uint64) {
+	return &s.holdUntil, &s.holdOwner
 }
 
 // MarkChecked records the time of a finished active check.

@@ -368,6 +368,11 @@ func (s *Server) commit(p *plan, initial bool) {
 			}
 		}
 	}
+	// The old monitors may have raised or lowered backends after the new
+	// pools built their tables; now that they have stopped, catch up.
+	for _, pl := range p.rt.pools {
+		pl.up.Pool.Refresh()
+	}
 
 	if p.newAdmin {
 		if s.admin != nil {

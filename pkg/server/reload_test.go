@@ -1,0 +1,131 @@
+package server
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/offloadlb/lb/pkg/config"
+)
+
+// startServer starts lb on a config given as TOML, stopped when the test
+// ends.
+func startServer(t *testing.T, src string) *Server {
+	t.Helper()
+	s, err := New(parseConfig(t, src), hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx) //nolint:errcheck // the test is over
+	})
+	return s
+}
+
+func parseConfig(t *testing.T, src string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse([]byte(src), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// reload applies src as a reload would.
+func reload(t *testing.T, s *Server, src string) {
+	t.Helper()
+	if err := s.Reload(parseConfig(t, src)); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+}
+
+// currentPool is the running config's pool of that name.
+func currentPool(s *Server, name string) *pool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rt.pools[name]
+}
+
+// waitFor polls cond until it holds or d passes, and reports whether it
+// held.
+func waitFor(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+const holdDownConfig = `
+[global]
+admin = ""
+access_log = ""
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "web"
+[[pool]]
+name = "web"
+  [pool.health]
+  check = "none"
+  interval = "300ms"
+  passive_failures = 1
+  [[pool.backend]]
+  address = "127.0.0.1:1"
+  [[pool.backend]]
+  address = "127.0.0.1:2"
+`
+
+// TestPassiveHoldDownSurvivesReload: in a pool without active checks, a
+// backend taken down by passive failures comes back when its hold-down
+// ends even if a reload replaced the monitor that took it down, and a
+// failure reported to a replaced monitor leaves no backend down for good.
+func TestPassiveHoldDownSurvivesReload(t *testing.T) {
+	s := startServer(t, holdDownConfig)
+	old := currentPool(s, "web")
+	b := old.up.Pool.Backends[0]
+	down := time.Now()
+	old.mon.ReportFailure(b, "connection refused")
+	if b.Up() {
+		t.Fatal("a passive failure did not take the backend down")
+	}
+	reload(t, s, holdDownConfig)
+	cur := currentPool(s, "web")
+	if cur == old || cur.up.Pool.Backends[0].State != b.State {
+		t.Fatal("the reload did not build a new pool sharing the backend's state")
+	}
+	if !waitFor(5*time.Second, b.Up) {
+		t.Fatal("the backend stayed down after its hold-down, across a reload")
+	}
+	if d := time.Since(down); d < 250*time.Millisecond {
+		t.Errorf("the backend came back after %s, before its 300ms hold-down ended", d)
+	}
+	// The new pool sends it requests again.
+	seen := map[string]bool{}
+	for range 4 {
+		x, err := cur.up.Pool.Acquire(nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[x.Address] = true
+		cur.up.Pool.Release(x)
+	}
+	if !seen[b.Address] {
+		t.Errorf("the new pool does not pick the backend that came back: %v", seen)
+	}
+
+	// A request that started on the old config fails after the reload:
+	// its report reaches the old, stopped monitor.
+	old.mon.ReportFailure(b, "connection refused")
+	if !waitFor(5*time.Second, b.Up) {
+		t.Fatal("a failure reported to a replaced monitor left the backend down")
+	}
+}
