@@ -226,7 +226,7 @@ func TestMaxConnsQueuesThenTimesOut(t *testing.T) {
 			}
 			done <- b
 		}()
-		for p.waiting.Load() == 0 {
+		for p.q.waiting.Load() == 0 {
 			time.Sleep(time.Millisecond)
 		}
 		p.Release(held[0])

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -127,5 +129,98 @@ func TestPassiveHoldDownSurvivesReload(t *testing.T) {
 	old.mon.ReportFailure(b, "connection refused")
 	if !waitFor(5*time.Second, b.Up) {
 		t.Fatal("a failure reported to a replaced monitor left the backend down")
+	}
+}
+
+// queuedForSlot is how many goroutines wait in a pool's queue for a
+// backend slot (read from their stacks: the queue keeps no count a test
+// outside pkg/balancer can read).
+func queuedForSlot() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "balancer.(*Pool).queue(")
+}
+
+const queueConfig = `
+[global]
+admin = ""
+access_log = ""
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "web"
+[[pool]]
+name = "web"
+max_conns_per_backend = 1
+connect_timeout = "10s"
+  [pool.health]
+  check = "none"
+  [[pool.backend]]
+  address = "127.0.0.1:1"
+`
+
+// TestQueuedRequestWokenAcrossReload: with every slot held by requests
+// of the old config, a request queued on the new config proceeds as soon
+// as an old one ends, and one queued on the old config proceeds when a
+// new one ends, rather than waiting out the queue timeout.
+func TestQueuedRequestWokenAcrossReload(t *testing.T) {
+	s := startServer(t, queueConfig)
+	old := currentPool(s, "web").up
+	held, err := old.Pool.Acquire(nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A request of the old config waits for the slot.
+	oldDone := make(chan error, 1)
+	go func() {
+		b, err := old.Pool.Acquire(nil, old.QueueTimeout)
+		if err == nil {
+			old.Pool.Release(b)
+		}
+		oldDone <- err
+	}()
+	if !waitFor(5*time.Second, func() bool { return queuedForSlot() == 1 }) {
+		t.Fatal("the old config's request did not queue")
+	}
+	reload(t, s, queueConfig)
+	cur := currentPool(s, "web").up
+	if cur.Pool == old.Pool || cur.Pool.Backends[0].State != held.State {
+		t.Fatal("the reload did not build a new pool sharing the backend's state")
+	}
+	newDone := make(chan time.Time, 1)
+	var got error
+	go func() {
+		b, err := cur.Pool.Acquire(nil, cur.QueueTimeout)
+		if err == nil {
+			cur.Pool.Release(b)
+		}
+		got = err
+		newDone <- time.Now()
+	}()
+	if !waitFor(5*time.Second, func() bool { return queuedForSlot() == 2 }) {
+		t.Fatal("the new config's request did not queue")
+	}
+	// The old config's request ends: both queued requests get the slot
+	// in turn, one releasing it to the other across the configs.
+	released := time.Now()
+	old.Pool.Release(held)
+	select {
+	case err := <-oldDone:
+		if err != nil {
+			t.Fatalf("the request queued on the old config: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the request queued on the old config was not woken")
+	}
+	select {
+	case at := <-newDone:
+		if got != nil {
+			t.Fatalf("the request queued on the new config: %v", got)
+		}
+		if d := at.Sub(released); d > time.Second {
+			t.Errorf("the request queued on the new config waited %s after the slot was freed", d)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the request queued on the new config was not woken when the old config's request ended")
 	}
 }

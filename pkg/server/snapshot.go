@@ -187,6 +187,11 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	if err != nil {
 		return nil, err
 	}
+	if old != nil {
+		// Requests of the old config still hold slots of the backends
+		// that stay: their releases must wake requests queued here.
+		bp.ShareQueue(old.up.Pool)
+	}
 	mon := health.NewMonitor(bp, pc.Health, s.log)
 	var c *cache.Cache
 	if cc := pc.Cache; cc != nil {
