@@ -2,13 +2,19 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.uber.org/atomic"
 
+	"github.com/offloadlb/lb/internal/certgen"
 	"github.com/offloadlb/lb/pkg/config"
 )
 
@@ -223,4 +229,86 @@ func TestQueuedRequestWokenAcrossReload(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("the request queued on the new config was not woken when the old config's request ended")
 	}
+}
+
+// TestReloadDuringHandshakes reloads a TLS listener, changing its
+// read_timeout (which bounds handshakes), while clients complete
+// handshakes. Under -race it checks that the handshake workers read the
+// timeout safely while a reload writes it.
+func TestReloadDuringHandshakes(t *testing.T) {
+	dir := t.TempDir()
+	pair, err := certgen.SelfSigned("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := pair.Write(dir, "site")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A fixed port: a reload binds port 0 anew.
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bind := free.Addr().String()
+	free.Close()
+	src := func(readTimeout string) string {
+		return fmt.Sprintf(`
+[global]
+admin = ""
+access_log = ""
+[[listener]]
+name = "https"
+bind = %q
+pool = "web"
+read_timeout = %q
+  [listener.tls]
+  cert = %q
+  key = %q
+[[pool]]
+name = "web"
+  [pool.health]
+  check = "none"
+  [[pool.backend]]
+  address = "127.0.0.1:1"
+`, bind, readTimeout, cert, key)
+	}
+	s := startServer(t, src("5s"))
+	addr := s.Addrs()["https"]
+
+	stop := make(chan struct{})
+	var handshakes atomic.Int64
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr,
+					&tls.Config{InsecureSkipVerify: true, ServerName: "localhost"})
+				if err != nil {
+					t.Errorf("handshake %d: %v", i, err)
+					return
+				}
+				c.Close()
+				handshakes.Inc()
+			}
+		}()
+	}
+	for i := range 20 {
+		n := handshakes.Load()
+		if !waitFor(5*time.Second, func() bool { return handshakes.Load() > n }) {
+			t.Fatal("handshakes stopped")
+		}
+		// Alternate timeouts so that each reload writes a new one.
+		reload(t, s, src(fmt.Sprintf("%ds", 5+i%2)))
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d handshakes across 20 reloads", handshakes.Load())
 }
