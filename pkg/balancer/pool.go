@@ -46,11 +46,16 @@ type Pool struct {
 // backends' states: a slot freed by a request of either config wakes
 // requests waiting in both.
 type waitQueue struct {
+	// Every Release reads waiting: the padding keeps it off cache lines
+	// that neighbouring objects write on each request (a round-robin
+	// counter is just as small and often allocated next to it).
+	_       [64]byte
 	waiting atomic.Int32
 	// freed is closed (and replaced) when a slot frees while requests
 	// wait, waking them all: each looks for a backend it can use.
 	mu    sync.Mutex
 	freed chan struct{}
+	_     [64]byte
 }
 
 // NewPool builds a pool. Each backend's Index is set to its position; a
