@@ -7,6 +7,7 @@
 package balancer
 
 import (
+	"math"
 	"time"
 
 	"go.uber.org/atomic"
@@ -51,6 +52,10 @@ type State struct {
 	lastError    atomic.String
 	lastCheck    atomic.Time
 	changed      atomic.Time
+	// Passive hold-down (pools without active checks): when it ends (unix
+	// nanoseconds) and which health monitor brings the backend back.
+	holdUntil atomic.Int64
+	holdOwner atomic.Uint64
 }
 
 // State.flags bits.
@@ -151,21 +156,38 @@ func (s *State) StartSlowStart(d time.Duration) {
 // SlowStarting reports whether the backend's weight is ramping up.
 func (s *State) SlowStarting() bool { return s.slowStart.Load() != 0 }
 
-// EffectiveWeight is the weight a pick uses: Weight, or during slow start
-// a share of it growing with the time since the ramp began (at least 1).
+// weightScale is how many internal weight units one configured weight
+// unit is worth. Picks use scaled weights so that a slow start can ramp
+// in steps finer than a whole unit: a backend of weight 1 starts at 1/16
+// of its share rather than all of it (HAProxy scales by 16 for the same
+// reason).
+const weightScale = 16
+
+// EffectiveWeight is the weight a pick uses, in configured units: Weight,
+// or during slow start a share of it growing with the time since the ramp
+// began, rounded up (at least 1). Picks use the finer scaledWeight.
 func (b *Backend) EffectiveWeight(now time.Time) int {
+	return int((b.scaledWeight(now) + weightScale - 1) / weightScale)
+}
+
+// scaledWeight is the weight a pick uses, in units of 1/weightScale:
+// Weight*weightScale, or during slow start that times the fraction of the
+// ramp done, rounded up (at least 1, so a ramping backend is never left
+// out).
+func (b *Backend) scaledWeight(now time.Time) int64 {
+	full := int64(b.Weight) * weightScale
 	start := b.slowStart.Load()
-	if start == 0 || b.Weight == 0 {
-		return b.Weight
+	if start == 0 || full == 0 {
+		return full
 	}
 	length := b.slowLen.Load()
 	elapsed := now.UnixNano() - start
 	if elapsed >= length || length <= 0 {
 		b.slowStart.CompareAndSwap(start, 0)
-		return b.Weight
+		return full
 	}
-	w := (int64(b.Weight)*elapsed + length - 1) / length
-	return int(max(1, w))
+	// In floating point: full*elapsed overflows int64 for ramps of weeks.
+	return max(1, int64(math.Ceil(float64(full)*float64(elapsed)/float64(length))))
 }
 
 // LastError is the reason of the last failed check or request, "" after a
@@ -191,6 +213,14 @@ func (s *State) Changed() time.Time { return s.changed.Load() }
 // counters and the consecutive passive failure counter to pkg/health.
 func (s *State) CheckCounters() (passes, fails, passive *atomic.Int32) {
 	return &s.checkPasses, &s.checkFails, &s.passiveFails
+}
+
+// HoldDown exposes to pkg/health when a passive hold-down ends (unix
+// nanoseconds) and the id of the monitor that ends it (0 for none). They
+// live here, with the up flag they guard, so that a reload hands them to
+// the new config's monitor along with the rest of the state.
+func (s *State) HoldDown() (until *atomic.Int64, owner *atomic.Uint64) {
+	return &s.holdUntil, &s.holdOwner
 }
 
 // MarkChecked records the time of a finished active check.

@@ -226,7 +226,7 @@ func TestMaxConnsQueuesThenTimesOut(t *testing.T) {
 			}
 			done <- b
 		}()
-		for p.waiting.Load() == 0 {
+		for p.q.waiting.Load() == 0 {
 			time.Sleep(time.Millisecond)
 		}
 		p.Release(held[0])
@@ -339,5 +339,90 @@ func TestSlowStartRampsTheWeight(t *testing.T) {
 	}
 	for _, x := range held {
 		lc.Release(x)
+	}
+}
+
+// rampedTo puts b's slow start of length d at fraction f of the way.
+func rampedTo(b *Backend, d time.Duration, f float64) {
+	b.StartSlowStart(d)
+	b.slowStart.Store(time.Now().Add(-time.Duration(f * float64(d))).UnixNano())
+}
+
+// TestSlowStartRampsWeightOne checks that the ramp works for weight 1, the
+// default: a quarter of the way through, the ramping backend of two with
+// weight 1 takes about a fifth of the requests (4/16 against 16/16), not
+// half; at the end, half.
+func TestSlowStartRampsWeightOne(t *testing.T) {
+	const ramp = time.Hour
+	t.Run(RoundRobin, func(t *testing.T) {
+		p := newTestPool(t, RoundRobin, 0, 1, 1)
+		rampedTo(p.Backends[1], ramp, 0.25)
+		p.Refresh()
+		counts := map[string]int{}
+		for range 1000 {
+			x, _ := p.Acquire(nil, 0)
+			counts[x.Address]++
+			p.Release(x)
+		}
+		if b := counts["b"]; b < 150 || b > 250 {
+			t.Errorf("a quarter into its ramp, a weight-1 backend got %d of 1000 requests, want about 200", b)
+		}
+		rampedTo(p.Backends[1], ramp, 1)
+		p.Refresh()
+		if got := pickSeq(t, p, 10); got != "ababababab" {
+			t.Errorf("after the ramp: %q, want an even share", got)
+		}
+	})
+	t.Run(LeastConn, func(t *testing.T) {
+		p := newTestPool(t, LeastConn, 0, 1, 1)
+		rampedTo(p.Backends[1], ramp, 0.25)
+		held := make([]*Backend, 0, 100)
+		for range 100 {
+			x, _ := p.Acquire(nil, 0)
+			held = append(held, x)
+		}
+		if b := p.Backends[1].Active(); b < 15 || b > 25 {
+			t.Errorf("a quarter into its ramp, a weight-1 backend holds %d of 100 requests, want about 20", b)
+		}
+		for _, x := range held {
+			p.Release(x)
+		}
+		rampedTo(p.Backends[1], ramp, 1)
+		held = held[:0]
+		for range 100 {
+			x, _ := p.Acquire(nil, 0)
+			held = append(held, x)
+		}
+		if b := p.Backends[1].Active(); b != 50 {
+			t.Errorf("after the ramp a weight-1 backend holds %d of 100 requests, want 50", b)
+		}
+		for _, x := range held {
+			p.Release(x)
+		}
+	})
+}
+
+func TestBoundCycle(t *testing.T) {
+	// Steady weights are multiples of the scale: the cycle is as short as
+	// the configured weights make it.
+	if seq := smoothSequence([]int{5 * weightScale, 1 * weightScale, 1 * weightScale}); len(seq) != 7 {
+		t.Errorf("scaled 5,1,1: cycle of %d, want 7", len(seq))
+	}
+	w := make([]int, 300)
+	for i := range w {
+		w[i] = 256*weightScale - i
+	}
+	w[7] = 1 // just starting a ramp
+	w[8] = 0 // down
+	seq := smoothSequence(boundCycle(w, maxCycle))
+	if len(seq) > maxCycle+len(w) {
+		t.Fatalf("cycle of %d entries, bound %d", len(seq), maxCycle+len(w))
+	}
+	counts := make([]int, len(w))
+	for _, i := range seq {
+		counts[i]++
+	}
+	if counts[7] == 0 || counts[8] != 0 || counts[0] < 200 {
+		t.Errorf("bounded cycle lost the weights: ramping %d, down %d, full %d", counts[7], counts[8], counts[0])
 	}
 }

@@ -33,9 +33,9 @@ func (*leastConn) next(p *Pool, tried *Tried) *Backend {
 		if p.MaxConns > 0 && a >= p.MaxConns || tried.Has(b) {
 			continue
 		}
-		w := int64(b.Weight)
+		w := int64(b.Weight) * weightScale
 		if b.slowStart.Load() != 0 {
-			w = int64(b.EffectiveWeight(time.Now()))
+			w = b.scaledWeight(time.Now())
 		}
 		if best == nil || a*bestWeight < bestActive*w {
 			best, bestActive, bestWeight = b, a, w

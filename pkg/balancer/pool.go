@@ -36,13 +36,26 @@ type Pool struct {
 
 	// Exactly one selector is set. They are concrete types, not an
 	// interface, so that a *Tried on the caller's stack stays there.
-	rr      *roundRobin
-	lc      *leastConn
+	rr *roundRobin
+	lc *leastConn
+	q  *waitQueue
+}
+
+// waitQueue is where requests wait for a backend slot. Pools of successive
+// configs with the same name share one (ShareQueue), as they share their
+// backends' states: a slot freed by a request of either config wakes
+// requests waiting in both.
+type waitQueue struct {
+	// Every Release reads waiting: the padding keeps it off cache lines
+	// that neighbouring objects write on each request (a round-robin
+	// counter is just as small and often allocated next to it).
+	_       [64]byte
 	waiting atomic.Int32
 	// freed is closed (and replaced) when a slot frees while requests
 	// wait, waking them all: each looks for a backend it can use.
 	mu    sync.Mutex
 	freed chan struct{}
+	_     [64]byte
 }
 
 // NewPool builds a pool. Each backend's Index is set to its position; a
@@ -53,7 +66,7 @@ func NewPool(name, algorithm string, backends []*Backend, maxConns int) (*Pool, 
 		Algorithm: algorithm,
 		Backends:  backends,
 		MaxConns:  int64(maxConns),
-		freed:     make(chan struct{}),
+		q:         &waitQueue{freed: make(chan struct{})},
 	}
 	switch algorithm {
 	case RoundRobin, "":
@@ -73,6 +86,12 @@ func NewPool(name, algorithm string, backends []*Backend, maxConns int) (*Pool, 
 	p.Refresh()
 	return p, nil
 }
+
+// ShareQueue makes p queue requests with old's, so that a slot freed by a
+// request of either pool wakes requests waiting in both. A reload calls
+// it for the pool that replaces old (same name, backends' states carried
+// over), before p serves.
+func (p *Pool) ShareQueue(old *Pool) { p.q = old.q }
 
 // Refresh must be called after a backend of the pool goes up or down or is
 // drained or enabled, so that precomputed selection tables follow.
@@ -173,16 +192,17 @@ func (p *Pool) queue(tried *Tried, wait time.Duration) (*Backend, error) {
 	if wait <= 0 {
 		return nil, ErrQueueTimeout
 	}
-	p.waiting.Inc()
-	defer p.waiting.Dec()
+	q := p.q
+	q.waiting.Inc()
+	defer q.waiting.Dec()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
 		// Take the wake-up channel before looking, so that a slot freed
 		// between the look and the wait still wakes this request.
-		p.mu.Lock()
-		freed := p.freed
-		p.mu.Unlock()
+		q.mu.Lock()
+		freed := q.freed
+		q.mu.Unlock()
 		if b := p.tryAcquire(tried); b != nil {
 			return b, nil
 		}
@@ -197,14 +217,16 @@ func (p *Pool) queue(tried *Tried, wait time.Duration) (*Backend, error) {
 	}
 }
 
-// Release ends a request counted by Acquire.
+// Release ends a request counted by Acquire. It wakes requests waiting
+// for a slot, in this pool or one sharing its queue (whatever its own
+// limit: the waiters' pool has one).
 func (p *Pool) Release(b *Backend) {
 	b.active.Dec()
-	if p.MaxConns > 0 && p.waiting.Load() > 0 {
-		p.mu.Lock()
-		close(p.freed)
-		p.freed = make(chan struct{})
-		p.mu.Unlock()
+	if q := p.q; q.waiting.Load() > 0 {
+		q.mu.Lock()
+		close(q.freed)
+		q.freed = make(chan struct{})
+		q.mu.Unlock()
 	}
 }
 

@@ -61,11 +61,40 @@ func (r *roundRobin) refresh(p *Pool) {
 	now := time.Now()
 	for i, b := range p.Backends {
 		if b.Usable() {
-			weights[i] = b.EffectiveWeight(now)
+			weights[i] = int(b.scaledWeight(now))
 		}
 	}
-	seq := smoothSequence(weights)
+	seq := smoothSequence(boundCycle(weights, maxCycle))
 	r.table.Store(&seq)
+}
+
+// maxCycle bounds the length of a round-robin cycle. Scaled weights make
+// long cycles during a slow start (weights 256 and 1/16 of 256 have no
+// common divisor), and building one costs its length times the number of
+// backends; past this length the weights are divided down together (each
+// off by less than one of its new units), keeping refreshes cheap in pools
+// of many heavy backends.
+const maxCycle = 1 << 16
+
+// boundCycle divides weights down in place, if needed, so that one cycle
+// of smoothSequence is at most about limit (plus one per backend) long; a
+// weight above zero stays above zero.
+func boundCycle(weights []int, limit int) []int {
+	g, total := 0, 0
+	for _, w := range weights {
+		g = gcd(g, w)
+		total += w
+	}
+	if g == 0 || total/g <= limit {
+		return weights
+	}
+	div := (total/g + limit - 1) / limit * g
+	for i, w := range weights {
+		if w > 0 {
+			weights[i] = max(1, w/div)
+		}
+	}
+	return weights
 }
 
 // smoothSequence returns one cycle of NGINX's smooth weighted round-robin

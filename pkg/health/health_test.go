@@ -268,3 +268,51 @@ func TestMonitorChecksAtStartAndOnInterval(t *testing.T) {
 		t.Error("last check time not recorded")
 	}
 }
+
+// TestSlowStartWeightOne: of two backends of weight 1, one that comes back
+// from a passive hold-down with slow_start takes clearly less than half of
+// the requests early in its ramp, and half once the ramp is over.
+func TestSlowStartWeightOne(t *testing.T) {
+	p := testPool(t, 2)
+	b := p.Backends[1]
+	cfg := healthCfg("none")
+	cfg.PassiveFailures = 1
+	cfg.SlowStart = config.Duration{Duration: 2 * time.Second}
+	m := NewMonitor(p, cfg, hclog.NewNullLogger())
+	m.Start()
+	defer m.Stop()
+	m.ReportFailure(b, "x")
+	deadline := time.Now().Add(2 * time.Second)
+	for !b.Up() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if !b.Up() || !b.SlowStarting() {
+		t.Fatalf("not back up in slow start: up %v, slow start %v", b.Up(), b.SlowStarting())
+	}
+	share := func() float64 {
+		n := 0
+		for range 1000 {
+			x, err := p.Acquire(nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if x == b {
+				n++
+			}
+			p.Release(x)
+		}
+		return float64(n) / 1000
+	}
+	// Within the first quarter of the ramp its weight is at most 4/16 of
+	// a weight of 1: a share of at most 0.2 against 0.5 at full weight.
+	if s := share(); s > 0.3 {
+		t.Errorf("early in its ramp the recovering backend took %.2f of the requests", s)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for b.SlowStarting() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := share(); s != 0.5 {
+		t.Errorf("after its ramp the recovered backend took %.2f of the requests, want 0.5", s)
+	}
+}

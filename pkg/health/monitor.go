@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.uber.org/atomic"
 
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/config"
@@ -25,6 +26,7 @@ type checker interface {
 // Monitor checks the backends of one pool. It is safe for concurrent use;
 // the proxy reports passive results to it while its goroutines check.
 type Monitor struct {
+	id      uint64 // unique, claims hold-downs in balancer.State
 	pool    *balancer.Pool
 	cfg     config.Health
 	log     hclog.Logger
@@ -38,9 +40,12 @@ type Monitor struct {
 	stopped bool
 }
 
+// monitorIDs numbers monitors, so that a hold-down names its owner.
+var monitorIDs atomic.Uint64
+
 // NewMonitor returns a monitor for pool; Start begins checking.
 func NewMonitor(pool *balancer.Pool, cfg config.Health, log hclog.Logger) *Monitor {
-	m := &Monitor{pool: pool, cfg: cfg, log: log.Named("health").With("pool", pool.Name)}
+	m := &Monitor{id: monitorIDs.Inc(), pool: pool, cfg: cfg, log: log.Named("health").With("pool", pool.Name)}
 	switch cfg.Check {
 	case "http":
 		m.checker = &httpChecker{path: cfg.Path, host: cfg.Host, expect: cfg.Expect}
@@ -54,10 +59,26 @@ func NewMonitor(pool *balancer.Pool, cfg config.Health, log hclog.Logger) *Monit
 // Start runs the first check of every backend at once, then one every
 // interval, each backend on its own goroutine, until Stop. With
 // slow_start it also keeps the pool's weights following the ramps.
+//
+// It takes over backends that are down (a reload carries their state
+// over): with active checks, those checks raise them; without, a
+// hold-down raises them when the one under way ends, or at once if none
+// is (nothing else would).
 func (m *Monitor) Start() {
 	if m.cfg.SlowStart.Duration > 0 {
 		m.wg.Add(1)
 		go m.ramp()
+	}
+	for _, b := range m.pool.Backends {
+		if b.Up() {
+			continue
+		}
+		_, owner := b.HoldDown()
+		owner.Store(m.id)
+		if m.checker == nil {
+			m.wg.Add(1)
+			go m.holdDown(b)
+		}
 	}
 	if m.checker == nil {
 		return
@@ -185,6 +206,17 @@ func (m *Monitor) ReportFailure(b *balancer.Backend, reason string) {
 	if m.cfg.PassiveFailures <= 0 {
 		return
 	}
+	if m.checker == nil {
+		// Without active checks the hold-down that raises the backend
+		// again is this monitor's: a stopped one (a reload replaced it)
+		// leaves the verdict to the current config's monitor, which
+		// shares the failure counter.
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.stopped {
+			return
+		}
+	}
 	passes, _, passive := b.CheckCounters()
 	n := passive.Inc()
 	if int(n) < m.cfg.PassiveFailures || !b.SetUp(false) {
@@ -195,28 +227,37 @@ func (m *Monitor) ReportFailure(b *balancer.Backend, reason string) {
 		"reason", fmt.Sprintf("%d consecutive requests failed, last: %s", n, reason))
 	m.pool.Refresh()
 	if m.checker == nil {
-		m.mu.Lock()
-		if !m.stopped {
-			m.wg.Add(1)
-			go m.holdDown(b)
-		}
-		m.mu.Unlock()
+		until, owner := b.HoldDown()
+		until.Store(time.Now().Add(m.cfg.Interval.Duration).UnixNano())
+		owner.Store(m.id)
+		m.wg.Add(1)
+		go m.holdDown(b)
 	}
 }
 
-// holdDown brings a passively failed backend back after one interval when
-// there are no active checks to do it, as NGINX's fail_timeout does.
+// holdDown brings a passively failed backend back when its hold-down ends
+// (one interval after it went down, as NGINX's fail_timeout does), when
+// there are no active checks to do it. The hold-down belongs to the
+// backend's state: if a newer monitor has claimed it, that one ends it; if
+// this monitor stops while it still owns it, it raises the backend now
+// rather than leave it down with nothing to raise it.
 func (m *Monitor) holdDown(b *balancer.Backend) {
 	defer m.wg.Done()
-	t := time.NewTimer(m.cfg.Interval.Duration)
+	until, owner := b.HoldDown()
+	t := time.NewTimer(time.Until(time.Unix(0, until.Load())))
 	defer t.Stop()
+	reason := "passive hold-down expired (no active checks)"
 	select {
 	case <-m.ctx.Done():
+		reason = "passive hold-down ended early: its health monitor stopped"
 	case <-t.C:
-		_, _, passive := b.CheckCounters()
-		passive.Store(0)
-		if b.SetUp(true) {
-			m.up(b, "passive hold-down expired (no active checks)")
-		}
+	}
+	if !owner.CompareAndSwap(m.id, 0) {
+		return
+	}
+	_, _, passive := b.CheckCounters()
+	passive.Store(0)
+	if b.SetUp(true) {
+		m.up(b, reason)
 	}
 }

@@ -130,7 +130,7 @@ func (l *listener) configure(cfg config.Listener, state *proxy.Listener, tcpStat
 			l.log.Debug("connection refused: no valid PROXY protocol header", "listener", l.name.Load(), "client", c.RemoteAddr().String(), "error", err)
 		}
 	}
-	l.hs.Timeout = handshakeTimeout(cfg)
+	l.hs.SetTimeout(handshakeTimeout(cfg))
 	l.preludeWait.Store(int64(cfg.ReadTimeout.Duration))
 	l.acceptProxy.Store(cfg.AcceptProxyProtocol)
 	if old := l.term.Swap(term); old != term {

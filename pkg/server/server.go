@@ -43,6 +43,11 @@ type Server struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
+
+	// shutdownOnce runs Shutdown's work once; later calls wait for it and
+	// return its result.
+	shutdownOnce sync.Once
+	shutdownErr  error
 }
 
 // New builds everything a config describes and binds every listening
@@ -168,7 +173,14 @@ func (s *Server) janitor() {
 // Shutdown stops accepting connections, lets requests in flight finish
 // until ctx expires, then stops health checks and the admin server. It
 // returns ctx's error if requests were still running when it expired.
+// Only the first call does this: later or concurrent ones (a second
+// signal, say) wait for it to finish and return its result.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() { s.shutdownErr = s.shutdown(ctx) })
+	return s.shutdownErr
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.stopped = true
 	listeners := make([]*listener, 0, len(s.listeners))

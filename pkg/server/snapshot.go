@@ -189,6 +189,11 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	if err != nil {
 		return nil, err
 	}
+	if old != nil {
+		// Requests of the old config still hold slots of the backends
+		// that stay: their releases must wake requests queued here.
+		bp.ShareQueue(old.up.Pool)
+	}
 	mon := health.NewMonitor(bp, pc.Health, s.log)
 	var c *cache.Cache
 	if cc := pc.Cache; cc != nil {
@@ -369,6 +374,11 @@ func (s *Server) commit(p *plan, initial bool) {
 				}
 			}
 		}
+	}
+	// The old monitors may have raised or lowered backends after the new
+	// pools built their tables; now that they have stopped, catch up.
+	for _, pl := range p.rt.pools {
+		pl.up.Pool.Refresh()
 	}
 
 	if p.newAdmin {

@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"go.uber.org/atomic"
 )
 
 // Handshaker completes TLS handshakes for a listener before the HTTP
@@ -16,14 +18,15 @@ import (
 // KiB: a fresh goroutine per handshake would copy its stack several times
 // over, every time. It is safe for concurrent use.
 type Handshaker struct {
-	// Timeout bounds each handshake.
-	Timeout time.Duration
 	// Done is called with every finished handshake's result (for
 	// metrics), before a successful connection is delivered.
 	Done func(HandshakeResult)
 	// Failed, if set, is told of connections whose prelude failed.
 	Failed func(c net.Conn, err error)
 
+	// timeout bounds each handshake. A reload changes it while workers
+	// read it.
+	timeout   atomic.Duration
 	work      chan job
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -46,8 +49,14 @@ type job struct {
 // NewHandshaker returns a handshaker; handshakes taking longer than
 // timeout fail.
 func NewHandshaker(timeout time.Duration) *Handshaker {
-	return &Handshaker{Timeout: timeout, work: make(chan job), closed: make(chan struct{})}
+	h := &Handshaker{work: make(chan job), closed: make(chan struct{})}
+	h.timeout.Store(timeout)
+	return h
 }
+
+// SetTimeout changes the bound of handshakes that start from now on; it
+// is safe to call while handshakes run.
+func (h *Handshaker) SetTimeout(d time.Duration) { h.timeout.Store(d) }
 
 // workerIdle is how long a handshake worker waits for another connection
 // before it exits.
@@ -107,7 +116,7 @@ func (h *Handshaker) run(j job) {
 	tc := tls.Server(j.c, st.tls)
 	// A deadline rather than HandshakeContext, which starts a goroutine
 	// per handshake to watch its context.
-	err := j.c.SetDeadline(time.Now().Add(h.Timeout))
+	err := j.c.SetDeadline(time.Now().Add(h.timeout.Load()))
 	if err == nil {
 		err = tc.Handshake()
 	}
