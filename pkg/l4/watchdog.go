@@ -21,9 +21,9 @@ type Timeouts struct {
 
 // Errors a Pipe ends with when a timeout cut it.
 var (
-	ErrIdle          = errors.New("idle timeout: no byte moved either way")
-	ErrClientStalled = errors.New("write timeout: the client stopped reading")
-	ErrBackendStall  = errors.New("write timeout: the backend stopped reading")
+	ErrIdle           = errors.New("idle timeout: no byte moved either way")
+	ErrClientStalled  = errors.New("write timeout: the client stopped reading")
+	ErrBackendStalled = errors.New("write timeout: the backend stopped reading")
 )
 
 // direction is one way of a Pipe, as its copy loop reports it to the
@@ -73,7 +73,7 @@ func startWatchdog(t Timeouts, client, upstream net.Conn, in, out *direction) *w
 	if tick <= 0 {
 		return nil
 	}
-	in.stalledErr, out.stalledErr = ErrBackendStall, ErrClientStalled
+	in.stalledErr, out.stalledErr = ErrBackendStalled, ErrClientStalled
 	w := &watchdog{t: t, client: client, upstream: upstream, dirs: [2]*direction{in, out},
 		tick: max(tick/4, time.Millisecond), lastActive: time.Now()}
 	w.timer = time.AfterFunc(w.tick, w.check)
@@ -101,8 +101,9 @@ func (w *watchdog) check() {
 	}
 	now := time.Now()
 	active := false
+	var socks sockMemo
 	for _, d := range w.dirs {
-		took, pending, got := d.progress()
+		took, pending, got := d.progress(&socks)
 		active = active || took || got
 		if !pending || took {
 			d.stalledSince = time.Time{}
@@ -125,9 +126,32 @@ func (w *watchdog) check() {
 	w.timer.Reset(w.tick)
 }
 
+// sockMemo keeps one look's TCP_INFO of the two sockets of a pipe, which
+// both directions share when both are spliced.
+type sockMemo struct {
+	n    int
+	conn [2]*net.TCPConn
+	p    [2]sockProgress
+	ok   [2]bool
+}
+
+func (m *sockMemo) get(c *net.TCPConn) (sockProgress, bool) {
+	for i := range m.n {
+		if m.conn[i] == c {
+			return m.p[i], m.ok[i]
+		}
+	}
+	p, ok := tcpProgress(c)
+	if m.n < len(m.conn) {
+		m.conn[m.n], m.p[m.n], m.ok[m.n] = c, p, ok
+		m.n++
+	}
+	return p, ok
+}
+
 // progress reports, since the last look, whether dst took bytes, whether
 // bytes wait for dst now, and whether src sent any.
-func (d *direction) progress() (took, pending, got bool) {
+func (d *direction) progress(socks *sockMemo) (took, pending, got bool) {
 	if c := d.count.Load(); c != d.seenCount {
 		d.seenCount, took = c, true
 	}
@@ -136,11 +160,11 @@ func (d *direction) progress() (took, pending, got bool) {
 		return took, pending, false
 	}
 	// The kernel moves the bytes: the sockets tell how far it got.
-	if sp, ok := tcpProgress(d.src); ok {
+	if sp, ok := socks.get(d.src); ok {
 		got = d.sawSocketsOnce && sp.received != d.seenReceived
 		d.seenReceived = sp.received
 	}
-	if dp, ok := tcpProgress(d.dst); ok {
+	if dp, ok := socks.get(d.dst); ok {
 		took = took || d.sawSocketsOnce && dp.acked != d.seenAcked
 		d.seenAcked = dp.acked
 		pending = pending || dp.pending

@@ -36,7 +36,11 @@ func pipeBetween(t *testing.T, to Timeouts) (client, backend *net.TCPConn, in, o
 	lbUp, backend := tcpPair(t)
 	in, out = new(atomic.Int64), new(atomic.Int64)
 	result = make(chan error, 1)
-	go func() { result <- Pipe(lbClient, lbUp, to, in, out) }()
+	go func() {
+		err := Pipe(lbClient, lbUp, to, in, out)
+		lbClient.Close() // as Pipe's callers do
+		result <- err
+	}()
 	return client, backend, in, out, result
 }
 
