@@ -37,6 +37,10 @@ type Listener struct {
 	// IdleTimeout closes a connection when no byte has moved either way
 	// for this long (0: never).
 	IdleTimeout time.Duration
+	// WriteTimeout closes a connection when the client or the backend
+	// has taken none of the bytes lb holds for it for this long (0:
+	// never).
+	WriteTimeout time.Duration
 	// PeekTimeout bounds the wait for a ClientHello to route by.
 	PeekTimeout time.Duration
 	// Unrouted counts connections that reached no backend. Never nil.
@@ -279,7 +283,7 @@ func (s *session) pipe() {
 			return
 		}
 	}
-	if err := Pipe(s.client, s.upstream, s.l.IdleTimeout, &s.in, &s.out); err != nil {
+	if err := Pipe(s.client, s.upstream, Timeouts{Idle: s.l.IdleTimeout, Write: s.l.WriteTimeout}, &s.in, &s.out); err != nil {
 		s.fail(err)
 	}
 }
@@ -287,13 +291,13 @@ func (s *session) pipe() {
 // Pipe copies between client and upstream both ways until both
 // directions are done, passing a half-close on: a client that shuts its
 // write side down still gets the whole answer. in and out count the bytes
-// that went from the client and to it. With idle > 0 the tunnel ends
-// when neither way has moved a byte for that long. upstream is closed
-// when Pipe returns; client is closed only if a direction failed (the
-// caller closes it).
-func Pipe(client, upstream net.Conn, idle time.Duration, in, out *atomic.Int64) error {
-	var lastActivity atomic.Int64
-	lastActivity.Store(time.Now().UnixNano())
+// that went from the client and to it. t bounds the connection (see
+// Timeouts); when a bound runs out, or either direction fails, both
+// connections are closed. upstream is closed when Pipe returns; client is
+// closed only if the pipe was cut (the caller closes it).
+func Pipe(client, upstream net.Conn, t Timeouts, in, out *atomic.Int64) error {
+	up, down := &direction{count: in}, &direction{count: out}
+	w := startWatchdog(t, client, upstream, up, down)
 	// finished counts directions that reached their end: the first to
 	// end passes the half-close on; when the second ends, both
 	// connections are about to be closed and a half-close would only
@@ -301,28 +305,26 @@ func Pipe(client, upstream net.Conn, idle time.Duration, in, out *atomic.Int64) 
 	var finished atomic.Int32
 	done := make(chan error, 1)
 	go func() {
-		err := copyStream(upstream, client, idle, &lastActivity, in)
-		if err == nil && finished.Add(1) == 1 {
+		err := copyStream(upstream, client, up)
+		if err != nil {
+			abort(client, upstream) // unblock the other direction
+		} else if finished.Add(1) == 1 {
 			closeWrite(upstream)
 		}
 		done <- err
 	}()
-	errOut := copyStream(client, upstream, idle, &lastActivity, out)
-	if errOut == nil {
-		if finished.Add(1) == 1 {
-			closeWrite(client)
-		}
-	} else {
-		// Unblock the other direction.
-		client.Close()
-		upstream.Close()
+	errOut := copyStream(client, upstream, down)
+	if errOut != nil {
+		abort(client, upstream)
+	} else if finished.Add(1) == 1 {
+		closeWrite(client)
 	}
 	errIn := <-done
-	if errIn != nil && errOut == nil {
-		client.Close()
-	}
+	cause := w.stop()
 	upstream.Close()
 	switch {
+	case cause != nil:
+		return cause
 	case errOut != nil:
 		return fmt.Errorf("backend to client: %w", errOut)
 	case errIn != nil:
@@ -376,80 +378,44 @@ func (s *session) finish() {
 
 // copyStream copies src to dst until src ends (nil) or fails. It starts
 // with reads and writes through a buffer, which suit small exchanges, and
-// moves to splice once a read fills the buffer. With an idle timeout,
-// each wait for data is bounded by it, and a wait that runs out while the
-// other direction moved data carries on: the connection is idle only when
-// neither way has moved a byte for that long.
-func copyStream(dst, src net.Conn, idle time.Duration, last *atomic.Int64, count *atomic.Int64) error {
+// moves to splice once a read fills the buffer. It sets no deadlines: the
+// watchdog, told what the copy is doing through dir, enforces the bounds.
+func copyStream(dst, src net.Conn, dir *direction) error {
 	d, s := tcpConn(dst), tcpConn(src)
-	spliceOK := d != nil && s != nil
+	spliceOK := canSplice && d != nil && s != nil
 	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
 	buf := *bp
 	for {
-		if idle > 0 {
-			src.SetReadDeadline(time.Now().Add(idle)) //nolint:errcheck
-		}
 		n, err := src.Read(buf)
 		if n > 0 {
-			last.Store(time.Now().UnixNano())
-			if idle > 0 {
-				dst.SetWriteDeadline(time.Now().Add(idle)) //nolint:errcheck
-			}
+			dir.writing.Store(true)
 			w, werr := dst.Write(buf[:n])
-			count.Add(int64(w))
+			dir.writing.Store(false)
+			dir.count.Add(int64(w))
 			if werr != nil {
+				bufPool.Put(bp)
 				return werr
 			}
 			if n == len(buf) && spliceOK {
 				// A bulk transfer: between two plain TCP sockets let
-				// the kernel move the rest (splice).
-				if idle > 0 {
-					dst.SetWriteDeadline(time.Time{}) //nolint:errcheck
-				}
-				return spliceStream(d, s, idle, last, count)
+				// the kernel move the rest (splice, which io.Copy uses
+				// when it sees *net.TCPConn on both ends).
+				bufPool.Put(bp)
+				dir.src, dir.dst = s, d
+				dir.splicing.Store(true)
+				n, err := d.ReadFrom(s)
+				dir.count.Add(n)
+				return err
 			}
 		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil && !stillBusy(err, int64(n), idle, last) {
+		if err != nil {
+			bufPool.Put(bp)
+			if err == io.EOF {
+				return nil
+			}
 			return err
 		}
 	}
-}
-
-// spliceStream copies between two plain TCP sockets with splice, which
-// io.Copy uses when it sees *net.TCPConn on both ends. Only read
-// deadlines are set on this path: a write that times out in splice would
-// drop what the kernel's pipe still holds.
-func spliceStream(d, s *net.TCPConn, idle time.Duration, last *atomic.Int64, count *atomic.Int64) error {
-	for {
-		if idle > 0 {
-			s.SetReadDeadline(time.Now().Add(idle)) //nolint:errcheck
-		}
-		n, err := d.ReadFrom(s)
-		count.Add(n)
-		if n > 0 {
-			last.Store(time.Now().UnixNano())
-		}
-		if err == nil {
-			return nil
-		}
-		if !stillBusy(err, n, idle, last) {
-			return err
-		}
-	}
-}
-
-// stillBusy reports whether a read timeout only means this direction was
-// quiet while the connection as a whole was not idle.
-func stillBusy(err error, n int64, idle time.Duration, last *atomic.Int64) bool {
-	var ne net.Error
-	if idle <= 0 || !errors.As(err, &ne) || !ne.Timeout() {
-		return false
-	}
-	return n > 0 || time.Since(time.Unix(0, last.Load())) < idle
 }
 
 // tcpConn returns the plain TCP socket under c, or nil when c is TLS or

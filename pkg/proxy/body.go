@@ -37,6 +37,12 @@ type bodyStream struct {
 	// ahead is body already read off the connection (readAhead), given
 	// out before reading more.
 	ahead []byte
+
+	// How long lb waited for the backend's bytes (in reads) and for the
+	// client to take them (between reads), which decides whose fault a
+	// break is (clientPaced).
+	backendWait, clientWait time.Duration
+	lastRead                time.Time
 }
 
 var bodyStreamPool = sync.Pool{New: func() any { return new(bodyStream) }}
@@ -108,9 +114,20 @@ func (s *bodyStream) read(p []byte) (int, error) {
 	if s.err != nil {
 		return 0, s.err
 	}
-	if err := s.c.SetReadDeadline(time.Now().Add(s.timeout)); err != nil {
+	now := time.Now()
+	if !s.lastRead.IsZero() {
+		s.clientWait += now.Sub(s.lastRead)
+	}
+	if err := s.c.SetReadDeadline(now.Add(s.timeout)); err != nil {
 		return 0, s.setErr(err)
 	}
+	n, err := s.readBody(p)
+	s.lastRead = time.Now()
+	s.backendWait += s.lastRead.Sub(now)
+	return n, err
+}
+
+func (s *bodyStream) readBody(p []byte) (int, error) {
 	switch {
 	case s.chunked:
 		return s.readChunked(p)
@@ -250,6 +267,21 @@ func (s *bodyStream) skipTrailers() error {
 	}
 }
 
+// clientPaced reports whether a body that broke off most likely did so
+// because of the client: the backend closed or reset the connection (no
+// timeout of lb's, no malformed chunk) while lb was paced by the client,
+// having spent longer waiting for the client to take the body than for
+// the backend to send it. A backend stops reading by it then as it would
+// for any slow reader, and its own send timeout ends the body (HAProxy
+// likewise tells client-side from server-side aborts); such a break is
+// counted and logged, but is no passive health failure.
+func (s *bodyStream) clientPaced() bool {
+	if s.err == nil || s.clientWait <= s.backendWait {
+		return false
+	}
+	return errors.Is(s.err, errTruncated) || isClosed(s.err)
+}
+
 func (s *bodyStream) setErr(err error) error {
 	if isTimeout(err) {
 		err = &Error{Kind: ErrTimeout, Err: err}
@@ -274,7 +306,7 @@ func (s *bodyStream) CloseWithError(writeErr error) error {
 		c.Close()
 	}
 	if s.up != nil {
-		s.up.finish(s.backend, s.err, true)
+		s.up.finish(s.backend, s.err, !s.clientPaced())
 	}
 	*s = bodyStream{}
 	bodyStreamPool.Put(s)

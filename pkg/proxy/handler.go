@@ -50,6 +50,12 @@ type Listener struct {
 	// TunnelIdle ends a switched-protocol tunnel (a WebSocket) after this
 	// long without a byte either way; 0 for never.
 	TunnelIdle time.Duration
+	// WriteTimeout bounds writes to the client on connections lb takes
+	// over from the HTTP server (a close-delimited body to an HTTP/1.0
+	// client, a tunnel): a client that takes no bytes for this long is
+	// cut (0: never). The server bounds its own writes with the same
+	// value.
+	WriteTimeout time.Duration
 }
 
 // Target is a pool as one listener sends to it: the upstream, and this
@@ -159,7 +165,7 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 			b, attempts, stream, err = h.forward(ctx, t.Up)
 		}
 		if stream != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
-			closeDelimited(ctx)
+			closeDelimited(ctx, l.WriteTimeout)
 		}
 	}
 	if l.HSTS != nil {
@@ -298,9 +304,11 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 // client, which cannot read chunked encoding (RFC 9112 section 6.1): the
 // connection is taken over, the head written with Connection: close, and
 // the body copied until it ends; closing the connection ends it for the
-// client. fasthttp closes the stream (and frees the backend) when it
-// releases the request afterwards.
-func closeDelimited(ctx *fasthttp.RequestCtx) {
+// client. The server clears its deadlines on the connections it hands
+// over, so each write gets writeTimeout here: a client that stops reading
+// would otherwise hold the backend's slot for ever. fasthttp closes the
+// stream (and frees the backend) when it releases the request afterwards.
+func closeDelimited(ctx *fasthttp.RequestCtx, writeTimeout time.Duration) {
 	h := &ctx.Response.Header
 	h.SetContentLength(-2) // no length: delimited by close
 	h.Del("Transfer-Encoding")
@@ -309,16 +317,34 @@ func closeDelimited(ctx *fasthttp.RequestCtx) {
 	body := ctx.Response.BodyStream()
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
-		if _, err := c.Write(head); err != nil {
+		w := deadlineWriter{c: c, timeout: writeTimeout}
+		if _, err := w.Write(head); err != nil {
 			return
 		}
-		_, _ = io.Copy(c, body)
+		_, _ = io.Copy(w, body)
 	})
 }
 
+// deadlineWriter gives each write to a connection its own deadline.
+type deadlineWriter struct {
+	c       net.Conn
+	timeout time.Duration
+}
+
+func (w deadlineWriter) Write(p []byte) (int, error) {
+	if w.timeout > 0 {
+		if err := w.c.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
+			return 0, err
+		}
+	}
+	return w.c.Write(p)
+}
+
 // tunnel answers 101 to the client and, once the answer is out, pipes
-// bytes both ways between client and backend until either side closes or
-// the tunnel idles for the listener's idle_timeout. The backend stays
+// bytes both ways between client and backend until either side closes,
+// the tunnel idles for the listener's idle_timeout, or one side takes no
+// bytes for its write_timeout (the server's deadlines end at the hand
+// over, so the pipe enforces its own). The backend stays
 // counted as busy (least_conn sees open WebSockets) until then.
 //
 //go:noinline
@@ -338,13 +364,18 @@ func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, b *balancer.Bac
 		head = append(append(append(append(head, k...), ": "...), v...), "\r\n"...)
 	}
 	head = append(append(append(head, "Upgrade: "...), proto...), "\r\nConnection: Upgrade\r\n\r\n"...)
-	idle := h.l.Load().TunnelIdle
+	l := h.l.Load()
+	t := l4.Timeouts{Idle: l.TunnelIdle, Write: l.WriteTimeout}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
 		var in, out atomic.Int64
-		_, err := c.Write(head)
+		_, err := deadlineWriter{c: c, timeout: t.Write}.Write(head)
 		if err == nil {
-			err = l4.Pipe(c, bc.tunnelSide(), idle, &in, &out)
+			// From here the pipe's watchdog bounds the writes.
+			err = c.SetWriteDeadline(time.Time{})
+		}
+		if err == nil {
+			err = l4.Pipe(c, bc.tunnelSide(), t, &in, &out)
 		} else {
 			bc.Close()
 		}

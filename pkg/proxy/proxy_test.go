@@ -827,3 +827,38 @@ func TestSecondConnectionHeaderIsHonoured(t *testing.T) {
 		t.Fatalf("header named in a second Connection header reached the backend: %+v", s)
 	}
 }
+
+// A streamed body that breaks off while lb waits for the backend is the
+// backend's failure, whatever the client does: only a break while lb was
+// paced by the client is spared (see TestSlowClientsDoNotMarkBackendDown
+// in e2e).
+func TestBodyBrokenByBackendIsAPassiveFailure(t *testing.T) {
+	rb := startRaw(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := readRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
+		c.Write(make([]byte, 100<<10))
+		time.Sleep(300 * time.Millisecond) // lb waits for the rest
+		c.(*net.TCPConn).SetLinger(0)
+	})
+	hc := config.Health{Check: "none", Interval: config.Duration{Duration: time.Hour}, PassiveFailures: 1}
+	hs := newHarness(t, harnessOpts{backends: []string{rb.addr}, health: &hc})
+	resp, err := hs.client.Get("http://lb.test/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatalf("read %d bytes of a body the backend broke off, without error", n)
+	}
+	b := hs.up.Pool.Backends[0]
+	deadline := time.Now().Add(5 * time.Second)
+	for b.Up() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b.Up() {
+		t.Fatalf("backend still up after breaking a body off while lb waited for it (last error %q)", b.LastError())
+	}
+}

@@ -227,7 +227,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 // listenerState builds what a listener's handler needs, with its request
 // counters resolved.
 func (s *Server) listenerState(lc config.Listener, p *plan, tlsOn bool) *proxy.Listener {
-	st := &proxy.Listener{Name: lc.Name, TLS: tlsOn, TunnelIdle: lc.IdleTimeout.Duration}
+	st := &proxy.Listener{Name: lc.Name, TLS: tlsOn, TunnelIdle: lc.IdleTimeout.Duration, WriteTimeout: lc.WriteTimeout.Duration}
 	rejected := metrics.Key{Listener: lc.Name}
 	st.Rejected = s.metrics.Codes(rejected)
 	p.keep[rejected] = true
@@ -276,6 +276,7 @@ func (s *Server) tcpListenerState(lc config.Listener, p *plan, tlsOn bool) *l4.L
 		TLS:           tlsOn,
 		ProxyProtocol: lc.ProxyProtocol,
 		IdleTimeout:   lc.IdleTimeout.Duration,
+		WriteTimeout:  lc.WriteTimeout.Duration,
 		PeekTimeout:   lc.ReadTimeout.Duration,
 	}
 	unrouted := metrics.Key{Listener: lc.Name}

@@ -1,0 +1,16 @@
+//go:build !linux
+
+package l4
+
+import "net"
+
+// canSplice is false where lb cannot follow a kernel copy's progress: the
+// copy then stays in user space, where the watchdog sees every chunk.
+const canSplice = false
+
+type sockProgress struct {
+	received, acked uint64
+	pending         bool
+}
+
+func tcpProgress(*net.TCPConn) (sockProgress, bool) { return sockProgress{}, false }
