@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -143,11 +144,14 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		err      error
 	)
 	proto := protoOf(ctx)
-	if l.Redirect != nil {
-		redirect(ctx, l.Redirect)
-	} else if code, mask := checkRequest(ctx); code != 0 {
+	if code, mask := checkRequest(ctx); code != 0 {
+		// Before a redirect too: a redirect listener answers every
+		// request, and what is refused elsewhere (an ambiguous length, a
+		// bad Host) must not be answered as if it were sound.
 		errorResponse(ctx, code)
 		ctx.SetConnectionClose()
+	} else if l.Redirect != nil {
+		redirect(ctx, l.Redirect)
 	} else if t = l.route(ctx.Host(), ctx.Path()); t == nil {
 		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
 	} else {
@@ -454,9 +458,10 @@ func checkRequest(ctx *fasthttp.RequestCtx) (code, mask int) {
 		h.SetHost(ctx.LocalAddr().String())
 		ctx.Request.SetRequestURIBytes(h.RequestURI())
 	}
-	if len(ctx.Host()) == 0 {
+	if hv := ctx.Host(); len(hv) == 0 || !validHost(hv) {
 		// An absolute target with an empty authority ("http:///x")
-		// overrides Host with nothing.
+		// overrides Host with nothing, and one with a bad authority
+		// overrides it with what the Host check above would refuse.
 		return fasthttp.StatusBadRequest, mask
 	}
 	return 0, mask
@@ -536,6 +541,11 @@ func errorResponse(ctx *fasthttp.RequestCtx, code int) {
 	ctx.Response.SetBodyString(strconv.Itoa(code) + " " + fasthttp.StatusMessage(code) + "\n")
 }
 
+// redirect answers a 308 to the same resource over HTTPS. The host is the
+// request's (ctx.Host: for an absolute-form target its authority, RFC 9112
+// section 3.2.2), checked by checkRequest, and the path and query are
+// the target's as the client wrote them: the raw target of an absolute
+// form would repeat its scheme and authority.
 func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 	host := r.Host
 	if host == "" {
@@ -547,12 +557,18 @@ func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 	}
 	loc := make([]byte, 0, 64)
 	loc = append(loc, "https://"...)
+	if strings.IndexByte(host, ':') >= 0 && host[0] != '[' {
+		// An IPv6 address configured as redirect_https's host.
+		host = "[" + host + "]"
+	}
 	loc = append(loc, host...)
 	if r.Port != "" {
 		loc = append(loc, ':')
 		loc = append(loc, r.Port...)
 	}
-	loc = append(loc, ctx.Request.Header.RequestURI()...)
+	uri := ctx.URI()
+	uri.DisablePathNormalizing = true
+	loc = append(loc, uri.RequestURI()...)
 	ctx.Response.Header.SetCanonical(hLocation, loc)
 	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
 	ctx.SetStatusCode(fasthttp.StatusPermanentRedirect)
