@@ -7,8 +7,6 @@ import (
 	"unsafe"
 
 	"github.com/valyala/fasthttp"
-
-	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
 // Header names in fasthttp's canonical form (it normalises names it
@@ -243,7 +241,7 @@ func prepareRequest(ctx *fasthttp.RequestCtx, tls bool, mask int) {
 	}
 	h.SetCanonical(hXForwardedPort, forwardedPort(host, tls))
 	h.SetCanonical(hForwarded, appendForwarded(buf[:0], ctx.RemoteAddr(), host, tls))
-	if c, ok := ctx.Conn().(*tlsterm.Conn); ok && c.ClientVerify != "" {
+	if c := tlsConn(ctx.Conn()); c != nil && c.ClientVerify != "" {
 		h.SetCanonical(hXClientVerify, s2b(c.ClientVerify))
 		if c.ClientSubject != "" {
 			h.SetCanonical(hXClientSubject, s2b(c.ClientSubject))
