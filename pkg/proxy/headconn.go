@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"net"
 
@@ -60,17 +61,19 @@ func (c *headConn) Read(p []byte) (int, error) {
 
 // follow reads the bytes of a head until its blank line.
 func (c *headConn) follow(b []byte) {
-	for _, ch := range b {
-		if ch != '\n' {
-			c.lineLen++
-			c.lastCR = ch == '\r'
-			continue
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			c.lineLen += len(b)
+			c.lastCR = b[len(b)-1] == '\r'
+			return
 		}
-		crlf := c.lastCR
-		blank := c.lineLen == 0 || c.lineLen == 1 && crlf
+		crlf := i > 0 && b[i-1] == '\r' || i == 0 && c.lastCR
+		n := c.lineLen + i
+		b = b[i+1:]
 		c.lineLen, c.lastCR = 0, false
 		switch {
-		case !blank:
+		case n > 1 || n == 1 && !crlf:
 			c.sawLine, c.prevCRLF = true, crlf
 		case !c.sawLine:
 			// Empty lines before the request line (RFC 9112 section
