@@ -46,6 +46,7 @@ func FuzzPrepareRequest(f *testing.F) {
 		"GET / HTTP/1.1\r\nHost: a.example\r\nX-Client-Verify: SUCCESS\r\nx-client-cert-subject: CN=admin\r\nX-CLIENT-Other: 1\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a.example\r\nX_Client_Verify: SUCCESS\r\nx-client_cert-subject: CN=admin\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a.example\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a.example\r\nX_Forwarded_For: 1.1.1.1\r\nX-Forwarded-Host: e1\r\nX-Forwarded-Host: e2\r\nx_forwarded-HOST: e3\r\nForwarded: host=e4\r\nX-Real-IP: 6.6.6.6\r\nX_Real_Ip: 7.7.7.7\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Prefix: /p\r\nX-Forwarded-Ssl: on\r\nConnection: Forwarded, X-Real-IP\r\n\r\n",
 		"GET http://b.example/p?q=1 HTTP/1.1\r\nHost: a.example\r\n\r\n",
 		"GET https://user:pw@b.example:8443/p HTTP/1.1\r\n\r\n",
 		"GET http://b.example HTTP/1.0\r\n\r\n",
@@ -182,6 +183,7 @@ func connectionTokens(values [][]byte) []string {
 var setByLB = map[string]bool{
 	"host": true, "content-length": true, "content-type": true, "authorization": true,
 	"x-forwarded-for": true, "x-forwarded-proto": true, "x-forwarded-host": true,
+	"x-forwarded-port": true, "x-real-ip": true, "forwarded": true,
 	"upgrade": true, "connection": true, "transfer-encoding": true,
 }
 
@@ -250,6 +252,29 @@ func checkSentHead(t *testing.T, sent []byte, method string, connNamed []string,
 	}
 	if xfp := fields["x-forwarded-proto"]; len(xfp) != 1 || xfp[0] != proto {
 		t.Fatalf("X-Forwarded-Proto %q, want %s:\n%q", xfp, proto, sent)
+	}
+	if ip := fields["x-real-ip"]; len(ip) != 1 || ip[0] != clientAddr.IP.String() {
+		t.Fatalf("X-Real-IP %q, want the client's address:\n%q", ip, sent)
+	}
+	if fw := fields["forwarded"]; len(fw) != 1 || !strings.HasPrefix(fw[0], "for="+clientAddr.IP.String()+";") || !strings.HasSuffix(fw[0], ";proto="+proto) {
+		t.Fatalf("Forwarded %q is not lb's:\n%q", fw, sent)
+	}
+	for _, name := range []string{"x-forwarded-host", "x-forwarded-port"} {
+		if n := len(fields[name]); n != 1 {
+			t.Fatalf("%d %s fields:\n%q", n, name, sent)
+		}
+	}
+	for name := range fields {
+		// Forwarding headers spelt with underscores, and those lb has
+		// no word in, are a client's.
+		switch strings.ReplaceAll(name, "_", "-") {
+		case "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-real-ip", "forwarded":
+			if strings.Contains(name, "_") {
+				t.Fatalf("client-sent %s reached the backend:\n%q", name, sent)
+			}
+		case "x-forwarded-prefix", "x-forwarded-ssl", "x-forwarded-scheme":
+			t.Fatalf("client-sent %s reached the backend:\n%q", name, sent)
+		}
 	}
 }
 

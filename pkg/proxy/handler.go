@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -149,11 +150,14 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		err      error
 	)
 	proto := protoOf(ctx)
-	if l.Redirect != nil {
-		redirect(ctx, l.Redirect)
-	} else if code, mask := checkRequest(ctx); code != 0 {
+	if code, mask := checkRequest(ctx); code != 0 {
+		// Before a redirect too: a redirect listener answers every
+		// request, and what is refused elsewhere (an ambiguous length, a
+		// bad Host) must not be answered as if it were sound.
 		errorResponse(ctx, code)
 		ctx.SetConnectionClose()
+	} else if l.Redirect != nil {
+		redirect(ctx, l.Redirect)
 	} else if t = l.route(ctx.Host(), ctx.Path()); t == nil {
 		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
 	} else {
@@ -198,7 +202,7 @@ const (
 var protoNames = [...]string{protoHTTP11: "HTTP/1.1", protoHTTP10: "HTTP/1.0", protoHTTP2: "HTTP/2.0"}
 
 func protoOf(ctx *fasthttp.RequestCtx) int {
-	if c, ok := ctx.Conn().(*tlsterm.Conn); ok && c.Proto == "h2" {
+	if c := tlsConn(ctx.Conn()); c != nil && c.Proto == "h2" {
 		return protoHTTP2
 	}
 	if ctx.Request.Header.IsHTTP11() {
@@ -445,6 +449,31 @@ func isIdempotent(h *fasthttp.RequestHeader) bool {
 // differently.
 func checkRequest(ctx *fasthttp.RequestCtx) (code, mask int) {
 	h := &ctx.Request.Header
+	if code, mask = checkHead(h); code != 0 {
+		return code, mask
+	}
+	// The Host field itself, not ctx.Host(): without one, fasthttp takes
+	// the host from the target, even from an origin-form "//a/b" (a path
+	// the backend would then get as "/b", on host a).
+	if len(h.Host()) == 0 {
+		// An HTTP/1.0 request may lack Host (checkHead refuses an
+		// HTTP/1.1 one); name the address it reached and parse the
+		// target again beside it.
+		h.SetHost(ctx.LocalAddr().String())
+		ctx.Request.SetRequestURIBytes(h.RequestURI())
+	}
+	if hv := ctx.Host(); len(hv) == 0 || !validHost(hv) {
+		// An absolute target with an empty authority ("http:///x")
+		// overrides Host with nothing, and one with a bad authority
+		// overrides it with what checkHead would refuse in Host.
+		return fasthttp.StatusBadRequest, mask
+	}
+	return 0, mask
+}
+
+// checkHead is the part of checkRequest that needs the head alone, so
+// that HeaderReceived can refuse a request before its body is read.
+func checkHead(h *fasthttp.RequestHeader) (code, mask int) {
 	if h.IsConnect() || h.IsTrace() {
 		return fasthttp.StatusMethodNotAllowed, 0
 	}
@@ -471,26 +500,32 @@ func checkRequest(ctx *fasthttp.RequestCtx) (code, mask int) {
 	if hv := h.Host(); len(hv) > 0 && !validHost(hv) {
 		return fasthttp.StatusBadRequest, mask // RFC 9112 section 3.2
 	}
-	// The Host field itself, not ctx.Host(): without one, fasthttp takes
-	// the host from the target, even from an origin-form "//a/b" (a path
-	// the backend would then get as "/b", on host a).
-	if len(h.Host()) == 0 {
-		if h.IsHTTP11() {
-			// RFC 9112 section 3.2, whatever the target's form; RFC 9113
-			// section 8.3.1 for HTTP/2 requests without :authority.
-			return fasthttp.StatusBadRequest, mask
-		}
-		// An HTTP/1.0 request may lack Host; name the address it reached
-		// and parse the target again beside it.
-		h.SetHost(ctx.LocalAddr().String())
-		ctx.Request.SetRequestURIBytes(h.RequestURI())
-	}
-	if len(ctx.Host()) == 0 {
-		// An absolute target with an empty authority ("http:///x")
-		// overrides Host with nothing.
+	if len(h.Host()) == 0 && h.IsHTTP11() {
+		// RFC 9112 section 3.2, whatever the target's form; RFC 9113
+		// section 8.3.1 for HTTP/2 requests without :authority.
 		return fasthttp.StatusBadRequest, mask
 	}
 	return 0, mask
+}
+
+// HeaderReceived is the HTTP/1.1 server's HeaderReceived hook, run once a
+// head is read and before its body is. fasthttp reads the whole body
+// before the handler runs, so a head checkRequest will refuse would
+// otherwise hold the connection for as long as the client trickles (or
+// withholds) its body: a chunked body that never ends behind both
+// Content-Length and Transfer-Encoding waited for the client to give up.
+// Such a head is told it has no body (and no Expect, which would have
+// fasthttp send 100 Continue): Serve then runs at once and refuses it
+// from the raw head, which this leaves as it was, and the connection
+// closes with the body unread. A sound head is left alone.
+func (h *Handler) HeaderReceived(rh *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	if rh.ContentLength() != 0 {
+		if code, _ := checkHead(rh); code != 0 {
+			rh.SetContentLength(0)
+			rh.Del("Expect")
+		}
+	}
+	return fasthttp.RequestConfig{}
 }
 
 // hostChars are the bytes of a reg-name or IPv4 address (unreserved,
@@ -567,6 +602,11 @@ func errorResponse(ctx *fasthttp.RequestCtx, code int) {
 	ctx.Response.SetBodyString(strconv.Itoa(code) + " " + fasthttp.StatusMessage(code) + "\n")
 }
 
+// redirect answers a 308 to the same resource over HTTPS. The host is the
+// request's (ctx.Host: for an absolute-form target its authority, RFC 9112
+// section 3.2.2), checked by checkRequest, and the path and query are
+// the target's as the client wrote them: the raw target of an absolute
+// form would repeat its scheme and authority.
 func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 	host := r.Host
 	if host == "" {
@@ -578,12 +618,18 @@ func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 	}
 	loc := make([]byte, 0, 64)
 	loc = append(loc, "https://"...)
+	if strings.IndexByte(host, ':') >= 0 && host[0] != '[' {
+		// An IPv6 address configured as redirect_https's host.
+		host = "[" + host + "]"
+	}
 	loc = append(loc, host...)
 	if r.Port != "" {
 		loc = append(loc, ':')
 		loc = append(loc, r.Port...)
 	}
-	loc = append(loc, ctx.Request.Header.RequestURI()...)
+	uri := ctx.URI()
+	uri.DisablePathNormalizing = true
+	loc = append(loc, uri.RequestURI()...)
 	ctx.Response.Header.SetCanonical(hLocation, loc)
 	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
 	ctx.SetStatusCode(fasthttp.StatusPermanentRedirect)
@@ -599,7 +645,7 @@ func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *Upst
 	if b != nil {
 		backend = b.Address
 	}
-	if c, ok := ctx.Conn().(*tlsterm.Conn); ok {
+	if c := tlsConn(ctx.Conn()); c != nil {
 		tlsVersion = tlsterm.VersionName(c.Version)
 	}
 	method, host, uri := string(ctx.Method()), string(ctx.Host()), string(ctx.Request.Header.RequestURI())

@@ -7,8 +7,6 @@ import (
 	"unsafe"
 
 	"github.com/valyala/fasthttp"
-
-	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
 // Header names in fasthttp's canonical form (it normalises names it
@@ -17,6 +15,9 @@ var (
 	hXForwardedFor   = []byte("X-Forwarded-For")
 	hXForwardedProto = []byte("X-Forwarded-Proto")
 	hXForwardedHost  = []byte("X-Forwarded-Host")
+	hXForwardedPort  = []byte("X-Forwarded-Port")
+	hXRealIP         = []byte("X-Real-Ip")
+	hForwarded       = []byte("Forwarded")
 	hSTS             = []byte("Strict-Transport-Security")
 	hLocation        = []byte("Location")
 	hUpgrade         = []byte("Upgrade")
@@ -40,7 +41,8 @@ const (
 	hopExpect
 	hopManyXFF
 	hopManyConnection
-	hopXClient // X-Client-*: set by lb alone
+	hopXClient   // X-Client-*: set by lb alone
+	hopForwarded // a forwarding header lb writes or removes (see forwardingHeader)
 
 	// Not hop-by-hop: what checkRequest refuses the request for.
 	fieldContentLength
@@ -100,6 +102,16 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 			mask |= hopXClient
 			continue
 		}
+		if fw := forwardingHeader(name); fw != 0 {
+			if fw == fwXFF {
+				if xff++; xff > 1 {
+					mask |= hopManyXFF
+				}
+			} else {
+				mask |= hopForwarded
+			}
+			continue
+		}
 		switch len(name) {
 		case 14:
 			if bytes.EqualFold(name, []byte("content-length")) {
@@ -138,12 +150,6 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 			} else if bytes.EqualFold(name, []byte("keep-alive")) {
 				mask |= hopKeepAlive
 			}
-		case 15:
-			if bytes.EqualFold(name, []byte("x-forwarded-for")) {
-				if xff++; xff > 1 {
-					mask |= hopManyXFF
-				}
-			}
 		case 16:
 			if bytes.EqualFold(name, []byte("proxy-connection")) {
 				mask |= hopProxyConnection
@@ -158,8 +164,9 @@ func scanRequestHeaders(h *fasthttp.RequestHeader) (mask int) {
 }
 
 // prepareRequest turns a client request into the request for a backend, in
-// place: hop-by-hop headers go, X-Forwarded-* and with client
-// certificates X-Client-* are added, the target is sent in origin form
+// place: hop-by-hop headers go, the forwarding headers (X-Forwarded-*,
+// X-Real-IP, Forwarded) and with client certificates X-Client-* are
+// lb's own, the target is sent in origin form
 // exactly as the client wrote its path, and the backend connection is
 // kept alive whatever the client asked for its own. A request to switch
 // protocols (a WebSocket handshake) keeps Upgrade and Connection: Upgrade
@@ -218,8 +225,12 @@ func prepareRequest(ctx *fasthttp.RequestCtx, tls bool, mask int) {
 	if len(b) > 0 {
 		b = append(b, ", "...)
 	}
+	ipStart := len(b)
 	b = appendClientIP(b, ctx.RemoteAddr())
 	h.SetCanonical(hXForwardedFor, b)
+	// Every other forwarding header is lb's alone: removeHopHeaders took
+	// the client's copies away, so these set the only ones.
+	h.SetCanonical(hXRealIP, b[ipStart:])
 	if tls {
 		h.SetCanonical(hXForwardedProto, protoHTTPS)
 	} else {
@@ -228,7 +239,9 @@ func prepareRequest(ctx *fasthttp.RequestCtx, tls bool, mask int) {
 	if len(host) > 0 {
 		h.SetCanonical(hXForwardedHost, host)
 	}
-	if c, ok := ctx.Conn().(*tlsterm.Conn); ok && c.ClientVerify != "" {
+	h.SetCanonical(hXForwardedPort, forwardedPort(host, tls))
+	h.SetCanonical(hForwarded, appendForwarded(buf[:0], ctx.RemoteAddr(), host, tls))
+	if c := tlsConn(ctx.Conn()); c != nil && c.ClientVerify != "" {
 		h.SetCanonical(hXClientVerify, s2b(c.ClientVerify))
 		if c.ClientSubject != "" {
 			h.SetCanonical(hXClientSubject, s2b(c.ClientSubject))
@@ -281,7 +294,179 @@ func removeHopHeaders(h *fasthttp.RequestHeader, mask int) {
 	if mask&hopXClient != 0 {
 		removeXClient(h)
 	}
+	if mask&hopForwarded != 0 {
+		removeForwarding(h)
+	}
 }
+
+// What forwardingHeader finds.
+const (
+	fwNone = iota
+	fwXFF  // X-Forwarded-For as lb appends to it: hyphens only
+	fwOwned
+)
+
+// forwardingNames are the forwarding headers lb answers for, in lower
+// case. A backend (Rack, Spring, Django, Express behind "trust proxy")
+// takes them as the word of the proxy in front of it, so a client's copy
+// must never reach it: lb writes its own X-Forwarded-Proto, -Host, -Port,
+// X-Real-IP and Forwarded (RFC 7239), and removes the rest, which lb has
+// nothing to say in (a path prefix, another name for the scheme).
+var forwardingNames = [...]string{
+	"x-forwarded-for",
+	"x-forwarded-proto",
+	"x-forwarded-host",
+	"x-forwarded-port",
+	"x-forwarded-prefix",
+	"x-forwarded-ssl",
+	"x-forwarded-scheme",
+	"x-real-ip",
+	"forwarded",
+}
+
+// forwardingHeader reports whether a field name is one of
+// forwardingNames, in any case and with underscores for any of its
+// hyphens: CGI-style backends (FastCGI, WSGI, PHP) read X_Forwarded_Host
+// as HTTP_X_FORWARDED_HOST, the same variable as X-Forwarded-Host. Only
+// X-Forwarded-For spelt with hyphens is fwXFF, the list lb appends to;
+// every other spelling of it is a client's forgery and goes.
+func forwardingHeader(name []byte) int {
+	if len(name) < len("forwarded") || len(name) > len("x-forwarded-scheme") {
+		return fwNone
+	}
+	if c := name[0] | 0x20; c != 'x' && c != 'f' {
+		return fwNone
+	}
+	for _, n := range forwardingNames {
+		if len(n) != len(name) {
+			continue
+		}
+		under := false
+		i := 0
+		for ; i < len(n); i++ {
+			c := name[i]
+			switch {
+			case c == '_':
+				c, under = '-', true
+			case c >= 'A' && c <= 'Z':
+				c += 'a' - 'A'
+			}
+			if c != n[i] {
+				break
+			}
+		}
+		if i < len(n) {
+			continue
+		}
+		if n == "x-forwarded-for" && !under {
+			return fwXFF
+		}
+		return fwOwned
+	}
+	return fwNone
+}
+
+// removeForwarding removes every copy of the forwarding headers lb owns
+// (all but X-Forwarded-For spelt with hyphens), in every spelling the
+// client used. It reads the names from the raw head and deletes by them:
+// fasthttp deletes every field of a name, and normalises the name given
+// as it normalised the fields it parsed, so nothing is copied.
+func removeForwarding(h *fasthttp.RequestHeader) {
+	raw := h.RawHeaders()
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			continue
+		}
+		if name := line[:colon]; forwardingHeader(name) == fwOwned {
+			h.DelBytes(name)
+		}
+	}
+}
+
+// appendForwarded appends lb's Forwarded element (RFC 7239 section 4):
+// the client's address, the host it asked for and the scheme. An IPv6
+// address is bracketed and quoted (section 6), a host that is not a
+// token quoted (with its port, or an IP literal).
+func appendForwarded(b []byte, client net.Addr, host []byte, tls bool) []byte {
+	b = append(b, "for="...)
+	start := len(b)
+	b = appendClientIP(b, client)
+	if bytes.IndexByte(b[start:], ':') >= 0 {
+		// IPv6: for="[2001:db8::1]".
+		ip := len(b) - start
+		b = append(b, "\"[]\""...)
+		copy(b[start+2:], b[start:start+ip])
+		b[start], b[start+1] = '"', '['
+		b[start+2+ip] = ']'
+	}
+	if len(host) > 0 {
+		b = append(b, ";host="...)
+		b = appendToken(b, host)
+	}
+	if tls {
+		b = append(b, ";proto=https"...)
+	} else {
+		b = append(b, ";proto=http"...)
+	}
+	return b
+}
+
+// appendToken appends v as a token, or a quoted string where it is not
+// one (RFC 9110 section 5.6.4).
+func appendToken(b, v []byte) []byte {
+	token := true
+	for _, c := range v {
+		if !tokenChars[c] {
+			token = false
+			break
+		}
+	}
+	if token {
+		return append(b, v...)
+	}
+	b = append(b, '"')
+	for _, c := range v {
+		if c == '"' || c == '\\' {
+			b = append(b, '\\')
+		}
+		b = append(b, c)
+	}
+	return append(b, '"')
+}
+
+// tokenChars are the bytes of a token (RFC 9110 section 5.6.2).
+var tokenChars = func() (t [256]bool) {
+	for _, c := range []byte("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~") {
+		t[c] = true
+	}
+	return t
+}()
+
+// forwardedPort is the port the client asked for: the one in Host, else
+// the scheme's (a browser leaves 443 and 80 out of Host). Backends build
+// their links from X-Forwarded-Host and X-Forwarded-Port, so the two must
+// name the same origin.
+func forwardedPort(host []byte, tls bool) []byte {
+	if h := stripPort(host); len(h) < len(host) && len(host)-len(h) > 1 {
+		return host[len(h)+1:]
+	}
+	if tls {
+		return port443
+	}
+	return port80
+}
+
+var (
+	port443 = []byte("443")
+	port80  = []byte("80")
+)
 
 // isXClient reports whether a field name is X-Client-* with something
 // after the prefix, written with hyphens or underscores: CGI-style

@@ -614,6 +614,49 @@ func TestRedirectAndHSTS(t *testing.T) {
 	}
 }
 
+// TestRedirectTargetAndChecks: a redirect listener builds Location from
+// the request's host and path whatever the target's form, and refuses
+// what every other listener refuses rather than redirect it.
+func TestRedirectTargetAndChecks(t *testing.T) {
+	e := startEcho(t)
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, listener: func(l *Listener) {
+		l.Redirect = &config.Redirect{Port: "8443"}
+	}})
+	for _, tc := range []struct {
+		name, req, status, location string
+	}{
+		{"origin form", "GET /a/b?c=d HTTP/1.1\r\nHost: www.example.com\r\n\r\n", "308", "https://www.example.com:8443/a/b?c=d"},
+		{"absolute form", "GET http://a.example/b?c=d HTTP/1.1\r\nHost: a.example\r\n\r\n", "308", "https://a.example:8443/b?c=d"},
+		{"absolute form names the host", "GET http://a.example:8080/b HTTP/1.1\r\nHost: other.example\r\n\r\n", "308", "https://a.example:8443/b"},
+		{"absolute form without a path", "GET http://a.example HTTP/1.1\r\nHost: a.example\r\n\r\n", "308", "https://a.example:8443/"},
+		{"path kept as written", "GET /x/../%2e%2e//y HTTP/1.1\r\nHost: a.example\r\n\r\n", "308", "https://a.example:8443/x/../%2e%2e//y"},
+		{"length and chunked", "POST /p HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400", ""},
+		{"bad Host", "GET /p HTTP/1.1\r\nHost: a.example/evil\r\n\r\n", "400", ""},
+		{"bad authority", "GET http://a.example\"x/p HTTP/1.1\r\nHost: a.example\r\n\r\n", "400", ""},
+		{"space in a field name", "GET /p HTTP/1.1\r\nHost: a.example\r\nX A: b\r\n\r\n", "400", ""},
+		{"TRACE", "TRACE /p HTTP/1.1\r\nHost: a.example\r\n\r\n", "405", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := hs.raw(strings.Replace(tc.req, "\r\n", "\r\nConnection: close\r\n", 1))
+			if got := firstLine(resp); !strings.HasPrefix(got, "HTTP/1.1 "+tc.status+" ") {
+				t.Fatalf("answer %q, want %s", got, tc.status)
+			}
+			loc := ""
+			for _, line := range strings.Split(resp, "\r\n") {
+				if v, ok := strings.CutPrefix(line, "Location: "); ok {
+					loc = v
+				}
+			}
+			if loc != tc.location {
+				t.Errorf("Location %q, want %q", loc, tc.location)
+			}
+		})
+	}
+	if e.hits.Load() != 0 {
+		t.Fatal("redirect listener forwarded a request")
+	}
+}
+
 func TestConcurrentRequestsSpreadEvenly(t *testing.T) {
 	backends := []*echoBackend{startEcho(t), startEcho(t), startEcho(t)}
 	hs := newHarness(t, harnessOpts{backends: []string{backends[0].addr, backends[1].addr, backends[2].addr}})

@@ -229,6 +229,7 @@ func (l *listener) newInstance(cfg config.Listener) *instance {
 	in.srv = &fasthttp.Server{
 		Handler:                      l.handler.Serve,
 		ErrorHandler:                 l.handler.ServeError,
+		HeaderReceived:               l.handler.HeaderReceived,
 		NoDefaultServerHeader:        true,
 		NoDefaultContentType:         true,
 		ReadTimeout:                  cfg.ReadTimeout.Duration,
@@ -346,6 +347,7 @@ func (l *listener) deliver(c net.Conn) {
 		go l.tcp.Serve(c)
 		return
 	}
+	var http1 net.Conn
 	for {
 		in := l.current.Load()
 		if in == nil { // turned tcp meanwhile
@@ -356,8 +358,15 @@ func (l *listener) deliver(c net.Conn) {
 			if in.serveH2(tc) {
 				return
 			}
-		} else if in.queue.push(c) {
-			return
+		} else {
+			if http1 == nil {
+				// Refuses a head ended by a bare LF at once, where
+				// fasthttp would wait for read_timeout.
+				http1 = proxy.WatchHead(c)
+			}
+			if in.queue.push(http1) {
+				return
+			}
 		}
 		if l.current.Load() == in {
 			c.Close() // shutting down

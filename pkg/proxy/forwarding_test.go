@@ -1,0 +1,159 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net"
+	"net/http"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+)
+
+// forgedForwarding are forwarding headers a client may send to make a
+// backend build its links for another origin: duplicates (a backend may
+// read the last copy), every spelling with underscores (CGI-style
+// backends read them as the same variable), and the headers lb has no
+// word in. Name, value pairs.
+var forgedForwarding = []string{
+	"X-Forwarded-For", "10.0.0.1",
+	"X_Forwarded_For", "203.0.113.66",
+	"X-Forwarded-Host", "evil.example",
+	"X-Forwarded-Host", "evil2.example",
+	"X_Forwarded_Host", "evil3.example",
+	"X-Forwarded-Proto", "https",
+	"X-Forwarded-Proto", "gopher",
+	"x-forwarded_proto", "ftp",
+	"X-Forwarded-Port", "666",
+	"X-Forwarded-Port", "667",
+	"X-Forwarded-Prefix", "/evil",
+	"X_Forwarded_Prefix", "/evil2",
+	"X-Forwarded-Ssl", "on",
+	"X-Forwarded-Scheme", "https",
+	"X-Real-IP", "203.0.113.5",
+	"X-Real-Ip", "203.0.113.6",
+	"X_Real_IP", "203.0.113.7",
+	"Forwarded", "for=203.0.113.8;host=evil.example;proto=https",
+	"Forwarded", "host=evil4.example",
+}
+
+// forwardingSeen collects the values a backend got for every forwarding
+// header, by name in lower case with hyphens, whatever the spelling.
+func forwardingSeen(h http.Header) map[string][]string {
+	got := map[string][]string{}
+	for k, vs := range h {
+		n := strings.ReplaceAll(strings.ToLower(k), "_", "-")
+		if n != "forwarded" && n != "x-real-ip" && !strings.HasPrefix(n, "x-forwarded-") {
+			continue
+		}
+		got[n] = append(got[n], vs...)
+		sort.Strings(got[n])
+	}
+	return got
+}
+
+// TestForgedForwardingHeadersNeverReachBackend sends every forwarding
+// header twice and in its other spellings, over HTTP/1.1 and HTTP/2: the
+// backend must see exactly lb's values, once each, and X-Forwarded-For
+// must be the client's list with the client's address appended.
+func TestForgedForwardingHeadersNeverReachBackend(t *testing.T) {
+	e := startEcho(t)
+
+	t.Run("HTTP/1.1", func(t *testing.T) {
+		hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
+		req := "GET /x HTTP/1.1\r\nHost: shop.example.com:8443\r\n"
+		for i := 0; i+1 < len(forgedForwarding); i += 2 {
+			req += forgedForwarding[i] + ": " + forgedForwarding[i+1] + "\r\n"
+		}
+		resp := hs.raw(req + "Connection: close\r\n\r\n")
+		if !strings.HasPrefix(resp, "HTTP/1.1 200") {
+			t.Fatalf("response: %q", resp)
+		}
+		want := map[string][]string{
+			"x-forwarded-for":   {"10.0.0.1, 192.0.2.7"},
+			"x-forwarded-proto": {"http"},
+			"x-forwarded-host":  {"shop.example.com:8443"},
+			"x-forwarded-port":  {"8443"},
+			"x-real-ip":         {"192.0.2.7"},
+			"forwarded":         {`for=192.0.2.7;host="shop.example.com:8443";proto=http`},
+		}
+		if got := forwardingSeen(e.lastSeen().Header); !reflect.DeepEqual(got, want) {
+			t.Errorf("backend got forwarding headers\n%v\nwant\n%v", got, want)
+		}
+	})
+
+	t.Run("HTTP/2", func(t *testing.T) {
+		hs := newHarness(t, harnessOpts{backends: []string{e.addr}, tls: true})
+		addr, _ := h2Serve(t, hs, HTTP2Options{})
+		r := dialH2(t, addr)
+		fields := make([]string, len(forgedForwarding))
+		for i, f := range forgedForwarding {
+			if i%2 == 0 {
+				f = strings.ToLower(f) // HTTP/2 field names are lower case
+			}
+			fields[i] = f
+		}
+		r.request(1, "GET", "/x", true, fields...)
+		resp := r.response(1, nil)
+		if resp.status != "200" {
+			t.Fatalf("status %q, reset %v", resp.status, resp.reset)
+		}
+		var s seen
+		if err := json.Unmarshal(resp.body, &s); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string][]string{
+			"x-forwarded-for":   {"10.0.0.1, 127.0.0.1"},
+			"x-forwarded-proto": {"https"},
+			"x-forwarded-host":  {"lb.test"},
+			"x-forwarded-port":  {"443"},
+			"x-real-ip":         {"127.0.0.1"},
+			"forwarded":         {"for=127.0.0.1;host=lb.test;proto=https"},
+		}
+		if got := forwardingSeen(s.Header); !reflect.DeepEqual(got, want) {
+			t.Errorf("backend got forwarding headers\n%v\nwant\n%v", got, want)
+		}
+	})
+}
+
+func TestAppendForwarded(t *testing.T) {
+	for _, tc := range []struct {
+		client net.Addr
+		host   string
+		tls    bool
+		want   string
+	}{
+		{&net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 1}, "example.com", true, "for=192.0.2.7;host=example.com;proto=https"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 1}, "example.com:8080", false, `for="[2001:db8::1]";host="example.com:8080";proto=http`},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.9"), Port: 1}, "[2001:db8::2]:443", true, `for=192.0.2.9;host="[2001:db8::2]:443";proto=https`},
+		{&net.TCPAddr{IP: net.ParseIP("::1"), Port: 1}, `a"b\c`, true, `for="[::1]";host="a\"b\\c";proto=https`},
+		{&net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 1}, "", false, "for=10.0.0.1;proto=http"},
+	} {
+		if got := string(appendForwarded(nil, tc.client, []byte(tc.host), tc.tls)); got != tc.want {
+			t.Errorf("appendForwarded(%v, %q) = %s, want %s", tc.client, tc.host, got, tc.want)
+		}
+	}
+}
+
+func TestForwardingHeaderNames(t *testing.T) {
+	for name, want := range map[string]int{
+		"X-Forwarded-For":    fwXFF,
+		"x-forwarded-for":    fwXFF,
+		"X_Forwarded_For":    fwOwned,
+		"X-Forwarded_For":    fwOwned,
+		"X-Forwarded-Host":   fwOwned,
+		"X_FORWARDED_HOST":   fwOwned,
+		"X-Forwarded-Prefix": fwOwned,
+		"X-Real-IP":          fwOwned,
+		"forwarded":          fwOwned,
+		"Forwarded-For":      fwNone,
+		"X-Forwarded-Hosts":  fwNone,
+		"X-Forwarded":        fwNone,
+		"X-Client-Verify":    fwNone,
+		"X-Forwardex-Host":   fwNone,
+	} {
+		if got := forwardingHeader([]byte(name)); got != want {
+			t.Errorf("forwardingHeader(%q) = %d, want %d", name, got, want)
+		}
+	}
+}

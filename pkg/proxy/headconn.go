@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"net"
+
+	"github.com/offloadlb/lb/pkg/tlsterm"
+)
+
+// errBareLFHead ends the read of a head whose blank line is a bare LF.
+var errBareLFHead = errors.New("proxy: request head ended by a bare LF")
+
+// headConn is an HTTP/1.1 client connection as the fasthttp server reads
+// it. fasthttp takes a head as read only once a CRLFCRLF arrives: a head
+// whose lines all end in bare LF ("GET / HTTP/1.1\nHost: a\n\n") is
+// complete to its sender, who then waits for an answer that comes only at
+// read_timeout. headConn follows the lines of each head as it passes and,
+// once one ends in a blank line that is not CRLF after CRLF, fails the
+// next read: fasthttp then answers 400 at once. Such a head is refused in
+// any case (checkRequest's badLF: a bare-LF blank line is where fasthttp
+// and a backend could disagree on where the head ends), so failing the
+// read refuses nothing lb would have served. The read that fasthttp
+// finds a CRLFCRLF in, or the bytes it parses behind such a head, are
+// untouched.
+//
+// A head begins where fasthttp reads a single byte: with
+// ReduceMemoryUsage, as lb runs it, it reads the first byte of each
+// request that is not already buffered on its own. A pipelined head that
+// was already buffered is not followed, so the bytes of a body never are.
+//
+// It is used by one goroutine at a time, fasthttp's for the connection.
+type headConn struct {
+	net.Conn
+	inHead   bool // following a head's lines
+	sawLine  bool // a line other than a blank one before the request line
+	lineLen  int  // bytes of the current line so far, its CR included
+	lastCR   bool // the last byte read was CR
+	prevCRLF bool // the line before the current one ended in CRLF
+	bareLF   bool // a head ended in a bare-LF blank line: reads fail
+}
+
+// WatchHead wraps an HTTP/1.1 client connection for the fasthttp server
+// (see headConn).
+func WatchHead(c net.Conn) net.Conn { return &headConn{Conn: c} }
+
+// Read reads from the connection, and follows a head's lines.
+func (c *headConn) Read(p []byte) (int, error) {
+	if c.bareLF {
+		return 0, errBareLFHead
+	}
+	n, err := c.Conn.Read(p)
+	if len(p) == 1 && n == 1 {
+		*c = headConn{Conn: c.Conn, inHead: true, prevCRLF: true}
+	}
+	if c.inHead && n > 0 {
+		c.follow(p[:n])
+	}
+	return n, err
+}
+
+// follow reads the bytes of a head until its blank line.
+func (c *headConn) follow(b []byte) {
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			c.lineLen += len(b)
+			c.lastCR = b[len(b)-1] == '\r'
+			return
+		}
+		crlf := i > 0 && b[i-1] == '\r' || i == 0 && c.lastCR
+		n := c.lineLen + i
+		b = b[i+1:]
+		c.lineLen, c.lastCR = 0, false
+		switch {
+		case n > 1 || n == 1 && !crlf:
+			c.sawLine, c.prevCRLF = true, crlf
+		case !c.sawLine:
+			// Empty lines before the request line (RFC 9112 section
+			// 2.2 lets a server ignore them).
+		case crlf && c.prevCRLF:
+			c.inHead = false // CRLFCRLF: fasthttp reads the head itself
+			return
+		default:
+			c.inHead, c.bareLF = false, true
+			return
+		}
+	}
+}
+
+// RawConn is the connection underneath (l4's splice and half-close look
+// through it once a WebSocket tunnel takes the connection over).
+func (c *headConn) RawConn() net.Conn { return c.Conn }
+
+// CloseWrite half-closes the connection underneath.
+func (c *headConn) CloseWrite() error {
+	var inner net.Conn = c.Conn
+	for {
+		switch x := inner.(type) {
+		case interface{ CloseWrite() error }:
+			return x.CloseWrite()
+		case interface{ RawConn() net.Conn }:
+			inner = x.RawConn()
+		default:
+			return nil
+		}
+	}
+}
+
+// tlsConn is the TLS connection a request came over, or nil.
+func tlsConn(c net.Conn) *tlsterm.Conn {
+	switch x := c.(type) {
+	case *tlsterm.Conn:
+		return x
+	case *headConn:
+		t, _ := x.Conn.(*tlsterm.Conn)
+		return t
+	}
+	return nil
+}
