@@ -55,9 +55,14 @@ func NewEntry(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, body []by
 	e := &Entry{Fresh: f, RequestTime: requestTime, ResponseTime: responseTime}
 	h.CopyTo(&e.Header)
 	e.readHead(h)
-	for _, name := range bytes.Split(e.Header.Peek("Vary"), []byte(",")) {
-		if name = bytes.TrimSpace(name); len(name) > 0 {
-			e.vary = append(e.vary, varyField{name: string(name), value: append([]byte(nil), bytes.TrimSpace(req.Peek(string(name)))...)})
+	// Every Vary line names headers (RFC 9110 section 5.3), and a
+	// request header sent as several lines is matched as their one
+	// combined value (RFC 9111 section 4.1).
+	for _, line := range e.Header.PeekAll("Vary") {
+		for _, name := range bytes.Split(line, []byte(",")) {
+			if name = bytes.TrimSpace(name); len(name) > 0 {
+				e.vary = append(e.vary, varyField{name: string(name), value: combined(nil, req.PeekAll(string(name)))})
+			}
 		}
 	}
 	e.SetBody(append([]byte(nil), body...))
@@ -141,11 +146,42 @@ var hAge = []byte("Age")
 // Matches reports whether req selects this variant.
 func (e *Entry) Matches(req *fasthttp.RequestHeader) bool {
 	for _, f := range e.vary {
-		if !bytes.Equal(bytes.TrimSpace(req.Peek(f.name)), f.value) {
+		if !combinedEqual(req.PeekAll(f.name), f.value) {
 			return false
 		}
 	}
 	return true
+}
+
+// combined appends to dst the lines of one field as one value: each
+// trimmed, joined by ", ".
+func combined(dst []byte, lines [][]byte) []byte {
+	for i, v := range lines {
+		if i > 0 {
+			dst = append(dst, ", "...)
+		}
+		dst = append(dst, bytes.TrimSpace(v)...)
+	}
+	return dst
+}
+
+// combinedEqual reports whether combined(nil, lines) equals want, without
+// building it.
+func combinedEqual(lines [][]byte, want []byte) bool {
+	for i, v := range lines {
+		if i > 0 {
+			if !bytes.HasPrefix(want, []byte(", ")) {
+				return false
+			}
+			want = want[2:]
+		}
+		v = bytes.TrimSpace(v)
+		if !bytes.HasPrefix(want, v) {
+			return false
+		}
+		want = want[len(v):]
+	}
+	return len(want) == 0
 }
 
 // sameVariant: a and b answer the same requests.

@@ -46,7 +46,8 @@ func ParseRequest(h *fasthttp.RequestHeader, ignoreNoCache bool) RequestControl 
 	rc.Range = get && len(h.Peek("Range")) > 0
 	rc.Authorization = len(h.Peek("Authorization")) > 0
 	noCache := false
-	directives(h.Peek("Cache-Control"), func(dir int, value []byte) {
+	cc := h.PeekAll("Cache-Control")
+	directives(cc, func(dir int, value []byte) {
 		switch dir {
 		case dirNoStore:
 			rc.Lookup, rc.Store = false, false
@@ -69,7 +70,7 @@ func ParseRequest(h *fasthttp.RequestHeader, ignoreNoCache bool) RequestControl 
 			rc.MinFresh = seconds(value)
 		}
 	})
-	if len(h.Peek("Cache-Control")) == 0 && bytes.Contains(h.Peek("Pragma"), []byte("no-cache")) {
+	if len(cc) == 0 && listHas(h.PeekAll("Pragma"), "no-cache") {
 		noCache = true // RFC 9111 5.4, for HTTP/1.0 clients
 	}
 	if noCache && !ignoreNoCache {
@@ -131,7 +132,7 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 		explicit, heuristicOK bool
 		public                bool
 	)
-	directives(resp.Peek("Cache-Control"), func(dir int, value []byte) {
+	directives(resp.PeekAll("Cache-Control"), func(dir int, value []byte) {
 		switch dir {
 		case dirMaxAge:
 			maxAge = seconds(value)
@@ -167,7 +168,7 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 	case len(resp.Peek("Set-Cookie")) > 0 && !o.StoreSetCookie:
 		f.Why = "set-cookie"
 		return f
-	case bytes.Contains(resp.Peek("Vary"), []byte("*")):
+	case listHas(resp.PeekAll("Vary"), "*"):
 		f.Why = "vary *"
 		return f
 	case code == fasthttp.StatusPartialContent || len(resp.Peek("Content-Range")) > 0:
@@ -265,10 +266,19 @@ var directiveNames = []string{
 	dirStaleIfError: "stale-if-error",
 }
 
-// directives calls f with each directive of a Cache-Control value: which
+// directives calls f with each directive of a Cache-Control field, given
+// as all its lines (RFC 9110 section 5.3: repeated lines are one list, so
+// a "private" on a second line counts as much as on the first): which
 // one (dirOther for those lb does not act on; names are matched without
 // regard to case) and its value unquoted ("" when none).
-func directives(v []byte, f func(dir int, value []byte)) {
+func directives(lines [][]byte, f func(dir int, value []byte)) {
+	for _, v := range lines {
+		directivesOf(v, f)
+	}
+}
+
+// directivesOf is directives for one field line.
+func directivesOf(v []byte, f func(dir int, value []byte)) {
 	for len(v) > 0 {
 		var d []byte
 		if i := bytes.IndexByte(v, ','); i >= 0 {
@@ -293,6 +303,21 @@ func directives(v []byte, f func(dir int, value []byte)) {
 		}
 		f(dir, value)
 	}
+}
+
+// listHas reports whether the list made of a field's lines has member
+// (compared without regard to case).
+func listHas(lines [][]byte, member string) bool {
+	for _, v := range lines {
+		for len(v) > 0 {
+			var m []byte
+			m, v, _ = bytes.Cut(v, []byte{','})
+			if m = bytes.TrimSpace(m); len(m) == len(member) && bytes.EqualFold(m, []byte(member)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // seconds parses a delta-seconds value; a bad one counts as 0 (RFC 9111

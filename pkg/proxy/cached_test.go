@@ -64,6 +64,18 @@ func fixed(hdr ...string) func(n int64, w http.ResponseWriter, r *http.Request) 
 	}
 }
 
+// lines answers every request with a 200, these header lines (a name
+// may come twice: each pair is a line of its own) and body "v<hit
+// number>".
+func lines(hdr ...string) func(n int64, w http.ResponseWriter, r *http.Request) {
+	return func(n int64, w http.ResponseWriter, r *http.Request) {
+		for i := 0; i+1 < len(hdr); i += 2 {
+			w.Header().Add(hdr[i], hdr[i+1])
+		}
+		fmt.Fprintf(w, "v%d", n)
+	}
+}
+
 // cacheStep is one request of a case and what must come of it.
 type cacheStep struct {
 	method string
@@ -183,6 +195,24 @@ func TestCacheRules(t *testing.T) {
 			{method: "GET", status: 200, xcache: "MISS", hits: 2, body: "v2"}, get("HIT", 2)}},
 		{"a Range miss answered whole is stored", cache.Options{}, fixed("Cache-Control", "max-age=60"),
 			[]cacheStep{{method: "GET", hdr: []string{"Range", "bytes=0-0"}, status: 200, xcache: "MISS", hits: 1, body: "v1"}, get("HIT", 1)}},
+		{"private on a second Cache-Control line is not stored", cache.Options{}, lines("Cache-Control", "public, max-age=600", "Cache-Control", "private"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"no-store on a second Cache-Control line is not stored", cache.Options{}, lines("Cache-Control", "max-age=600", "Cache-Control", "no-store"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"s-maxage on a second Cache-Control line wins", cache.Options{}, lines("Cache-Control", "max-age=3600", "Cache-Control", "s-maxage=0"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"Vary on a second line keeps a variant per cookie", cache.Options{}, lines("Cache-Control", "max-age=600", "Vary", "Accept-Encoding", "Vary", "Cookie"),
+			[]cacheStep{get("MISS", 1, "Cookie", "user=alice"), get("HIT", 1, "Cookie", "user=alice"), get("MISS", 2, "Cookie", "user=bob")}},
+		{"Vary: * on a second line is not stored", cache.Options{}, lines("Cache-Control", "max-age=600", "Vary", "", "Vary", "*"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"a request header of several lines is matched whole", cache.Options{}, lines("Cache-Control", "max-age=600", "Vary", "Accept-Language"),
+			[]cacheStep{get("MISS", 1, "Accept-Language", "en", "Accept-Language", "fr"), get("HIT", 1, "Accept-Language", "en, fr"), get("MISS", 2, "Accept-Language", "en")}},
+		{"client no-cache on a second Cache-Control line revalidates", cache.Options{}, fixed("Cache-Control", "max-age=60", "ETag", `"e"`),
+			[]cacheStep{get("MISS", 1), get("REVALIDATED", 2, "Cache-Control", "max-stale=10", "Cache-Control", "no-cache")}},
+		{"client no-store on a second Cache-Control line bypasses", cache.Options{}, fixed("Cache-Control", "max-age=60"),
+			[]cacheStep{get("MISS", 1), get("BYPASS", 2, "Cache-Control", "max-stale=10", "Cache-Control", "no-store")}},
+		{"Pragma: no-cache on a second line revalidates", cache.Options{}, fixed("Cache-Control", "max-age=60", "ETag", `"e"`),
+			[]cacheStep{get("MISS", 1), get("REVALIDATED", 2, "Pragma", "x-other", "Pragma", "no-cache")}},
 		{"client no-store bypasses", cache.Options{}, fixed("Cache-Control", "max-age=60"),
 			[]cacheStep{get("BYPASS", 1, "Cache-Control", "no-store"), get("MISS", 2)}},
 		{"only-if-cached on a miss is 504", cache.Options{}, fixed("Cache-Control", "max-age=60"),
