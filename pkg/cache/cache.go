@@ -381,14 +381,19 @@ func (c *Cache) Stats() Stats {
 // Count records how a request was answered.
 func (c *Cache) Count(r Result) { c.Results[r].Add(1) }
 
-// Key appends the cache key of a request to dst: host and request target.
-// The host is compared without case, and without the scheme's default
-// port (":443" when tls, ":80" when not), so that the spellings of one
-// site share entries.
+// Key appends the cache key of a request to dst: scheme, host and
+// request target. The scheme is part of it because one pool may serve a
+// plaintext and a TLS listener, and a page built for one (redirects,
+// absolute links) is wrong for the other. The host is compared without
+// case, and without the scheme's default port (":443" when tls, ":80"
+// when not), so that the spellings of one site share entries.
 func Key(dst, host, uri []byte, tls bool) []byte {
 	port := ":80"
 	if tls {
 		port = ":443"
+		dst = append(dst, "https "...)
+	} else {
+		dst = append(dst, "http "...)
 	}
 	host = bytes.TrimSuffix(host, []byte(port))
 	for _, c := range host {
@@ -401,21 +406,40 @@ func Key(dst, host, uri []byte, tls bool) []byte {
 	return append(dst, uri...)
 }
 
-// KeyOf is the key of a URL given to purge: "https://host/path?q",
-// "http://host/path" or "host/path" (taken as https), the host as clients
-// send it in Host.
-func KeyOf(url string) ([]byte, error) {
-	tls := true
+// KeysOf are the keys of a URL given to purge: "https://host/path?q",
+// "http://host/path" or "host/path", the host as clients send it in
+// Host. A URL names its content whichever scheme it was asked by, so the
+// keys are those of both schemes; the scheme written (https when none)
+// only says which default port the host may carry.
+func KeysOf(url string) ([2][]byte, error) {
+	port := ":443"
 	if rest, ok := strings.CutPrefix(url, "http://"); ok {
-		url, tls = rest, false
+		url, port = rest, ":80"
 	} else {
 		url = strings.TrimPrefix(url, "https://")
 	}
 	host, path, ok := strings.Cut(url, "/")
 	if !ok || host == "" {
-		return nil, fmt.Errorf("url %q: want host/path, as in https://www.example.com/page", url)
+		return [2][]byte{}, fmt.Errorf("url %q: want host/path, as in https://www.example.com/page", url)
 	}
-	return Key(nil, []byte(host), []byte("/"+path), tls), nil
+	host = strings.TrimSuffix(host, port)
+	return [2][]byte{Key(nil, []byte(host), []byte("/"+path), true), Key(nil, []byte(host), []byte("/"+path), false)}, nil
+}
+
+// PurgeURL removes every variant stored for url (see KeysOf) for both
+// schemes, and returns how many keys it removed (0, 1 or 2).
+func (c *Cache) PurgeURL(url string) (int, error) {
+	keys, err := KeysOf(url)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, k := range keys {
+		if c.Purge(k) {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // Fill is a miss being fetched from the origin; requests for the same

@@ -118,18 +118,43 @@ func TestKeys(t *testing.T) {
 		{"WWW.Example.COM:443", "/a?b=1", true, "https://www.example.com/a?b=1"},
 		{"www.example.com:443", "/a?b=1", true, "www.example.com/a?b=1"},
 		{"www.example.com:80", "/", false, "http://www.example.com/"},
+		{"www.example.com", "/", false, "https://www.example.com/"},
+		{"www.example.com", "/", true, "http://www.example.com:80/"},
+		{"www.example.com", "/", false, "www.example.com:443/"},
 		{"www.example.com:8443", "/", true, "https://www.example.com:8443/"},
 	} {
 		k := Key(nil, []byte(tc.host), []byte(tc.uri), tc.tls)
-		p, err := KeyOf(tc.purge)
-		if err != nil || string(k) != string(p) {
-			t.Errorf("%s%s (tls %v): key %q, purge %q gives %q %v", tc.host, tc.uri, tc.tls, k, tc.purge, p, err)
+		keys, err := KeysOf(tc.purge)
+		if err != nil || (string(k) != string(keys[0]) && string(k) != string(keys[1])) {
+			t.Errorf("%s%s (tls %v): key %q, purge %q gives %q %v", tc.host, tc.uri, tc.tls, k, tc.purge, keys, err)
 		}
 	}
-	if k := Key(nil, []byte("www.example.com:80"), []byte("/"), true); string(k) != "www.example.com:80 /" {
+	if k := Key(nil, []byte("www.example.com:80"), []byte("/"), true); string(k) != "https www.example.com:80 /" {
 		t.Errorf("port 80 on TLS dropped: %q", k)
 	}
-	if _, err := KeyOf("https://"); err == nil {
+	// One pool may serve a plaintext and a TLS listener: a page built for
+	// one (redirects, absolute links) must not answer the other.
+	if h, s := Key(nil, []byte("a"), []byte("/"), false), Key(nil, []byte("a"), []byte("/"), true); string(h) == string(s) {
+		t.Errorf("http and https share the key %q", h)
+	}
+	if _, err := KeysOf("https://"); err == nil {
 		t.Error("an empty URL made a key")
+	}
+}
+
+func TestPurgeURLRemovesBothSchemes(t *testing.T) {
+	c := New(1<<20, 1<<10, Options{})
+	var req fasthttp.RequestHeader
+	var resp fasthttp.ResponseHeader
+	resp.Set("Cache-Control", "max-age=60")
+	f := Evaluate(RequestControl{Store: true}, &resp, time.Now(), Options{})
+	for _, tls := range []bool{false, true} {
+		c.Put(Key(nil, []byte("www.example.com"), []byte("/p"), tls), NewEntry(&req, &resp, []byte("x"), f, time.Now(), time.Now()))
+	}
+	if n, err := c.PurgeURL("https://www.example.com/p"); n != 2 || err != nil {
+		t.Errorf("purge: %d %v, want both schemes' entries", n, err)
+	}
+	if n := c.Stats().Objects; n != 0 {
+		t.Errorf("%d objects left", n)
 	}
 }

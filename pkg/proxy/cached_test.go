@@ -481,3 +481,30 @@ func TestCacheStaleIfErrorWithBackendGone(t *testing.T) {
 		t.Errorf("backend gone: %d %q %s", resp.StatusCode, body, resp.Header.Get("X-Cache"))
 	}
 }
+
+// TestCacheKeyedByScheme: one pool (one cache) behind a plaintext and a
+// TLS listener keeps a page per scheme, as the backend builds them
+// differently (X-Forwarded-Proto).
+func TestCacheKeyedByScheme(t *testing.T) {
+	o := startOrigin(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		fmt.Fprintf(w, "%s://www.example.com/login", r.Header.Get("X-Forwarded-Proto"))
+	})
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	plain := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c})
+	secure := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c, tls: true})
+	for i, s := range []struct {
+		hs           *harness
+		xcache, body string
+	}{
+		{plain, "MISS", "http://www.example.com/login"},
+		{secure, "MISS", "https://www.example.com/login"},
+		{plain, "HIT", "http://www.example.com/login"},
+		{secure, "HIT", "https://www.example.com/login"},
+	} {
+		resp, body := s.hs.do("GET", "/p", nil, "Host", "www.example.com")
+		if resp.Header.Get("X-Cache") != s.xcache || body != s.body {
+			t.Errorf("request %d: X-Cache %q, body %q; want %q, %q", i+1, resp.Header.Get("X-Cache"), body, s.xcache, s.body)
+		}
+	}
+}
