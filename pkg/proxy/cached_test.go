@@ -508,3 +508,54 @@ func TestCacheKeyedByScheme(t *testing.T) {
 		}
 	}
 }
+
+// TestCacheStaleIfErrorCountedAsCacheAnswer: a stale entry served because
+// the backend failed (refused, or answered 5xx) is the cache's answer:
+// counted with no backend, and neither the backend's answer nor its
+// latency; the backend's failure is counted as one.
+func TestCacheStaleIfErrorCountedAsCacheAnswer(t *testing.T) {
+	for _, refuse := range []bool{false, true} {
+		t.Run(fmt.Sprintf("refused=%v", refuse), func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var n atomic.Int64
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if n.Add(1) > 1 {
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				w.Header().Set("Cache-Control", "max-age=60, stale-if-error=600")
+				w.Header().Set("Age", "120")
+				io.WriteString(w, "kept")
+			})}
+			go srv.Serve(ln)
+			t.Cleanup(func() { srv.Close() })
+			c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+			hs := newHarness(t, harnessOpts{backends: []string{ln.Addr().String()}, cache: c})
+			hs.do("GET", "/p", nil)
+			target, b := hs.h.Listener().Default, hs.up.Pool.Backend(ln.Addr().String())
+			latency, failures := b.LatencySum(), b.Failures()
+			if refuse {
+				srv.Close()
+			}
+			resp, body := hs.do("GET", "/p", nil)
+			if resp.StatusCode != 200 || body != "kept" || resp.Header.Get("X-Cache") != "STALE" {
+				t.Fatalf("stale-if-error: %d %q %s", resp.StatusCode, body, resp.Header.Get("X-Cache"))
+			}
+			if got := target.Codes[b.Index].Get(200); got != 1 {
+				t.Errorf("the backend is counted %d answers of 200, want 1 (the first request's)", got)
+			}
+			if got := target.NoBackend.Get(200); got != 1 {
+				t.Errorf("%d answers of 200 counted as the cache's, want 1", got)
+			}
+			if b.LatencySum() != latency {
+				t.Errorf("the cache's answer added %s to the backend's latency", b.LatencySum()-latency)
+			}
+			if refuse && b.Failures() != failures+1 {
+				t.Errorf("backend failures %d, want %d", b.Failures(), failures+1)
+			}
+		})
+	}
+}

@@ -213,7 +213,7 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *b
 	switch {
 	case t == nil:
 		l.Rejected.Inc(code)
-	case b == nil:
+	case b == nil || (t.Up.Cache != nil && answeredByCache(ctx)):
 		t.NoBackend.Inc(code)
 	default:
 		t.Codes[b.Index].Inc(code)
