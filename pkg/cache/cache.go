@@ -7,6 +7,7 @@
 package cache
 
 import (
+	"bufio"
 	"bytes"
 	"container/list"
 	"fmt"
@@ -54,6 +55,11 @@ const entryOverhead = 512
 func NewEntry(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, body []byte, f Freshness, requestTime, responseTime time.Time) *Entry {
 	e := &Entry{Fresh: f, RequestTime: requestTime, ResponseTime: responseTime}
 	h.CopyTo(&e.Header)
+	if len(e.Header.Peek("Date")) == 0 {
+		// RFC 9110 section 6.6.1: a cache stores the time it received a
+		// response without Date.
+		SetDate(&e.Header, responseTime) //nolint:errcheck // a head fasthttp wrote reads back
+	}
 	e.readHead(h)
 	// Every Vary line names headers (RFC 9110 section 5.3), and a
 	// request header sent as several lines is matched as their one
@@ -75,9 +81,7 @@ func NewEntry(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, body []by
 func (e *Entry) readHead(h *fasthttp.ResponseHeader) {
 	e.Header.Del("Age")
 	e.Date = httpDate(e.Header.Peek("Date"))
-	if a, err := strconv.ParseInt(string(h.Peek("Age")), 10, 64); err == nil && a > 0 {
-		e.AgeValue = time.Duration(a) * time.Second
-	}
+	e.AgeValue = ageValue(h.Peek("Age"))
 	if v := e.Header.Peek("ETag"); len(v) > 0 {
 		e.etag = append([]byte(nil), v...)
 	}
@@ -100,19 +104,80 @@ func (e *Entry) SetBody(b []byte) {
 func (e *Entry) Refreshed(h *fasthttp.ResponseHeader, rc RequestControl, o Options, requestTime, responseTime time.Time) *Entry {
 	n := &Entry{Body: e.Body, RequestTime: requestTime, ResponseTime: responseTime, vary: e.vary}
 	e.Header.CopyTo(&n.Header)
+	// A field of several lines replaces all the stored lines: the first
+	// line of each name deletes, then every line is added.
+	seen := map[string]bool{}
 	for k, v := range h.All() {
 		switch string(k) {
-		case "Content-Length", "Content-Type", "Age":
-			// The body's length and type are the stored ones; Age is
-			// computed.
+		case "Content-Length", "Content-Type", "Age", "Date":
+			// The body's length and type are the stored ones (RFC 9111
+			// section 3.2 excepts Content-Length); Age is computed; Date
+			// is set below (fasthttp's setters ignore it).
 			continue
 		}
-		n.Header.SetBytesKV(k, v)
+		if !seen[string(k)] {
+			seen[string(k)] = true
+			n.Header.DelBytes(k)
+		}
+		n.Header.AddBytesKV(k, v)
 	}
+	// The freshness clock restarts from the 304: its Date (or when it
+	// arrived, for one without), its Age, its request and response
+	// times (RFC 9111 section 4.3.4).
+	date := h.Peek("Date")
+	if httpDate(date).IsZero() {
+		date = fasthttp.AppendHTTPDate(nil, responseTime)
+	}
+	SetDateValue(&n.Header, date) //nolint:errcheck // a head fasthttp wrote reads back
 	n.readHead(h)
 	n.Fresh = Evaluate(rc, &n.Header, responseTime, o)
 	n.size = e.size
 	return n
+}
+
+// ageValue reads an Age field: its first line's first member (a list
+// where one number belongs is read as its first, as "7200, 0" is by the
+// caches that parse it at all); 0 when there is none or it is invalid.
+func ageValue(v []byte) time.Duration {
+	v, _, _ = bytes.Cut(v, []byte{','})
+	a, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+	if err != nil || a <= 0 {
+		return 0
+	}
+	return time.Duration(min(a, 1<<31-1)) * time.Second
+}
+
+// SetDate sets the Date of h to t.
+func SetDate(h *fasthttp.ResponseHeader, t time.Time) error {
+	var buf [32]byte
+	return SetDateValue(h, fasthttp.AppendHTTPDate(buf[:0], t))
+}
+
+// SetDateValue sets the Date of h to date. fasthttp's setters ignore
+// Date (its server writes the current time in its place unless told
+// not to), so the head is written out with the new Date and read back:
+// this allocates, and is for heads that lack or must change their Date.
+func SetDateValue(h *fasthttp.ResponseHeader, date []byte) error {
+	raw := h.Header()
+	end := bytes.Index(raw, []byte("\r\n"))
+	if end < 0 {
+		return fmt.Errorf("cache: response head without a status line")
+	}
+	b := make([]byte, 0, len(raw)+len(date)+8)
+	b = append(b, raw[:end+2]...)
+	b = append(append(append(b, "Date: "...), date...), "\r\n"...)
+	for rest := raw[end+2:]; len(rest) > 0; {
+		line, after, _ := bytes.Cut(rest, []byte("\n"))
+		rest = after
+		if len(line) >= 5 && bytes.EqualFold(line[:5], []byte("date:")) {
+			continue
+		}
+		b = append(append(b, line...), '\n')
+	}
+	if err := h.Read(bufio.NewReader(bytes.NewReader(b))); err != nil {
+		return fmt.Errorf("cache: setting Date: %w", err)
+	}
+	return nil
 }
 
 // CurrentAge is the entry's age at now.

@@ -171,7 +171,9 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 	case listHas(resp.PeekAll("Vary"), "*"):
 		f.Why = "vary *"
 		return f
-	case code == fasthttp.StatusPartialContent || len(resp.Peek("Content-Range")) > 0:
+	case code == fasthttp.StatusPartialContent:
+		// Only a 206 is partial: a Content-Range on another status
+		// says nothing of the content (RFC 9110 section 14.4).
 		f.Why = "partial"
 		return f
 	case rc.Range && code != fasthttp.StatusOK:
@@ -197,11 +199,13 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 		f.Lifetime, explicit, mustReval = time.Duration(sMaxAge)*time.Second, true, true
 	case maxAge >= 0:
 		f.Lifetime, explicit = time.Duration(maxAge)*time.Second, true
-	case len(resp.Peek("Expires")) > 0:
+	case len(resp.PeekAll("Expires")) > 0:
 		explicit = true
-		if exp := httpDate(resp.Peek("Expires")); exp.After(date) {
+		// An invalid or past Expires means already stale (RFC 9111
+		// section 5.3), and so do several: Expires is one date.
+		if exp := httpDate(resp.Peek("Expires")); exp.After(date) && len(resp.PeekAll("Expires")) == 1 {
 			f.Lifetime = exp.Sub(date)
-		} // an invalid or past Expires means already stale
+		}
 	case heuristicOK && o.Heuristic:
 		if lm := httpDate(resp.Peek("Last-Modified")); !lm.IsZero() && lm.Before(date) {
 			f.Lifetime, explicit = min(date.Sub(lm)/10, heuristicMax), true
@@ -338,8 +342,8 @@ func httpDate(v []byte) time.Time {
 	if len(v) == 0 {
 		return time.Time{}
 	}
-	t, err := fasthttp.ParseHTTPDate(v)
-	if err != nil {
+	t, ok := parseHTTPDate(v)
+	if !ok {
 		return time.Time{}
 	}
 	return t

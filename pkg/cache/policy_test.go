@@ -158,3 +158,78 @@ func TestPurgeURLRemovesBothSchemes(t *testing.T) {
 		t.Errorf("%d objects left", n)
 	}
 }
+
+func TestHTTPDates(t *testing.T) {
+	want := time.Date(2050, 8, 18, 2, 1, 18, 0, time.UTC)
+	for _, tc := range []struct {
+		v  string
+		ok bool
+	}{
+		{"Thu, 18 Aug 2050 02:01:18 GMT", true},
+		{"THU, 18 AUG 2050 02:01:18 gmt", true},
+		{"Thursday, 18-Aug-50 02:01:18 GMT", true},
+		{"Thu Aug 18 02:01:18 2050", true},
+		{"Thu, 18 Aug 2050 02:01:18 UTC", false},
+		{"Thu, 18 Aug 2050 02:01:18 AEST", false},
+		{"Thu, 18 Aug 50 02:01:18 GMT", false},
+		{"Thu 18 Aug 2050 02:01:18 GMT", false},
+		{"Thu, 18  Aug  2050 02:01:18 GMT", false},
+		{"Thu, 18-Aug-2050 02:01:18 GMT", false},
+		{"Thu, 18 Aug 2050 02.01.18 GMT", false},
+		{"Thu, 18 Aug 2050 2:01:18 GMT", false},
+		{"0", false},
+	} {
+		got, ok := parseHTTPDate([]byte(tc.v))
+		if ok != tc.ok || (ok && !got.Equal(want)) {
+			t.Errorf("%q: %v %v, want ok=%v", tc.v, got, ok, tc.ok)
+		}
+	}
+	if got, ok := parseHTTPDate([]byte("Sun Nov  6 08:49:37 1994")); !ok || got.Day() != 6 {
+		t.Errorf("asctime with a one-digit day: %v %v", got, ok)
+	}
+}
+
+func TestAgeValue(t *testing.T) {
+	for v, want := range map[string]time.Duration{"7200": 2 * time.Hour, "7200, 0": 2 * time.Hour, "0, 7200": 0, "": 0, "x": 0, "-5": 0} {
+		if got := ageValue([]byte(v)); got != want {
+			t.Errorf("Age %q: %s, want %s", v, got, want)
+		}
+	}
+}
+
+func TestEvaluateExpiresLines(t *testing.T) {
+	now := time.Now()
+	var h fasthttp.ResponseHeader
+	h.Set("Date", now.UTC().Format(httpFmt))
+	h.Add("Expires", now.Add(time.Hour).UTC().Format(httpFmt))
+	h.Add("Expires", now.Add(2*time.Hour).UTC().Format(httpFmt))
+	f := Evaluate(RequestControl{Store: true}, &h, now, Options{})
+	if !f.Storable || f.Lifetime != 0 {
+		t.Errorf("two Expires lines: %+v, want stored already stale", f)
+	}
+}
+
+func TestRefreshedTakesDateAndFieldsFrom304(t *testing.T) {
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Second)
+	var req fasthttp.RequestHeader
+	var h fasthttp.ResponseHeader
+	h.Set("Cache-Control", "max-age=2")
+	h.Set("ETag", `"a"`)
+	h.Set("Test-Header", "A")
+	SetDate(&h, t0) //nolint:errcheck
+	rc := RequestControl{Store: true}
+	e := NewEntry(&req, &h, []byte("body"), Evaluate(rc, &h, t0, Options{}), t0, t0)
+	var nm fasthttp.ResponseHeader
+	nm.SetStatusCode(304)
+	nm.Set("Test-Header", "B")
+	nm.Set("Cache-Control", "max-age=2")
+	now := time.Now()
+	SetDate(&nm, now) //nolint:errcheck
+	n := e.Refreshed(&nm, rc, Options{}, now, now)
+	if string(n.Header.Peek("Test-Header")) != "B" || n.Staleness(now) > 0 || n.Header.StatusCode() != 200 || string(n.Body) != "body" {
+		t.Errorf("refreshed: Test-Header %q, staleness %s, status %d, body %q", n.Header.Peek("Test-Header"), n.Staleness(now), n.Header.StatusCode(), n.Body)
+	}
+	if d := string(n.Header.Peek("Date")); d != now.UTC().Format(httpFmt) {
+		t.Errorf("refreshed Date %q, want the 304's", d)
+	}
+}

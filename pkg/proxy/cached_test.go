@@ -559,3 +559,42 @@ func TestCacheStaleIfErrorCountedAsCacheAnswer(t *testing.T) {
 		})
 	}
 }
+
+// TestCacheDateAnd304Refresh: a hit carries the stored Date, not the
+// time it was served (RFC 9110 section 6.6.1); a 304 restarts the
+// entry's freshness from its own Date and updates the stored fields, so
+// the next request is a hit with them.
+func TestCacheDateAnd304Refresh(t *testing.T) {
+	first := time.Now().Add(-5 * time.Second).UTC().Format(http.TimeFormat)
+	o := startOrigin(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+		d := time.Now().UTC().Format(http.TimeFormat)
+		if n == 1 {
+			d = first // stale at once: max-age=2
+		}
+		w.Header().Set("Date", d)
+		w.Header().Set("Cache-Control", "max-age=2")
+		w.Header().Set("ETag", `"x"`)
+		w.Header().Set("Test-Header", fmt.Sprint("v", n))
+		if n > 1 {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		io.WriteString(w, "body")
+	})
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c})
+	hs.do("GET", "/p", nil)
+	resp, _ := hs.do("GET", "/p", nil)
+	if resp.Header.Get("X-Cache") != "REVALIDATED" || resp.Header.Get("Test-Header") != "v2" {
+		t.Fatalf("second: X-Cache %q, Test-Header %q", resp.Header.Get("X-Cache"), resp.Header.Get("Test-Header"))
+	}
+	date := resp.Header.Get("Date")
+	resp, body := hs.do("GET", "/p", nil)
+	if resp.Header.Get("X-Cache") != "HIT" || resp.Header.Get("Test-Header") != "v2" || body != "body" || o.hits.Load() != 2 {
+		t.Errorf("after the 304: X-Cache %q, Test-Header %q, body %q, origin hits %d; want a hit with the 304's fields",
+			resp.Header.Get("X-Cache"), resp.Header.Get("Test-Header"), body, o.hits.Load())
+	}
+	if resp.Header.Get("Date") != date || date == first {
+		t.Errorf("Date %q on the hit, %q from the 304, %q first", resp.Header.Get("Date"), date, first)
+	}
+}
