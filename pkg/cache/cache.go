@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"container/list"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,9 +40,12 @@ type Entry struct {
 	size int64
 }
 
+// varyField is a request header a variant was selected by, and its
+// normalized value (see normalized).
 type varyField struct {
 	name  string
 	value []byte
+	set   bool // compared as a set of members without regard to case
 }
 
 // entryOverhead approximates the memory an entry costs beyond its body
@@ -67,7 +71,8 @@ func NewEntry(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, body []by
 	for _, line := range e.Header.PeekAll("Vary") {
 		for _, name := range bytes.Split(line, []byte(",")) {
 			if name = bytes.TrimSpace(name); len(name) > 0 {
-				e.vary = append(e.vary, varyField{name: string(name), value: combined(nil, req.PeekAll(string(name)))})
+				set := bytes.EqualFold(name, []byte("Accept-Language"))
+				e.vary = append(e.vary, varyField{name: string(name), set: set, value: normalized(req.PeekAll(string(name)), set)})
 			}
 		}
 	}
@@ -191,6 +196,16 @@ func (e *Entry) Staleness(now time.Time) time.Duration {
 	return e.CurrentAge(now) - e.Fresh.Lifetime
 }
 
+// ModTime is the time a client's If-Modified-Since is compared with: the
+// entry's Last-Modified, or without one its Date (RFC 9111 section
+// 4.3.2); zero when neither is a date.
+func (e *Entry) ModTime() time.Time {
+	if len(e.lastModified) > 0 {
+		return httpDate(e.lastModified)
+	}
+	return e.Date
+}
+
 // Validators returns the entry's ETag and Last-Modified (nil if none).
 func (e *Entry) Validators() (etag, lastModified []byte) {
 	return e.etag, e.lastModified
@@ -210,43 +225,113 @@ var hAge = []byte("Age")
 
 // Matches reports whether req selects this variant.
 func (e *Entry) Matches(req *fasthttp.RequestHeader) bool {
-	for _, f := range e.vary {
-		if !combinedEqual(req.PeekAll(f.name), f.value) {
+	for i, f := range e.vary {
+		if !e.vary[i].matches(req.PeekAll(f.name)) {
 			return false
 		}
 	}
 	return true
 }
 
-// combined appends to dst the lines of one field as one value: each
-// trimmed, joined by ", ".
-func combined(dst []byte, lines [][]byte) []byte {
-	for i, v := range lines {
-		if i > 0 {
-			dst = append(dst, ", "...)
+// normalized is the value of a request header of these lines as a
+// variant keeps it: its list members (RFC 9110 section 5.6.1) trimmed and
+// joined by ", ", so that lines, spacing and empty members make no
+// difference (RFC 9111 section 4.1 allows such normalization). With set
+// (Accept-Language, whose members are case-insensitive language ranges
+// with weights) members are also lower-cased, stripped of spaces and
+// sorted, so that "en, de" and "De,EN" select the same variant.
+func normalized(lines [][]byte, set bool) []byte {
+	var ms [][]byte
+	eachMember(lines, func(m []byte) bool {
+		if set {
+			m = bytes.ToLower(bytes.ReplaceAll(bytes.ReplaceAll(m, []byte(" "), nil), []byte("\t"), nil))
 		}
-		dst = append(dst, bytes.TrimSpace(v)...)
+		ms = append(ms, m)
+		return true
+	})
+	if set {
+		slices.SortFunc(ms, bytes.Compare)
 	}
-	return dst
+	return bytes.Join(ms, []byte(", "))
 }
 
-// combinedEqual reports whether combined(nil, lines) equals want, without
-// building it.
-func combinedEqual(lines [][]byte, want []byte) bool {
-	for i, v := range lines {
-		if i > 0 {
-			if !bytes.HasPrefix(want, []byte(", ")) {
+// eachMember calls f with each non-empty list member of lines, trimmed,
+// until f returns false; it reports whether f never did.
+func eachMember(lines [][]byte, f func(m []byte) bool) bool {
+	for _, v := range lines {
+		for len(v) > 0 {
+			var m []byte
+			m, v, _ = bytes.Cut(v, []byte{','})
+			if m = bytes.TrimSpace(m); len(m) > 0 && !f(m) {
 				return false
 			}
-			want = want[2:]
 		}
-		v = bytes.TrimSpace(v)
-		if !bytes.HasPrefix(want, v) {
+	}
+	return true
+}
+
+// matches reports whether a request header of these lines has the
+// normalized value want, without building it (this runs on every hit).
+func (f *varyField) matches(lines [][]byte) bool {
+	want := f.value
+	if !f.set {
+		ok := eachMember(lines, func(m []byte) bool {
+			if !bytes.HasPrefix(want, m) {
+				return false
+			}
+			want = want[len(m):]
+			if len(want) > 0 {
+				if !bytes.HasPrefix(want, []byte(", ")) {
+					return false
+				}
+				want = want[2:]
+			}
+			return true
+		})
+		return ok && len(want) == 0
+	}
+	n := 0
+	ok := eachMember(lines, func(m []byte) bool {
+		n++
+		for w := want; len(w) > 0; {
+			var s []byte
+			s, w, _ = bytes.Cut(w, []byte(", "))
+			if equalFoldNoSpace(m, s) {
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		return false
+	}
+	if len(want) > 0 {
+		n -= bytes.Count(want, []byte(", ")) + 1
+	}
+	return n == 0
+}
+
+// equalFoldNoSpace reports whether a, without its spaces and tabs, is b
+// without regard to ASCII case.
+func equalFoldNoSpace(a, b []byte) bool {
+	j := 0
+	for _, c := range a {
+		if c == ' ' || c == '\t' {
+			continue
+		}
+		if j >= len(b) || lower(c) != lower(b[j]) {
 			return false
 		}
-		want = want[len(v):]
+		j++
 	}
-	return len(want) == 0
+	return j == len(b)
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // sameVariant: a and b answer the same requests.

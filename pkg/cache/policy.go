@@ -131,6 +131,7 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 		swr, sie              int64 = -1, -1
 		explicit, heuristicOK bool
 		public                bool
+		mustUnderstand        bool
 	)
 	directives(resp.PeekAll("Cache-Control"), func(dir int, value []byte) {
 		switch dir {
@@ -152,8 +153,25 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 			swr = seconds(value)
 		case dirStaleIfError:
 			sie = seconds(value)
+		case dirMustUnderstand:
+			mustUnderstand = true
 		}
 	})
+	understood := false
+	switch code {
+	case 200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501:
+		understood = true // the statuses whose caching lb implements
+	}
+	if mustUnderstand {
+		// RFC 9111 section 5.2.2.3: store only a status the cache
+		// understands, and then ignore the no-store sent for caches
+		// that do not know must-understand.
+		if !understood {
+			f.Why = "must-understand"
+			return f
+		}
+		noStore = false
+	}
 	switch {
 	case noStore:
 		f.Why = "no-store"
@@ -260,6 +278,7 @@ const (
 	dirProxyRevalidate
 	dirStaleWhileRevalidate
 	dirStaleIfError
+	dirMustUnderstand
 )
 
 var directiveNames = []string{
@@ -267,7 +286,7 @@ var directiveNames = []string{
 	dirMaxAge: "max-age", dirMaxStale: "max-stale", dirMinFresh: "min-fresh", dirSMaxAge: "s-maxage",
 	dirPublic: "public", dirPrivate: "private", dirMustRevalidate: "must-revalidate",
 	dirProxyRevalidate: "proxy-revalidate", dirStaleWhileRevalidate: "stale-while-revalidate",
-	dirStaleIfError: "stale-if-error",
+	dirStaleIfError: "stale-if-error", dirMustUnderstand: "must-understand",
 }
 
 // directives calls f with each directive of a Cache-Control field, given

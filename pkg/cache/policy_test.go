@@ -233,3 +233,34 @@ func TestRefreshedTakesDateAndFieldsFrom304(t *testing.T) {
 		t.Errorf("refreshed Date %q, want the 304's", d)
 	}
 }
+
+func TestEvaluateMustUnderstand(t *testing.T) {
+	for code, storable := range map[int]bool{200: true, 299: false} {
+		var h fasthttp.ResponseHeader
+		h.SetStatusCode(code)
+		h.Set("Cache-Control", "max-age=60, no-store, must-understand")
+		if f := Evaluate(RequestControl{Store: true}, &h, time.Now(), Options{}); f.Storable != storable {
+			t.Errorf("%d with must-understand: %+v", code, f)
+		}
+	}
+}
+
+// TestVaryMatchAllocatesNothing: matching a variant runs on every hit.
+func TestVaryMatchAllocatesNothing(t *testing.T) {
+	var req fasthttp.RequestHeader
+	req.Add("Accept-Language", "en, de")
+	req.Add("Foo", "1")
+	req.Add("Foo", "2")
+	var h fasthttp.ResponseHeader
+	h.Set("Vary", "Accept-Language, Foo")
+	e := NewEntry(&req, &h, nil, Freshness{Storable: true}, time.Now(), time.Now())
+	var hit fasthttp.RequestHeader
+	hit.Add("Accept-Language", "DE,en")
+	hit.Add("Foo", "1, 2")
+	if !e.Matches(&hit) {
+		t.Fatal("no match")
+	}
+	if n := testing.AllocsPerRun(100, func() { e.Matches(&hit) }); n != 0 {
+		t.Errorf("Matches allocates %v times", n)
+	}
+}

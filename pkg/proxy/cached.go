@@ -405,7 +405,7 @@ func ifRangeMatches(v []byte, e *cache.Entry) bool {
 // notModified evaluates a client's conditional GET against an entry
 // (RFC 9110 section 13.1): If-None-Match first, then If-Modified-Since.
 func notModified(req *fasthttp.RequestHeader, e *cache.Entry) bool {
-	etag, lastMod := e.Validators()
+	etag, _ := e.Validators()
 	if inm := req.PeekBytes(hIfNoneMatch); len(inm) > 0 {
 		if len(etag) == 0 {
 			return false
@@ -418,10 +418,10 @@ func notModified(req *fasthttp.RequestHeader, e *cache.Entry) bool {
 		}
 		return false
 	}
-	if ims := req.PeekBytes(hIfModifiedSnc); len(ims) > 0 && len(lastMod) > 0 {
-		since, err1 := fasthttp.ParseHTTPDate(ims)
-		mod, err2 := fasthttp.ParseHTTPDate(lastMod)
-		return err1 == nil && err2 == nil && !mod.After(since)
+	if ims := req.PeekBytes(hIfModifiedSnc); len(ims) > 0 {
+		since, err := fasthttp.ParseHTTPDate(ims)
+		mod := e.ModTime()
+		return err == nil && !mod.IsZero() && !mod.After(since)
 	}
 	return false
 }
