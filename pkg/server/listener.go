@@ -227,14 +227,11 @@ func serverSettingsChanged(a, b config.Listener) bool {
 func (l *listener) newInstance(cfg config.Listener) *instance {
 	in := &instance{queue: newConnQueue(l.sock.Addr()), done: make(chan struct{})}
 	in.srv = &fasthttp.Server{
-		Handler:               l.handler.Serve,
-		ErrorHandler:          l.handler.ServeError,
-		NoDefaultServerHeader: true,
-		NoDefaultContentType:  true,
-		// Backends' Date fields are passed on, and cached answers keep
-		// their stored Date (RFC 9110 section 6.6.1); lb's own answers
-		// get the current time (fasthttp writes it for a reset response).
-		NoDefaultDate:                true,
+		Handler:                      l.handler.Serve,
+		ErrorHandler:                 l.handler.ServeError,
+		NoDefaultServerHeader:        true,
+		NoDefaultContentType:         true,
+		NoDefaultDate:                true, // backends' Date is passed on, a cache hit keeps the stored one (RFC 9110 section 6.6.1)
 		ReadTimeout:                  cfg.ReadTimeout.Duration,
 		WriteTimeout:                 cfg.WriteTimeout.Duration,
 		IdleTimeout:                  cfg.IdleTimeout.Duration,
