@@ -33,8 +33,9 @@ type Source interface {
 	// SetBackendDrained takes a backend out of rotation or puts it back.
 	SetBackendDrained(pool, addr string, drained bool) error
 	// PurgeCache removes one URL ("https://host/path?query" or
-	// "host/path") from a pool's cache, or everything when url is "",
-	// and returns how many URLs it removed.
+	// "host/path"), as stored for both http and https clients, from a
+	// pool's cache, or everything when url is "", and returns how many
+	// entries (one per scheme and URL) it removed.
 	PurgeCache(pool, url string) (int, error)
 }
 

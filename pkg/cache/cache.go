@@ -7,9 +7,11 @@
 package cache
 
 import (
+	"bufio"
 	"bytes"
 	"container/list"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,9 +40,12 @@ type Entry struct {
 	size int64
 }
 
+// varyField is a request header a variant was selected by, and its
+// normalized value (see normalized).
 type varyField struct {
 	name  string
 	value []byte
+	set   bool // compared as a set of members without regard to case
 }
 
 // entryOverhead approximates the memory an entry costs beyond its body
@@ -54,10 +59,21 @@ const entryOverhead = 512
 func NewEntry(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, body []byte, f Freshness, requestTime, responseTime time.Time) *Entry {
 	e := &Entry{Fresh: f, RequestTime: requestTime, ResponseTime: responseTime}
 	h.CopyTo(&e.Header)
+	if len(e.Header.Peek("Date")) == 0 {
+		// RFC 9110 section 6.6.1: a cache stores the time it received a
+		// response without Date.
+		SetDate(&e.Header, responseTime) //nolint:errcheck // a head fasthttp wrote reads back
+	}
 	e.readHead(h)
-	for _, name := range bytes.Split(e.Header.Peek("Vary"), []byte(",")) {
-		if name = bytes.TrimSpace(name); len(name) > 0 {
-			e.vary = append(e.vary, varyField{name: string(name), value: append([]byte(nil), bytes.TrimSpace(req.Peek(string(name)))...)})
+	// Every Vary line names headers (RFC 9110 section 5.3), and a
+	// request header sent as several lines is matched as their one
+	// combined value (RFC 9111 section 4.1).
+	for _, line := range e.Header.PeekAll("Vary") {
+		for _, name := range bytes.Split(line, []byte(",")) {
+			if name = bytes.TrimSpace(name); len(name) > 0 {
+				set := bytes.EqualFold(name, []byte("Accept-Language"))
+				e.vary = append(e.vary, varyField{name: string(name), set: set, value: normalized(req.PeekAll(string(name)), set)})
+			}
 		}
 	}
 	e.SetBody(append([]byte(nil), body...))
@@ -70,9 +86,7 @@ func NewEntry(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, body []by
 func (e *Entry) readHead(h *fasthttp.ResponseHeader) {
 	e.Header.Del("Age")
 	e.Date = httpDate(e.Header.Peek("Date"))
-	if a, err := strconv.ParseInt(string(h.Peek("Age")), 10, 64); err == nil && a > 0 {
-		e.AgeValue = time.Duration(a) * time.Second
-	}
+	e.AgeValue = ageValue(h.Peek("Age"))
 	if v := e.Header.Peek("ETag"); len(v) > 0 {
 		e.etag = append([]byte(nil), v...)
 	}
@@ -95,19 +109,80 @@ func (e *Entry) SetBody(b []byte) {
 func (e *Entry) Refreshed(h *fasthttp.ResponseHeader, rc RequestControl, o Options, requestTime, responseTime time.Time) *Entry {
 	n := &Entry{Body: e.Body, RequestTime: requestTime, ResponseTime: responseTime, vary: e.vary}
 	e.Header.CopyTo(&n.Header)
+	// A field of several lines replaces all the stored lines: the first
+	// line of each name deletes, then every line is added.
+	seen := map[string]bool{}
 	for k, v := range h.All() {
 		switch string(k) {
-		case "Content-Length", "Content-Type", "Age":
-			// The body's length and type are the stored ones; Age is
-			// computed.
+		case "Content-Length", "Content-Type", "Age", "Date":
+			// The body's length and type are the stored ones (RFC 9111
+			// section 3.2 excepts Content-Length); Age is computed; Date
+			// is set below (fasthttp's setters ignore it).
 			continue
 		}
-		n.Header.SetBytesKV(k, v)
+		if !seen[string(k)] {
+			seen[string(k)] = true
+			n.Header.DelBytes(k)
+		}
+		n.Header.AddBytesKV(k, v)
 	}
+	// The freshness clock restarts from the 304: its Date (or when it
+	// arrived, for one without), its Age, its request and response
+	// times (RFC 9111 section 4.3.4).
+	date := h.Peek("Date")
+	if httpDate(date).IsZero() {
+		date = fasthttp.AppendHTTPDate(nil, responseTime)
+	}
+	SetDateValue(&n.Header, date) //nolint:errcheck // a head fasthttp wrote reads back
 	n.readHead(h)
 	n.Fresh = Evaluate(rc, &n.Header, responseTime, o)
 	n.size = e.size
 	return n
+}
+
+// ageValue reads an Age field: its first line's first member (a list
+// where one number belongs is read as its first, as "7200, 0" is by the
+// caches that parse it at all); 0 when there is none or it is invalid.
+func ageValue(v []byte) time.Duration {
+	v, _, _ = bytes.Cut(v, []byte{','})
+	a, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+	if err != nil || a <= 0 {
+		return 0
+	}
+	return time.Duration(min(a, 1<<31-1)) * time.Second
+}
+
+// SetDate sets the Date of h to t.
+func SetDate(h *fasthttp.ResponseHeader, t time.Time) error {
+	var buf [32]byte
+	return SetDateValue(h, fasthttp.AppendHTTPDate(buf[:0], t))
+}
+
+// SetDateValue sets the Date of h to date. fasthttp's setters ignore
+// Date (its server writes the current time in its place unless told
+// not to), so the head is written out with the new Date and read back:
+// this allocates, and is for heads that lack or must change their Date.
+func SetDateValue(h *fasthttp.ResponseHeader, date []byte) error {
+	raw := h.Header()
+	end := bytes.Index(raw, []byte("\r\n"))
+	if end < 0 {
+		return fmt.Errorf("cache: response head without a status line")
+	}
+	b := make([]byte, 0, len(raw)+len(date)+8)
+	b = append(b, raw[:end+2]...)
+	b = append(append(append(b, "Date: "...), date...), "\r\n"...)
+	for rest := raw[end+2:]; len(rest) > 0; {
+		line, after, _ := bytes.Cut(rest, []byte("\n"))
+		rest = after
+		if len(line) >= 5 && bytes.EqualFold(line[:5], []byte("date:")) {
+			continue
+		}
+		b = append(append(b, line...), '\n')
+	}
+	if err := h.Read(bufio.NewReader(bytes.NewReader(b))); err != nil {
+		return fmt.Errorf("cache: setting Date: %w", err)
+	}
+	return nil
 }
 
 // CurrentAge is the entry's age at now.
@@ -119,6 +194,16 @@ func (e *Entry) CurrentAge(now time.Time) time.Duration {
 // zero or less while fresh.
 func (e *Entry) Staleness(now time.Time) time.Duration {
 	return e.CurrentAge(now) - e.Fresh.Lifetime
+}
+
+// ModTime is the time a client's If-Modified-Since is compared with: the
+// entry's Last-Modified, or without one its Date (RFC 9111 section
+// 4.3.2); zero when neither is a date.
+func (e *Entry) ModTime() time.Time {
+	if len(e.lastModified) > 0 {
+		return httpDate(e.lastModified)
+	}
+	return e.Date
 }
 
 // Validators returns the entry's ETag and Last-Modified (nil if none).
@@ -140,12 +225,113 @@ var hAge = []byte("Age")
 
 // Matches reports whether req selects this variant.
 func (e *Entry) Matches(req *fasthttp.RequestHeader) bool {
-	for _, f := range e.vary {
-		if !bytes.Equal(bytes.TrimSpace(req.Peek(f.name)), f.value) {
+	for i, f := range e.vary {
+		if !e.vary[i].matches(req.PeekAll(f.name)) {
 			return false
 		}
 	}
 	return true
+}
+
+// normalized is the value of a request header of these lines as a
+// variant keeps it: its list members (RFC 9110 section 5.6.1) trimmed and
+// joined by ", ", so that lines, spacing and empty members make no
+// difference (RFC 9111 section 4.1 allows such normalization). With set
+// (Accept-Language, whose members are case-insensitive language ranges
+// with weights) members are also lower-cased, stripped of spaces and
+// sorted, so that "en, de" and "De,EN" select the same variant.
+func normalized(lines [][]byte, set bool) []byte {
+	var ms [][]byte
+	eachMember(lines, func(m []byte) bool {
+		if set {
+			m = bytes.ToLower(bytes.ReplaceAll(bytes.ReplaceAll(m, []byte(" "), nil), []byte("\t"), nil))
+		}
+		ms = append(ms, m)
+		return true
+	})
+	if set {
+		slices.SortFunc(ms, bytes.Compare)
+	}
+	return bytes.Join(ms, []byte(", "))
+}
+
+// eachMember calls f with each non-empty list member of lines, trimmed,
+// until f returns false; it reports whether f never did.
+func eachMember(lines [][]byte, f func(m []byte) bool) bool {
+	for _, v := range lines {
+		for len(v) > 0 {
+			var m []byte
+			m, v, _ = bytes.Cut(v, []byte{','})
+			if m = bytes.TrimSpace(m); len(m) > 0 && !f(m) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// matches reports whether a request header of these lines has the
+// normalized value want, without building it (this runs on every hit).
+func (f *varyField) matches(lines [][]byte) bool {
+	want := f.value
+	if !f.set {
+		ok := eachMember(lines, func(m []byte) bool {
+			if !bytes.HasPrefix(want, m) {
+				return false
+			}
+			want = want[len(m):]
+			if len(want) > 0 {
+				if !bytes.HasPrefix(want, []byte(", ")) {
+					return false
+				}
+				want = want[2:]
+			}
+			return true
+		})
+		return ok && len(want) == 0
+	}
+	n := 0
+	ok := eachMember(lines, func(m []byte) bool {
+		n++
+		for w := want; len(w) > 0; {
+			var s []byte
+			s, w, _ = bytes.Cut(w, []byte(", "))
+			if equalFoldNoSpace(m, s) {
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		return false
+	}
+	if len(want) > 0 {
+		n -= bytes.Count(want, []byte(", ")) + 1
+	}
+	return n == 0
+}
+
+// equalFoldNoSpace reports whether a, without its spaces and tabs, is b
+// without regard to ASCII case.
+func equalFoldNoSpace(a, b []byte) bool {
+	j := 0
+	for _, c := range a {
+		if c == ' ' || c == '\t' {
+			continue
+		}
+		if j >= len(b) || lower(c) != lower(b[j]) {
+			return false
+		}
+		j++
+	}
+	return j == len(b)
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // sameVariant: a and b answer the same requests.
@@ -345,14 +531,19 @@ func (c *Cache) Stats() Stats {
 // Count records how a request was answered.
 func (c *Cache) Count(r Result) { c.Results[r].Add(1) }
 
-// Key appends the cache key of a request to dst: host and request target.
-// The host is compared without case, and without the scheme's default
-// port (":443" when tls, ":80" when not), so that the spellings of one
-// site share entries.
+// Key appends the cache key of a request to dst: scheme, host and
+// request target. The scheme is part of it because one pool may serve a
+// plaintext and a TLS listener, and a page built for one (redirects,
+// absolute links) is wrong for the other. The host is compared without
+// case, and without the scheme's default port (":443" when tls, ":80"
+// when not), so that the spellings of one site share entries.
 func Key(dst, host, uri []byte, tls bool) []byte {
 	port := ":80"
 	if tls {
 		port = ":443"
+		dst = append(dst, "https "...)
+	} else {
+		dst = append(dst, "http "...)
 	}
 	host = bytes.TrimSuffix(host, []byte(port))
 	for _, c := range host {
@@ -365,21 +556,40 @@ func Key(dst, host, uri []byte, tls bool) []byte {
 	return append(dst, uri...)
 }
 
-// KeyOf is the key of a URL given to purge: "https://host/path?q",
-// "http://host/path" or "host/path" (taken as https), the host as clients
-// send it in Host.
-func KeyOf(url string) ([]byte, error) {
-	tls := true
+// KeysOf are the keys of a URL given to purge: "https://host/path?q",
+// "http://host/path" or "host/path", the host as clients send it in
+// Host. A URL names its content whichever scheme it was asked by, so the
+// keys are those of both schemes; the scheme written (https when none)
+// only says which default port the host may carry.
+func KeysOf(url string) ([2][]byte, error) {
+	port := ":443"
 	if rest, ok := strings.CutPrefix(url, "http://"); ok {
-		url, tls = rest, false
+		url, port = rest, ":80"
 	} else {
 		url = strings.TrimPrefix(url, "https://")
 	}
 	host, path, ok := strings.Cut(url, "/")
 	if !ok || host == "" {
-		return nil, fmt.Errorf("url %q: want host/path, as in https://www.example.com/page", url)
+		return [2][]byte{}, fmt.Errorf("url %q: want host/path, as in https://www.example.com/page", url)
 	}
-	return Key(nil, []byte(host), []byte("/"+path), tls), nil
+	host = strings.TrimSuffix(host, port)
+	return [2][]byte{Key(nil, []byte(host), []byte("/"+path), true), Key(nil, []byte(host), []byte("/"+path), false)}, nil
+}
+
+// PurgeURL removes every variant stored for url (see KeysOf) for both
+// schemes, and returns how many keys it removed (0, 1 or 2).
+func (c *Cache) PurgeURL(url string) (int, error) {
+	keys, err := KeysOf(url)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, k := range keys {
+		if c.Purge(k) {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // Fill is a miss being fetched from the origin; requests for the same

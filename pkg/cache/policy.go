@@ -46,7 +46,8 @@ func ParseRequest(h *fasthttp.RequestHeader, ignoreNoCache bool) RequestControl 
 	rc.Range = get && len(h.Peek("Range")) > 0
 	rc.Authorization = len(h.Peek("Authorization")) > 0
 	noCache := false
-	directives(h.Peek("Cache-Control"), func(dir int, value []byte) {
+	cc := h.PeekAll("Cache-Control")
+	directives(cc, func(dir int, value []byte) {
 		switch dir {
 		case dirNoStore:
 			rc.Lookup, rc.Store = false, false
@@ -69,7 +70,7 @@ func ParseRequest(h *fasthttp.RequestHeader, ignoreNoCache bool) RequestControl 
 			rc.MinFresh = seconds(value)
 		}
 	})
-	if len(h.Peek("Cache-Control")) == 0 && bytes.Contains(h.Peek("Pragma"), []byte("no-cache")) {
+	if len(cc) == 0 && listHas(h.PeekAll("Pragma"), "no-cache") {
 		noCache = true // RFC 9111 5.4, for HTTP/1.0 clients
 	}
 	if noCache && !ignoreNoCache {
@@ -130,8 +131,9 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 		swr, sie              int64 = -1, -1
 		explicit, heuristicOK bool
 		public                bool
+		mustUnderstand        bool
 	)
-	directives(resp.Peek("Cache-Control"), func(dir int, value []byte) {
+	directives(resp.PeekAll("Cache-Control"), func(dir int, value []byte) {
 		switch dir {
 		case dirMaxAge:
 			maxAge = seconds(value)
@@ -151,8 +153,25 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 			swr = seconds(value)
 		case dirStaleIfError:
 			sie = seconds(value)
+		case dirMustUnderstand:
+			mustUnderstand = true
 		}
 	})
+	understood := false
+	switch code {
+	case 200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501:
+		understood = true // the statuses whose caching lb implements
+	}
+	if mustUnderstand {
+		// RFC 9111 section 5.2.2.3: store only a status the cache
+		// understands, and then ignore the no-store sent for caches
+		// that do not know must-understand.
+		if !understood {
+			f.Why = "must-understand"
+			return f
+		}
+		noStore = false
+	}
 	switch {
 	case noStore:
 		f.Why = "no-store"
@@ -167,10 +186,12 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 	case len(resp.Peek("Set-Cookie")) > 0 && !o.StoreSetCookie:
 		f.Why = "set-cookie"
 		return f
-	case bytes.Contains(resp.Peek("Vary"), []byte("*")):
+	case listHas(resp.PeekAll("Vary"), "*"):
 		f.Why = "vary *"
 		return f
-	case code == fasthttp.StatusPartialContent || len(resp.Peek("Content-Range")) > 0:
+	case code == fasthttp.StatusPartialContent:
+		// Only a 206 is partial: a Content-Range on another status
+		// says nothing of the content (RFC 9110 section 14.4).
 		f.Why = "partial"
 		return f
 	case rc.Range && code != fasthttp.StatusOK:
@@ -196,11 +217,13 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 		f.Lifetime, explicit, mustReval = time.Duration(sMaxAge)*time.Second, true, true
 	case maxAge >= 0:
 		f.Lifetime, explicit = time.Duration(maxAge)*time.Second, true
-	case len(resp.Peek("Expires")) > 0:
+	case len(resp.PeekAll("Expires")) > 0:
 		explicit = true
-		if exp := httpDate(resp.Peek("Expires")); exp.After(date) {
+		// An invalid or past Expires means already stale (RFC 9111
+		// section 5.3), and so do several: Expires is one date.
+		if exp := httpDate(resp.Peek("Expires")); exp.After(date) && len(resp.PeekAll("Expires")) == 1 {
 			f.Lifetime = exp.Sub(date)
-		} // an invalid or past Expires means already stale
+		}
 	case heuristicOK && o.Heuristic:
 		if lm := httpDate(resp.Peek("Last-Modified")); !lm.IsZero() && lm.Before(date) {
 			f.Lifetime, explicit = min(date.Sub(lm)/10, heuristicMax), true
@@ -255,6 +278,7 @@ const (
 	dirProxyRevalidate
 	dirStaleWhileRevalidate
 	dirStaleIfError
+	dirMustUnderstand
 )
 
 var directiveNames = []string{
@@ -262,13 +286,22 @@ var directiveNames = []string{
 	dirMaxAge: "max-age", dirMaxStale: "max-stale", dirMinFresh: "min-fresh", dirSMaxAge: "s-maxage",
 	dirPublic: "public", dirPrivate: "private", dirMustRevalidate: "must-revalidate",
 	dirProxyRevalidate: "proxy-revalidate", dirStaleWhileRevalidate: "stale-while-revalidate",
-	dirStaleIfError: "stale-if-error",
+	dirStaleIfError: "stale-if-error", dirMustUnderstand: "must-understand",
 }
 
-// directives calls f with each directive of a Cache-Control value: which
+// directives calls f with each directive of a Cache-Control field, given
+// as all its lines (RFC 9110 section 5.3: repeated lines are one list, so
+// a "private" on a second line counts as much as on the first): which
 // one (dirOther for those lb does not act on; names are matched without
 // regard to case) and its value unquoted ("" when none).
-func directives(v []byte, f func(dir int, value []byte)) {
+func directives(lines [][]byte, f func(dir int, value []byte)) {
+	for _, v := range lines {
+		directivesOf(v, f)
+	}
+}
+
+// directivesOf is directives for one field line.
+func directivesOf(v []byte, f func(dir int, value []byte)) {
 	for len(v) > 0 {
 		var d []byte
 		if i := bytes.IndexByte(v, ','); i >= 0 {
@@ -295,6 +328,21 @@ func directives(v []byte, f func(dir int, value []byte)) {
 	}
 }
 
+// listHas reports whether the list made of a field's lines has member
+// (compared without regard to case).
+func listHas(lines [][]byte, member string) bool {
+	for _, v := range lines {
+		for len(v) > 0 {
+			var m []byte
+			m, v, _ = bytes.Cut(v, []byte{','})
+			if m = bytes.TrimSpace(m); len(m) == len(member) && bytes.EqualFold(m, []byte(member)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // seconds parses a delta-seconds value; a bad one counts as 0 (RFC 9111
 // 1.2.2: treat an invalid max-age as stale), a huge one is capped.
 func seconds(v []byte) int64 {
@@ -313,8 +361,8 @@ func httpDate(v []byte) time.Time {
 	if len(v) == 0 {
 		return time.Time{}
 	}
-	t, err := fasthttp.ParseHTTPDate(v)
-	if err != nil {
+	t, ok := parseHTTPDate(v)
+	if !ok {
 		return time.Time{}
 	}
 	return t

@@ -118,18 +118,149 @@ func TestKeys(t *testing.T) {
 		{"WWW.Example.COM:443", "/a?b=1", true, "https://www.example.com/a?b=1"},
 		{"www.example.com:443", "/a?b=1", true, "www.example.com/a?b=1"},
 		{"www.example.com:80", "/", false, "http://www.example.com/"},
+		{"www.example.com", "/", false, "https://www.example.com/"},
+		{"www.example.com", "/", true, "http://www.example.com:80/"},
+		{"www.example.com", "/", false, "www.example.com:443/"},
 		{"www.example.com:8443", "/", true, "https://www.example.com:8443/"},
 	} {
 		k := Key(nil, []byte(tc.host), []byte(tc.uri), tc.tls)
-		p, err := KeyOf(tc.purge)
-		if err != nil || string(k) != string(p) {
-			t.Errorf("%s%s (tls %v): key %q, purge %q gives %q %v", tc.host, tc.uri, tc.tls, k, tc.purge, p, err)
+		keys, err := KeysOf(tc.purge)
+		if err != nil || (string(k) != string(keys[0]) && string(k) != string(keys[1])) {
+			t.Errorf("%s%s (tls %v): key %q, purge %q gives %q %v", tc.host, tc.uri, tc.tls, k, tc.purge, keys, err)
 		}
 	}
-	if k := Key(nil, []byte("www.example.com:80"), []byte("/"), true); string(k) != "www.example.com:80 /" {
+	if k := Key(nil, []byte("www.example.com:80"), []byte("/"), true); string(k) != "https www.example.com:80 /" {
 		t.Errorf("port 80 on TLS dropped: %q", k)
 	}
-	if _, err := KeyOf("https://"); err == nil {
+	// One pool may serve a plaintext and a TLS listener: a page built for
+	// one (redirects, absolute links) must not answer the other.
+	if h, s := Key(nil, []byte("a"), []byte("/"), false), Key(nil, []byte("a"), []byte("/"), true); string(h) == string(s) {
+		t.Errorf("http and https share the key %q", h)
+	}
+	if _, err := KeysOf("https://"); err == nil {
 		t.Error("an empty URL made a key")
+	}
+}
+
+func TestPurgeURLRemovesBothSchemes(t *testing.T) {
+	c := New(1<<20, 1<<10, Options{})
+	var req fasthttp.RequestHeader
+	var resp fasthttp.ResponseHeader
+	resp.Set("Cache-Control", "max-age=60")
+	f := Evaluate(RequestControl{Store: true}, &resp, time.Now(), Options{})
+	for _, tls := range []bool{false, true} {
+		c.Put(Key(nil, []byte("www.example.com"), []byte("/p"), tls), NewEntry(&req, &resp, []byte("x"), f, time.Now(), time.Now()))
+	}
+	if n, err := c.PurgeURL("https://www.example.com/p"); n != 2 || err != nil {
+		t.Errorf("purge: %d %v, want both schemes' entries", n, err)
+	}
+	if n := c.Stats().Objects; n != 0 {
+		t.Errorf("%d objects left", n)
+	}
+}
+
+func TestHTTPDates(t *testing.T) {
+	want := time.Date(2050, 8, 18, 2, 1, 18, 0, time.UTC)
+	for _, tc := range []struct {
+		v  string
+		ok bool
+	}{
+		{"Thu, 18 Aug 2050 02:01:18 GMT", true},
+		{"THU, 18 AUG 2050 02:01:18 gmt", true},
+		{"Thursday, 18-Aug-50 02:01:18 GMT", true},
+		{"Thu Aug 18 02:01:18 2050", true},
+		{"Thu, 18 Aug 2050 02:01:18 UTC", false},
+		{"Thu, 18 Aug 2050 02:01:18 AEST", false},
+		{"Thu, 18 Aug 50 02:01:18 GMT", false},
+		{"Thu 18 Aug 2050 02:01:18 GMT", false},
+		{"Thu, 18  Aug  2050 02:01:18 GMT", false},
+		{"Thu, 18-Aug-2050 02:01:18 GMT", false},
+		{"Thu, 18 Aug 2050 02.01.18 GMT", false},
+		{"Thu, 18 Aug 2050 2:01:18 GMT", false},
+		{"0", false},
+	} {
+		got, ok := parseHTTPDate([]byte(tc.v))
+		if ok != tc.ok || (ok && !got.Equal(want)) {
+			t.Errorf("%q: %v %v, want ok=%v", tc.v, got, ok, tc.ok)
+		}
+	}
+	if got, ok := parseHTTPDate([]byte("Sun Nov  6 08:49:37 1994")); !ok || got.Day() != 6 {
+		t.Errorf("asctime with a one-digit day: %v %v", got, ok)
+	}
+}
+
+func TestAgeValue(t *testing.T) {
+	for v, want := range map[string]time.Duration{"7200": 2 * time.Hour, "7200, 0": 2 * time.Hour, "0, 7200": 0, "": 0, "x": 0, "-5": 0} {
+		if got := ageValue([]byte(v)); got != want {
+			t.Errorf("Age %q: %s, want %s", v, got, want)
+		}
+	}
+}
+
+func TestEvaluateExpiresLines(t *testing.T) {
+	now := time.Now()
+	var h fasthttp.ResponseHeader
+	h.Set("Date", now.UTC().Format(httpFmt))
+	h.Add("Expires", now.Add(time.Hour).UTC().Format(httpFmt))
+	h.Add("Expires", now.Add(2*time.Hour).UTC().Format(httpFmt))
+	f := Evaluate(RequestControl{Store: true}, &h, now, Options{})
+	if !f.Storable || f.Lifetime != 0 {
+		t.Errorf("two Expires lines: %+v, want stored already stale", f)
+	}
+}
+
+func TestRefreshedTakesDateAndFieldsFrom304(t *testing.T) {
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Second)
+	var req fasthttp.RequestHeader
+	var h fasthttp.ResponseHeader
+	h.Set("Cache-Control", "max-age=2")
+	h.Set("ETag", `"a"`)
+	h.Set("Test-Header", "A")
+	SetDate(&h, t0) //nolint:errcheck
+	rc := RequestControl{Store: true}
+	e := NewEntry(&req, &h, []byte("body"), Evaluate(rc, &h, t0, Options{}), t0, t0)
+	var nm fasthttp.ResponseHeader
+	nm.SetStatusCode(304)
+	nm.Set("Test-Header", "B")
+	nm.Set("Cache-Control", "max-age=2")
+	now := time.Now()
+	SetDate(&nm, now) //nolint:errcheck
+	n := e.Refreshed(&nm, rc, Options{}, now, now)
+	if string(n.Header.Peek("Test-Header")) != "B" || n.Staleness(now) > 0 || n.Header.StatusCode() != 200 || string(n.Body) != "body" {
+		t.Errorf("refreshed: Test-Header %q, staleness %s, status %d, body %q", n.Header.Peek("Test-Header"), n.Staleness(now), n.Header.StatusCode(), n.Body)
+	}
+	if d := string(n.Header.Peek("Date")); d != now.UTC().Format(httpFmt) {
+		t.Errorf("refreshed Date %q, want the 304's", d)
+	}
+}
+
+func TestEvaluateMustUnderstand(t *testing.T) {
+	for code, storable := range map[int]bool{200: true, 299: false} {
+		var h fasthttp.ResponseHeader
+		h.SetStatusCode(code)
+		h.Set("Cache-Control", "max-age=60, no-store, must-understand")
+		if f := Evaluate(RequestControl{Store: true}, &h, time.Now(), Options{}); f.Storable != storable {
+			t.Errorf("%d with must-understand: %+v", code, f)
+		}
+	}
+}
+
+// TestVaryMatchAllocatesNothing: matching a variant runs on every hit.
+func TestVaryMatchAllocatesNothing(t *testing.T) {
+	var req fasthttp.RequestHeader
+	req.Add("Accept-Language", "en, de")
+	req.Add("Foo", "1")
+	req.Add("Foo", "2")
+	var h fasthttp.ResponseHeader
+	h.Set("Vary", "Accept-Language, Foo")
+	e := NewEntry(&req, &h, nil, Freshness{Storable: true}, time.Now(), time.Now())
+	var hit fasthttp.RequestHeader
+	hit.Add("Accept-Language", "DE,en")
+	hit.Add("Foo", "1, 2")
+	if !e.Matches(&hit) {
+		t.Fatal("no match")
+	}
+	if n := testing.AllocsPerRun(100, func() { e.Matches(&hit) }); n != 0 {
+		t.Errorf("Matches allocates %v times", n)
 	}
 }

@@ -206,10 +206,12 @@ func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Ca
 		return b, attempts, nil, nil
 	case (err != nil || code >= 500) && e.Staleness(now) <= e.Fresh.StaleIfError:
 		// serveEntry resets the response, which closes a streamed body
-		// and frees its backend.
+		// and frees its backend. The answer is the cache's, not the
+		// backend's (see answeredByCache): the backend and its error
+		// stay for the access log.
 		restore()
 		serveEntry(ctx, c, e, now, cache.Stale)
-		return b, attempts, nil, nil
+		return b, attempts, nil, err
 	}
 	if err == nil {
 		var storable bool
@@ -403,7 +405,7 @@ func ifRangeMatches(v []byte, e *cache.Entry) bool {
 // notModified evaluates a client's conditional GET against an entry
 // (RFC 9110 section 13.1): If-None-Match first, then If-Modified-Since.
 func notModified(req *fasthttp.RequestHeader, e *cache.Entry) bool {
-	etag, lastMod := e.Validators()
+	etag, _ := e.Validators()
 	if inm := req.PeekBytes(hIfNoneMatch); len(inm) > 0 {
 		if len(etag) == 0 {
 			return false
@@ -416,10 +418,10 @@ func notModified(req *fasthttp.RequestHeader, e *cache.Entry) bool {
 		}
 		return false
 	}
-	if ims := req.PeekBytes(hIfModifiedSnc); len(ims) > 0 && len(lastMod) > 0 {
-		since, err1 := fasthttp.ParseHTTPDate(ims)
-		mod, err2 := fasthttp.ParseHTTPDate(lastMod)
-		return err1 == nil && err2 == nil && !mod.After(since)
+	if ims := req.PeekBytes(hIfModifiedSnc); len(ims) > 0 {
+		since, err := fasthttp.ParseHTTPDate(ims)
+		mod := e.ModTime()
+		return err == nil && !mod.IsZero() && !mod.After(since)
 	}
 	return false
 }
@@ -434,6 +436,15 @@ func result(ctx *fasthttp.RequestCtx, c *cache.Cache, r cache.Result) {
 }
 
 type cacheResultKey struct{}
+
+// answeredByCache reports whether the cache, not a backend, gave the
+// answer in ctx: a hit, or a stale entry served instead of a backend's
+// failure (stale-if-error), which must not count as that backend's
+// answer or latency.
+func answeredByCache(ctx *fasthttp.RequestCtx) bool {
+	r, ok := ctx.UserValue(cacheResultKey{}).(cache.Result)
+	return ok && (r == cache.Hit || r == cache.Stale)
+}
 
 // cacheResult is how the cache answered the request in ctx, for the
 // access log.

@@ -64,6 +64,18 @@ func fixed(hdr ...string) func(n int64, w http.ResponseWriter, r *http.Request) 
 	}
 }
 
+// lines answers every request with a 200, these header lines (a name
+// may come twice: each pair is a line of its own) and body "v<hit
+// number>".
+func lines(hdr ...string) func(n int64, w http.ResponseWriter, r *http.Request) {
+	return func(n int64, w http.ResponseWriter, r *http.Request) {
+		for i := 0; i+1 < len(hdr); i += 2 {
+			w.Header().Add(hdr[i], hdr[i+1])
+		}
+		fmt.Fprintf(w, "v%d", n)
+	}
+}
+
 // cacheStep is one request of a case and what must come of it.
 type cacheStep struct {
 	method string
@@ -183,6 +195,33 @@ func TestCacheRules(t *testing.T) {
 			{method: "GET", status: 200, xcache: "MISS", hits: 2, body: "v2"}, get("HIT", 2)}},
 		{"a Range miss answered whole is stored", cache.Options{}, fixed("Cache-Control", "max-age=60"),
 			[]cacheStep{{method: "GET", hdr: []string{"Range", "bytes=0-0"}, status: 200, xcache: "MISS", hits: 1, body: "v1"}, get("HIT", 1)}},
+		{"private on a second Cache-Control line is not stored", cache.Options{}, lines("Cache-Control", "public, max-age=600", "Cache-Control", "private"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"no-store on a second Cache-Control line is not stored", cache.Options{}, lines("Cache-Control", "max-age=600", "Cache-Control", "no-store"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"s-maxage on a second Cache-Control line wins", cache.Options{}, lines("Cache-Control", "max-age=3600", "Cache-Control", "s-maxage=0"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"Vary on a second line keeps a variant per cookie", cache.Options{}, lines("Cache-Control", "max-age=600", "Vary", "Accept-Encoding", "Vary", "Cookie"),
+			[]cacheStep{get("MISS", 1, "Cookie", "user=alice"), get("HIT", 1, "Cookie", "user=alice"), get("MISS", 2, "Cookie", "user=bob")}},
+		{"Vary: * on a second line is not stored", cache.Options{}, lines("Cache-Control", "max-age=600", "Vary", "", "Vary", "*"),
+			[]cacheStep{get("MISS", 1), get("MISS", 2)}},
+		{"a request header of several lines is matched whole", cache.Options{}, lines("Cache-Control", "max-age=600", "Vary", "Accept-Language"),
+			[]cacheStep{get("MISS", 1, "Accept-Language", "en", "Accept-Language", "fr"), get("HIT", 1, "Accept-Language", "en, fr"), get("MISS", 2, "Accept-Language", "en")}},
+		{"client no-cache on a second Cache-Control line revalidates", cache.Options{}, fixed("Cache-Control", "max-age=60", "ETag", `"e"`),
+			[]cacheStep{get("MISS", 1), get("REVALIDATED", 2, "Cache-Control", "max-stale=10", "Cache-Control", "no-cache")}},
+		{"client no-store on a second Cache-Control line bypasses", cache.Options{}, fixed("Cache-Control", "max-age=60"),
+			[]cacheStep{get("MISS", 1), get("BYPASS", 2, "Cache-Control", "max-stale=10", "Cache-Control", "no-store")}},
+		{"Pragma: no-cache on a second line revalidates", cache.Options{}, fixed("Cache-Control", "max-age=60", "ETag", `"e"`),
+			[]cacheStep{get("MISS", 1), get("REVALIDATED", 2, "Pragma", "x-other", "Pragma", "no-cache")}},
+		{"Vary ignores spacing and empty list members", cache.Options{}, fixed("Cache-Control", "max-age=60", "Vary", "Foo"),
+			[]cacheStep{get("MISS", 1, "Foo", "1,2"), get("HIT", 1, "Foo", " 1, 2 "), get("HIT", 1, "Foo", "1", "Foo", "2"), get("MISS", 2, "Foo", "2, 1")}},
+		{"Vary: Accept-Language is compared as a set without case", cache.Options{}, fixed("Cache-Control", "max-age=60", "Vary", "Accept-Language"),
+			[]cacheStep{get("MISS", 1, "Accept-Language", "en, de"), get("HIT", 1, "Accept-Language", "De,EN"), get("HIT", 1, "Accept-Language", " en ,   de"), get("MISS", 2, "Accept-Language", "en"), get("MISS", 3, "Accept-Language", "en, fr")}},
+		{"must-understand on a status lb knows overrides no-store", cache.Options{}, fixed("Cache-Control", "max-age=60, no-store, must-understand"),
+			[]cacheStep{get("MISS", 1), get("HIT", 1)}},
+		{"a client's If-Modified-Since is judged by Date without Last-Modified", cache.Options{}, fixed("Cache-Control", "max-age=60"),
+			[]cacheStep{get("MISS", 1), {method: "GET", hdr: []string{"If-Modified-Since", time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)}, status: 304, xcache: "HIT", hits: 1},
+				{method: "GET", hdr: []string{"If-Modified-Since", old}, status: 200, xcache: "HIT", hits: 1}}},
 		{"client no-store bypasses", cache.Options{}, fixed("Cache-Control", "max-age=60"),
 			[]cacheStep{get("BYPASS", 1, "Cache-Control", "no-store"), get("MISS", 2)}},
 		{"only-if-cached on a miss is 504", cache.Options{}, fixed("Cache-Control", "max-age=60"),
@@ -449,5 +488,122 @@ func TestCacheStaleIfErrorWithBackendGone(t *testing.T) {
 	resp, body := hs.do("GET", "/p", nil)
 	if resp.StatusCode != 200 || body != "kept" || resp.Header.Get("X-Cache") != "STALE" {
 		t.Errorf("backend gone: %d %q %s", resp.StatusCode, body, resp.Header.Get("X-Cache"))
+	}
+}
+
+// TestCacheKeyedByScheme: one pool (one cache) behind a plaintext and a
+// TLS listener keeps a page per scheme, as the backend builds them
+// differently (X-Forwarded-Proto).
+func TestCacheKeyedByScheme(t *testing.T) {
+	o := startOrigin(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		fmt.Fprintf(w, "%s://www.example.com/login", r.Header.Get("X-Forwarded-Proto"))
+	})
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	plain := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c})
+	secure := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c, tls: true})
+	for i, s := range []struct {
+		hs           *harness
+		xcache, body string
+	}{
+		{plain, "MISS", "http://www.example.com/login"},
+		{secure, "MISS", "https://www.example.com/login"},
+		{plain, "HIT", "http://www.example.com/login"},
+		{secure, "HIT", "https://www.example.com/login"},
+	} {
+		resp, body := s.hs.do("GET", "/p", nil, "Host", "www.example.com")
+		if resp.Header.Get("X-Cache") != s.xcache || body != s.body {
+			t.Errorf("request %d: X-Cache %q, body %q; want %q, %q", i+1, resp.Header.Get("X-Cache"), body, s.xcache, s.body)
+		}
+	}
+}
+
+// TestCacheStaleIfErrorCountedAsCacheAnswer: a stale entry served because
+// the backend failed (refused, or answered 5xx) is the cache's answer:
+// counted with no backend, and neither the backend's answer nor its
+// latency; the backend's failure is counted as one.
+func TestCacheStaleIfErrorCountedAsCacheAnswer(t *testing.T) {
+	for _, refuse := range []bool{false, true} {
+		t.Run(fmt.Sprintf("refused=%v", refuse), func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var n atomic.Int64
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if n.Add(1) > 1 {
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				w.Header().Set("Cache-Control", "max-age=60, stale-if-error=600")
+				w.Header().Set("Age", "120")
+				io.WriteString(w, "kept")
+			})}
+			go srv.Serve(ln)
+			t.Cleanup(func() { srv.Close() })
+			c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+			hs := newHarness(t, harnessOpts{backends: []string{ln.Addr().String()}, cache: c})
+			hs.do("GET", "/p", nil)
+			target, b := hs.h.Listener().Default, hs.up.Pool.Backend(ln.Addr().String())
+			latency, failures := b.LatencySum(), b.Failures()
+			if refuse {
+				srv.Close()
+			}
+			resp, body := hs.do("GET", "/p", nil)
+			if resp.StatusCode != 200 || body != "kept" || resp.Header.Get("X-Cache") != "STALE" {
+				t.Fatalf("stale-if-error: %d %q %s", resp.StatusCode, body, resp.Header.Get("X-Cache"))
+			}
+			if got := target.Codes[b.Index].Get(200); got != 1 {
+				t.Errorf("the backend is counted %d answers of 200, want 1 (the first request's)", got)
+			}
+			if got := target.NoBackend.Get(200); got != 1 {
+				t.Errorf("%d answers of 200 counted as the cache's, want 1", got)
+			}
+			if b.LatencySum() != latency {
+				t.Errorf("the cache's answer added %s to the backend's latency", b.LatencySum()-latency)
+			}
+			if refuse && b.Failures() != failures+1 {
+				t.Errorf("backend failures %d, want %d", b.Failures(), failures+1)
+			}
+		})
+	}
+}
+
+// TestCacheDateAnd304Refresh: a hit carries the stored Date, not the
+// time it was served (RFC 9110 section 6.6.1); a 304 restarts the
+// entry's freshness from its own Date and updates the stored fields, so
+// the next request is a hit with them.
+func TestCacheDateAnd304Refresh(t *testing.T) {
+	first := time.Now().Add(-5 * time.Second).UTC().Format(http.TimeFormat)
+	o := startOrigin(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+		d := time.Now().UTC().Format(http.TimeFormat)
+		if n == 1 {
+			d = first // stale at once: max-age=2
+		}
+		w.Header().Set("Date", d)
+		w.Header().Set("Cache-Control", "max-age=2")
+		w.Header().Set("ETag", `"x"`)
+		w.Header().Set("Test-Header", fmt.Sprint("v", n))
+		if n > 1 {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		io.WriteString(w, "body")
+	})
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c})
+	hs.do("GET", "/p", nil)
+	resp, _ := hs.do("GET", "/p", nil)
+	if resp.Header.Get("X-Cache") != "REVALIDATED" || resp.Header.Get("Test-Header") != "v2" {
+		t.Fatalf("second: X-Cache %q, Test-Header %q", resp.Header.Get("X-Cache"), resp.Header.Get("Test-Header"))
+	}
+	date := resp.Header.Get("Date")
+	resp, body := hs.do("GET", "/p", nil)
+	if resp.Header.Get("X-Cache") != "HIT" || resp.Header.Get("Test-Header") != "v2" || body != "body" || o.hits.Load() != 2 {
+		t.Errorf("after the 304: X-Cache %q, Test-Header %q, body %q, origin hits %d; want a hit with the 304's fields",
+			resp.Header.Get("X-Cache"), resp.Header.Get("Test-Header"), body, o.hits.Load())
+	}
+	if resp.Header.Get("Date") != date || date == first {
+		t.Errorf("Date %q on the hit, %q from the 304, %q first", resp.Header.Get("Date"), date, first)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/cache"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/l4"
 	"github.com/offloadlb/lb/pkg/metrics"
@@ -223,7 +224,7 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *b
 	switch {
 	case t == nil:
 		l.Rejected.Inc(code)
-	case b == nil:
+	case b == nil || (t.Up.Cache != nil && answeredByCache(ctx)):
 		t.NoBackend.Inc(code)
 	default:
 		t.Codes[b.Index].Inc(code)
@@ -284,6 +285,12 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 				up.finish(b, nil, true)
 			}
 			cleanResponse(&ctx.Response.Header)
+			if len(ctx.Response.Header.Peek("Date")) == 0 {
+				// The backend's Date is passed on (the server does not
+				// write its own, see pkg/server); a response without one
+				// gets the time it arrived (RFC 9110 section 6.6.1).
+				cache.SetDate(&ctx.Response.Header, time.Now()) //nolint:errcheck // a head fasthttp wrote reads back
+			}
 			if !ctx.Response.Header.IsHTTP11() {
 				ctx.Response.Header.SetProtocol(http11)
 			}

@@ -120,6 +120,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 		ErrorHandler:                 h.ServeError,
 		NoDefaultServerHeader:        true,
 		NoDefaultContentType:         true,
+		NoDefaultDate:                true,
 		MaxRequestBodySize:           maxBody,
 		ReadBufferSize:               16 << 10,
 		DisablePreParseMultipartForm: true,

@@ -232,6 +232,7 @@ func (l *listener) newInstance(cfg config.Listener) *instance {
 		HeaderReceived:               l.handler.HeaderReceived,
 		NoDefaultServerHeader:        true,
 		NoDefaultContentType:         true,
+		NoDefaultDate:                true, // backends' Date is passed on, a cache hit keeps the stored one (RFC 9110 section 6.6.1)
 		ReadTimeout:                  cfg.ReadTimeout.Duration,
 		WriteTimeout:                 cfg.WriteTimeout.Duration,
 		IdleTimeout:                  cfg.IdleTimeout.Duration,

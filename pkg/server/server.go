@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/offloadlb/lb/pkg/cache"
 	"sync"
 	"time"
 
@@ -284,15 +283,12 @@ func (s *Server) PurgeCache(pool, url string) (int, error) {
 		s.log.Info("cache purged", "pool", pool, "urls", n)
 		return n, nil
 	}
-	key, err := cache.KeyOf(url)
-	if err != nil {
+	n, err := c.PurgeURL(url)
+	if err != nil || n == 0 {
 		return 0, err
 	}
-	if !c.Purge(key) {
-		return 0, nil
-	}
-	s.log.Info("cache purged", "pool", pool, "url", url)
-	return 1, nil
+	s.log.Info("cache purged", "pool", pool, "url", url, "keys", n)
+	return n, nil
 }
 
 // terminatorFor builds a listener's TLS side, nil for plaintext.
