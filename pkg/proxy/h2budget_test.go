@@ -1,0 +1,159 @@
+package proxy
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// uploader sends request bodies on a raw HTTP/2 connection as fast as
+// lb's flow-control credit allows, never ending them.
+type uploader struct {
+	r *rawH2
+
+	mu      sync.Mutex
+	cond    sync.Cond
+	connWin int64
+	win     map[uint32]int64
+	sent    int64
+	err     error
+}
+
+func newUploader(t *testing.T, addr string) *uploader {
+	u := &uploader{r: dialH2(t, addr), connWin: 65535, win: map[uint32]int64{}}
+	u.r.c.SetDeadline(time.Time{})
+	u.cond.L = &u.mu
+	go func() {
+		for {
+			f, err := u.r.fr.ReadFrame()
+			u.mu.Lock()
+			if err != nil {
+				u.err = err
+				u.cond.Broadcast()
+				u.mu.Unlock()
+				return
+			}
+			switch f := f.(type) {
+			case *http2.WindowUpdateFrame:
+				if f.StreamID == 0 {
+					u.connWin += int64(f.Increment)
+				} else if _, ok := u.win[f.StreamID]; ok {
+					u.win[f.StreamID] += int64(f.Increment)
+				}
+			case *http2.RSTStreamFrame:
+				delete(u.win, f.StreamID)
+			case *http2.PingFrame:
+				if !f.IsAck() {
+					u.r.fr.WritePing(true, f.Data)
+				}
+			}
+			u.cond.Broadcast()
+			u.mu.Unlock()
+		}
+	}()
+	return u
+}
+
+// upload opens streams first, first+2, ... and sends each up to perStream
+// bytes, in the background, until the connection ends.
+func (u *uploader) upload(first uint32, streams int, perStream int64) {
+	ids := make([]uint32, streams)
+	u.mu.Lock()
+	for i := range ids {
+		ids[i] = first + uint32(2*i)
+		u.r.request(ids[i], "POST", "/up", false)
+		u.win[ids[i]] = h2StreamWindow // lb's SETTINGS came before
+	}
+	u.mu.Unlock()
+	chunk := make([]byte, 16<<10)
+	go func() {
+		sent := map[uint32]int64{}
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		for u.err == nil {
+			progress := false
+			for _, id := range ids {
+				w, open := u.win[id]
+				n := min(int64(len(chunk)), perStream-sent[id], u.connWin, w)
+				if !open || n <= 0 {
+					continue
+				}
+				u.connWin -= n
+				u.win[id] -= n
+				sent[id] += n
+				u.sent += n
+				u.r.fr.WriteData(id, false, chunk[:n])
+				progress = true
+			}
+			if !progress {
+				u.cond.Wait()
+			}
+		}
+	}()
+}
+
+// state is what the client has sent and the credit it has left.
+func (u *uploader) state() (sent, credit int64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.sent, u.connWin
+}
+
+// TestHTTP2ProcessBodyBudget: past the process's body budget a client
+// gets no more credit, whatever its connection's own budget, and gets it
+// as soon as another connection releases what it held.
+func TestHTTP2ProcessBodyBudget(t *testing.T) {
+	const limit = 20 << 20
+	if n := h2Bodies.used.Load(); n != 0 {
+		t.Fatalf("%d body bytes held before the test", n)
+	}
+	h2Bodies.limit = limit
+	t.Cleanup(func() { h2Bodies.limit = h2ProcessBodyBudget })
+
+	e := startEcho(t)
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
+	addr, _ := h2Serve(t, hs, HTTP2Options{MaxBody: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
+	budget := h2ConnBudget(1 << 20) // 16 MiB
+
+	// poll waits for cond, checking all along that the process never
+	// holds more than the limit.
+	poll := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); {
+			if n := h2Bodies.used.Load(); n > limit {
+				t.Fatalf("the process holds %d body bytes, over its %d", n, limit)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 10s (held %d)", what, h2Bodies.used.Load())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+
+	// A fills its own budget and is held there.
+	a := newUploader(t, addr)
+	a.upload(1, 20, 1<<20)
+	poll("first connection holds its budget", func() bool { return h2Bodies.used.Load() == budget })
+
+	// B gets only what is left in the process, and waits.
+	b := newUploader(t, addr)
+	b.upload(1, 20, 1<<20)
+	poll("second connection fills the process's budget", func() bool {
+		sent, credit := b.state()
+		return h2Bodies.used.Load() == limit && sent == limit-budget && credit == 0
+	})
+
+	// A's client gives up its uploads: B is given credit at once, and
+	// goes on to its own budget.
+	a.mu.Lock()
+	for id := uint32(1); id < 40; id += 2 {
+		a.r.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+	}
+	a.mu.Unlock()
+	poll("second connection resumes, up to its own budget", func() bool {
+		sent, _ := b.state()
+		return sent == budget && h2Bodies.used.Load() == budget
+	})
+}
