@@ -45,9 +45,10 @@ type HTTP2Options struct {
 	// MaxStreams is how many streams a client may have open at once.
 	MaxStreams uint32
 	// IdleTimeout closes a connection without streams for this long;
-	// ReadTimeout bounds the wait for the preface and for each frame of
-	// a request body; WriteTimeout each write to the client and the wait
-	// for flow-control credit. 0 for none.
+	// ReadTimeout bounds the wait for the preface, and each request's
+	// head and body from its HEADERS frame on (408 past it);
+	// WriteTimeout each write to the client and the wait for
+	// flow-control credit. 0 for none.
 	IdleTimeout, ReadTimeout, WriteTimeout time.Duration
 	Logger                                 fasthttp.Logger
 }
