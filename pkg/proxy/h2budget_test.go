@@ -18,11 +18,12 @@ type uploader struct {
 	connWin int64
 	win     map[uint32]int64
 	sent    int64
+	resets  map[uint32]http2.ErrCode
 	err     error
 }
 
 func newUploader(t *testing.T, addr string) *uploader {
-	u := &uploader{r: dialH2(t, addr), connWin: 65535, win: map[uint32]int64{}}
+	u := &uploader{r: dialH2(t, addr), connWin: 65535, win: map[uint32]int64{}, resets: map[uint32]http2.ErrCode{}}
 	u.r.c.SetDeadline(time.Time{})
 	u.cond.L = &u.mu
 	go func() {
@@ -44,6 +45,7 @@ func newUploader(t *testing.T, addr string) *uploader {
 				}
 			case *http2.RSTStreamFrame:
 				delete(u.win, f.StreamID)
+				u.resets[f.StreamID] = f.ErrCode
 			case *http2.PingFrame:
 				if !f.IsAck() {
 					u.r.fr.WritePing(true, f.Data)
@@ -156,4 +158,53 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 		sent, _ := b.state()
 		return sent == budget && h2Bodies.used.Load() == budget
 	})
+}
+
+// TestHTTP2ProcessBodyBudgetRefuses: credit a connection was given before
+// the process ran out of room (every connection starts with some) is not
+// held beyond the process's budget: those streams are refused, safe to
+// retry, and nothing more is held.
+func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
+	budget := h2ConnBudget(1 << 20)
+	if n := h2Bodies.used.Load(); n != 0 {
+		t.Fatalf("%d body bytes held before the test", n)
+	}
+	h2Bodies.limit = budget // one connection's worth
+	t.Cleanup(func() { h2Bodies.limit = h2ProcessBodyBudget })
+
+	e := startEcho(t)
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
+	addr, _ := h2Serve(t, hs, HTTP2Options{MaxBody: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
+	a := newUploader(t, addr)
+	a.upload(1, 20, 1<<20)
+	for deadline := time.Now().Add(10 * time.Second); h2Bodies.used.Load() != budget; {
+		if time.Now().After(deadline) {
+			t.Fatalf("first connection holds %d, want %d", h2Bodies.used.Load(), budget)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b := newUploader(t, addr)
+	b.upload(1, 4, 1<<20)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		b.mu.Lock()
+		refused := len(b.resets)
+		b.mu.Unlock()
+		if refused == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 4 streams refused", refused)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.mu.Lock()
+	for id, code := range b.resets {
+		if code != http2.ErrCodeRefusedStream {
+			t.Errorf("stream %d reset with %v, want REFUSED_STREAM", id, code)
+		}
+	}
+	b.mu.Unlock()
+	if n := h2Bodies.used.Load(); n != budget {
+		t.Errorf("the process holds %d, want %d", n, budget)
+	}
 }
