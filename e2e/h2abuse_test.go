@@ -202,18 +202,21 @@ func rssMiB(t *testing.T, pid int) (now, peak float64) {
 // streams alive with empty DATA frames, make lb hold no more than the
 // connection's body budget (16 MiB here), and every stream is answered
 // 408 once read_timeout has passed since its head, however many frames
-// came meanwhile.
+// came meanwhile, unless lb refused it before to make room.
 func TestHTTP2BodyFlood(t *testing.T) {
 	const (
 		conns     = 2
 		streams   = 30
 		perStream = 4 << 20 // max_request_body: all of it is allowed
 		readTO    = 2 * time.Second
-		// The bound on lb's growth: three times the two connections'
-		// budgets (2 x 16 MiB), room for the bodies' buffers growing by
-		// doubling and for the GC's slack. Without budgets lb took what
-		// was sent, 240 MiB of bodies, and grew by 280 MiB.
-		growthMiB = 96
+		// The bound on lb's growth: five times what the two connections'
+		// budgets let them hold (2 x 16 MiB of body bytes). A body's
+		// buffer grows by doubling, the GC lets the heap reach twice
+		// what is live, and the buffers of refused streams are garbage
+		// until it runs: about 4x, measured. Without budgets lb held
+		// whatever was sent (240 MiB of bodies here) and grew by 280 MiB,
+		// and by the whole attack for as long as it lasted.
+		growthMiB = 160
 	)
 	dir := t.TempDir()
 	writeCerts(t, dir)
@@ -264,8 +267,11 @@ max_request_body = "4MiB"`, 1)
 		a.mu.Unlock()
 	}
 	t.Logf("streams ended: %v, the last %s after its head", statuses, longest.Round(time.Millisecond))
-	if statuses["408"] != conns*streams {
-		t.Errorf("answers %v, want 408 for all %d streams", statuses, conns*streams)
+	// 408 once read_timeout is up; lb refuses the newest streams
+	// (REFUSED_STREAM) when a connection's budget is full of bodies none
+	// of which can finish.
+	if refused := statuses["RST_STREAM REFUSED_STREAM"]; statuses["408"] == 0 || statuses["408"]+refused != conns*streams {
+		t.Errorf("answers %v, want 408 or REFUSED_STREAM for all %d streams", statuses, conns*streams)
 	}
 	if longest > readTO+time.Second {
 		t.Errorf("a stream ended %s after its head, want within read_timeout %s (+1s)", longest, readTO)

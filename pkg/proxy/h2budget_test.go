@@ -1,6 +1,12 @@
 package proxy
 
 import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -107,7 +113,7 @@ func (u *uploader) state() (sent, credit int64) {
 // gets no more credit, whatever its connection's own budget, and gets it
 // as soon as another connection releases what it held.
 func TestHTTP2ProcessBodyBudget(t *testing.T) {
-	const limit = 20 << 20
+	const limit = 16 << 20
 	if n := h2Bodies.used.Load(); n != 0 {
 		t.Fatalf("%d body bytes held before the test", n)
 	}
@@ -117,7 +123,6 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 	e := startEcho(t)
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
 	addr, _ := h2Serve(t, hs, HTTP2Options{MaxBody: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
-	budget := h2ConnBudget(1 << 20) // 16 MiB
 
 	// poll waits for cond, checking all along that the process never
 	// holds more than the limit.
@@ -134,30 +139,38 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 		}
 	}
 
-	// A fills its own budget and is held there.
-	a := newUploader(t, addr)
-	a.upload(1, 20, 1<<20)
-	poll("first connection holds its budget", func() bool { return h2Bodies.used.Load() == budget })
+	const each = 12 << 20 // within a connection's budget (16 MiB)
 
-	// B gets only what is left in the process, and waits.
+	// A sends 12 bodies of 1 MiB, never ended.
+	a := newUploader(t, addr)
+	a.upload(1, 12, 1<<20)
+	poll("first connection holds its bodies", func() bool { return h2Bodies.used.Load() == each })
+
+	// B gets only what is left in the process, and waits, though its
+	// own budget has room.
 	b := newUploader(t, addr)
-	b.upload(1, 20, 1<<20)
+	b.upload(1, 12, 1<<20)
 	poll("second connection fills the process's budget", func() bool {
 		sent, credit := b.state()
-		return h2Bodies.used.Load() == limit && sent == limit-budget && credit == 0
+		return h2Bodies.used.Load() == limit && sent == limit-each && credit == 0
 	})
 
 	// A's client gives up its uploads: B is given credit at once, and
-	// goes on to its own budget.
+	// sends the rest.
 	a.mu.Lock()
-	for id := uint32(1); id < 40; id += 2 {
+	for id := uint32(1); id < 24; id += 2 {
 		a.r.fr.WriteRSTStream(id, http2.ErrCodeCancel)
 	}
 	a.mu.Unlock()
-	poll("second connection resumes, up to its own budget", func() bool {
+	poll("second connection resumes", func() bool {
 		sent, _ := b.state()
-		return sent == budget && h2Bodies.used.Load() == budget
+		return sent == each && h2Bodies.used.Load() == each
 	})
+	b.mu.Lock()
+	if len(b.resets) != 0 {
+		t.Errorf("second connection's streams reset: %v", b.resets)
+	}
+	b.mu.Unlock()
 }
 
 // TestHTTP2ProcessBodyBudgetRefuses: credit a connection was given before
@@ -175,25 +188,31 @@ func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
 	e := startEcho(t)
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
 	addr, _ := h2Serve(t, hs, HTTP2Options{MaxBody: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
+	// A holds all but half a MiB of the process's budget (and less than
+	// its own).
 	a := newUploader(t, addr)
-	a.upload(1, 20, 1<<20)
-	for deadline := time.Now().Add(10 * time.Second); h2Bodies.used.Load() != budget; {
+	a.upload(1, 31, 512<<10)
+	for deadline := time.Now().Add(10 * time.Second); h2Bodies.used.Load() != budget-512<<10; {
 		if time.Now().After(deadline) {
-			t.Fatalf("first connection holds %d, want %d", h2Bodies.used.Load(), budget)
+			t.Fatalf("first connection holds %d, want %d", h2Bodies.used.Load(), budget-512<<10)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// B was given its first MiB of credit as it connected.
 	b := newUploader(t, addr)
 	b.upload(1, 4, 1<<20)
 	for deadline := time.Now().Add(10 * time.Second); ; {
+		if n := h2Bodies.used.Load(); n > budget {
+			t.Fatalf("the process holds %d, over its %d", n, budget)
+		}
 		b.mu.Lock()
 		refused := len(b.resets)
 		b.mu.Unlock()
-		if refused == 4 {
+		if refused > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of 4 streams refused", refused)
+			t.Fatalf("no stream refused")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -204,7 +223,61 @@ func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
 		}
 	}
 	b.mu.Unlock()
-	if n := h2Bodies.used.Load(); n != budget {
-		t.Errorf("the process holds %d, want %d", n, budget)
+	if n := h2Bodies.used.Load(); n > budget {
+		t.Errorf("the process holds %d, over its %d", n, budget)
+	}
+}
+
+// TestHTTP2UploadsShareBudget: uploads on one connection that together
+// pass its budget all go through, well within ReadTimeout: when none can
+// finish, the newest is refused (REFUSED_STREAM) and Go's client sends it
+// again once the others are in.
+func TestHTTP2UploadsShareBudget(t *testing.T) {
+	const size = 8 << 20 // max_request_body; the budget is twice that
+	e := startEcho(t, func(w http.ResponseWriter, r *http.Request) bool {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprint(w, n)
+		return true
+	})
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, maxBody: size})
+	addr, _ := h2Serve(t, hs, HTTP2Options{MaxBody: size, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute})
+	tr := &http2.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	t.Cleanup(tr.CloseIdleConnections)
+	client := &http.Client{Transport: tr, Timeout: 15 * time.Second}
+
+	body := bytes.Repeat([]byte("x"), size)
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := client.Post("https://"+addr+"/up", "application/octet-stream", bytes.NewReader(body))
+			if err != nil {
+				errs <- err
+				return
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(got) != strconv.Itoa(size) {
+				errs <- fmt.Errorf("status %d, backend got %q bytes", resp.StatusCode, got)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("uploads took %s", d)
+	}
+	// Released as each request's handler finishes, just after its answer.
+	for deadline := time.Now().Add(5 * time.Second); h2Bodies.used.Load() != 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d body bytes still held", h2Bodies.used.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -646,6 +646,10 @@ func (c *h2Conn) refill() {
 		c.fr.WriteWindowUpdate(0, uint32(inc)) //nolint:errcheck
 		c.recvWin += inc
 	}
+	if own <= 0 && c.recvWin == 0 {
+		c.evict()
+		return
+	}
 	if room < min(own, h2ConnWindow) && c.recvWin < h2ConnWindow/2 && !c.waiting {
 		// Short of credit for want of room in the process: woken when
 		// another connection releases some.
@@ -655,6 +659,28 @@ func (c *h2Conn) refill() {
 		// no one.
 		c.refill()
 	}
+}
+
+// evict makes room in a connection whose budget is full of requests that
+// are all still waiting for more of their bodies: none could finish, and
+// all would wait for ReadTimeout. The newest is refused (RST_STREAM
+// REFUSED_STREAM: nothing of it was forwarded, so the client may send it
+// again), and the older ones go on.
+func (c *h2Conn) evict() {
+	var newest *h2Stream
+	var unserved int64
+	for _, st := range c.streams {
+		if !st.served && st.held > 0 {
+			unserved += st.held
+			if newest == nil || st.id > newest.id {
+				newest = st
+			}
+		}
+	}
+	if newest == nil || unserved < c.held {
+		return // a request being served holds some: its end makes room
+	}
+	c.resetLocked(newest.id, http2.ErrCodeRefusedStream)
 }
 
 // refillLocking is refill for a connection woken by a release elsewhere.
