@@ -45,9 +45,10 @@ type HTTP2Options struct {
 	// MaxStreams is how many streams a client may have open at once.
 	MaxStreams uint32
 	// IdleTimeout closes a connection without streams for this long;
-	// ReadTimeout bounds the wait for the preface and for each frame of
-	// a request body; WriteTimeout each write to the client and the wait
-	// for flow-control credit. 0 for none.
+	// ReadTimeout bounds the wait for the preface, and each request's
+	// head and body from its HEADERS frame on (408 past it);
+	// WriteTimeout each write to the client and the wait for
+	// flow-control credit. 0 for none.
 	IdleTimeout, ReadTimeout, WriteTimeout time.Duration
 	Logger                                 fasthttp.Logger
 }
@@ -92,26 +93,27 @@ func (a *HTTP2) ServeConn(tc *tlsterm.Conn) {
 
 // GoAway starts a graceful stop: every connection gets a GOAWAY naming
 // the last stream it will serve and closes once those are answered; idle
-// ones close at once, and ServeConn refuses new ones.
+// ones close at once, and ServeConn refuses new ones. It does not wait
+// for the GOAWAYs to be written: a client that does not read can hold a
+// connection's writes for up to WriteTimeout, and a stop must be able to
+// give up on it (Close) when its grace ends.
 func (a *HTTP2) GoAway() {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.goingAway = true
-	conns := make([]*h2Conn, 0, len(a.conns))
 	for c := range a.conns {
-		conns = append(conns, c)
-	}
-	a.mu.Unlock()
-	for _, c := range conns {
-		c.goAway()
+		go c.goAway()
 	}
 }
 
-// Close closes every connection, answered or not.
+// Close closes every connection, answered or not, at once: writes blocked
+// on a client that does not read fail, rather than wait for WriteTimeout
+// or for a TLS close_notify alert the client would not take either.
 func (a *HTTP2) Close() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for c := range a.conns {
-		c.tc.Close() // not c.w: no waiting for a client that does not read
+		c.tc.NetConn().Close()
 	}
 }
 

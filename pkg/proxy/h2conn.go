@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -13,9 +15,10 @@ import (
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
-// Flow-control windows lb offers a client for request bodies. Bodies are
-// read whole before a request is served (bounded by MaxBody), so credit is
-// given back as soon as data arrives, half a window at a time.
+// Flow-control windows lb offers a client for request bodies. Stream
+// credit is given back as data arrives, half a window at a time (a body is
+// bounded by MaxBody); connection credit as the body budget allows (see
+// h2budget.go).
 const (
 	h2StreamWindow = 1 << 20
 	h2ConnWindow   = 1 << 20
@@ -51,7 +54,11 @@ type h2Conn struct {
 	sendWin     int64 // connection-level credit for DATA to the client
 	initWin     int64 // the client's SETTINGS_INITIAL_WINDOW_SIZE
 	recvWin     int64 // credit the client has for DATA to lb
-	recvUnacked int64
+	budget      int64 // h2ConnBudget: request-body bytes it may hold
+	held        int64 // request-body bytes held for its streams
+	waiting     bool  // on h2Bodies' list, for room in the process
+	timer       *time.Timer
+	timerAt     time.Time // when timer fires; zero when it is not set
 	resetByUs   [8]uint32 // the streams lb reset last
 	resetNext   uint8
 	sentGoAway  bool
@@ -63,7 +70,6 @@ type h2Conn struct {
 const (
 	deadlineNone = iota
 	deadlineIdle
-	deadlineBody
 )
 
 // h2Stream is one request. Its fields are under the connection's mu.
@@ -73,9 +79,13 @@ type h2Stream struct {
 	err      error // answer with ServeError instead of serving
 	declared int64 // content-length, -1 if none
 	got      int64 // body bytes received
+	held     int64 // of them, counted in the budgets
 	sendWin  int64
 	recvWin  int64
 	unacked  int64
+	// expires is when the request must be in whole (ReadTimeout after
+	// its head); zero once served, or without ReadTimeout.
+	expires time.Time
 
 	served     bool // its handler started
 	remoteDone bool // the client ended the stream
@@ -92,6 +102,7 @@ func newH2Conn(a *HTTP2, tc *tlsterm.Conn) *h2Conn {
 		sendWin: 65535,
 		initWin: 65535,
 		recvWin: h2ConnWindow,
+		budget:  h2ConnBudget(a.o.MaxBody),
 	}
 	c.cond.L = &c.mu
 	c.fr = http2.NewFramer(c.w, tc)
@@ -119,6 +130,9 @@ func (c *h2Conn) serve() {
 		c.mu.Lock()
 		c.closed = true
 		c.cond.Broadcast()
+		if c.timer != nil {
+			c.timer.Stop()
+		}
 		for _, st := range c.streams {
 			if !st.served {
 				c.release(st)
@@ -226,18 +240,16 @@ func (c *h2Conn) goAway() {
 func (c *h2Conn) quiet() bool { return len(c.streams) == 0 && c.handlers == 0 }
 
 // setDeadline sets the read deadline for what the connection waits for:
-// the next frame of a request body (ReadTimeout), the next request
-// (IdleTimeout), or frames that may never come while requests are served
-// (none).
+// the next request (IdleTimeout), or frames that may never come while
+// requests are served or coming in (none: each request has ReadTimeout
+// for its head and body, see expire, which frames on the connection do
+// not extend).
 func (c *h2Conn) setDeadline() {
 	want, d := deadlineNone, time.Duration(0)
-	switch {
-	case c.quiet():
+	if c.quiet() {
 		want, d = deadlineIdle, c.a.o.IdleTimeout
-	case c.a.o.ReadTimeout > 0 && c.unserved > 0:
-		want, d = deadlineBody, c.a.o.ReadTimeout
 	}
-	if want == c.deadline && want != deadlineBody {
+	if want == c.deadline {
 		return
 	}
 	c.deadline = want
@@ -359,8 +371,61 @@ func (c *h2Conn) onHeaders(f *http2.HeadersFrame) error {
 	case hd.continue_:
 		c.writeInterim(id, fasthttp.StatusContinue)
 	}
+	if !st.served && c.a.o.ReadTimeout > 0 {
+		c.expireAt(st, time.Now().Add(c.a.o.ReadTimeout))
+	}
 	c.setDeadline()
 	return nil
+}
+
+// expireAt gives st until t to send the rest of its request.
+func (c *h2Conn) expireAt(st *h2Stream, t time.Time) {
+	st.expires = t
+	if !c.timerAt.IsZero() && !t.Before(c.timerAt) {
+		return // the timer fires first, and sets itself again for st
+	}
+	c.timerAt = t
+	if c.timer == nil {
+		c.timer = time.AfterFunc(time.Until(t), c.expire)
+	} else {
+		c.timer.Reset(time.Until(t))
+	}
+}
+
+// errRequestTimeout: a request's head and body did not come in within
+// ReadTimeout. ServeError answers 408.
+var errRequestTimeout = fmt.Errorf("HTTP/2 request not complete within read_timeout: %w", os.ErrDeadlineExceeded)
+
+// expire answers 408 to the streams whose requests did not come in
+// whole within ReadTimeout, as an HTTP/1.1 connection is answered: their
+// bodies are dropped and the client is told to stop sending them
+// (RST_STREAM NO_ERROR after the answer). Frames on the connection, empty
+// DATA among them, do not extend the time a request has.
+func (c *h2Conn) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.timerAt = time.Time{}
+	if c.closed {
+		return
+	}
+	now := time.Now()
+	var next time.Time
+	for _, st := range c.streams {
+		switch {
+		case st.served || st.expires.IsZero():
+		case !now.Before(st.expires):
+			st.err = errRequestTimeout
+			c.dropBody(st)
+			c.serveStream(st)
+		case next.IsZero() || st.expires.Before(next):
+			next = st.expires
+		}
+	}
+	if !next.IsZero() {
+		c.timerAt = next
+		c.timer.Reset(next.Sub(now))
+	}
+	c.setDeadline()
 }
 
 // endOfRequest: the client ended st. Its request is served unless it
@@ -373,6 +438,7 @@ func (c *h2Conn) endOfRequest(st *h2Stream) error {
 		}
 		return nil
 	}
+	st.expires = time.Time{}
 	if st.declared >= 0 && st.got != st.declared {
 		return http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol}
 	}
@@ -387,14 +453,10 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 	if n > c.recvWin {
 		return http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
-	// The connection's credit comes back whatever becomes of the data.
+	// The connection's credit for data not kept comes back now, for
+	// data kept once the budgets have room for more.
 	c.recvWin -= n
-	c.recvUnacked += n
-	if c.recvUnacked >= h2ConnWindow/2 {
-		c.fr.WriteWindowUpdate(0, uint32(c.recvUnacked)) //nolint:errcheck
-		c.recvWin += c.recvUnacked
-		c.recvUnacked = 0
-	}
+	defer c.refill()
 	st := c.streams[id]
 	switch {
 	case st == nil && id > c.maxClientID:
@@ -413,11 +475,20 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
 	if !st.served {
-		if st.got > int64(c.a.o.MaxBody) {
+		switch {
+		case st.got > int64(c.a.o.MaxBody):
 			st.err = fasthttp.ErrBodyTooLarge
-			st.ctx.Request.ResetBody()
+			c.dropBody(st)
 			c.serveStream(st)
-		} else {
+		case !h2Bodies.take(int64(len(data)), c.budget):
+			// The process holds all it may: credit other connections
+			// had already been given came in first. Not processed, so
+			// safe for the client to retry (RFC 9113 8.7).
+			c.resetLocked(id, http2.ErrCodeRefusedStream)
+			return nil
+		default:
+			st.held += int64(len(data))
+			c.held += int64(len(data))
 			st.ctx.Request.AppendBody(data)
 		}
 	}
@@ -536,10 +607,88 @@ func (c *h2Conn) forget(st *h2Stream) {
 }
 
 func (c *h2Conn) release(st *h2Stream) {
+	c.unhold(st)
 	st.ctx.Request.Reset()
 	st.ctx.Response.Reset()
 	c.a.ctxs.Put(st.ctx)
 	st.ctx = nil
+}
+
+// dropBody drops the body st has received: it will not be forwarded.
+func (c *h2Conn) dropBody(st *h2Stream) {
+	st.ctx.Request.ResetBody()
+	c.unhold(st)
+}
+
+// unhold returns what st held to the budgets, and the client's credit
+// with it.
+func (c *h2Conn) unhold(st *h2Stream) {
+	if st.held == 0 {
+		return
+	}
+	c.held -= st.held
+	h2Bodies.give(st.held)
+	st.held = 0
+	c.refill()
+}
+
+// refill gives the client connection credit up to h2ConnWindow, as far
+// as the connection's body budget and the process's have room: what the
+// client may send and what lb holds stay within them. Credit goes in
+// steps of half a window, or of half what is left when little is.
+func (c *h2Conn) refill() {
+	if c.closed {
+		return
+	}
+	own := c.budget - c.held
+	room := min(own, h2Bodies.room(c.budget), h2ConnWindow)
+	if inc := room - c.recvWin; inc > 0 && inc >= min(h2ConnWindow, room)/2 {
+		c.fr.WriteWindowUpdate(0, uint32(inc)) //nolint:errcheck
+		c.recvWin += inc
+	}
+	if own <= 0 && c.recvWin == 0 {
+		c.evict()
+		return
+	}
+	if room < min(own, h2ConnWindow) && c.recvWin < h2ConnWindow/2 && !c.waiting {
+		// Short of credit for want of room in the process: woken when
+		// another connection releases some.
+		c.waiting = true
+		h2Bodies.wait(c)
+		// A release between the look at the room and the wait wakes
+		// no one.
+		c.refill()
+	}
+}
+
+// evict makes room in a connection whose budget is full of requests that
+// are all still waiting for more of their bodies: none could finish, and
+// all would wait for ReadTimeout. The newest is refused (RST_STREAM
+// REFUSED_STREAM: nothing of it was forwarded, so the client may send it
+// again), and the older ones go on.
+func (c *h2Conn) evict() {
+	var newest *h2Stream
+	var unserved int64
+	for _, st := range c.streams {
+		if !st.served && st.held > 0 {
+			unserved += st.held
+			if newest == nil || st.id > newest.id {
+				newest = st
+			}
+		}
+	}
+	if newest == nil || unserved < c.held {
+		return // a request being served holds some: its end makes room
+	}
+	c.resetLocked(newest.id, http2.ErrCodeRefusedStream)
+}
+
+// refillLocking is refill for a connection woken by a release elsewhere.
+func (c *h2Conn) refillLocking() {
+	c.mu.Lock()
+	c.waiting = false
+	c.refill()
+	c.mu.Unlock()
 }
 
 // serveStream starts serving st's request on a goroutine of its own.
@@ -566,6 +715,7 @@ func (c *h2Conn) run(st *h2Stream) {
 	c.a.ctxs.Put(ctx)
 
 	c.mu.Lock()
+	c.unhold(st) // the body is forwarded, and ctx reset above
 	c.handlers--
 	st.ctx = nil
 	done := c.quiet() && (c.sentGoAway || c.peerGoAway)
