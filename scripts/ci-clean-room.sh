@@ -123,6 +123,13 @@ tar -C "$root" -xf "$tarball"
 mkdir -p "$root/usr/local"
 cp -a "$goroot" "$root/usr/local/go"
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+# The local CA certificates this machine trusts, as a network that
+# inspects TLS on its way out needs them; the ca-certificates package,
+# when .ci/run installs it, adds them to the root's trust store.
+if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+	mkdir -p "$root/usr/local/share/ca-certificates"
+	cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+fi
 # Packages' maintainer scripts must not start daemons in the chroot: they
 # would outlive the run and hold its mounts.
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
