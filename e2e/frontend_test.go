@@ -521,10 +521,28 @@ func TestH2Spec(t *testing.T) {
 	}
 }
 
+// testsslEnvironmentNotices are the finding ids testssl.sh uses for what
+// it says about the machine it runs on rather than about the server it
+// scans, with the reason: the ones it writes through its
+// fileout_insert_warning, its channel for client-side warnings (its
+// pretty JSON files them under "clientProblemN", apart from the scan
+// result). scanProblem is not one of them: it also reports a server that
+// cannot be scanned.
+var testsslEnvironmentNotices = map[string]string{
+	// The local openssl has no GOST engine (Debian's
+	// libengine-gost-openssl, which .ci/run installs): GOST ciphers go
+	// untested, which lb does not offer anyway.
+	"engine_problem": "no GOST engine in the local openssl",
+	// The local openssl is too old to scan with; testssl stops right
+	// after, and the missing findings fail the test.
+	"old_fart": "local openssl too old",
+}
+
 // TestTestSSL runs testssl.sh against each TLS mode of a listener (the
 // defaults, TLS 1.3 only, client certificates required): protocols,
 // cipher categories, forward secrecy and known vulnerabilities must all
-// be rated OK (or merely informational).
+// be rated OK (or merely informational). testssl's notices about its
+// own machine (testsslEnvironmentNotices) are logged, not failures.
 func TestTestSSL(t *testing.T) {
 	testssl := ""
 	for _, name := range []string{"testssl", "testssl.sh"} {
@@ -573,6 +591,10 @@ func TestTestSSL(t *testing.T) {
 			count := map[string]int{}
 			for _, f := range findings {
 				count[f.Severity]++
+				if why, ok := testsslEnvironmentNotices[f.ID]; ok {
+					t.Logf("ignored, about testssl's own machine and not lb (%s): testssl %s: %s: %s", why, f.Severity, f.ID, f.Finding)
+					continue
+				}
 				if f.Severity == "WARN" && slices.Contains(mode.untestable, f.ID) && strings.Contains(f.Finding, "client x509-based authentication prevents this from being tested") {
 					t.Logf("not testable with client certificates required: %s", f.ID)
 					continue

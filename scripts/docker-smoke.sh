@@ -163,6 +163,36 @@ export CONTAINERS_STORAGE_CONF="$tmp/storage.conf"
 export TMPDIR="$tmp/tmp"
 export BUILDAH_ISOLATION=oci
 
+# --- Can this machine run containers at all? ----------------------------------
+
+# A throwaway image of busybox alone, run, then exec'd into (as the
+# HEALTHCHECK is). Where even that fails, containers cannot run here,
+# which says nothing about lb's image: a chroot whose / is not a mount
+# point (the storage's remount of / and runc's pivot_root need one), or
+# one where runc exec does not land inside the container. Skip, showing
+# the error. The marker folder exists only in the image, so an exec that
+# ran outside the container cannot pass.
+cannot_run() {
+	tail -5 "$tmp/probe.err" | sed 's/^/  | /'
+	skip "this machine cannot run containers: $*"
+}
+probe_image=localhost/lb-smoke-probe:latest
+c=$(timeout 60 buildah from scratch 2>"$tmp/probe.err") || cannot_run "buildah from scratch failed"
+m=$(timeout 60 buildah mount "$c" 2>"$tmp/probe.err") || cannot_run "container storage cannot be mounted"
+mkdir -p "$m/bin" "$m/lb-smoke-probe"
+cp /bin/busybox "$m/bin/busybox"
+buildah umount "$c" >/dev/null
+buildah config --workingdir /lb-smoke-probe "$c"
+buildah commit -q "$c" "$probe_image" >/dev/null 2>"$tmp/probe.err" || cannot_run "an image cannot be committed"
+buildah rm "$c" >/dev/null
+probe=$(podman run -d --no-healthcheck --network none "$probe_image" /bin/busybox sleep 120 2>"$tmp/probe.err") ||
+	cannot_run "a container that only sleeps does not start"
+podman exec "$probe" /bin/busybox test -d /lb-smoke-probe 2>"$tmp/probe.err" ||
+	cannot_run "podman exec does not run inside a running container"
+podman rm -f -t 0 "$probe" >/dev/null
+podman rmi "$probe_image" >/dev/null
+say "containers run here (probe: run and exec)"
+
 # --- Stand-ins for the base images (no registry is reachable) ---------------
 
 goroot=$(go env GOROOT)

@@ -79,7 +79,11 @@ func h2Serve(t *testing.T, hs *harness, o HTTP2Options) (string, *HTTP2) {
 func h2Front(t *testing.T, hs *harness, maxBody int) (*http.Client, string) {
 	t.Helper()
 	addr, _ := h2Serve(t, hs, HTTP2Options{MaxBody: maxBody, IdleTimeout: time.Minute})
-	tr := &http2.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	// HTTP/2 only: a client that fell back to HTTP/1.1 would test the
+	// wrong front end.
+	var protos http.Protocols
+	protos.SetHTTP2(true)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, Protocols: &protos}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, "https://" + addr
 }
