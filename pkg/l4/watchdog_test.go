@@ -44,15 +44,15 @@ func pipeBetween(t *testing.T, to Timeouts) (client, backend *net.TCPConn, in, o
 	return client, backend, in, out, result
 }
 
-func waitPipe(t *testing.T, result chan error, within time.Duration) (error, time.Duration) {
+func waitPipe(t *testing.T, result chan error, within time.Duration) (time.Duration, error) {
 	t.Helper()
 	start := time.Now()
 	select {
 	case err := <-result:
-		return err, time.Since(start)
+		return time.Since(start), err
 	case <-time.After(within):
 		t.Fatalf("Pipe still running after %s", within)
-		return nil, 0
+		return 0, nil
 	}
 }
 
@@ -85,7 +85,7 @@ func TestPipeCutsAStalledSplicedDirection(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
-	err, took := waitPipe(t, result, 10*time.Second)
+	took, err := waitPipe(t, result, 10*time.Second)
 	if !errors.Is(err, ErrClientStalled) {
 		t.Fatalf("Pipe ended with %v, want %v", err, ErrClientStalled)
 	}
@@ -109,7 +109,7 @@ func TestPipeIdleAfterSplice(t *testing.T) {
 		t.Fatal(err)
 	}
 	last := time.Now()
-	err, _ := waitPipe(t, result, 5*time.Second)
+	_, err := waitPipe(t, result, 5*time.Second)
 	idle := time.Since(last)
 	if !errors.Is(err, ErrIdle) {
 		t.Fatalf("Pipe ended with %v, want %v", err, ErrIdle)
@@ -149,7 +149,7 @@ func TestPipeBusyTransferOutlivesBounds(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	err, _ := waitPipe(t, result, 5*time.Second)
+	_, err := waitPipe(t, result, 5*time.Second)
 	if err != nil || got != total || out.Load() != total {
 		t.Fatalf("a busy transfer ended after %s with %v: %d bytes read, %d counted, want %d",
 			time.Since(start).Round(time.Millisecond), err, got, out.Load(), total)

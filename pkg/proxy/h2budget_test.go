@@ -241,7 +241,9 @@ func TestHTTP2UploadsShareBudget(t *testing.T) {
 	})
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, maxBody: size})
 	addr, _ := h2Serve(t, hs, HTTP2Options{MaxBody: size, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute})
-	tr := &http2.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	var protos http.Protocols
+	protos.SetHTTP2(true)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, Protocols: &protos}
 	t.Cleanup(tr.CloseIdleConnections)
 	client := &http.Client{Transport: tr, Timeout: 15 * time.Second}
 
