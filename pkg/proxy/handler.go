@@ -640,6 +640,9 @@ func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 	ctx.Response.Header.SetCanonical(hLocation, loc)
 	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
 	ctx.SetStatusCode(fasthttp.StatusPermanentRedirect)
+	// lb answers this itself, as an origin would: it sends the Date that
+	// the server no longer writes by default (RFC 9110 section 6.6.1).
+	cache.SetDate(&ctx.Response.Header, time.Now()) //nolint:errcheck // a head fasthttp wrote reads back
 }
 
 // logAccess writes one access log line: who asked what, who answered,

@@ -604,6 +604,9 @@ func TestRedirectAndHSTS(t *testing.T) {
 	if e.hits.Load() != 0 {
 		t.Fatal("redirect listener forwarded the request")
 	}
+	if d, err := http.ParseTime(resp.Header.Get("Date")); err != nil || time.Since(d) > time.Minute {
+		t.Fatalf("redirect's Date %q: %v", resp.Header.Get("Date"), err)
+	}
 
 	hs = newHarness(t, harnessOpts{backends: []string{e.addr}, tls: true, listener: func(l *Listener) {
 		l.HSTS = []byte("max-age=31536000")
