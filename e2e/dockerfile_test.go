@@ -46,11 +46,11 @@ func parseDockerfile(t *testing.T) (*parser.Result, []instructions.Stage) {
 	return res, stages
 }
 
-// TestDockerfile checks what the image promises (README "Running in
-// Docker"): a two-stage build of a static, trimmed, version-stamped
-// binary into a final stage that runs as a non-root user with its config
-// path, ports, health check and entrypoint set. The build itself is
-// checked by scripts/docker-smoke.sh (TestDockerSmoke).
+// TestDockerfile checks what the image promises (docs/docker.md): a
+// two-stage build of a static, trimmed, version-stamped binary into a
+// final stage that runs as a non-root user with its config path, ports,
+// health check and entrypoint set. The build itself is checked by
+// scripts/docker-smoke.sh (TestDockerSmoke).
 func TestDockerfile(t *testing.T) {
 	res, stages := parseDockerfile(t)
 	if len(stages) != 2 {
