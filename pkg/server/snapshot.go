@@ -3,11 +3,14 @@ package server
 import (
 	"context"
 	"fmt"
-	"github.com/offloadlb/lb/pkg/cache"
+	"strings"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/offloadlb/lb/pkg/admin"
 	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/cache"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/health"
 	"github.com/offloadlb/lb/pkg/l4"
@@ -44,12 +47,12 @@ type plan struct {
 }
 
 type listenerPlan struct {
-	cfg      config.Listener
-	l        *listener
-	fresh    bool
-	state    *proxy.Listener // http mode
-	tcpState *l4.Listener    // tcp mode
-	term     *tlsterm.Terminator
+	cfg   config.Listener
+	l     *listener
+	fresh bool
+	http  *proxy.Listener     // http mode, else nil
+	tcp   *l4.Listener        // tcp mode, else nil
+	term  *tlsterm.Terminator // nil: plaintext
 }
 
 // prepare builds everything cfg describes, reusing what the running
@@ -98,11 +101,7 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 		if lp.term, err = terminatorFor(lc, lp.l.tickets); err != nil {
 			return p, err
 		}
-		if lc.Mode == "tcp" {
-			lp.tcpState = s.tcpListenerState(lc, p, lp.term != nil)
-		} else {
-			lp.state = s.listenerState(lc, p, lp.term != nil)
-		}
+		lp.http, lp.tcp = s.handlerState(lc, p, lp.term != nil)
 		p.listeners = append(p.listeners, lp)
 	}
 
@@ -132,9 +131,7 @@ func adminAddr(rt *snapshot) string {
 
 // isEphemeral reports a bind to port 0, which never names the same
 // socket twice.
-func isEphemeral(bind string) bool {
-	return len(bind) >= 2 && bind[len(bind)-2:] == ":0"
-}
+func isEphemeral(bind string) bool { return strings.HasSuffix(bind, ":0") }
 
 // abandon releases what a failed prepare built.
 func (p *plan) abandon(s *Server) {
@@ -224,39 +221,46 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	}, nil
 }
 
-// listenerState builds what a listener's handler needs, with its request
-// counters resolved.
-func (s *Server) listenerState(lc config.Listener, p *plan, tlsOn bool) *proxy.Listener {
-	st := &proxy.Listener{Name: lc.Name, TLS: tlsOn, TunnelIdle: lc.IdleTimeout.Duration, WriteTimeout: lc.WriteTimeout.Duration}
-	rejected := metrics.Key{Listener: lc.Name}
-	st.Rejected = s.metrics.Codes(rejected)
-	p.keep[rejected] = true
+// handlerState builds what a listener's handler serves with under plan
+// p: an http listener's *proxy.Listener, or a tcp listener's
+// *l4.Listener (the other is nil). What both modes share is built the same
+// way for each: the listener's name, TLS and access log, its pools
+// resolved once by name however many routes name them (routes to one pool
+// share its counters), and its counters, each recorded in p.keep so that
+// the commit keeps its count.
+func (s *Server) handlerState(lc config.Listener, p *plan, tlsOn bool) (*proxy.Listener, *l4.Listener) {
+	var access hclog.Logger // nil: access logging is off
 	if p.access != nil {
-		st.Access = p.access.log
+		access = p.access.log
 	}
-	targets := map[string]*proxy.Target{}
-	target := func(name string) *proxy.Target {
-		if t := targets[name]; t != nil {
-			return t
+	if lc.Mode == "tcp" {
+		return nil, s.tcpState(lc, p, tlsOn, access)
+	}
+	return s.httpState(lc, p, tlsOn, access), nil
+}
+
+// httpState is handlerState's part for an http listener: routes by host
+// and path, request counters by status code, redirect and HSTS.
+func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog.Logger) *proxy.Listener {
+	st := &proxy.Listener{
+		Name:         lc.Name,
+		TLS:          tlsOn,
+		Access:       access,
+		TunnelIdle:   lc.IdleTimeout.Duration,
+		WriteTimeout: lc.WriteTimeout.Duration,
+		Rejected:     kept(p, metrics.Key{Listener: lc.Name}, s.metrics.Codes),
+	}
+	def, routes := routeTargets(lc, func(pool string) *proxy.Target {
+		return &proxy.Target{
+			Up:        p.rt.pools[pool].up,
+			Codes:     backendCounters(p, lc.Name, pool, s.metrics.Codes),
+			NoBackend: kept(p, metrics.Key{Listener: lc.Name, Pool: pool}, s.metrics.Codes),
+			Duration:  s.metrics.Duration(lc.Name, pool),
 		}
-		pl := p.rt.pools[name]
-		t := &proxy.Target{Up: pl.up, Duration: s.metrics.Duration(lc.Name, name)}
-		k := metrics.Key{Listener: lc.Name, Pool: name}
-		t.NoBackend = s.metrics.Codes(k)
-		p.keep[k] = true
-		for _, b := range pl.up.Pool.Backends {
-			k := metrics.Key{Listener: lc.Name, Pool: name, Backend: b.Address}
-			t.Codes = append(t.Codes, s.metrics.Codes(k))
-			p.keep[k] = true
-		}
-		targets[name] = t
-		return t
-	}
-	if lc.Pool != "" {
-		st.Default = target(lc.Pool)
-	}
-	for _, r := range lc.Routes {
-		st.Routes = append(st.Routes, proxy.Route{Host: toLower(r.Host), PathPrefix: r.PathPrefix, Target: target(r.Pool)})
+	})
+	st.Default = def
+	for i, r := range lc.Routes {
+		st.Routes = append(st.Routes, proxy.Route{Host: strings.ToLower(r.Host), PathPrefix: r.PathPrefix, Target: routes[i]})
 	}
 	if lc.RedirectHTTPS != "" {
 		if r, err := config.ParseRedirect(lc.RedirectHTTPS); err == nil {
@@ -269,60 +273,78 @@ func (s *Server) listenerState(lc config.Listener, p *plan, tlsOn bool) *proxy.L
 	return st
 }
 
-// tcpListenerState builds what a tcp listener's handler needs.
-func (s *Server) tcpListenerState(lc config.Listener, p *plan, tlsOn bool) *l4.Listener {
+// tcpState is handlerState's part for a tcp listener: routes by server
+// name, connection counters, and the PROXY protocol header sent to
+// backends.
+func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.Logger) *l4.Listener {
 	st := &l4.Listener{
 		Name:          lc.Name,
 		TLS:           tlsOn,
-		ProxyProtocol: lc.ProxyProtocol,
+		Access:        access,
 		IdleTimeout:   lc.IdleTimeout.Duration,
 		WriteTimeout:  lc.WriteTimeout.Duration,
 		PeekTimeout:   lc.ReadTimeout.Duration,
+		ProxyProtocol: lc.ProxyProtocol,
+		Unrouted:      kept(p, metrics.Key{Listener: lc.Name}, s.metrics.TCP),
 	}
-	unrouted := metrics.Key{Listener: lc.Name}
-	st.Unrouted = s.metrics.TCP(unrouted)
-	p.keep[unrouted] = true
-	if p.access != nil {
-		st.Access = p.access.log
-	}
-	targets := map[string]*l4.Target{}
-	target := func(name string) *l4.Target {
-		if t := targets[name]; t != nil {
-			return t
-		}
-		pl := p.rt.pools[name]
-		t := &l4.Target{
+	def, routes := routeTargets(lc, func(pool string) *l4.Target {
+		pl := p.rt.pools[pool]
+		return &l4.Target{
 			Pool:           pl.up.Pool,
 			Health:         pl.mon,
 			Retries:        pl.cfg.Retries,
 			ConnectTimeout: pl.cfg.ConnectTimeout.Duration,
-			Duration:       s.metrics.TCPDuration(lc.Name, name),
+			Stats:          backendCounters(p, lc.Name, pool, s.metrics.TCP),
+			Duration:       s.metrics.TCPDuration(lc.Name, pool),
 		}
-		for _, b := range pl.up.Pool.Backends {
-			k := metrics.Key{Listener: lc.Name, Pool: name, Backend: b.Address}
-			t.Stats = append(t.Stats, s.metrics.TCP(k))
-			p.keep[k] = true
-		}
-		targets[name] = t
-		return t
-	}
-	if lc.Pool != "" {
-		st.Default = target(lc.Pool)
-	}
-	for _, r := range lc.Routes {
-		st.Routes = append(st.Routes, l4.Route{SNI: toLower(r.SNI), Target: target(r.Pool)})
+	})
+	st.Default = def
+	for i, r := range lc.Routes {
+		st.Routes = append(st.Routes, l4.Route{SNI: strings.ToLower(r.SNI), Target: routes[i]})
 	}
 	return st
 }
 
-func toLower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c >= 'A' && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
+// routeTargets resolves the pools a listener sends to, building each
+// pool's target once with target however many routes name it: def for
+// the listener's own pool (nil when it has none), and one per route in
+// lc.Routes order.
+func routeTargets[T any](lc config.Listener, target func(pool string) *T) (def *T, routes []*T) {
+	built := map[string]*T{}
+	resolve := func(pool string) *T {
+		t := built[pool]
+		if t == nil {
+			t = target(pool)
+			built[pool] = t
 		}
+		return t
 	}
-	return string(b)
+	if lc.Pool != "" {
+		def = resolve(lc.Pool)
+	}
+	routes = make([]*T, len(lc.Routes))
+	for i, r := range lc.Routes {
+		routes[i] = resolve(r.Pool)
+	}
+	return def, routes
+}
+
+// kept returns the counter k names, made by counter on first use, and
+// records k in p.keep so that the commit keeps its count.
+func kept[C any](p *plan, k metrics.Key, counter func(metrics.Key) C) C {
+	p.keep[k] = true
+	return counter(k)
+}
+
+// backendCounters returns, in backend order, the counter of each backend
+// of pool as listener counts it (see kept).
+func backendCounters[C any](p *plan, listener, pool string, counter func(metrics.Key) C) []C {
+	backends := p.rt.pools[pool].up.Pool.Backends
+	cs := make([]C, len(backends))
+	for i, b := range backends {
+		cs[i] = kept(p, metrics.Key{Listener: listener, Pool: pool, Backend: b.Address}, counter)
+	}
+	return cs
 }
 
 // commit swaps a prepared plan in. It cannot fail.
@@ -332,7 +354,7 @@ func (s *Server) commit(p *plan, initial bool) {
 	oldListeners := s.listeners
 	s.listeners = map[string]*listener{}
 	for _, lp := range p.listeners {
-		lp.l.configure(lp.cfg, lp.state, lp.tcpState, lp.term, s.metrics)
+		lp.l.configure(lp.cfg, lp.http, lp.tcp, lp.term, s.metrics)
 		s.listeners[lp.l.key()] = lp.l
 		if lp.fresh && !initial {
 			s.startListener(lp.l)
