@@ -15,10 +15,12 @@ import (
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
-// instance is one fasthttp server fed connections by a listener, and the
-// HTTP/2 server for clients that negotiated h2, with the same settings.
-type instance struct {
-	srv   *fasthttp.Server
+// httpServer is what serves an http listener's connections with one set
+// of server settings: a fasthttp server for HTTP/1, fed connections by
+// the listener's accept loop through queue, and the HTTP/2 server for
+// clients that negotiated h2.
+type httpServer struct {
+	http1 *fasthttp.Server
 	queue *connQueue
 	open  atomic.Int64 // connections it serves
 	done  chan struct{}
@@ -37,9 +39,9 @@ func serverSettingsChanged(a, b config.Listener) bool {
 		a.MaxHeaderBytes != b.MaxHeaderBytes || a.MaxConnections != b.MaxConnections
 }
 
-func (l *listener) newInstance(cfg config.Listener) *instance {
-	in := &instance{queue: newConnQueue(l.sock.Addr()), done: make(chan struct{})}
-	in.srv = &fasthttp.Server{
+func (l *boundListener) newHTTPServer(cfg config.Listener) *httpServer {
+	srv := &httpServer{queue: newConnQueue(l.sock.Addr()), done: make(chan struct{})}
+	srv.http1 = &fasthttp.Server{
 		Handler:                      l.handler.Serve,
 		ErrorHandler:                 l.handler.ServeError,
 		HeaderReceived:               l.handler.HeaderReceived,
@@ -60,13 +62,13 @@ func (l *listener) newInstance(cfg config.Listener) *instance {
 		ConnState: func(_ net.Conn, s fasthttp.ConnState) {
 			switch s {
 			case fasthttp.StateNew:
-				in.open.Inc()
+				srv.open.Inc()
 			case fasthttp.StateClosed, fasthttp.StateHijacked:
-				in.open.Dec()
+				srv.open.Dec()
 			}
 		},
 	}
-	in.h2 = proxy.NewHTTP2(l.handler, proxy.HTTP2Options{
+	srv.h2 = proxy.NewHTTP2(l.handler, proxy.HTTP2Options{
 		MaxBody:      int(cfg.MaxRequestBody.Bytes),
 		MaxHead:      int(cfg.MaxHeaderBytes.Bytes),
 		IdleTimeout:  cfg.IdleTimeout.Duration,
@@ -74,46 +76,46 @@ func (l *listener) newInstance(cfg config.Listener) *instance {
 		WriteTimeout: cfg.WriteTimeout.Duration,
 		Logger:       fasthttpLogger{l.log.With("listener", cfg.Name)},
 	})
-	return in
+	return srv
 }
 
 // serveH2 serves an HTTP/2 connection on its own goroutine; false once
-// the instance is shutting down.
-func (in *instance) serveH2(c *tlsterm.Conn) bool {
-	in.h2mu.Lock()
-	if in.closing {
-		in.h2mu.Unlock()
+// the server is shutting down.
+func (srv *httpServer) serveH2(c *tlsterm.Conn) bool {
+	srv.h2mu.Lock()
+	if srv.closing {
+		srv.h2mu.Unlock()
 		return false
 	}
-	in.h2wg.Add(1)
-	in.open.Inc()
-	in.h2mu.Unlock()
+	srv.h2wg.Add(1)
+	srv.open.Inc()
+	srv.h2mu.Unlock()
 	go func() {
 		defer func() {
-			in.open.Dec()
-			in.h2wg.Done()
+			srv.open.Dec()
+			srv.h2wg.Done()
 		}()
-		in.h2.ServeConn(c)
+		srv.h2.ServeConn(c)
 	}()
 	return true
 }
 
 // shutdownH2 sends GOAWAY on every HTTP/2 connection, lets their streams
 // finish, and closes what is left when ctx ends.
-func (in *instance) shutdownH2(ctx context.Context) {
-	in.h2mu.Lock()
-	in.closing = true
-	in.h2mu.Unlock()
-	in.h2.GoAway()
+func (srv *httpServer) shutdownH2(ctx context.Context) {
+	srv.h2mu.Lock()
+	srv.closing = true
+	srv.h2mu.Unlock()
+	srv.h2.GoAway()
 	done := make(chan struct{})
 	go func() {
-		in.h2wg.Wait()
+		srv.h2wg.Wait()
 		close(done)
 	}()
 	select {
 	case <-done:
 	case <-ctx.Done():
-		in.h2.Close()
+		srv.h2.Close()
 		<-done
 	}
 }
@@ -125,8 +127,8 @@ func (f fasthttpLogger) Printf(format string, args ...any) {
 	f.log.Debug(fmt.Sprintf(format, args...))
 }
 
-// connQueue is the net.Listener a fasthttp server instance serves: the
-// listener's accept loop pushes connections into it.
+// connQueue is the net.Listener an httpServer's fasthttp server serves:
+// the listener's accept loop pushes connections into it.
 type connQueue struct {
 	addr      net.Addr
 	ch        chan net.Conn

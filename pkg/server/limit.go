@@ -24,7 +24,7 @@ type limitListener struct {
 	// Connections per client address, kept whether or not there is a
 	// limit, so that one set by a reload counts connections already open.
 	perClient atomic.Int64 // 0: no limit
-	cmu       sync.Mutex
+	clientsMu sync.Mutex
 	clients   map[netip.Addr]int32
 	refused   atomic.Uint64
 	// onRefuse, if set, hears of each connection closed for its client's
@@ -50,8 +50,8 @@ func (l *limitListener) Refused() uint64 { return l.refused.Load() }
 // limit.
 func (l *limitListener) admit(client netip.Addr) bool {
 	limit := l.perClient.Load()
-	l.cmu.Lock()
-	defer l.cmu.Unlock()
+	l.clientsMu.Lock()
+	defer l.clientsMu.Unlock()
 	n := l.clients[client]
 	if limit > 0 && int64(n) >= limit {
 		return false
@@ -61,13 +61,13 @@ func (l *limitListener) admit(client netip.Addr) bool {
 }
 
 func (l *limitListener) leave(client netip.Addr) {
-	l.cmu.Lock()
+	l.clientsMu.Lock()
 	if n := l.clients[client] - 1; n > 0 {
 		l.clients[client] = n
 	} else {
 		delete(l.clients, client)
 	}
-	l.cmu.Unlock()
+	l.clientsMu.Unlock()
 }
 
 func clientAddr(c net.Conn) netip.Addr {

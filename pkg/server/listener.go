@@ -19,26 +19,26 @@ import (
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
-// listener is one bound address. The socket stays open across reloads
+// boundListener is one bound address. The socket stays open across reloads
 // that keep the address, so no connection is refused while a config
 // changes; what is behind it (TLS, HTTP server settings, routes) is
 // swapped:
 //
 //	socket (limitListener) → accept loop → [TLS handshake workers] →
-//	current HTTP server instance → proxy.Handler (routes, pools)
+//	current httpServer → proxy.Handler (routes, pools)
 //
 // A change of server settings (timeouts, limits) starts a new fasthttp
-// server instance for new connections; connections already open stay on
-// the instance they started with, so keep-alive connections survive a
+// server (an httpServer) for new connections; connections already open
+// stay on the one they started with, so keep-alive connections survive a
 // reload.
-type listener struct {
-	bind    string
-	log     hclog.Logger
-	sock    *limitListener
-	handler *proxy.Handler // http mode
-	tcp     *l4.Handler    // tcp mode
-	hs      *tlsterm.Handshaker
-	prelude func(net.Conn) (net.Conn, error) // reads a PROXY header
+type boundListener struct {
+	bind       string
+	log        hclog.Logger
+	sock       *limitListener
+	handler    *proxy.Handler // http mode
+	tcp        *l4.Handler    // tcp mode
+	handshaker *tlsterm.Handshaker
+	prelude    func(net.Conn) (net.Conn, error) // reads a PROXY header
 	// tickets are the session ticket keys, kept as long as the socket so
 	// that clients resume across reloads.
 	tickets *tlsterm.TicketKeys
@@ -48,15 +48,15 @@ type listener struct {
 	acceptProxy atomic.Bool
 	preludeWait atomic.Int64                       // nanoseconds a PROXY header may take
 	term        atomic.Pointer[tlsterm.Terminator] // nil: plaintext
-	current     atomic.Pointer[instance]           // http mode
+	current     atomic.Pointer[httpServer]         // http mode
 
 	mu      sync.Mutex
 	cfg     config.Listener
-	retired []*instance
+	retired []*httpServer
 	done    chan struct{} // closed when the accept loop ends
 }
 
-func bindListener(cfg config.Listener, log hclog.Logger) (*listener, error) {
+func bindListener(cfg config.Listener, log hclog.Logger) (*boundListener, error) {
 	// No TCP keep-alive probes on client connections (four setsockopt
 	// calls per accepted connection): idle_timeout closes idle ones.
 	lc := net.ListenConfig{KeepAlive: -1}
@@ -64,7 +64,7 @@ func bindListener(cfg config.Listener, log hclog.Logger) (*listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: %w", cfg.Name, err)
 	}
-	l := &listener{
+	l := &boundListener{
 		bind:    cfg.Bind,
 		log:     log.Named("listener"),
 		sock:    newLimitListener(ln, cfg.MaxConnections),
@@ -90,17 +90,17 @@ func bindListener(cfg config.Listener, log hclog.Logger) (*listener, error) {
 
 // key identifies the listener among the server's: the address it was
 // configured with, or for port 0 the one it got.
-func (l *listener) key() string {
+func (l *boundListener) key() string {
 	if isEphemeral(l.bind) {
 		return l.sock.Addr().String()
 	}
 	return l.bind
 }
 
-// configure applies a listener config and state (state for an http
-// listener, tcpState for a tcp one). It is called once before start, and
-// again on every reload.
-func (l *listener) configure(cfg config.Listener, state *proxy.Listener, tcpState *l4.Listener, term *tlsterm.Terminator, m *metrics.Registry) {
+// configure applies a listener config and its handler state (httpState
+// for an http listener, tcpState for a tcp one; the other is nil). It is
+// called once before start, and again on every reload.
+func (l *boundListener) configure(cfg config.Listener, httpState *proxy.Listener, tcpState *l4.Listener, term *tlsterm.Terminator, m *metrics.Registry) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	old := l.cfg
@@ -108,14 +108,14 @@ func (l *listener) configure(cfg config.Listener, state *proxy.Listener, tcpStat
 	l.name.Store(cfg.Name)
 	l.sock.SetMax(cfg.MaxConnections)
 	l.sock.SetPerClient(cfg.MaxConnectionsPerClient)
-	if l.hs == nil {
-		l.hs = tlsterm.NewHandshaker(handshakeTimeout(cfg))
-		l.hs.Done = func(r tlsterm.HandshakeResult) { countHandshake(m, l.name.Load(), r) }
-		l.hs.Failed = func(c net.Conn, err error) {
+	if l.handshaker == nil {
+		l.handshaker = tlsterm.NewHandshaker(handshakeTimeout(cfg))
+		l.handshaker.Done = func(r tlsterm.HandshakeResult) { countHandshake(m, l.name.Load(), r) }
+		l.handshaker.Failed = func(c net.Conn, err error) {
 			l.log.Debug("connection refused: no valid PROXY protocol header", "listener", l.name.Load(), "client", c.RemoteAddr().String(), "error", err)
 		}
 	}
-	l.hs.SetTimeout(handshakeTimeout(cfg))
+	l.handshaker.SetTimeout(handshakeTimeout(cfg))
 	l.preludeWait.Store(int64(cfg.ReadTimeout.Duration))
 	l.acceptProxy.Store(cfg.AcceptProxyProtocol)
 	if old := l.term.Swap(term); old != term {
@@ -143,30 +143,30 @@ func (l *listener) configure(cfg config.Listener, state *proxy.Listener, tcpStat
 		return
 	}
 	if l.handler == nil {
-		l.handler = proxy.NewHandler(state, l.log)
+		l.handler = proxy.NewHandler(httpState, l.log)
 	} else {
-		l.handler.Update(state)
+		l.handler.Update(httpState)
 	}
 
 	cur := l.current.Load()
 	if cur == nil || serverSettingsChanged(old, cfg) {
-		next := l.newInstance(cfg)
+		next := l.newHTTPServer(cfg)
 		l.current.Store(next)
 		l.tcpMode.Store(false)
 		go func() {
 			defer close(next.done)
-			if err := next.srv.Serve(next.queue); err != nil && !errors.Is(err, net.ErrClosed) {
+			if err := next.http1.Serve(next.queue); err != nil && !errors.Is(err, net.ErrClosed) {
 				l.log.Error("HTTP server stopped", "listener", cfg.Name, "error", err)
 			}
 		}()
 		if cur != nil {
-			// The old instance takes no new connections; those it has
+			// The old server takes no new connections; those it has
 			// finish on it.
 			cur.queue.Close()
 			l.retired = append(l.retired, cur)
 		}
 	}
-	// Forget retired instances whose connections have all closed.
+	// Forget retired servers whose connections have all closed.
 	kept := l.retired[:0]
 	for _, r := range l.retired {
 		if r.open.Load() > 0 {
@@ -177,7 +177,7 @@ func (l *listener) configure(cfg config.Listener, state *proxy.Listener, tcpStat
 }
 
 // config returns the listener's current config.
-func (l *listener) config() config.Listener {
+func (l *boundListener) config() config.Listener {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.cfg
@@ -202,7 +202,7 @@ func countHandshake(m *metrics.Registry, listener string, r tlsterm.HandshakeRes
 }
 
 // serve accepts connections until the socket closes.
-func (l *listener) serve() {
+func (l *boundListener) serve() {
 	defer close(l.done)
 	var delay time.Duration
 	for {
@@ -228,31 +228,31 @@ func (l *listener) serve() {
 		case term == nil && !proxied:
 			l.deliver(c)
 		case term == nil:
-			l.hs.Handshake(c, l.prelude, nil, l.deliver)
+			l.handshaker.Handshake(c, l.prelude, nil, l.deliver)
 		case proxied:
-			l.hs.Handshake(c, l.prelude, term, l.deliver)
+			l.handshaker.Handshake(c, l.prelude, term, l.deliver)
 		default:
-			l.hs.Handshake(c, nil, term, l.deliver)
+			l.handshaker.Handshake(c, nil, term, l.deliver)
 		}
 	}
 }
 
-// deliver hands a connection to the tcp handler, or to the current HTTP
-// server instance.
-func (l *listener) deliver(c net.Conn) {
+// deliver hands a connection to the tcp handler, or to the current
+// httpServer.
+func (l *boundListener) deliver(c net.Conn) {
 	if l.tcpMode.Load() {
 		go l.tcp.Serve(c)
 		return
 	}
 	var http1 net.Conn
 	for {
-		in := l.current.Load()
-		if in == nil { // turned tcp meanwhile
+		srv := l.current.Load()
+		if srv == nil { // turned tcp meanwhile
 			l.deliver(c)
 			return
 		}
 		if tc, ok := c.(*tlsterm.Conn); ok && tc.Proto == "h2" {
-			if in.serveH2(tc) {
+			if srv.serveH2(tc) {
 				return
 			}
 		} else {
@@ -261,11 +261,11 @@ func (l *listener) deliver(c net.Conn) {
 				// fasthttp would wait for read_timeout.
 				http1 = proxy.WatchHead(c)
 			}
-			if in.queue.push(http1) {
+			if srv.queue.push(http1) {
 				return
 			}
 		}
-		if l.current.Load() == in {
+		if l.current.Load() == srv {
 			c.Close() // shutting down
 			return
 		}
@@ -274,14 +274,14 @@ func (l *listener) deliver(c net.Conn) {
 
 // shutdown stops accepting, lets requests in flight finish and closes idle
 // connections, until ctx expires.
-func (l *listener) shutdown(ctx context.Context) error {
+func (l *boundListener) shutdown(ctx context.Context) error {
 	l.sock.Close()
-	l.hs.Close()
+	l.handshaker.Close()
 	if term := l.term.Load(); term != nil {
 		term.Close()
 	}
 	l.mu.Lock()
-	all := append([]*instance(nil), l.retired...)
+	all := append([]*httpServer(nil), l.retired...)
 	if cur := l.current.Load(); cur != nil {
 		all = append(all, cur)
 	}
@@ -296,21 +296,21 @@ func (l *listener) shutdown(ctx context.Context) error {
 		}()
 	}
 	errs := make([]error, len(all))
-	for i, in := range all {
+	for i, srv := range all {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			h2done := make(chan struct{})
 			go func() {
 				defer close(h2done)
-				in.shutdownH2(ctx)
+				srv.shutdownH2(ctx)
 			}()
-			err := in.srv.ShutdownWithContext(ctx)
+			err := srv.http1.ShutdownWithContext(ctx)
 			if errors.Is(err, net.ErrClosed) {
 				err = nil
 			}
 			<-h2done
-			in.queue.Close() // a server whose Serve never ran ignores Shutdown
+			srv.queue.Close() // a server whose Serve never ran ignores Shutdown
 			errs[i] = err
 		}()
 	}

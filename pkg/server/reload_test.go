@@ -56,7 +56,7 @@ func reload(t *testing.T, s *Server, src string) {
 func currentPool(s *Server, name string) *pool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.rt.pools[name]
+	return s.snap.pools[name]
 }
 
 // waitFor polls cond until it holds or d passes, and reports whether it

@@ -27,8 +27,8 @@ type Server struct {
 	// mu serialises New's setup, Reload, Shutdown and the status reads
 	// of the fields below.
 	mu        sync.Mutex
-	rt        *snapshot
-	listeners map[string]*listener // by bind address
+	snap      *snapshot
+	listeners map[string]*boundListener // by bind address
 	admin     *admin.Server
 	access    *accessLog
 	started   time.Time
@@ -55,7 +55,7 @@ type Server struct {
 func New(cfg *config.Config, log hclog.Logger) (*Server, error) {
 	s := &Server{
 		log:       log,
-		listeners: map[string]*listener{},
+		listeners: map[string]*boundListener{},
 		stop:      make(chan struct{}),
 	}
 	s.metrics = metrics.New(s)
@@ -74,7 +74,7 @@ func (s *Server) Start() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.started = time.Now()
-	for _, pl := range s.rt.pools {
+	for _, pl := range s.snap.pools {
 		pl.mon.Start()
 	}
 	for _, l := range s.listeners {
@@ -88,7 +88,7 @@ func (s *Server) Start() {
 	go s.janitor()
 }
 
-func (s *Server) startListener(l *listener) {
+func (s *Server) startListener(l *boundListener) {
 	scheme := "http"
 	if l.term.Load() != nil {
 		scheme = "https"
@@ -159,9 +159,9 @@ func (s *Server) janitor() {
 			return
 		case now := <-t.C:
 			s.mu.Lock()
-			rt := s.rt
+			snap := s.snap
 			s.mu.Unlock()
-			for _, pl := range rt.pools {
+			for _, pl := range snap.pools {
 				pl.up.CloseIdle(now)
 			}
 			mem.tick()
@@ -182,7 +182,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.stopped = true
-	listeners := make([]*listener, 0, len(s.listeners))
+	listeners := make([]*boundListener, 0, len(s.listeners))
 	for _, l := range s.listeners {
 		listeners = append(listeners, l)
 	}
@@ -203,7 +203,7 @@ func (s *Server) shutdown(ctx context.Context) error {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, pl := range s.rt.pools {
+	for _, pl := range s.snap.pools {
 		pl.mon.Stop()
 		pl.up.Close()
 	}
@@ -246,7 +246,7 @@ func (s *Server) Metrics() *metrics.Registry { return s.metrics }
 func (s *Server) SetBackendDrained(pool, addr string, drained bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	pl := s.rt.pools[pool]
+	pl := s.snap.pools[pool]
 	if pl == nil {
 		return fmt.Errorf("%w: no pool %q", admin.ErrNotFound, pool)
 	}
@@ -269,7 +269,7 @@ func (s *Server) SetBackendDrained(pool, addr string, drained bool) error {
 // PurgeCache removes url, or everything, from a pool's cache.
 func (s *Server) PurgeCache(pool, url string) (int, error) {
 	s.mu.Lock()
-	pl := s.rt.pools[pool]
+	pl := s.snap.pools[pool]
 	s.mu.Unlock()
 	if pl == nil {
 		return 0, fmt.Errorf("%w: no pool %q", admin.ErrNotFound, pool)

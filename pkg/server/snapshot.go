@@ -26,6 +26,9 @@ type snapshot struct {
 	order []string // pool names in config order
 }
 
+// pool is one configured pool as a snapshot runs it: the upstream the
+// proxy sends to (balancer pool, transports, cache) and the health
+// monitor that judges its backends.
 type pool struct {
 	cfg   config.Pool
 	up    *proxy.Upstream
@@ -36,9 +39,9 @@ type pool struct {
 // plan is a config built and ready to swap in. Nothing in it serves yet.
 type plan struct {
 	cfg       *config.Config
-	rt        *snapshot
+	snap      *snapshot
 	listeners []listenerPlan
-	bound     []*listener // sockets bound for this plan
+	bound     []*boundListener // sockets bound for this plan
 	admin     *admin.Server
 	newAdmin  bool
 	access    *accessLog
@@ -46,13 +49,16 @@ type plan struct {
 	keep      map[metrics.Key]bool
 }
 
+// listenerPlan is one listener of a plan: the socket it serves on
+// (fresh when the plan bound it, else taken over from the running
+// config) and what commit configures it with.
 type listenerPlan struct {
-	cfg   config.Listener
-	l     *listener
-	fresh bool
-	http  *proxy.Listener     // http mode, else nil
-	tcp   *l4.Listener        // tcp mode, else nil
-	term  *tlsterm.Terminator // nil: plaintext
+	cfg      config.Listener
+	listener *boundListener
+	fresh    bool
+	http     *proxy.Listener     // http mode, else nil
+	tcp      *l4.Listener        // tcp mode, else nil
+	term     *tlsterm.Terminator // nil: plaintext
 }
 
 // prepare builds everything cfg describes, reusing what the running
@@ -74,31 +80,31 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 		p.newAccess = true
 	}
 
-	p.rt = &snapshot{cfg: cfg, pools: map[string]*pool{}}
+	p.snap = &snapshot{cfg: cfg, pools: map[string]*pool{}}
 	for i := range cfg.Pools {
 		pl, err := s.buildPool(&cfg.Pools[i])
 		if err != nil {
 			return p, err
 		}
-		p.rt.pools[pl.cfg.Name] = pl
-		p.rt.order = append(p.rt.order, pl.cfg.Name)
+		p.snap.pools[pl.cfg.Name] = pl
+		p.snap.order = append(p.snap.order, pl.cfg.Name)
 	}
 
 	claimed := map[string]bool{}
 	for _, lc := range cfg.Listeners {
 		lp := listenerPlan{cfg: lc}
 		if old := s.listeners[lc.Bind]; old != nil && !claimed[lc.Bind] && lc.Bind != "" && !isEphemeral(lc.Bind) {
-			lp.l = old
+			lp.listener = old
 		} else {
 			l, err := bindListener(lc, s.log)
 			if err != nil {
 				return p, err
 			}
 			p.bound = append(p.bound, l)
-			lp.l, lp.fresh = l, true
+			lp.listener, lp.fresh = l, true
 		}
 		claimed[lc.Bind] = true
-		if lp.term, err = terminatorFor(lc, lp.l.tickets); err != nil {
+		if lp.term, err = terminatorFor(lc, lp.listener.tickets); err != nil {
 			return p, err
 		}
 		lp.http, lp.tcp = s.handlerState(lc, p, lp.term != nil)
@@ -106,7 +112,7 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 	}
 
 	p.admin = s.admin
-	if cfg.Global.Admin != adminAddr(s.rt) {
+	if cfg.Global.Admin != adminAddr(s.snap) {
 		p.admin = nil
 		if cfg.Global.Admin != "" {
 			opts := admin.Options{Pprof: cfg.Global.Pprof, Gatherer: s.metrics.Gatherer(),
@@ -122,11 +128,11 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 	return p, nil
 }
 
-func adminAddr(rt *snapshot) string {
-	if rt == nil {
+func adminAddr(snap *snapshot) string {
+	if snap == nil {
 		return ""
 	}
-	return rt.cfg.Global.Admin
+	return snap.cfg.Global.Admin
 }
 
 // isEphemeral reports a bind to port 0, which never names the same
@@ -144,10 +150,10 @@ func (p *plan) abandon(s *Server) {
 	if p.newAdmin && p.admin != nil {
 		p.admin.Close()
 	}
-	if p.rt != nil {
-		for _, pl := range p.rt.pools {
+	if p.snap != nil {
+		for _, pl := range p.snap.pools {
 			for i, b := range pl.up.Pool.Backends {
-				if s.rt == nil || s.rt.pools[pl.cfg.Name] == nil || s.rt.pools[pl.cfg.Name].up.Pool.Backend(b.Address) == nil {
+				if s.snap == nil || s.snap.pools[pl.cfg.Name] == nil || s.snap.pools[pl.cfg.Name].up.Pool.Backend(b.Address) == nil {
 					pl.up.Transports[i].Close()
 				}
 			}
@@ -159,8 +165,8 @@ func (p *plan) abandon(s *Server) {
 // backends the running config already has under the same pool name.
 func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	var old *pool
-	if s.rt != nil {
-		old = s.rt.pools[pc.Name]
+	if s.snap != nil {
+		old = s.snap.pools[pc.Name]
 	}
 	backends := make([]*balancer.Backend, len(pc.Backends))
 	transports := make([]*proxy.Transport, len(pc.Backends))
@@ -176,7 +182,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 		}
 		if transports[i] == nil {
 			transports[i] = proxy.NewTransport(bc.Address, pc.ConnectTimeout.Duration)
-			if s.rt != nil {
+			if s.snap != nil {
 				added = append(added, b)
 			}
 		}
@@ -252,7 +258,7 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog
 	}
 	def, routes := routeTargets(lc, func(pool string) *proxy.Target {
 		return &proxy.Target{
-			Up:        p.rt.pools[pool].up,
+			Up:        p.snap.pools[pool].up,
 			Codes:     backendCounters(p, lc.Name, pool, s.metrics.Codes),
 			NoBackend: kept(p, metrics.Key{Listener: lc.Name, Pool: pool}, s.metrics.Codes),
 			Duration:  s.metrics.Duration(lc.Name, pool),
@@ -288,7 +294,7 @@ func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.
 		Unrouted:      kept(p, metrics.Key{Listener: lc.Name}, s.metrics.TCP),
 	}
 	def, routes := routeTargets(lc, func(pool string) *l4.Target {
-		pl := p.rt.pools[pool]
+		pl := p.snap.pools[pool]
 		return &l4.Target{
 			Pool:           pl.up.Pool,
 			Health:         pl.mon,
@@ -339,7 +345,7 @@ func kept[C any](p *plan, k metrics.Key, counter func(metrics.Key) C) C {
 // backendCounters returns, in backend order, the counter of each backend
 // of pool as listener counts it (see kept).
 func backendCounters[C any](p *plan, listener, pool string, counter func(metrics.Key) C) []C {
-	backends := p.rt.pools[pool].up.Pool.Backends
+	backends := p.snap.pools[pool].up.Pool.Backends
 	cs := make([]C, len(backends))
 	for i, b := range backends {
 		cs[i] = kept(p, metrics.Key{Listener: listener, Pool: pool, Backend: b.Address}, counter)
@@ -349,15 +355,15 @@ func backendCounters[C any](p *plan, listener, pool string, counter func(metrics
 
 // commit swaps a prepared plan in. It cannot fail.
 func (s *Server) commit(p *plan, initial bool) {
-	old := s.rt
-	s.rt = p.rt
+	old := s.snap
+	s.snap = p.snap
 	oldListeners := s.listeners
-	s.listeners = map[string]*listener{}
+	s.listeners = map[string]*boundListener{}
 	for _, lp := range p.listeners {
-		lp.l.configure(lp.cfg, lp.http, lp.tcp, lp.term, s.metrics)
-		s.listeners[lp.l.key()] = lp.l
+		lp.listener.configure(lp.cfg, lp.http, lp.tcp, lp.term, s.metrics)
+		s.listeners[lp.listener.key()] = lp.listener
 		if lp.fresh && !initial {
-			s.startListener(lp.l)
+			s.startListener(lp.listener)
 		}
 	}
 	grace := p.cfg.Global.ShutdownGrace.Duration
@@ -374,7 +380,7 @@ func (s *Server) commit(p *plan, initial bool) {
 	}
 
 	if !initial {
-		for _, pl := range p.rt.pools {
+		for _, pl := range p.snap.pools {
 			pl.mon.Start()
 			for _, b := range pl.added {
 				b.StartSlowStart(pl.cfg.Health.SlowStart.Duration)
@@ -387,7 +393,7 @@ func (s *Server) commit(p *plan, initial bool) {
 	if old != nil {
 		for name, pl := range old.pools {
 			pl.mon.Stop()
-			np := p.rt.pools[name]
+			np := p.snap.pools[name]
 			for i, b := range pl.up.Pool.Backends {
 				if np == nil || np.up.Pool.Backend(b.Address) == nil {
 					// Removed: requests in flight finish, then its
@@ -400,7 +406,7 @@ func (s *Server) commit(p *plan, initial bool) {
 	}
 	// The old monitors may have raised or lowered backends after the new
 	// pools built their tables; now that they have stopped, catch up.
-	for _, pl := range p.rt.pools {
+	for _, pl := range p.snap.pools {
 		pl.up.Pool.Refresh()
 	}
 
@@ -429,9 +435,9 @@ func (s *Server) commit(p *plan, initial bool) {
 	s.metrics.Retain(p.keep)
 	if !initial {
 		nb := 0
-		for _, pl := range p.rt.pools {
+		for _, pl := range p.snap.pools {
 			nb += len(pl.up.Pool.Backends)
 		}
-		s.log.Info("config reloaded", "listeners", len(p.listeners), "pools", len(p.rt.pools), "backends", nb)
+		s.log.Info("config reloaded", "listeners", len(p.listeners), "pools", len(p.snap.pools), "backends", nb)
 	}
 }
