@@ -66,6 +66,8 @@ type Server struct {
 	pprof    atomic.Bool
 	access   atomic.Pointer[access]
 	bindHost string // the host of the bound address when it is a name
+	// crossOrigin trusts no origin besides the request's own Host.
+	crossOrigin http.CrossOriginProtection
 }
 
 // New binds addr; Start serves.
