@@ -140,11 +140,3 @@ func (p *Pair) Write(dir, name string) (certFile, keyFile string, err error) {
 	}
 	return certFile, keyFile, nil
 }
-
-// Pool returns a cert pool holding p's certificate, for clients that
-// trust it.
-func (p *Pair) Pool() *x509.CertPool {
-	pool := x509.NewCertPool()
-	pool.AddCert(p.Cert)
-	return pool
-}

@@ -261,6 +261,3 @@ func (t *Tried) Has(b *Backend) bool {
 	}
 	return false
 }
-
-// Len is the number of backends tried.
-func (t *Tried) Len() int { return t.n }

@@ -400,14 +400,6 @@ func (c *Cache) Options() Options { return c.o }
 // MaxObject is the largest body stored.
 func (c *Cache) MaxObject() int64 { return c.maxObject }
 
-// Resize applies new limits, evicting what no longer fits.
-func (c *Cache) Resize(maxSize, maxObject int64, o Options) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.maxSize, c.maxObject, c.o = maxSize, maxObject, o
-	c.evict()
-}
-
 // Get returns the variant of key that req selects, or nil.
 func (c *Cache) Get(key []byte, req *fasthttp.RequestHeader) *Entry {
 	c.mu.Lock()

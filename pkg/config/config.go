@@ -202,13 +202,3 @@ const (
 	// MaxWeight bounds backend weights, as HAProxy does.
 	MaxWeight = 256
 )
-
-// PoolByName returns the pool with that name, or nil.
-func (c *Config) PoolByName(name string) *Pool {
-	for i := range c.Pools {
-		if c.Pools[i].Name == name {
-			return &c.Pools[i]
-		}
-	}
-	return nil
-}

@@ -135,7 +135,7 @@ func checkConfig(t *testing.T, c *Config, file string) {
 
 	pools := map[string]bool{}
 	for i, p := range c.Pools {
-		if p.Name == "" || pools[p.Name] || c.PoolByName(p.Name) == nil {
+		if p.Name == "" || pools[p.Name] {
 			fail("pool[%d] name %q empty or not unique", i, p.Name)
 		}
 		pools[p.Name] = true

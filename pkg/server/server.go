@@ -238,9 +238,6 @@ func (s *Server) AdminAddr() string {
 	return s.admin.Addr()
 }
 
-// Metrics is the server's metrics registry.
-func (s *Server) Metrics() *metrics.Registry { return s.metrics }
-
 // SetBackendDrained drains or enables one backend, as POST
 // /pools/{pool}/backends/{address}/drain and /enable do.
 func (s *Server) SetBackendDrained(pool, addr string, drained bool) error {

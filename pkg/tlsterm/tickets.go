@@ -76,10 +76,3 @@ func (k *TicketKeys) apply(cfg *tls.Config, cfgGen *atomic.Uint64) {
 		cfgGen.Store(gen)
 	}
 }
-
-// Len is the number of keys held.
-func (k *TicketKeys) Len() int {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return len(k.keys)
-}
