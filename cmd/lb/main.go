@@ -200,7 +200,7 @@ func serve(cfg *config.Config, path string, log hclog.InterceptLogger, started f
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			r.reload("SIGHUP") //nolint:errcheck // logged
+			_ = r.reload("SIGHUP") // it logs its own failure
 			continue
 		}
 		r.mu.Lock()

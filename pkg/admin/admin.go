@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -84,15 +85,14 @@ func New(addr string, src Source, opts Options, log hclog.Logger) (*Server, erro
 	s.SetAccess(opts.Token, opts.Hosts)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Write([]byte("ok\n")) //nolint:errcheck
+		writeText(w, "ok\n")
 	})
 	mux.HandleFunc("GET /status.json", s.statusJSON)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
-		w.Write(statusPage) //nolint:errcheck
+		_, _ = w.Write(statusPage) // fails only when the client has gone
 	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/status", http.StatusFound)
@@ -136,55 +136,56 @@ func (s *Server) statusJSON(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	enc.Encode(s.src.Status()) //nolint:errcheck
+	_ = enc.Encode(s.src.Status()) // Status always encodes: this fails only when the client has gone
 }
 
 func (s *Server) reload(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if err := s.src.ReloadFromSource(); err != nil {
-		w.WriteHeader(http.StatusUnprocessableEntity)
-		w.Write([]byte("reload failed; the running config is unchanged:\n" + err.Error() + "\n")) //nolint:errcheck
+		http.Error(w, "reload failed; the running config is unchanged:\n"+err.Error(), http.StatusUnprocessableEntity)
 		return
 	}
-	w.Write([]byte("reloaded\n")) //nolint:errcheck
+	writeText(w, "reloaded\n")
 }
 
 func (s *Server) drain(drained bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		pool, addr := r.PathValue("pool"), r.PathValue("address")
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if err := s.src.SetBackendDrained(pool, addr, drained); err != nil {
 			code := http.StatusInternalServerError
 			if errors.Is(err, ErrNotFound) {
 				code = http.StatusNotFound
 			}
-			w.WriteHeader(code)
-			w.Write([]byte(err.Error() + "\n")) //nolint:errcheck
+			http.Error(w, err.Error(), code)
 			return
 		}
 		state := "enabled"
 		if drained {
 			state = "drained"
 		}
-		w.Write([]byte(pool + " " + addr + " " + state + "\n")) //nolint:errcheck
+		writeText(w, pool+" "+addr+" "+state+"\n")
 	}
 }
 
 // purge empties a pool's cache, or removes the URL in ?url=.
 func (s *Server) purge(w http.ResponseWriter, r *http.Request) {
 	pool, url := r.PathValue("pool"), r.URL.Query().Get("url")
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	n, err := s.src.PurgeCache(pool, url)
 	if err != nil {
 		code := http.StatusBadRequest
 		if errors.Is(err, ErrNotFound) {
 			code = http.StatusNotFound
 		}
-		w.WriteHeader(code)
-		w.Write([]byte(err.Error() + "\n")) //nolint:errcheck
+		http.Error(w, err.Error(), code)
 		return
 	}
-	fmt.Fprintf(w, "purged %d URL(s) from the cache of pool %s\n", n, pool)
+	writeText(w, fmt.Sprintf("purged %d URL(s) from the cache of pool %s\n", n, pool))
+}
+
+// writeText answers with text/plain. A write fails only when the client
+// has gone, and then there is no one to tell.
+func writeText(w http.ResponseWriter, text string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, text)
 }
 
 // Addr is the bound address.

@@ -62,7 +62,7 @@ func NewEntry(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, body []by
 	if len(e.Header.Peek("Date")) == 0 {
 		// RFC 9110 section 6.6.1: a cache stores the time it received a
 		// response without Date.
-		SetDate(&e.Header, responseTime) //nolint:errcheck // a head fasthttp wrote reads back
+		_ = SetDate(&e.Header, responseTime) // a head fasthttp wrote reads back
 	}
 	e.readHead(h)
 	// Every Vary line names headers (RFC 9110 section 5.3), and a
@@ -133,7 +133,7 @@ func (e *Entry) Refreshed(h *fasthttp.ResponseHeader, rc RequestControl, o Optio
 	if httpDate(date).IsZero() {
 		date = fasthttp.AppendHTTPDate(nil, responseTime)
 	}
-	SetDateValue(&n.Header, date) //nolint:errcheck // a head fasthttp wrote reads back
+	_ = SetDateValue(&n.Header, date) // a head fasthttp wrote reads back
 	n.readHead(h)
 	n.Fresh = Evaluate(rc, &n.Header, responseTime, o)
 	n.size = e.size

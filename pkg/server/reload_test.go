@@ -30,7 +30,7 @@ func startServer(t *testing.T, src string) *Server {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		s.Shutdown(ctx) //nolint:errcheck // the test is over
+		_ = s.Shutdown(ctx) // the test is over
 	})
 	return s
 }
