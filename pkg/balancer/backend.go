@@ -2,8 +2,10 @@
 // algorithms that pick one backend per request or connection.
 //
 // Nothing here knows about HTTP: the L7 proxy and the L4 proxy share it.
-// Picking is lock-free and allocates nothing; the only lock is taken when a
-// pool's round-robin table is rebuilt after a health or drain change.
+// Picking is lock-free and allocates nothing. Locks are taken only to
+// rebuild a pool's round-robin table after a health or drain change, and
+// by requests that wait for a backend slot and the releases that wake
+// them.
 package balancer
 
 import (

@@ -94,7 +94,7 @@ type TLS struct {
 	HSTS       string   `toml:"hsts"`
 	SNI        []Cert   `toml:"sni"`
 	// TicketKeys is a file of session ticket keys shared with other lb
-	// processes (see ParseTicketKeys); empty for keys lb makes itself.
+	// processes (see ReadTicketKeys); empty for keys lb makes itself.
 	TicketKeys string `toml:"ticket_keys"`
 
 	// CertPEM and KeyPEM, when set, are used instead of reading Cert and
@@ -171,7 +171,7 @@ type Backend struct {
 	Weight  int    `toml:"weight"`
 }
 
-// Defaults, as documented in DESIGN.md and the README.
+// Defaults of the keys a config leaves out, filled in by applyDefaults.
 const (
 	DefaultConfigFile      = "lb.toml"
 	DefaultAdmin           = "127.0.0.1:9100"
