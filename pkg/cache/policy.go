@@ -125,13 +125,13 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 	}
 	code := resp.StatusCode()
 	var (
-		maxAge, sMaxAge       int64 = -1, -1
-		private               bool
-		noStore, mustReval    bool
-		swr, sie              int64 = -1, -1
-		explicit, heuristicOK bool
-		public                bool
-		mustUnderstand        bool
+		maxAge, sMaxAge               int64 = -1, -1
+		private                       bool
+		noStore, mustReval            bool
+		staleWhileReval, staleIfError int64 = -1, -1
+		explicit, heuristicOK         bool
+		public                        bool
+		mustUnderstand                bool
 	)
 	directives(resp.PeekAll("Cache-Control"), func(dir int, value []byte) {
 		switch dir {
@@ -150,9 +150,9 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 		case dirMustRevalidate, dirProxyRevalidate:
 			mustReval = true
 		case dirStaleWhileRevalidate:
-			swr = seconds(value)
+			staleWhileReval = seconds(value)
 		case dirStaleIfError:
-			sie = seconds(value)
+			staleIfError = seconds(value)
 		case dirMustUnderstand:
 			mustUnderstand = true
 		}
@@ -242,11 +242,11 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 	f.Storable = true
 	f.MustRevalidate = mustReval
 	if !mustReval {
-		if swr > 0 {
-			f.StaleWhileRevalidate = time.Duration(swr) * time.Second
+		if staleWhileReval > 0 {
+			f.StaleWhileRevalidate = time.Duration(staleWhileReval) * time.Second
 		}
-		if sie > 0 {
-			f.StaleIfError = time.Duration(sie) * time.Second
+		if staleIfError > 0 {
+			f.StaleIfError = time.Duration(staleIfError) * time.Second
 		}
 	}
 	return f
