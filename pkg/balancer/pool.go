@@ -3,6 +3,7 @@ package balancer
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -251,13 +252,5 @@ func (t *Tried) Add(b *Backend) {
 
 // Has reports whether b was tried. A nil *Tried is empty.
 func (t *Tried) Has(b *Backend) bool {
-	if t == nil {
-		return false
-	}
-	for i := 0; i < t.n; i++ {
-		if t.idx[i] == int32(b.Index) {
-			return true
-		}
-	}
-	return false
+	return t != nil && slices.Contains(t.idx[:t.n], int32(b.Index))
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -248,11 +249,4 @@ func checkConfig(t *testing.T, c *Config, file string) {
 	}
 }
 
-func oneOf(s string, set ...string) bool {
-	for _, v := range set {
-		if s == v {
-			return true
-		}
-	}
-	return false
-}
+func oneOf(s string, set ...string) bool { return slices.Contains(set, s) }

@@ -8,7 +8,9 @@
 package metrics
 
 import (
+	"maps"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -283,10 +285,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for i, k := range keys {
 		counts[i] = c.r.codes[k]
 	}
-	tcp := make(map[Key]*TCP, len(c.r.tcp))
-	for k, v := range c.r.tcp {
-		tcp[k] = v
-	}
+	tcp := maps.Clone(c.r.tcp)
 	c.r.mu.Unlock()
 	for k, v := range tcp {
 		ch <- prometheus.MustNewConstMetric(descTCPConns, prometheus.CounterValue, float64(v.Connections.Load()), k.Listener, k.Pool, k.Backend)
@@ -297,7 +296,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for i, k := range keys {
 		counts[i].each(func(code int, n uint64) {
 			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(n),
-				k.Listener, k.Pool, k.Backend, statusText(code))
+				k.Listener, k.Pool, k.Backend, strconv.Itoa(code))
 		})
 	}
 	if c.r.source == nil {
@@ -335,29 +334,4 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n))
 		},
 	})
-}
-
-var codeText [600]string
-
-func init() {
-	for i := range codeText {
-		codeText[i] = itoa3(i)
-	}
-}
-
-func itoa3(i int) string {
-	if i < 100 {
-		if i < 10 {
-			return string(rune('0' + i))
-		}
-		return string([]byte{byte('0' + i/10), byte('0' + i%10)})
-	}
-	return string([]byte{byte('0' + i/100), byte('0' + i/10%10), byte('0' + i%10)})
-}
-
-func statusText(code int) string {
-	if code < 0 || code >= len(codeText) {
-		return "0"
-	}
-	return codeText[code]
 }

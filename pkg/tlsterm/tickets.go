@@ -43,9 +43,7 @@ func NewTicketKeys() *TicketKeys {
 // Callers hold mu, or own k alone.
 func (k *TicketKeys) rotate(now time.Time) {
 	var key [32]byte
-	if _, err := rand.Read(key[:]); err != nil {
-		panic("tlsterm: no randomness for session ticket keys: " + err.Error())
-	}
+	_, _ = rand.Read(key[:]) // never fails: without randomness it ends the process itself
 	keys, made := [][32]byte{key}, []time.Time{now}
 	for i := range k.keys {
 		if len(keys) < TicketKeyCount && now.Sub(k.made[i]) < TicketRotation*TicketKeyCount {
