@@ -27,6 +27,8 @@ import (
 var ErrNotFound = errors.New("not found")
 
 // Source is the running lb the admin server reports on and acts upon.
+// The admin server calls it from its request goroutines, so its methods
+// must be safe for concurrent use.
 type Source interface {
 	Status() Status
 	// ReloadFromSource reloads the config from where it came from.
@@ -40,7 +42,8 @@ type Source interface {
 	PurgeCache(pool, url string) (int, error)
 }
 
-// Options adjust the admin server.
+// Options adjust the admin server. The zero value serves no profiler, no
+// metrics and no token, and accepts only the built-in Host names.
 type Options struct {
 	// Pprof serves Go's profiler under /debug/pprof/.
 	Pprof bool
@@ -58,7 +61,8 @@ type Options struct {
 //go:embed status.html
 var statusPage []byte
 
-// Server is the admin HTTP server.
+// Server is the admin HTTP server. Build it with New; the zero value is
+// not usable. Its methods are safe for concurrent use.
 type Server struct {
 	ln       net.Listener
 	srv      *http.Server

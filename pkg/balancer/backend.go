@@ -16,8 +16,10 @@ import (
 )
 
 // Backend is one server of a pool: its settings, fixed when the pool is
-// built, and a pointer to its live State, which may outlive the pool (a
-// reload carries the State of a backend that stays over to the new pool).
+// built and then read without locks, and a pointer to its live State,
+// which may outlive the pool (a reload carries the State of a backend
+// that stays over to the new pool). NewPool gives a Backend without a
+// State a new one.
 type Backend struct {
 	Address string
 	Weight  int
@@ -26,9 +28,10 @@ type Backend struct {
 	*State
 }
 
-// State is the live state of a backend. All fields are safe for concurrent
-// use. NewState returns one that is up, as a new backend counts as up
-// until its first check says otherwise.
+// State is the live state of a backend. All its methods are safe for
+// concurrent use. NewState returns one that is up, as a new backend
+// counts as up until its first check says otherwise; the zero value is up
+// too, but has no Changed time.
 type State struct {
 	// Read on every pick, written rarely: flag* bits, 0 when the backend
 	// may take requests (one load per backend and pick).

@@ -28,7 +28,9 @@ type object struct {
 	size     int64
 }
 
-// Cache is one pool's cache.
+// Cache is one pool's cache. Build it with New; the zero value is not
+// usable. Its methods are safe for concurrent use, and the entries it
+// returns may be read by any number of goroutines (see Entry).
 type Cache struct {
 	maxSize, maxObject int64
 	opts               Options
@@ -47,16 +49,17 @@ type Cache struct {
 type Result int
 
 const (
-	Hit Result = iota
-	Miss
-	Stale
-	Revalidated
-	Bypass
+	Hit         Result = iota // a fresh stored entry answered
+	Miss                      // no entry could answer: the origin did (or, for only-if-cached, a 504)
+	Stale                     // a stored entry past its freshness answered, as the client or the entry allows
+	Revalidated               // the origin confirmed a stored entry with a 304
+	Bypass                    // the request may not be answered from the cache (its method, no-store)
 	numResults
 )
 
 var resultNames = [numResults]string{"HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"}
 
+// String is the result as X-Cache says it: "HIT", "MISS" and so on.
 func (r Result) String() string { return resultNames[r] }
 
 // New returns a cache holding at most maxSize bytes, entries of at most
@@ -171,7 +174,7 @@ func (c *Cache) PurgeAll() int {
 	return n
 }
 
-// Stats are a cache's size and use.
+// Stats are a cache's size and use, a copy made when asked for.
 type Stats struct {
 	MaxSize   int64             `json:"max_size"`
 	MaxObject int64             `json:"max_object"`
@@ -256,7 +259,8 @@ func (c *Cache) PurgeURL(url string) (int, error) {
 }
 
 // Fill is a miss being fetched from the origin; requests for the same
-// key wait for it rather than fetch it again.
+// key wait for it rather than fetch it again. Any number of goroutines
+// may Wait on it; only the leader ends it, once, with EndFill.
 type Fill struct {
 	done  chan struct{}
 	entry *Entry

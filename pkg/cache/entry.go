@@ -12,7 +12,8 @@ import (
 )
 
 // Entry is one stored response. It is never changed once stored (a
-// revalidation stores a new one), so a reader needs no lock.
+// revalidation stores a new one), so any number of goroutines may read
+// it without a lock; before that, only its maker may call SetBody.
 type Entry struct {
 	Header fasthttp.ResponseHeader // without Age; hop-by-hop fields removed
 	Body   []byte

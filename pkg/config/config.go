@@ -8,7 +8,9 @@ package config
 
 import "time"
 
-// Config is one whole lb configuration.
+// Config is one whole lb configuration. A *Config from Load or Parse is
+// never changed afterwards, so goroutines may share it; a zero Config has
+// had no defaults filled in and no validation.
 type Config struct {
 	Global    Global     `toml:"global"`
 	Listeners []Listener `toml:"listener"`

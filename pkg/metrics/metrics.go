@@ -61,16 +61,20 @@ type TCP struct {
 }
 
 // Key names one request counter: the listener that took the request, and
-// the pool and backend that answered it ("" when none did).
+// the pool and backend that answered it ("" when none did). It is a
+// comparable value, used as a map key.
 type Key struct{ Listener, Pool, Backend string }
 
-// Source supplies the gauges that are read at scrape time.
+// Source supplies the gauges that are read at scrape time. Gauges is
+// called on the scraping goroutine, concurrently with whatever else the
+// source is doing.
 type Source interface {
 	// Gauges calls the given functions for every current series.
 	Gauges(g *Gauges)
 }
 
-// Gauges receives scrape-time values from a Source.
+// Gauges receives scrape-time values from a Source. The Registry sets
+// every field; a Source calls them only during its Gauges call.
 type Gauges struct {
 	BackendUp         func(pool, backend string, up bool)
 	BackendActive     func(pool, backend string, active int64)
@@ -86,7 +90,8 @@ type Gauges struct {
 
 // Registry owns every lb metric. Request counters survive reloads: a
 // config names them by listener, pool and backend, and a new config that
-// keeps the names keeps the counts.
+// keeps the names keeps the counts. Build it with New; the zero value is
+// not usable. Its methods are safe for concurrent use.
 type Registry struct {
 	reg    *prometheus.Registry
 	source Source

@@ -18,8 +18,9 @@ import (
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
-// Server is a running lb. Build it with New, Start it; Reload swaps in a
-// new config; Shutdown stops it. Its methods are safe for concurrent use.
+// Server is a running lb. Build it with New (the zero value is not
+// usable), Start it; Reload swaps in a new config; Shutdown stops it. Its
+// methods are safe for concurrent use.
 type Server struct {
 	log     hclog.Logger
 	metrics *metrics.Registry

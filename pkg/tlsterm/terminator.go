@@ -33,7 +33,8 @@ var supportedALPN = map[string]bool{"h2": true, "http/1.1": true}
 
 // Terminator is the TLS side of one listener: its certificates, client
 // CAs and the tls.Config built from them, behind an atomic pointer so
-// that files can be read again while handshakes run.
+// that files can be read again while handshakes run. Build it with New;
+// the zero value is not usable. Its methods are safe for concurrent use.
 type Terminator struct {
 	cfg     config.TLS
 	http    bool

@@ -20,7 +20,8 @@ const (
 
 // TicketKeys is a listener's session ticket keys. One set lives as long
 // as the listener's socket, across reloads and certificate changes, so
-// that clients keep resuming through them. It is safe for concurrent use.
+// that clients keep resuming through them. Build it with NewTicketKeys (the
+// zero value is not usable); it is safe for concurrent use.
 type TicketKeys struct {
 	now func() time.Time
 
