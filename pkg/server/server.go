@@ -76,7 +76,7 @@ func (s *Server) Start() {
 	defer s.mu.Unlock()
 	s.started = time.Now()
 	for _, pl := range s.snap.pools {
-		pl.mon.Start()
+		pl.monitor.Start()
 	}
 	for _, l := range s.listeners {
 		s.startListener(l)
@@ -163,7 +163,7 @@ func (s *Server) janitor() {
 			snap := s.snap
 			s.mu.Unlock()
 			for _, pl := range snap.pools {
-				pl.up.CloseIdle(now)
+				pl.upstream.CloseIdle(now)
 			}
 			mem.tick()
 		}
@@ -205,8 +205,8 @@ func (s *Server) shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, pl := range s.snap.pools {
-		pl.mon.Stop()
-		pl.up.Close()
+		pl.monitor.Stop()
+		pl.upstream.Close()
 	}
 	if s.admin != nil {
 		s.admin.Close()
@@ -248,12 +248,12 @@ func (s *Server) SetBackendDrained(pool, addr string, drained bool) error {
 	if pl == nil {
 		return fmt.Errorf("%w: no pool %q", admin.ErrNotFound, pool)
 	}
-	b := pl.up.Pool.Backend(addr)
+	b := pl.upstream.Pool.Backend(addr)
 	if b == nil {
 		return fmt.Errorf("%w: pool %q has no backend %q", admin.ErrNotFound, pool, addr)
 	}
 	if b.SetDrained(drained) {
-		pl.up.Pool.Refresh()
+		pl.upstream.Pool.Refresh()
 		if drained {
 			s.log.Info("backend drained: no new requests, requests in flight finish", "pool", pool, "backend", addr)
 		} else {
@@ -272,7 +272,7 @@ func (s *Server) PurgeCache(pool, url string) (int, error) {
 	if pl == nil {
 		return 0, fmt.Errorf("%w: no pool %q", admin.ErrNotFound, pool)
 	}
-	c := pl.up.Cache
+	c := pl.upstream.Cache
 	if c == nil {
 		return 0, fmt.Errorf("%w: pool %q has no [pool.cache]", admin.ErrNotFound, pool)
 	}

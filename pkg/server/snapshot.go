@@ -30,10 +30,10 @@ type snapshot struct {
 // proxy sends to (balancer pool, transports, cache) and the health
 // monitor that judges its backends.
 type pool struct {
-	cfg   config.Pool
-	up    *proxy.Upstream
-	mon   *health.Monitor
-	added []*balancer.Backend // backends that were not in the previous config
+	cfg      config.Pool
+	upstream *proxy.Upstream
+	monitor  *health.Monitor
+	added    []*balancer.Backend // backends that were not in the previous config
 }
 
 // plan is a config built and ready to swap in. Nothing in it serves yet.
@@ -152,9 +152,9 @@ func (p *plan) abandon(s *Server) {
 	}
 	if p.snap != nil {
 		for _, pl := range p.snap.pools {
-			for i, b := range pl.up.Pool.Backends {
-				if s.snap == nil || s.snap.pools[pl.cfg.Name] == nil || s.snap.pools[pl.cfg.Name].up.Pool.Backend(b.Address) == nil {
-					pl.up.Transports[i].Close()
+			for i, b := range pl.upstream.Pool.Backends {
+				if s.snap == nil || s.snap.pools[pl.cfg.Name] == nil || s.snap.pools[pl.cfg.Name].upstream.Pool.Backend(b.Address) == nil {
+					pl.upstream.Transports[i].Close()
 				}
 			}
 		}
@@ -174,9 +174,9 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	for i, bc := range pc.Backends {
 		b := &balancer.Backend{Address: bc.Address, Weight: bc.Weight}
 		if old != nil {
-			if ob := old.up.Pool.Backend(bc.Address); ob != nil {
+			if ob := old.upstream.Pool.Backend(bc.Address); ob != nil {
 				b.State = ob.State
-				transports[i] = old.up.Transports[ob.Index]
+				transports[i] = old.upstream.Transports[ob.Index]
 				transports[i].SetConnectTimeout(pc.ConnectTimeout.Duration)
 			}
 		}
@@ -195,15 +195,15 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	if old != nil {
 		// Requests of the old config still hold slots of the backends
 		// that stay: their releases must wake requests queued here.
-		bp.ShareQueue(old.up.Pool)
+		bp.ShareQueue(old.upstream.Pool)
 	}
 	mon := health.NewMonitor(bp, pc.Health, s.log)
 	var c *cache.Cache
 	if cc := pc.Cache; cc != nil {
 		// A reload that leaves [pool.cache] as it was keeps what the
 		// cache holds.
-		if old != nil && old.up.Cache != nil && old.cfg.Cache != nil && *old.cfg.Cache == *cc {
-			c = old.up.Cache
+		if old != nil && old.upstream.Cache != nil && old.cfg.Cache != nil && *old.cfg.Cache == *cc {
+			c = old.upstream.Cache
 		} else {
 			c = cache.New(cc.MaxSize.Bytes, cc.MaxObject.Bytes, cache.Options{
 				Heuristic: cc.Heuristic, StoreSetCookie: cc.StoreSetCookie,
@@ -212,10 +212,10 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 		}
 	}
 	return &pool{
-		cfg:   *pc,
-		added: added,
-		mon:   mon,
-		up: &proxy.Upstream{
+		cfg:     *pc,
+		added:   added,
+		monitor: mon,
+		upstream: &proxy.Upstream{
 			Pool:            bp,
 			Transports:      transports,
 			Health:          mon,
@@ -258,7 +258,7 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog
 	}
 	def, routes := routeTargets(lc, func(pool string) *proxy.Target {
 		return &proxy.Target{
-			Up:        p.snap.pools[pool].up,
+			Up:        p.snap.pools[pool].upstream,
 			Codes:     backendCounters(p, lc.Name, pool, s.metrics.Codes),
 			NoBackend: kept(p, metrics.Key{Listener: lc.Name, Pool: pool}, s.metrics.Codes),
 			Duration:  s.metrics.Duration(lc.Name, pool),
@@ -296,8 +296,8 @@ func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.
 	def, routes := routeTargets(lc, func(pool string) *l4.Target {
 		pl := p.snap.pools[pool]
 		return &l4.Target{
-			Pool:           pl.up.Pool,
-			Health:         pl.mon,
+			Pool:           pl.upstream.Pool,
+			Health:         pl.monitor,
 			Retries:        pl.cfg.Retries,
 			ConnectTimeout: pl.cfg.ConnectTimeout.Duration,
 			Stats:          backendCounters(p, lc.Name, pool, s.metrics.TCP),
@@ -345,7 +345,7 @@ func kept[C any](p *plan, k metrics.Key, counter func(metrics.Key) C) C {
 // backendCounters returns, in backend order, the counter of each backend
 // of pool as listener counts it (see kept).
 func backendCounters[C any](p *plan, listener, pool string, counter func(metrics.Key) C) []C {
-	backends := p.snap.pools[pool].up.Pool.Backends
+	backends := p.snap.pools[pool].upstream.Pool.Backends
 	cs := make([]C, len(backends))
 	for i, b := range backends {
 		cs[i] = kept(p, metrics.Key{Listener: listener, Pool: pool, Backend: b.Address}, counter)
@@ -381,24 +381,24 @@ func (s *Server) commit(p *plan, initial bool) {
 
 	if !initial {
 		for _, pl := range p.snap.pools {
-			pl.mon.Start()
+			pl.monitor.Start()
 			for _, b := range pl.added {
 				b.StartSlowStart(pl.cfg.Health.SlowStart.Duration)
 			}
 			if len(pl.added) > 0 && pl.cfg.Health.SlowStart.Duration > 0 {
-				pl.up.Pool.Refresh()
+				pl.upstream.Pool.Refresh()
 			}
 		}
 	}
 	if old != nil {
 		for name, pl := range old.pools {
-			pl.mon.Stop()
+			pl.monitor.Stop()
 			np := p.snap.pools[name]
-			for i, b := range pl.up.Pool.Backends {
-				if np == nil || np.up.Pool.Backend(b.Address) == nil {
+			for i, b := range pl.upstream.Pool.Backends {
+				if np == nil || np.upstream.Pool.Backend(b.Address) == nil {
 					// Removed: requests in flight finish, then its
 					// connections close.
-					pl.up.Transports[i].Close()
+					pl.upstream.Transports[i].Close()
 					s.log.Info("backend removed: requests in flight finish", "pool", name, "backend", b.Address)
 				}
 			}
@@ -407,7 +407,7 @@ func (s *Server) commit(p *plan, initial bool) {
 	// The old monitors may have raised or lowered backends after the new
 	// pools built their tables; now that they have stopped, catch up.
 	for _, pl := range p.snap.pools {
-		pl.up.Pool.Refresh()
+		pl.upstream.Pool.Refresh()
 	}
 
 	if p.newAdmin {
@@ -436,7 +436,7 @@ func (s *Server) commit(p *plan, initial bool) {
 	if !initial {
 		nb := 0
 		for _, pl := range p.snap.pools {
-			nb += len(pl.up.Pool.Backends)
+			nb += len(pl.upstream.Pool.Backends)
 		}
 		s.log.Info("config reloaded", "listeners", len(p.listeners), "pools", len(p.snap.pools), "backends", nb)
 	}

@@ -50,9 +50,9 @@ func (s *Server) Status() admin.Status {
 		st.Listeners = append(st.Listeners, ls)
 	}
 	for _, name := range s.snap.order {
-		p := s.snap.pools[name].up.Pool
+		p := s.snap.pools[name].upstream.Pool
 		ps := admin.PoolStatus{Name: p.Name, Algorithm: p.Algorithm, Usable: p.Usable()}
-		if c := s.snap.pools[name].up.Cache; c != nil {
+		if c := s.snap.pools[name].upstream.Cache; c != nil {
 			st := c.Stats()
 			ps.Cache = &st
 		}
@@ -109,11 +109,11 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, name := range s.snap.order {
-		for _, b := range s.snap.pools[name].up.Pool.Backends {
+		for _, b := range s.snap.pools[name].upstream.Pool.Backends {
 			g.BackendUp(name, b.Address, b.Up())
 			g.BackendActive(name, b.Address, b.Active())
 		}
-		if c := s.snap.pools[name].up.Cache; c != nil {
+		if c := s.snap.pools[name].upstream.Cache; c != nil {
 			st := c.Stats()
 			for r, n := range st.Results {
 				g.CacheRequests(name, strings.ToLower(r), n)
