@@ -1,5 +1,4 @@
-// Package testutil holds small helpers shared by the tests of several
-// packages.
+// Package testutil holds what the tests of several packages share.
 package testutil
 
 import (
