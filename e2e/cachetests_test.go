@@ -77,8 +77,8 @@ func TestCacheTestSuite(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		syscall.Kill(-origin.Process.Pid, syscall.SIGKILL) //nolint:errcheck
-		origin.Wait()                                      //nolint:errcheck
+		_ = syscall.Kill(-origin.Process.Pid, syscall.SIGKILL) // it may have exited already
+		_ = origin.Wait()                                      // killed: the error says so
 	})
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		if c, err := net.Dial("tcp", "127.0.0.1:"+port); err == nil {

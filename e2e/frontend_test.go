@@ -191,7 +191,7 @@ pool = "web"
 // servedSerial asks openssl s_client for the certificate lb serves.
 func servedSerial(t *testing.T, openssl, addr string) string {
 	t.Helper()
-	cmd := execCommand(openssl, "s_client", "-connect", addr, "-servername", "www.example.com")
+	cmd := exec.Command(openssl, "s_client", "-connect", addr, "-servername", "www.example.com")
 	cmd.Stdin = strings.NewReader("")
 	out, _ := cmd.CombinedOutput()
 	block, _ := pem.Decode(out[max(0, strings.Index(string(out), "-----BEGIN CERTIFICATE-----")):])

@@ -447,7 +447,7 @@ func runCmd(t *testing.T, timeout time.Duration, name string, args ...string) (s
 	return string(out), err
 }
 
-// poolConfig renders [[pool.backend]] entries.
+// backendsTOML renders [[pool.backend]] entries.
 func backendsTOML(bs ...*backend) string {
 	var sb strings.Builder
 	for _, b := range bs {
@@ -455,9 +455,6 @@ func backendsTOML(bs ...*backend) string {
 	}
 	return sb.String()
 }
-
-// execCommand is exec.Command, named for tests that build lbProc by hand.
-func execCommand(name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }
 
 // insecureTLS is a client TLS config for tests that do not check
 // certificates.

@@ -369,7 +369,7 @@ func TestDemo(t *testing.T) {
 	out := &testutil.SyncBuffer{}
 	errOut := &testutil.SyncBuffer{}
 	p := &lbProc{t: t, stdout: out, stderr: errOut, exited: make(chan struct{})}
-	p.cmd = execCommand(lbBin, "-demo", "-demo-listen", "127.0.0.1:0", "-demo-admin", "127.0.0.1:0")
+	p.cmd = exec.Command(lbBin, "-demo", "-demo-listen", "127.0.0.1:0", "-demo-admin", "127.0.0.1:0")
 	p.cmd.Stdout, p.cmd.Stderr = out, errOut
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -61,8 +61,8 @@ func smuggleCases() []smuggleCase {
 
 		// Content-Length and Transfer-Encoding together: RFC 9112 6.3
 		// (3) lets a server reject it as smuggling, and a proxy that
-		// forwarded it must drop Content-Length. NGINX answers 400;
-		// DESIGN.md asks for 400 and nothing at the backend.
+		// forwarded it must drop Content-Length. NGINX answers 400,
+		// and so does lb, with nothing reaching the backend.
 		{name: "CL.TE with a smuggled request", req: post + fmt.Sprintf("Content-Length: %d\r\n", 5+len(smuggled)) + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled, status: 400, tls: true},
 		{name: "TE.CL with a smuggled request", req: post + "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n" + fmt.Sprintf("%x\r\n", len(smuggled)) + smuggled + "\r\n0\r\n\r\n", status: 400, tls: true},
 		{name: "CL and TE: identity", req: post + "Content-Length: 5\r\nTransfer-Encoding: identity\r\n\r\nhello", status: 400},

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -122,12 +123,7 @@ func smallStacks() {
 	// Replace GODEBUG rather than add a second one: which of two the
 	// runtime reads is not the one os.Getenv sees, and lb would re-execute
 	// itself forever.
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GODEBUG=") {
-			env = append(env, kv)
-		}
-	}
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GODEBUG=") })
 	env = append(env, "GODEBUG="+godebug+"adaptivestackstart=0")
 	_ = syscall.Exec(exe, os.Args, env) // returns only if it failed; run as we are
 }
@@ -200,7 +196,7 @@ func serve(cfg *config.Config, path string, log hclog.InterceptLogger, started f
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			r.reload("SIGHUP") //nolint:errcheck // logged
+			_ = r.reload("SIGHUP") // it logs its own failure
 			continue
 		}
 		r.mu.Lock()

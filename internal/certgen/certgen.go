@@ -18,7 +18,8 @@ import (
 	"time"
 )
 
-// KeyType selects the key algorithm of a generated certificate.
+// KeyType selects the key algorithm of a generated certificate; the zero
+// value is ECDSA.
 type KeyType int
 
 // Key types.
@@ -28,6 +29,7 @@ const (
 )
 
 // Pair is a certificate (with its chain) and private key, PEM-encoded.
+// It is not changed once made, so goroutines may share it.
 type Pair struct {
 	CertPEM []byte
 	KeyPEM  []byte
@@ -35,7 +37,8 @@ type Pair struct {
 	key     crypto.Signer
 }
 
-// Options describe a certificate to make.
+// Options describe a certificate to make. The zero value makes an ECDSA
+// leaf certificate with no names, valid for a year.
 type Options struct {
 	Names    []string // DNS names and IP addresses (SANs); the first is the CN
 	Key      KeyType
@@ -139,12 +142,4 @@ func (p *Pair) Write(dir, name string) (certFile, keyFile string, err error) {
 		return "", "", err
 	}
 	return certFile, keyFile, nil
-}
-
-// Pool returns a cert pool holding p's certificate, for clients that
-// trust it.
-func (p *Pair) Pool() *x509.CertPool {
-	pool := x509.NewCertPool()
-	pool.AddCert(p.Cert)
-	return pool
 }

@@ -14,7 +14,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// Options tune a watch.
+// Options tune a watch. The zero value compares contents as soon as an
+// event arrives and never polls.
 type Options struct {
 	// Debounce is the quiet time after the last event before contents
 	// are compared, so that a burst of writes is one change.

@@ -199,7 +199,7 @@ func TestBurstIsOneChangeWithinMaxWait(t *testing.T) {
 			case <-stop:
 				return
 			case <-time.After(20 * time.Millisecond):
-				os.WriteFile(path, fmt.Appendf(nil, "v%d", i), 0o644) //nolint:errcheck // the next write or the check says
+				_ = os.WriteFile(path, fmt.Appendf(nil, "v%d", i), 0o644) // the next write or the check says
 
 			}
 		}

@@ -13,8 +13,8 @@ import (
 
 // TestRebindingRefused is a DNS-rebinding attack: a page on evil.example
 // whose name now resolves to the admin address posts to it, so Host and
-// Origin are both evil.example and the old same-origin check saw nothing
-// wrong.
+// Origin are both evil.example, and a check that compares Origin with
+// Host sees nothing wrong.
 func TestRebindingRefused(t *testing.T) {
 	src := &fakeSource{drained: map[string]bool{}}
 	base := start(t, src, Options{})

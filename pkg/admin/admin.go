@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -26,6 +27,8 @@ import (
 var ErrNotFound = errors.New("not found")
 
 // Source is the running lb the admin server reports on and acts upon.
+// The admin server calls it from its request goroutines, so its methods
+// must be safe for concurrent use.
 type Source interface {
 	Status() Status
 	// ReloadFromSource reloads the config from where it came from.
@@ -39,7 +42,8 @@ type Source interface {
 	PurgeCache(pool, url string) (int, error)
 }
 
-// Options adjust the admin server.
+// Options adjust the admin server. The zero value serves no profiler, no
+// metrics and no token, and accepts only the built-in Host names.
 type Options struct {
 	// Pprof serves Go's profiler under /debug/pprof/.
 	Pprof bool
@@ -57,7 +61,8 @@ type Options struct {
 //go:embed status.html
 var statusPage []byte
 
-// Server is the admin HTTP server.
+// Server is the admin HTTP server. Build it with New; the zero value is
+// not usable. Its methods are safe for concurrent use.
 type Server struct {
 	ln       net.Listener
 	srv      *http.Server
@@ -66,6 +71,8 @@ type Server struct {
 	pprof    atomic.Bool
 	access   atomic.Pointer[access]
 	bindHost string // the host of the bound address when it is a name
+	// crossOrigin trusts no origin besides the request's own Host.
+	crossOrigin http.CrossOriginProtection
 }
 
 // New binds addr; Start serves.
@@ -82,15 +89,14 @@ func New(addr string, src Source, opts Options, log hclog.Logger) (*Server, erro
 	s.SetAccess(opts.Token, opts.Hosts)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Write([]byte("ok\n")) //nolint:errcheck
+		writeText(w, "ok\n")
 	})
 	mux.HandleFunc("GET /status.json", s.statusJSON)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
-		w.Write(statusPage) //nolint:errcheck
+		_, _ = w.Write(statusPage) // fails only when the client has gone
 	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/status", http.StatusFound)
@@ -134,55 +140,56 @@ func (s *Server) statusJSON(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	enc.Encode(s.src.Status()) //nolint:errcheck
+	_ = enc.Encode(s.src.Status()) // Status always encodes: this fails only when the client has gone
 }
 
 func (s *Server) reload(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if err := s.src.ReloadFromSource(); err != nil {
-		w.WriteHeader(http.StatusUnprocessableEntity)
-		w.Write([]byte("reload failed; the running config is unchanged:\n" + err.Error() + "\n")) //nolint:errcheck
+		http.Error(w, "reload failed; the running config is unchanged:\n"+err.Error(), http.StatusUnprocessableEntity)
 		return
 	}
-	w.Write([]byte("reloaded\n")) //nolint:errcheck
+	writeText(w, "reloaded\n")
 }
 
 func (s *Server) drain(drained bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		pool, addr := r.PathValue("pool"), r.PathValue("address")
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if err := s.src.SetBackendDrained(pool, addr, drained); err != nil {
 			code := http.StatusInternalServerError
 			if errors.Is(err, ErrNotFound) {
 				code = http.StatusNotFound
 			}
-			w.WriteHeader(code)
-			w.Write([]byte(err.Error() + "\n")) //nolint:errcheck
+			http.Error(w, err.Error(), code)
 			return
 		}
 		state := "enabled"
 		if drained {
 			state = "drained"
 		}
-		w.Write([]byte(pool + " " + addr + " " + state + "\n")) //nolint:errcheck
+		writeText(w, pool+" "+addr+" "+state+"\n")
 	}
 }
 
 // purge empties a pool's cache, or removes the URL in ?url=.
 func (s *Server) purge(w http.ResponseWriter, r *http.Request) {
 	pool, url := r.PathValue("pool"), r.URL.Query().Get("url")
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	n, err := s.src.PurgeCache(pool, url)
 	if err != nil {
 		code := http.StatusBadRequest
 		if errors.Is(err, ErrNotFound) {
 			code = http.StatusNotFound
 		}
-		w.WriteHeader(code)
-		w.Write([]byte(err.Error() + "\n")) //nolint:errcheck
+		http.Error(w, err.Error(), code)
 		return
 	}
-	fmt.Fprintf(w, "purged %d URL(s) from the cache of pool %s\n", n, pool)
+	writeText(w, fmt.Sprintf("purged %d URL(s) from the cache of pool %s\n", n, pool))
+}
+
+// writeText answers with text/plain. A write fails only when the client
+// has gone, and then there is no one to tell.
+func writeText(w http.ResponseWriter, text string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, text)
 }
 
 // Addr is the bound address.

@@ -128,6 +128,14 @@ func TestCrossSiteRequestsRefused(t *testing.T) {
 	if code, _ := do(t, "POST", drain, "Origin", "https://evil.example"); code != 403 {
 		t.Errorf("foreign Origin: %d, want 403", code)
 	}
+	if code, _ := do(t, "POST", drain, "Sec-Fetch-Site", "same-site"); code != 403 {
+		t.Errorf("same-site POST (another port or subdomain): %d, want 403", code)
+	}
+	// A sandboxed frame or a local file sends Origin: null; without
+	// Sec-Fetch-Site nothing says it is this server's own page.
+	if code, _ := do(t, "POST", drain, "Origin", "null"); code != 403 {
+		t.Errorf("Origin null: %d, want 403", code)
+	}
 	if src.drained["10.0.0.1:80"] {
 		t.Fatal("a cross-site request drained a backend")
 	}
@@ -137,6 +145,20 @@ func TestCrossSiteRequestsRefused(t *testing.T) {
 	}
 	if code, _ := do(t, "GET", base+"/status.json", "Sec-Fetch-Site", "cross-site"); code != 200 {
 		t.Errorf("cross-site GET of status: %d, want 200 (reading is harmless)", code)
+	}
+}
+
+// TestCrossSiteProfileRefused: the profiler answers GET, but a page on
+// another site must not make the process profile or trace itself.
+func TestCrossSiteProfileRefused(t *testing.T) {
+	base := start(t, &fakeSource{}, Options{Pprof: true})
+	for _, method := range []string{"GET", "HEAD", "OPTIONS"} {
+		if code, _ := do(t, method, base+"/debug/pprof/profile?seconds=1", "Sec-Fetch-Site", "cross-site"); code != 403 {
+			t.Errorf("cross-site %s of a profile: %d, want 403", method, code)
+		}
+	}
+	if code, _ := do(t, "GET", base+"/debug/pprof/", "Sec-Fetch-Site", "none"); code != 200 {
+		t.Errorf("the profiler's index typed into the address bar: %d, want 200", code)
 	}
 }
 

@@ -8,7 +8,8 @@ import (
 
 // Status is the document served at /status.json. Counters are totals since
 // lb started (or since the backend was added); rates come from the
-// difference between two reads.
+// difference between two reads. It is plain data, made afresh for every
+// request; nil slices are empty.
 type Status struct {
 	Version   string           `json:"version"`
 	Started   time.Time        `json:"started"`

@@ -2,8 +2,10 @@
 // algorithms that pick one backend per request or connection.
 //
 // Nothing here knows about HTTP: the L7 proxy and the L4 proxy share it.
-// Picking is lock-free and allocates nothing; the only lock is taken when a
-// pool's round-robin table is rebuilt after a health or drain change.
+// Picking is lock-free and allocates nothing. Locks are taken only to
+// rebuild a pool's round-robin table after a health or drain change, and
+// by requests that wait for a backend slot and the releases that wake
+// them.
 package balancer
 
 import (
@@ -14,8 +16,10 @@ import (
 )
 
 // Backend is one server of a pool: its settings, fixed when the pool is
-// built, and a pointer to its live State, which may outlive the pool (a
-// reload carries the State of a backend that stays over to the new pool).
+// built and then read without locks, and a pointer to its live State,
+// which may outlive the pool (a reload carries the State of a backend
+// that stays over to the new pool). NewPool gives a Backend without a
+// State a new one.
 type Backend struct {
 	Address string
 	Weight  int
@@ -24,9 +28,10 @@ type Backend struct {
 	*State
 }
 
-// State is the live state of a backend. All fields are safe for concurrent
-// use. NewState returns one that is up, as a new backend counts as up
-// until its first check says otherwise.
+// State is the live state of a backend. All its methods are safe for
+// concurrent use. NewState returns one that is up, as a new backend
+// counts as up until its first check says otherwise; the zero value is up
+// too, but has no Changed time.
 type State struct {
 	// Read on every pick, written rarely: flag* bits, 0 when the backend
 	// may take requests (one load per backend and pick).

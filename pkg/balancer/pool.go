@@ -3,6 +3,7 @@ package balancer
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,8 +26,9 @@ const (
 )
 
 // Pool is a set of backends and the policy that picks among them. A Pool is
-// built once and never changes shape; backends' live states change under
-// it. All methods are safe for concurrent use.
+// built once, by NewPool (the zero value is not usable), and never
+// changes shape; backends' live states change under it. All methods are
+// safe for concurrent use.
 type Pool struct {
 	Name      string
 	Algorithm string
@@ -235,7 +237,8 @@ func (p *Pool) Release(b *Backend) {
 const MaxTried = 17
 
 // Tried is the set of backends a request has already tried, so that a
-// retry goes elsewhere. The zero value is empty; it lives on the stack.
+// retry goes elsewhere. The zero value is empty, and so is a nil *Tried;
+// it lives on the stack of the one request it serves, which alone uses it.
 type Tried struct {
 	n   int
 	idx [MaxTried]int32
@@ -251,16 +254,5 @@ func (t *Tried) Add(b *Backend) {
 
 // Has reports whether b was tried. A nil *Tried is empty.
 func (t *Tried) Has(b *Backend) bool {
-	if t == nil {
-		return false
-	}
-	for i := 0; i < t.n; i++ {
-		if t.idx[i] == int32(b.Index) {
-			return true
-		}
-	}
-	return false
+	return t != nil && slices.Contains(t.idx[:t.n], int32(b.Index))
 }
-
-// Len is the number of backends tried.
-func (t *Tried) Len() int { return t.n }

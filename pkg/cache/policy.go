@@ -11,7 +11,9 @@ import (
 // The rules of RFC 9111 for a shared cache: what a request asks of the
 // cache, whether a response may be stored, and for how long it is fresh.
 
-// RequestControl is what a request's method and Cache-Control ask.
+// RequestControl is what a request's method and Cache-Control ask, a
+// plain value. Its zero value allows nothing (no lookup, no store); use
+// ParseRequest.
 type RequestControl struct {
 	// Lookup: the request may be answered from the cache (GET or HEAD,
 	// no no-store).
@@ -82,7 +84,8 @@ func ParseRequest(h *fasthttp.RequestHeader, ignoreNoCache bool) RequestControl 
 	return rc
 }
 
-// Freshness is what a response allows a shared cache.
+// Freshness is what a response allows a shared cache, a plain value.
+// The zero value is not storable.
 type Freshness struct {
 	// Storable, or Why not.
 	Storable bool
@@ -98,7 +101,9 @@ type Freshness struct {
 	StaleWhileRevalidate, StaleIfError time.Duration
 }
 
-// Options are the operator's choices that the rules leave open.
+// Options are the operator's choices that the rules leave open. The zero
+// value gives no heuristic freshness, stores no response that sets a
+// cookie, honours clients' no-cache and adds no X-Cache.
 type Options struct {
 	// Heuristic allows a lifetime of a tenth of the time since
 	// Last-Modified (at most a day) for responses without one.
@@ -125,13 +130,13 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 	}
 	code := resp.StatusCode()
 	var (
-		maxAge, sMaxAge       int64 = -1, -1
-		private               bool
-		noStore, mustReval    bool
-		swr, sie              int64 = -1, -1
-		explicit, heuristicOK bool
-		public                bool
-		mustUnderstand        bool
+		maxAge, sMaxAge               int64 = -1, -1
+		private                       bool
+		noStore, mustReval            bool
+		staleWhileReval, staleIfError int64 = -1, -1
+		explicit, heuristicOK         bool
+		public                        bool
+		mustUnderstand                bool
 	)
 	directives(resp.PeekAll("Cache-Control"), func(dir int, value []byte) {
 		switch dir {
@@ -150,9 +155,9 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 		case dirMustRevalidate, dirProxyRevalidate:
 			mustReval = true
 		case dirStaleWhileRevalidate:
-			swr = seconds(value)
+			staleWhileReval = seconds(value)
 		case dirStaleIfError:
-			sie = seconds(value)
+			staleIfError = seconds(value)
 		case dirMustUnderstand:
 			mustUnderstand = true
 		}
@@ -242,11 +247,11 @@ func Evaluate(rc RequestControl, resp *fasthttp.ResponseHeader, now time.Time, o
 	f.Storable = true
 	f.MustRevalidate = mustReval
 	if !mustReval {
-		if swr > 0 {
-			f.StaleWhileRevalidate = time.Duration(swr) * time.Second
+		if staleWhileReval > 0 {
+			f.StaleWhileRevalidate = time.Duration(staleWhileReval) * time.Second
 		}
-		if sie > 0 {
-			f.StaleIfError = time.Duration(sie) * time.Second
+		if staleIfError > 0 {
+			f.StaleIfError = time.Duration(staleIfError) * time.Second
 		}
 	}
 	return f

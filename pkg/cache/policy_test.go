@@ -216,7 +216,9 @@ func TestRefreshedTakesDateAndFieldsFrom304(t *testing.T) {
 	h.Set("Cache-Control", "max-age=2")
 	h.Set("ETag", `"a"`)
 	h.Set("Test-Header", "A")
-	SetDate(&h, t0) //nolint:errcheck
+	if err := SetDate(&h, t0); err != nil {
+		t.Fatal(err)
+	}
 	rc := RequestControl{Store: true}
 	e := NewEntry(&req, &h, []byte("body"), Evaluate(rc, &h, t0, Options{}), t0, t0)
 	var nm fasthttp.ResponseHeader
@@ -224,7 +226,9 @@ func TestRefreshedTakesDateAndFieldsFrom304(t *testing.T) {
 	nm.Set("Test-Header", "B")
 	nm.Set("Cache-Control", "max-age=2")
 	now := time.Now()
-	SetDate(&nm, now) //nolint:errcheck
+	if err := SetDate(&nm, now); err != nil {
+		t.Fatal(err)
+	}
 	n := e.Refreshed(&nm, rc, Options{}, now, now)
 	if string(n.Header.Peek("Test-Header")) != "B" || n.Staleness(now) > 0 || n.Header.StatusCode() != 200 || string(n.Body) != "body" {
 		t.Errorf("refreshed: Test-Header %q, staleness %s, status %d, body %q", n.Header.Peek("Test-Header"), n.Staleness(now), n.Header.StatusCode(), n.Body)

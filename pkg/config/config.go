@@ -8,7 +8,9 @@ package config
 
 import "time"
 
-// Config is one whole lb configuration.
+// Config is one whole lb configuration. A *Config from Load or Parse is
+// never changed afterwards, so goroutines may share it; a zero Config has
+// had no defaults filled in and no validation.
 type Config struct {
 	Global    Global     `toml:"global"`
 	Listeners []Listener `toml:"listener"`
@@ -94,7 +96,7 @@ type TLS struct {
 	HSTS       string   `toml:"hsts"`
 	SNI        []Cert   `toml:"sni"`
 	// TicketKeys is a file of session ticket keys shared with other lb
-	// processes (see ParseTicketKeys); empty for keys lb makes itself.
+	// processes (see ReadTicketKeys); empty for keys lb makes itself.
 	TicketKeys string `toml:"ticket_keys"`
 
 	// CertPEM and KeyPEM, when set, are used instead of reading Cert and
@@ -171,7 +173,7 @@ type Backend struct {
 	Weight  int    `toml:"weight"`
 }
 
-// Defaults, as documented in DESIGN.md and the README.
+// Defaults of the keys a config leaves out, filled in by applyDefaults.
 const (
 	DefaultConfigFile      = "lb.toml"
 	DefaultAdmin           = "127.0.0.1:9100"
@@ -202,13 +204,3 @@ const (
 	// MaxWeight bounds backend weights, as HAProxy does.
 	MaxWeight = 256
 )
-
-// PoolByName returns the pool with that name, or nil.
-func (c *Config) PoolByName(name string) *Pool {
-	for i := range c.Pools {
-		if c.Pools[i].Name == name {
-			return &c.Pools[i]
-		}
-	}
-	return nil
-}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -135,7 +136,7 @@ func checkConfig(t *testing.T, c *Config, file string) {
 
 	pools := map[string]bool{}
 	for i, p := range c.Pools {
-		if p.Name == "" || pools[p.Name] || c.PoolByName(p.Name) == nil {
+		if p.Name == "" || pools[p.Name] {
 			fail("pool[%d] name %q empty or not unique", i, p.Name)
 		}
 		pools[p.Name] = true
@@ -248,11 +249,4 @@ func checkConfig(t *testing.T, c *Config, file string) {
 	}
 }
 
-func oneOf(s string, set ...string) bool {
-	for _, v := range set {
-		if s == v {
-			return true
-		}
-	}
-	return false
-}
+func oneOf(s string, set ...string) bool { return slices.Contains(set, s) }

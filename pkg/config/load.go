@@ -22,6 +22,7 @@ type Error struct {
 	Msg  string
 }
 
+// Error is "file:line: key: message", leaving out what is unknown.
 func (e *Error) Error() string {
 	var b strings.Builder
 	if e.File != "" {
@@ -46,6 +47,7 @@ func (e *Error) Error() string {
 // Errors is every problem found in one config, in file order.
 type Errors []*Error
 
+// Error is every problem's Error, one per line.
 func (es Errors) Error() string {
 	lines := make([]string, len(es))
 	for i, e := range es {
@@ -70,7 +72,8 @@ func Parse(src []byte, file string) (*Config, error) {
 	return ParseWith(src, file, ParseOptions{})
 }
 
-// ParseOptions adjust ParseWith.
+// ParseOptions adjust ParseWith. The zero value reads every file the
+// config names from disk.
 type ParseOptions struct {
 	// Files holds the contents of files the config names, by the path
 	// written in the config; a listener's cert and key found here are

@@ -42,7 +42,7 @@ func indexKeys(src string) keyLines {
 	idx := keyLines{}
 	arrays := map[string]int{} // array-of-tables path -> index of its latest element
 	table := ""                // indexed path of the current table
-	var ml mlState
+	var value multiline
 
 	// resolve turns key parts into an indexed path below base, taking the
 	// latest element of every array of tables it passes through.
@@ -63,8 +63,8 @@ func indexKeys(src string) keyLines {
 
 	for n, line := range strings.Split(src, "\n") {
 		lineNo := n + 1
-		if ml.open() {
-			ml.scan(line)
+		if value.open() {
+			value.scan(line)
 			continue
 		}
 		s := strings.TrimSpace(line)
@@ -112,7 +112,7 @@ func indexKeys(src string) keyLines {
 			if _, seen := idx[path]; !seen {
 				idx[path] = lineNo
 			}
-			ml.scan(s[eq+1:])
+			value.scan(s[eq+1:])
 		}
 	}
 	return idx
@@ -175,16 +175,16 @@ func splitKey(k string) []string {
 	return parts
 }
 
-// mlState follows a value across lines: open brackets of arrays and inline
+// multiline follows a value across lines: open brackets of arrays and inline
 // tables, and multi-line strings.
-type mlState struct {
+type multiline struct {
 	depth int
 	str   string // closing delimiter of an open multi-line string, or ""
 }
 
-func (m *mlState) open() bool { return m.depth > 0 || m.str != "" }
+func (m *multiline) open() bool { return m.depth > 0 || m.str != "" }
 
-func (m *mlState) scan(s string) {
+func (m *multiline) scan(s string) {
 	for i := 0; i < len(s); i++ {
 		if m.str != "" {
 			if strings.HasPrefix(s[i:], m.str) {

@@ -9,7 +9,8 @@ import (
 )
 
 // StatusSet is a set of HTTP status codes written as single codes and
-// ranges: "200-399", "200,204", "200-299,301".
+// ranges: "200-399", "200,204", "200-299,301". A nil set contains no
+// code.
 type StatusSet []StatusRange
 
 // StatusRange is an inclusive range of status codes.
@@ -25,6 +26,7 @@ func (s StatusSet) Contains(code int) bool {
 	return false
 }
 
+// String writes the set as it is configured: "200-399,404".
 func (s StatusSet) String() string {
 	parts := make([]string, len(s))
 	for i, r := range s {
@@ -56,7 +58,8 @@ func ParseStatusSet(v string) (StatusSet, error) {
 	return set, nil
 }
 
-// Redirect is a parsed redirect_https target.
+// Redirect is a parsed redirect_https target. The zero value keeps the
+// request's host and redirects to port 443.
 type Redirect struct {
 	// Host, when set, replaces the request's host; otherwise the request's
 	// host is kept.

@@ -23,8 +23,9 @@ type checker interface {
 	check(ctx context.Context, addr string) error
 }
 
-// Monitor checks the backends of one pool. It is safe for concurrent use;
-// the proxy reports passive results to it while its goroutines check.
+// Monitor checks the backends of one pool. Build it with NewMonitor; the
+// zero value is not usable. It is safe for concurrent use: the proxy
+// reports passive results to it while its goroutines check.
 type Monitor struct {
 	id      uint64 // unique, claims hold-downs in balancer.State
 	pool    *balancer.Pool

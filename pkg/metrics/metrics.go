@@ -8,7 +8,9 @@
 package metrics
 
 import (
+	"maps"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,16 +61,20 @@ type TCP struct {
 }
 
 // Key names one request counter: the listener that took the request, and
-// the pool and backend that answered it ("" when none did).
+// the pool and backend that answered it ("" when none did). It is a
+// comparable value, used as a map key.
 type Key struct{ Listener, Pool, Backend string }
 
-// Source supplies the gauges that are read at scrape time.
+// Source supplies the gauges that are read at scrape time. Gauges is
+// called on the scraping goroutine, concurrently with whatever else the
+// source is doing.
 type Source interface {
 	// Gauges calls the given functions for every current series.
 	Gauges(g *Gauges)
 }
 
-// Gauges receives scrape-time values from a Source.
+// Gauges receives scrape-time values from a Source. The Registry sets
+// every field; a Source calls them only during its Gauges call.
 type Gauges struct {
 	BackendUp         func(pool, backend string, up bool)
 	BackendActive     func(pool, backend string, active int64)
@@ -84,7 +90,8 @@ type Gauges struct {
 
 // Registry owns every lb metric. Request counters survive reloads: a
 // config names them by listener, pool and backend, and a new config that
-// keeps the names keeps the counts.
+// keeps the names keeps the counts. Build it with New; the zero value is
+// not usable. Its methods are safe for concurrent use.
 type Registry struct {
 	reg    *prometheus.Registry
 	source Source
@@ -283,10 +290,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for i, k := range keys {
 		counts[i] = c.r.codes[k]
 	}
-	tcp := make(map[Key]*TCP, len(c.r.tcp))
-	for k, v := range c.r.tcp {
-		tcp[k] = v
-	}
+	tcp := maps.Clone(c.r.tcp)
 	c.r.mu.Unlock()
 	for k, v := range tcp {
 		ch <- prometheus.MustNewConstMetric(descTCPConns, prometheus.CounterValue, float64(v.Connections.Load()), k.Listener, k.Pool, k.Backend)
@@ -297,7 +301,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for i, k := range keys {
 		counts[i].each(func(code int, n uint64) {
 			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(n),
-				k.Listener, k.Pool, k.Backend, statusText(code))
+				k.Listener, k.Pool, k.Backend, strconv.Itoa(code))
 		})
 	}
 	if c.r.source == nil {
@@ -335,29 +339,4 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n))
 		},
 	})
-}
-
-var codeText [600]string
-
-func init() {
-	for i := range codeText {
-		codeText[i] = itoa3(i)
-	}
-}
-
-func itoa3(i int) string {
-	if i < 100 {
-		if i < 10 {
-			return string(rune('0' + i))
-		}
-		return string([]byte{byte('0' + i/10), byte('0' + i%10)})
-	}
-	return string([]byte{byte('0' + i/100), byte('0' + i/10%10), byte('0' + i%10)})
-}
-
-func statusText(code int) string {
-	if code < 0 || code >= len(codeText) {
-		return "0"
-	}
-	return codeText[code]
 }

@@ -50,8 +50,8 @@ func TestIdleConnectionStack(t *testing.T) {
 	}
 	body := strings.Repeat("x", 100)
 	bsrv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.SetBodyString(body) }}
-	go bsrv.Serve(backend) //nolint:errcheck
-	defer bsrv.Shutdown()  //nolint:errcheck
+	go bsrv.Serve(backend) // ends when Shutdown closes it
+	defer bsrv.Shutdown()  // the test is over
 
 	dir := t.TempDir()
 	pair, err := certgen.SelfSigned("localhost")
@@ -92,7 +92,7 @@ name = "web"
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		s.Shutdown(ctx) //nolint:errcheck
+		_ = s.Shutdown(ctx) // the test is over
 	}()
 	addr := s.Addrs()["https"]
 

@@ -30,7 +30,7 @@ func startServer(t *testing.T, src string) *Server {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		s.Shutdown(ctx) //nolint:errcheck // the test is over
+		_ = s.Shutdown(ctx) // the test is over
 	})
 	return s
 }
@@ -56,7 +56,7 @@ func reload(t *testing.T, s *Server, src string) {
 func currentPool(s *Server, name string) *pool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.rt.pools[name]
+	return s.snap.pools[name]
 }
 
 // waitFor polls cond until it holds or d passes, and reports whether it
@@ -99,15 +99,15 @@ name = "web"
 func TestPassiveHoldDownSurvivesReload(t *testing.T) {
 	s := startServer(t, holdDownConfig)
 	old := currentPool(s, "web")
-	b := old.up.Pool.Backends[0]
+	b := old.upstream.Pool.Backends[0]
 	down := time.Now()
-	old.mon.ReportFailure(b, "connection refused")
+	old.monitor.ReportFailure(b, "connection refused")
 	if b.Up() {
 		t.Fatal("a passive failure did not take the backend down")
 	}
 	reload(t, s, holdDownConfig)
 	cur := currentPool(s, "web")
-	if cur == old || cur.up.Pool.Backends[0].State != b.State {
+	if cur == old || cur.upstream.Pool.Backends[0].State != b.State {
 		t.Fatal("the reload did not build a new pool sharing the backend's state")
 	}
 	if !waitFor(5*time.Second, b.Up) {
@@ -119,12 +119,12 @@ func TestPassiveHoldDownSurvivesReload(t *testing.T) {
 	// The new pool sends it requests again.
 	seen := map[string]bool{}
 	for range 4 {
-		x, err := cur.up.Pool.Acquire(nil, 0)
+		x, err := cur.upstream.Pool.Acquire(nil, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		seen[x.Address] = true
-		cur.up.Pool.Release(x)
+		cur.upstream.Pool.Release(x)
 	}
 	if !seen[b.Address] {
 		t.Errorf("the new pool does not pick the backend that came back: %v", seen)
@@ -132,7 +132,7 @@ func TestPassiveHoldDownSurvivesReload(t *testing.T) {
 
 	// A request that started on the old config fails after the reload:
 	// its report reaches the old, stopped monitor.
-	old.mon.ReportFailure(b, "connection refused")
+	old.monitor.ReportFailure(b, "connection refused")
 	if !waitFor(5*time.Second, b.Up) {
 		t.Fatal("a failure reported to a replaced monitor left the backend down")
 	}
@@ -171,7 +171,7 @@ connect_timeout = "10s"
 // new one ends, rather than waiting out the queue timeout.
 func TestQueuedRequestWokenAcrossReload(t *testing.T) {
 	s := startServer(t, queueConfig)
-	old := currentPool(s, "web").up
+	old := currentPool(s, "web").upstream
 	held, err := old.Pool.Acquire(nil, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +189,7 @@ func TestQueuedRequestWokenAcrossReload(t *testing.T) {
 		t.Fatal("the old config's request did not queue")
 	}
 	reload(t, s, queueConfig)
-	cur := currentPool(s, "web").up
+	cur := currentPool(s, "web").upstream
 	if cur.Pool == old.Pool || cur.Pool.Backends[0].State != held.State {
 		t.Fatal("the reload did not build a new pool sharing the backend's state")
 	}

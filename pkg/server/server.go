@@ -18,8 +18,9 @@ import (
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
-// Server is a running lb. Build it with New, Start it; Reload swaps in a
-// new config; Shutdown stops it. Its methods are safe for concurrent use.
+// Server is a running lb. Build it with New (the zero value is not
+// usable), Start it; Reload swaps in a new config; Shutdown stops it. Its
+// methods are safe for concurrent use.
 type Server struct {
 	log     hclog.Logger
 	metrics *metrics.Registry
@@ -27,8 +28,8 @@ type Server struct {
 	// mu serialises New's setup, Reload, Shutdown and the status reads
 	// of the fields below.
 	mu        sync.Mutex
-	rt        *snapshot
-	listeners map[string]*listener // by bind address
+	snap      *snapshot
+	listeners map[string]*boundListener // by bind address
 	admin     *admin.Server
 	access    *accessLog
 	started   time.Time
@@ -55,7 +56,7 @@ type Server struct {
 func New(cfg *config.Config, log hclog.Logger) (*Server, error) {
 	s := &Server{
 		log:       log,
-		listeners: map[string]*listener{},
+		listeners: map[string]*boundListener{},
 		stop:      make(chan struct{}),
 	}
 	s.metrics = metrics.New(s)
@@ -74,8 +75,8 @@ func (s *Server) Start() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.started = time.Now()
-	for _, pl := range s.rt.pools {
-		pl.mon.Start()
+	for _, pl := range s.snap.pools {
+		pl.monitor.Start()
 	}
 	for _, l := range s.listeners {
 		s.startListener(l)
@@ -88,7 +89,7 @@ func (s *Server) Start() {
 	go s.janitor()
 }
 
-func (s *Server) startListener(l *listener) {
+func (s *Server) startListener(l *boundListener) {
 	scheme := "http"
 	if l.term.Load() != nil {
 		scheme = "https"
@@ -159,10 +160,10 @@ func (s *Server) janitor() {
 			return
 		case now := <-t.C:
 			s.mu.Lock()
-			rt := s.rt
+			snap := s.snap
 			s.mu.Unlock()
-			for _, pl := range rt.pools {
-				pl.up.CloseIdle(now)
+			for _, pl := range snap.pools {
+				pl.upstream.CloseIdle(now)
 			}
 			mem.tick()
 		}
@@ -182,7 +183,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.stopped = true
-	listeners := make([]*listener, 0, len(s.listeners))
+	listeners := make([]*boundListener, 0, len(s.listeners))
 	for _, l := range s.listeners {
 		listeners = append(listeners, l)
 	}
@@ -203,9 +204,9 @@ func (s *Server) shutdown(ctx context.Context) error {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, pl := range s.rt.pools {
-		pl.mon.Stop()
-		pl.up.Close()
+	for _, pl := range s.snap.pools {
+		pl.monitor.Stop()
+		pl.upstream.Close()
 	}
 	if s.admin != nil {
 		s.admin.Close()
@@ -238,24 +239,21 @@ func (s *Server) AdminAddr() string {
 	return s.admin.Addr()
 }
 
-// Metrics is the server's metrics registry.
-func (s *Server) Metrics() *metrics.Registry { return s.metrics }
-
 // SetBackendDrained drains or enables one backend, as POST
 // /pools/{pool}/backends/{address}/drain and /enable do.
 func (s *Server) SetBackendDrained(pool, addr string, drained bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	pl := s.rt.pools[pool]
+	pl := s.snap.pools[pool]
 	if pl == nil {
 		return fmt.Errorf("%w: no pool %q", admin.ErrNotFound, pool)
 	}
-	b := pl.up.Pool.Backend(addr)
+	b := pl.upstream.Pool.Backend(addr)
 	if b == nil {
 		return fmt.Errorf("%w: pool %q has no backend %q", admin.ErrNotFound, pool, addr)
 	}
 	if b.SetDrained(drained) {
-		pl.up.Pool.Refresh()
+		pl.upstream.Pool.Refresh()
 		if drained {
 			s.log.Info("backend drained: no new requests, requests in flight finish", "pool", pool, "backend", addr)
 		} else {
@@ -269,12 +267,12 @@ func (s *Server) SetBackendDrained(pool, addr string, drained bool) error {
 // PurgeCache removes url, or everything, from a pool's cache.
 func (s *Server) PurgeCache(pool, url string) (int, error) {
 	s.mu.Lock()
-	pl := s.rt.pools[pool]
+	pl := s.snap.pools[pool]
 	s.mu.Unlock()
 	if pl == nil {
 		return 0, fmt.Errorf("%w: no pool %q", admin.ErrNotFound, pool)
 	}
-	c := pl.up.Cache
+	c := pl.upstream.Cache
 	if c == nil {
 		return 0, fmt.Errorf("%w: pool %q has no [pool.cache]", admin.ErrNotFound, pool)
 	}

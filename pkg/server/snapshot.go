@@ -3,11 +3,14 @@ package server
 import (
 	"context"
 	"fmt"
-	"github.com/offloadlb/lb/pkg/cache"
+	"strings"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/offloadlb/lb/pkg/admin"
 	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/cache"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/health"
 	"github.com/offloadlb/lb/pkg/l4"
@@ -23,19 +26,22 @@ type snapshot struct {
 	order []string // pool names in config order
 }
 
+// pool is one configured pool as a snapshot runs it: the upstream the
+// proxy sends to (balancer pool, transports, cache) and the health
+// monitor that judges its backends.
 type pool struct {
-	cfg   config.Pool
-	up    *proxy.Upstream
-	mon   *health.Monitor
-	added []*balancer.Backend // backends that were not in the previous config
+	cfg      config.Pool
+	upstream *proxy.Upstream
+	monitor  *health.Monitor
+	added    []*balancer.Backend // backends that were not in the previous config
 }
 
 // plan is a config built and ready to swap in. Nothing in it serves yet.
 type plan struct {
 	cfg       *config.Config
-	rt        *snapshot
+	snap      *snapshot
 	listeners []listenerPlan
-	bound     []*listener // sockets bound for this plan
+	bound     []*boundListener // sockets bound for this plan
 	admin     *admin.Server
 	newAdmin  bool
 	access    *accessLog
@@ -43,13 +49,16 @@ type plan struct {
 	keep      map[metrics.Key]bool
 }
 
+// listenerPlan is one listener of a plan: the socket it serves on
+// (fresh when the plan bound it, else taken over from the running
+// config) and what commit configures it with.
 type listenerPlan struct {
 	cfg      config.Listener
-	l        *listener
+	listener *boundListener
 	fresh    bool
-	state    *proxy.Listener // http mode
-	tcpState *l4.Listener    // tcp mode
-	term     *tlsterm.Terminator
+	http     *proxy.Listener     // http mode, else nil
+	tcp      *l4.Listener        // tcp mode, else nil
+	term     *tlsterm.Terminator // nil: plaintext
 }
 
 // prepare builds everything cfg describes, reusing what the running
@@ -71,43 +80,39 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 		p.newAccess = true
 	}
 
-	p.rt = &snapshot{cfg: cfg, pools: map[string]*pool{}}
+	p.snap = &snapshot{cfg: cfg, pools: map[string]*pool{}}
 	for i := range cfg.Pools {
 		pl, err := s.buildPool(&cfg.Pools[i])
 		if err != nil {
 			return p, err
 		}
-		p.rt.pools[pl.cfg.Name] = pl
-		p.rt.order = append(p.rt.order, pl.cfg.Name)
+		p.snap.pools[pl.cfg.Name] = pl
+		p.snap.order = append(p.snap.order, pl.cfg.Name)
 	}
 
 	claimed := map[string]bool{}
 	for _, lc := range cfg.Listeners {
 		lp := listenerPlan{cfg: lc}
 		if old := s.listeners[lc.Bind]; old != nil && !claimed[lc.Bind] && lc.Bind != "" && !isEphemeral(lc.Bind) {
-			lp.l = old
+			lp.listener = old
 		} else {
 			l, err := bindListener(lc, s.log)
 			if err != nil {
 				return p, err
 			}
 			p.bound = append(p.bound, l)
-			lp.l, lp.fresh = l, true
+			lp.listener, lp.fresh = l, true
 		}
 		claimed[lc.Bind] = true
-		if lp.term, err = terminatorFor(lc, lp.l.tickets); err != nil {
+		if lp.term, err = terminatorFor(lc, lp.listener.tickets); err != nil {
 			return p, err
 		}
-		if lc.Mode == "tcp" {
-			lp.tcpState = s.tcpListenerState(lc, p, lp.term != nil)
-		} else {
-			lp.state = s.listenerState(lc, p, lp.term != nil)
-		}
+		lp.http, lp.tcp = s.handlerState(lc, p, lp.term != nil)
 		p.listeners = append(p.listeners, lp)
 	}
 
 	p.admin = s.admin
-	if cfg.Global.Admin != adminAddr(s.rt) {
+	if cfg.Global.Admin != adminAddr(s.snap) {
 		p.admin = nil
 		if cfg.Global.Admin != "" {
 			opts := admin.Options{Pprof: cfg.Global.Pprof, Gatherer: s.metrics.Gatherer(),
@@ -123,18 +128,16 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 	return p, nil
 }
 
-func adminAddr(rt *snapshot) string {
-	if rt == nil {
+func adminAddr(snap *snapshot) string {
+	if snap == nil {
 		return ""
 	}
-	return rt.cfg.Global.Admin
+	return snap.cfg.Global.Admin
 }
 
 // isEphemeral reports a bind to port 0, which never names the same
 // socket twice.
-func isEphemeral(bind string) bool {
-	return len(bind) >= 2 && bind[len(bind)-2:] == ":0"
-}
+func isEphemeral(bind string) bool { return strings.HasSuffix(bind, ":0") }
 
 // abandon releases what a failed prepare built.
 func (p *plan) abandon(s *Server) {
@@ -147,11 +150,11 @@ func (p *plan) abandon(s *Server) {
 	if p.newAdmin && p.admin != nil {
 		p.admin.Close()
 	}
-	if p.rt != nil {
-		for _, pl := range p.rt.pools {
-			for i, b := range pl.up.Pool.Backends {
-				if s.rt == nil || s.rt.pools[pl.cfg.Name] == nil || s.rt.pools[pl.cfg.Name].up.Pool.Backend(b.Address) == nil {
-					pl.up.Transports[i].Close()
+	if p.snap != nil {
+		for _, pl := range p.snap.pools {
+			for i, b := range pl.upstream.Pool.Backends {
+				if s.snap == nil || s.snap.pools[pl.cfg.Name] == nil || s.snap.pools[pl.cfg.Name].upstream.Pool.Backend(b.Address) == nil {
+					pl.upstream.Transports[i].Close()
 				}
 			}
 		}
@@ -162,8 +165,8 @@ func (p *plan) abandon(s *Server) {
 // backends the running config already has under the same pool name.
 func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	var old *pool
-	if s.rt != nil {
-		old = s.rt.pools[pc.Name]
+	if s.snap != nil {
+		old = s.snap.pools[pc.Name]
 	}
 	backends := make([]*balancer.Backend, len(pc.Backends))
 	transports := make([]*proxy.Transport, len(pc.Backends))
@@ -171,15 +174,15 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	for i, bc := range pc.Backends {
 		b := &balancer.Backend{Address: bc.Address, Weight: bc.Weight}
 		if old != nil {
-			if ob := old.up.Pool.Backend(bc.Address); ob != nil {
+			if ob := old.upstream.Pool.Backend(bc.Address); ob != nil {
 				b.State = ob.State
-				transports[i] = old.up.Transports[ob.Index]
+				transports[i] = old.upstream.Transports[ob.Index]
 				transports[i].SetConnectTimeout(pc.ConnectTimeout.Duration)
 			}
 		}
 		if transports[i] == nil {
 			transports[i] = proxy.NewTransport(bc.Address, pc.ConnectTimeout.Duration)
-			if s.rt != nil {
+			if s.snap != nil {
 				added = append(added, b)
 			}
 		}
@@ -192,15 +195,15 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	if old != nil {
 		// Requests of the old config still hold slots of the backends
 		// that stay: their releases must wake requests queued here.
-		bp.ShareQueue(old.up.Pool)
+		bp.ShareQueue(old.upstream.Pool)
 	}
 	mon := health.NewMonitor(bp, pc.Health, s.log)
 	var c *cache.Cache
 	if cc := pc.Cache; cc != nil {
 		// A reload that leaves [pool.cache] as it was keeps what the
 		// cache holds.
-		if old != nil && old.up.Cache != nil && old.cfg.Cache != nil && *old.cfg.Cache == *cc {
-			c = old.up.Cache
+		if old != nil && old.upstream.Cache != nil && old.cfg.Cache != nil && *old.cfg.Cache == *cc {
+			c = old.upstream.Cache
 		} else {
 			c = cache.New(cc.MaxSize.Bytes, cc.MaxObject.Bytes, cache.Options{
 				Heuristic: cc.Heuristic, StoreSetCookie: cc.StoreSetCookie,
@@ -209,10 +212,10 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 		}
 	}
 	return &pool{
-		cfg:   *pc,
-		added: added,
-		mon:   mon,
-		up: &proxy.Upstream{
+		cfg:     *pc,
+		added:   added,
+		monitor: mon,
+		upstream: &proxy.Upstream{
 			Pool:            bp,
 			Transports:      transports,
 			Health:          mon,
@@ -224,39 +227,46 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	}, nil
 }
 
-// listenerState builds what a listener's handler needs, with its request
-// counters resolved.
-func (s *Server) listenerState(lc config.Listener, p *plan, tlsOn bool) *proxy.Listener {
-	st := &proxy.Listener{Name: lc.Name, TLS: tlsOn, TunnelIdle: lc.IdleTimeout.Duration, WriteTimeout: lc.WriteTimeout.Duration}
-	rejected := metrics.Key{Listener: lc.Name}
-	st.Rejected = s.metrics.Codes(rejected)
-	p.keep[rejected] = true
+// handlerState builds what a listener's handler serves with under plan
+// p: an http listener's *proxy.Listener, or a tcp listener's
+// *l4.Listener (the other is nil). What both modes share is built the same
+// way for each: the listener's name, TLS and access log, its pools
+// resolved once by name however many routes name them (routes to one pool
+// share its counters), and its counters, each recorded in p.keep so that
+// the commit keeps its count.
+func (s *Server) handlerState(lc config.Listener, p *plan, tlsOn bool) (*proxy.Listener, *l4.Listener) {
+	var access hclog.Logger // nil: access logging is off
 	if p.access != nil {
-		st.Access = p.access.log
+		access = p.access.log
 	}
-	targets := map[string]*proxy.Target{}
-	target := func(name string) *proxy.Target {
-		if t := targets[name]; t != nil {
-			return t
+	if lc.Mode == "tcp" {
+		return nil, s.tcpState(lc, p, tlsOn, access)
+	}
+	return s.httpState(lc, p, tlsOn, access), nil
+}
+
+// httpState is handlerState's part for an http listener: routes by host
+// and path, request counters by status code, redirect and HSTS.
+func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog.Logger) *proxy.Listener {
+	st := &proxy.Listener{
+		Name:         lc.Name,
+		TLS:          tlsOn,
+		Access:       access,
+		TunnelIdle:   lc.IdleTimeout.Duration,
+		WriteTimeout: lc.WriteTimeout.Duration,
+		Rejected:     kept(p, metrics.Key{Listener: lc.Name}, s.metrics.Codes),
+	}
+	def, routes := routeTargets(lc, func(pool string) *proxy.Target {
+		return &proxy.Target{
+			Up:        p.snap.pools[pool].upstream,
+			Codes:     backendCounters(p, lc.Name, pool, s.metrics.Codes),
+			NoBackend: kept(p, metrics.Key{Listener: lc.Name, Pool: pool}, s.metrics.Codes),
+			Duration:  s.metrics.Duration(lc.Name, pool),
 		}
-		pl := p.rt.pools[name]
-		t := &proxy.Target{Up: pl.up, Duration: s.metrics.Duration(lc.Name, name)}
-		k := metrics.Key{Listener: lc.Name, Pool: name}
-		t.NoBackend = s.metrics.Codes(k)
-		p.keep[k] = true
-		for _, b := range pl.up.Pool.Backends {
-			k := metrics.Key{Listener: lc.Name, Pool: name, Backend: b.Address}
-			t.Codes = append(t.Codes, s.metrics.Codes(k))
-			p.keep[k] = true
-		}
-		targets[name] = t
-		return t
-	}
-	if lc.Pool != "" {
-		st.Default = target(lc.Pool)
-	}
-	for _, r := range lc.Routes {
-		st.Routes = append(st.Routes, proxy.Route{Host: toLower(r.Host), PathPrefix: r.PathPrefix, Target: target(r.Pool)})
+	})
+	st.Default = def
+	for i, r := range lc.Routes {
+		st.Routes = append(st.Routes, proxy.Route{Host: strings.ToLower(r.Host), PathPrefix: r.PathPrefix, Target: routes[i]})
 	}
 	if lc.RedirectHTTPS != "" {
 		if r, err := config.ParseRedirect(lc.RedirectHTTPS); err == nil {
@@ -269,73 +279,91 @@ func (s *Server) listenerState(lc config.Listener, p *plan, tlsOn bool) *proxy.L
 	return st
 }
 
-// tcpListenerState builds what a tcp listener's handler needs.
-func (s *Server) tcpListenerState(lc config.Listener, p *plan, tlsOn bool) *l4.Listener {
+// tcpState is handlerState's part for a tcp listener: routes by server
+// name, connection counters, and the PROXY protocol header sent to
+// backends.
+func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.Logger) *l4.Listener {
 	st := &l4.Listener{
 		Name:          lc.Name,
 		TLS:           tlsOn,
-		ProxyProtocol: lc.ProxyProtocol,
+		Access:        access,
 		IdleTimeout:   lc.IdleTimeout.Duration,
 		WriteTimeout:  lc.WriteTimeout.Duration,
 		PeekTimeout:   lc.ReadTimeout.Duration,
+		ProxyProtocol: lc.ProxyProtocol,
+		Unrouted:      kept(p, metrics.Key{Listener: lc.Name}, s.metrics.TCP),
 	}
-	unrouted := metrics.Key{Listener: lc.Name}
-	st.Unrouted = s.metrics.TCP(unrouted)
-	p.keep[unrouted] = true
-	if p.access != nil {
-		st.Access = p.access.log
-	}
-	targets := map[string]*l4.Target{}
-	target := func(name string) *l4.Target {
-		if t := targets[name]; t != nil {
-			return t
-		}
-		pl := p.rt.pools[name]
-		t := &l4.Target{
-			Pool:           pl.up.Pool,
-			Health:         pl.mon,
+	def, routes := routeTargets(lc, func(pool string) *l4.Target {
+		pl := p.snap.pools[pool]
+		return &l4.Target{
+			Pool:           pl.upstream.Pool,
+			Health:         pl.monitor,
 			Retries:        pl.cfg.Retries,
 			ConnectTimeout: pl.cfg.ConnectTimeout.Duration,
-			Duration:       s.metrics.TCPDuration(lc.Name, name),
+			Stats:          backendCounters(p, lc.Name, pool, s.metrics.TCP),
+			Duration:       s.metrics.TCPDuration(lc.Name, pool),
 		}
-		for _, b := range pl.up.Pool.Backends {
-			k := metrics.Key{Listener: lc.Name, Pool: name, Backend: b.Address}
-			t.Stats = append(t.Stats, s.metrics.TCP(k))
-			p.keep[k] = true
-		}
-		targets[name] = t
-		return t
-	}
-	if lc.Pool != "" {
-		st.Default = target(lc.Pool)
-	}
-	for _, r := range lc.Routes {
-		st.Routes = append(st.Routes, l4.Route{SNI: toLower(r.SNI), Target: target(r.Pool)})
+	})
+	st.Default = def
+	for i, r := range lc.Routes {
+		st.Routes = append(st.Routes, l4.Route{SNI: strings.ToLower(r.SNI), Target: routes[i]})
 	}
 	return st
 }
 
-func toLower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c >= 'A' && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
+// routeTargets resolves the pools a listener sends to, building each
+// pool's target once with target however many routes name it: def for
+// the listener's own pool (nil when it has none), and one per route in
+// lc.Routes order.
+func routeTargets[T any](lc config.Listener, target func(pool string) *T) (def *T, routes []*T) {
+	built := map[string]*T{}
+	resolve := func(pool string) *T {
+		t := built[pool]
+		if t == nil {
+			t = target(pool)
+			built[pool] = t
 		}
+		return t
 	}
-	return string(b)
+	if lc.Pool != "" {
+		def = resolve(lc.Pool)
+	}
+	routes = make([]*T, len(lc.Routes))
+	for i, r := range lc.Routes {
+		routes[i] = resolve(r.Pool)
+	}
+	return def, routes
+}
+
+// kept returns the counter k names, made by counter on first use, and
+// records k in p.keep so that the commit keeps its count.
+func kept[C any](p *plan, k metrics.Key, counter func(metrics.Key) C) C {
+	p.keep[k] = true
+	return counter(k)
+}
+
+// backendCounters returns, in backend order, the counter of each backend
+// of pool as listener counts it (see kept).
+func backendCounters[C any](p *plan, listener, pool string, counter func(metrics.Key) C) []C {
+	backends := p.snap.pools[pool].upstream.Pool.Backends
+	cs := make([]C, len(backends))
+	for i, b := range backends {
+		cs[i] = kept(p, metrics.Key{Listener: listener, Pool: pool, Backend: b.Address}, counter)
+	}
+	return cs
 }
 
 // commit swaps a prepared plan in. It cannot fail.
 func (s *Server) commit(p *plan, initial bool) {
-	old := s.rt
-	s.rt = p.rt
+	old := s.snap
+	s.snap = p.snap
 	oldListeners := s.listeners
-	s.listeners = map[string]*listener{}
+	s.listeners = map[string]*boundListener{}
 	for _, lp := range p.listeners {
-		lp.l.configure(lp.cfg, lp.state, lp.tcpState, lp.term, s.metrics)
-		s.listeners[lp.l.key()] = lp.l
+		lp.listener.configure(lp.cfg, lp.http, lp.tcp, lp.term, s.metrics)
+		s.listeners[lp.listener.key()] = lp.listener
 		if lp.fresh && !initial {
-			s.startListener(lp.l)
+			s.startListener(lp.listener)
 		}
 	}
 	grace := p.cfg.Global.ShutdownGrace.Duration
@@ -347,30 +375,30 @@ func (s *Server) commit(p *plan, initial bool) {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), grace)
 			defer cancel()
-			l.shutdown(ctx) //nolint:errcheck
+			_ = l.shutdown(ctx) // what is still open at the grace's end is closed, and nothing waits for it
 		}()
 	}
 
 	if !initial {
-		for _, pl := range p.rt.pools {
-			pl.mon.Start()
+		for _, pl := range p.snap.pools {
+			pl.monitor.Start()
 			for _, b := range pl.added {
 				b.StartSlowStart(pl.cfg.Health.SlowStart.Duration)
 			}
 			if len(pl.added) > 0 && pl.cfg.Health.SlowStart.Duration > 0 {
-				pl.up.Pool.Refresh()
+				pl.upstream.Pool.Refresh()
 			}
 		}
 	}
 	if old != nil {
 		for name, pl := range old.pools {
-			pl.mon.Stop()
-			np := p.rt.pools[name]
-			for i, b := range pl.up.Pool.Backends {
-				if np == nil || np.up.Pool.Backend(b.Address) == nil {
+			pl.monitor.Stop()
+			np := p.snap.pools[name]
+			for i, b := range pl.upstream.Pool.Backends {
+				if np == nil || np.upstream.Pool.Backend(b.Address) == nil {
 					// Removed: requests in flight finish, then its
 					// connections close.
-					pl.up.Transports[i].Close()
+					pl.upstream.Transports[i].Close()
 					s.log.Info("backend removed: requests in flight finish", "pool", name, "backend", b.Address)
 				}
 			}
@@ -378,8 +406,8 @@ func (s *Server) commit(p *plan, initial bool) {
 	}
 	// The old monitors may have raised or lowered backends after the new
 	// pools built their tables; now that they have stopped, catch up.
-	for _, pl := range p.rt.pools {
-		pl.up.Pool.Refresh()
+	for _, pl := range p.snap.pools {
+		pl.upstream.Pool.Refresh()
 	}
 
 	if p.newAdmin {
@@ -407,9 +435,9 @@ func (s *Server) commit(p *plan, initial bool) {
 	s.metrics.Retain(p.keep)
 	if !initial {
 		nb := 0
-		for _, pl := range p.rt.pools {
-			nb += len(pl.up.Pool.Backends)
+		for _, pl := range p.snap.pools {
+			nb += len(pl.upstream.Pool.Backends)
 		}
-		s.log.Info("config reloaded", "listeners", len(p.listeners), "pools", len(p.rt.pools), "backends", nb)
+		s.log.Info("config reloaded", "listeners", len(p.listeners), "pools", len(p.snap.pools), "backends", nb)
 	}
 }

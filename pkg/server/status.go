@@ -17,7 +17,7 @@ func (s *Server) Status() admin.Status {
 	defer s.mu.Unlock()
 	now := time.Now()
 	st := admin.Status{Version: version.String(), Started: s.started, Now: now}
-	st.Config.File = s.rt.cfg.File
+	st.Config.File = s.snap.cfg.File
 	if !s.reloadAt.IsZero() {
 		t := s.reloadAt
 		st.Config.LastReload = &t
@@ -49,10 +49,10 @@ func (s *Server) Status() admin.Status {
 		}
 		st.Listeners = append(st.Listeners, ls)
 	}
-	for _, name := range s.rt.order {
-		p := s.rt.pools[name].up.Pool
+	for _, name := range s.snap.order {
+		p := s.snap.pools[name].upstream.Pool
 		ps := admin.PoolStatus{Name: p.Name, Algorithm: p.Algorithm, Usable: p.Usable()}
-		if c := s.rt.pools[name].up.Cache; c != nil {
+		if c := s.snap.pools[name].upstream.Cache; c != nil {
 			st := c.Stats()
 			ps.Cache = &st
 		}
@@ -91,13 +91,13 @@ func (s *Server) Status() admin.Status {
 }
 
 // sortedListeners returns the listeners in config order. s.mu is held.
-func (s *Server) sortedListeners() []*listener {
-	ls := make([]*listener, 0, len(s.listeners))
+func (s *Server) sortedListeners() []*boundListener {
+	ls := make([]*boundListener, 0, len(s.listeners))
 	for _, l := range s.listeners {
 		ls = append(ls, l)
 	}
 	order := map[string]int{}
-	for i, lc := range s.rt.cfg.Listeners {
+	for i, lc := range s.snap.cfg.Listeners {
 		order[lc.Name] = i
 	}
 	sort.Slice(ls, func(i, j int) bool { return order[ls[i].name.Load()] < order[ls[j].name.Load()] })
@@ -108,12 +108,12 @@ func (s *Server) sortedListeners() []*listener {
 func (s *Server) Gauges(g *metrics.Gauges) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, name := range s.rt.order {
-		for _, b := range s.rt.pools[name].up.Pool.Backends {
+	for _, name := range s.snap.order {
+		for _, b := range s.snap.pools[name].upstream.Pool.Backends {
 			g.BackendUp(name, b.Address, b.Up())
 			g.BackendActive(name, b.Address, b.Active())
 		}
-		if c := s.rt.pools[name].up.Cache; c != nil {
+		if c := s.snap.pools[name].upstream.Cache; c != nil {
 			st := c.Stats()
 			for r, n := range st.Results {
 				g.CacheRequests(name, strings.ToLower(r), n)

@@ -243,8 +243,8 @@ func TestTicketKeysRotate(t *testing.T) {
 	var gen atomic.Uint64
 	k.apply(cfg, &gen)
 	first := gen.Load()
-	if k.Len() != 1 {
-		t.Fatalf("%d keys at start", k.Len())
+	if len(k.keys) != 1 {
+		t.Fatalf("%d keys at start", len(k.keys))
 	}
 	k.apply(cfg, &gen)
 	if gen.Load() != first {
@@ -254,8 +254,8 @@ func TestTicketKeysRotate(t *testing.T) {
 		now = now.Add(TicketRotation)
 		k.apply(cfg, &gen)
 		want := min(i, TicketKeyCount)
-		if k.Len() != want {
-			t.Fatalf("after %d rotations: %d keys, want %d", i-1, k.Len(), want)
+		if len(k.keys) != want {
+			t.Fatalf("after %d rotations: %d keys, want %d", i-1, len(k.keys), want)
 		}
 	}
 	if gen.Load() == first {

@@ -11,7 +11,8 @@ import (
 // Conn is a client connection whose handshake is done, with what the
 // proxy needs to know of it worked out once rather than per request. It
 // is what an http listener's server sees; fasthttp still finds the TLS
-// state through the embedded *tls.Conn.
+// state through the embedded *tls.Conn. Its fields are set before the
+// connection is handed on and only read after.
 type Conn struct {
 	*tls.Conn
 	// Version is the TLS version (tls.VersionTLS13...).

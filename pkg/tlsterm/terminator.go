@@ -33,7 +33,8 @@ var supportedALPN = map[string]bool{"h2": true, "http/1.1": true}
 
 // Terminator is the TLS side of one listener: its certificates, client
 // CAs and the tls.Config built from them, behind an atomic pointer so
-// that files can be read again while handshakes run.
+// that files can be read again while handshakes run. Build it with New;
+// the zero value is not usable. Its methods are safe for concurrent use.
 type Terminator struct {
 	cfg     config.TLS
 	http    bool
@@ -84,10 +85,6 @@ func New(c *config.TLS, mode string, tickets *TicketKeys) (*Terminator, error) {
 	return t, nil
 }
 
-// Config returns the tls.Config new handshakes use. It changes when the
-// certificate files do: take it per connection.
-func (t *Terminator) Config() *tls.Config { return t.current().tls }
-
 // current returns the state new handshakes use, its session ticket keys
 // brought up to date.
 func (t *Terminator) current() *state {
@@ -100,9 +97,6 @@ func (t *Terminator) current() *state {
 
 // Store returns the certificates currently served.
 func (t *Terminator) Store() *Store { return t.cur.Load().store }
-
-// ClientAuth is the listener's client_auth mode.
-func (t *Terminator) ClientAuth() string { return t.cfg.ClientAuth }
 
 // Reload reads every certificate, key and client CA again and, if all
 // load, makes new handshakes use them; on error the ones in use stay.

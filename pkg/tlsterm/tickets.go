@@ -20,7 +20,8 @@ const (
 
 // TicketKeys is a listener's session ticket keys. One set lives as long
 // as the listener's socket, across reloads and certificate changes, so
-// that clients keep resuming through them. It is safe for concurrent use.
+// that clients keep resuming through them. Build it with NewTicketKeys (the
+// zero value is not usable); it is safe for concurrent use.
 type TicketKeys struct {
 	now func() time.Time
 
@@ -43,9 +44,7 @@ func NewTicketKeys() *TicketKeys {
 // Callers hold mu, or own k alone.
 func (k *TicketKeys) rotate(now time.Time) {
 	var key [32]byte
-	if _, err := rand.Read(key[:]); err != nil {
-		panic("tlsterm: no randomness for session ticket keys: " + err.Error())
-	}
+	_, _ = rand.Read(key[:]) // never fails: without randomness it ends the process itself
 	keys, made := [][32]byte{key}, []time.Time{now}
 	for i := range k.keys {
 		if len(keys) < TicketKeyCount && now.Sub(k.made[i]) < TicketRotation*TicketKeyCount {
@@ -75,11 +74,4 @@ func (k *TicketKeys) apply(cfg *tls.Config, cfgGen *atomic.Uint64) {
 		cfg.SetSessionTicketKeys(keys)
 		cfgGen.Store(gen)
 	}
-}
-
-// Len is the number of keys held.
-func (k *TicketKeys) Len() int {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return len(k.keys)
 }

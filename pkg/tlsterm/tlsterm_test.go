@@ -62,7 +62,7 @@ func serve(tb testing.TB, term *Terminator) string {
 				return
 			}
 			go func() {
-				tc := tls.Server(c, term.Config())
+				tc := tls.Server(c, term.current().tls)
 				tc.Handshake()
 				tc.Close()
 			}()

@@ -1,0 +1,114 @@
+package server
+
+import (
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/offloadlb/lb/pkg/metrics"
+)
+
+const routesConfig = `
+[global]
+admin = ""
+access_log = ""
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "a"
+  [[listener.route]]
+  host = "API.Example.com"
+  pool = "b"
+  [[listener.route]]
+  path_prefix = "/v2/"
+  pool = "b"
+  [[listener.route]]
+  host = "*.Example.COM"
+  pool = "a"
+
+[[listener]]
+name = "passthrough"
+bind = "127.0.0.1:0"
+mode = "tcp"
+  [[listener.route]]
+  sni = "DB.example.com"
+  pool = "b"
+  [[listener.route]]
+  sni = "*.example.com"
+  pool = "b"
+
+[[pool]]
+name = "a"
+  [[pool.backend]]
+  address = "127.0.0.1:1"
+
+[[pool]]
+name = "b"
+  [[pool.backend]]
+  address = "127.0.0.1:2"
+  [[pool.backend]]
+  address = "127.0.0.1:3"
+`
+
+// TestHandlerStateResolvesEachPoolOnce: the routes of a listener that
+// name one pool share its target, and so its counters, whichever mode the
+// listener is in; names are matched in lower case; every counter the
+// handler states use is kept by the commit.
+func TestHandlerStateResolvesEachPoolOnce(t *testing.T) {
+	s := &Server{log: hclog.NewNullLogger(), listeners: map[string]*boundListener{}, stop: make(chan struct{})}
+	s.metrics = metrics.New(s)
+	p, err := s.prepare(parseConfig(t, routesConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.abandon(s)
+
+	web, pass := p.listeners[0], p.listeners[1]
+	if web.http == nil || web.tcp != nil || pass.tcp == nil || pass.http != nil {
+		t.Fatalf("http listener: %v, %v; tcp listener: %v, %v", web.http, web.tcp, pass.http, pass.tcp)
+	}
+	h := web.http
+	if len(h.Routes) != 3 || h.Default == nil {
+		t.Fatalf("%d routes, default %v", len(h.Routes), h.Default)
+	}
+	if h.Routes[0].Target != h.Routes[1].Target || h.Routes[2].Target != h.Default || h.Routes[0].Target == h.Default {
+		t.Error("http routes to one pool do not share its target")
+	}
+	if h.Routes[0].Host != "api.example.com" || h.Routes[2].Host != "*.example.com" || h.Routes[1].PathPrefix != "/v2/" {
+		t.Errorf("routes %+v", h.Routes)
+	}
+	if len(h.Routes[0].Target.Codes) != 2 || len(h.Default.Codes) != 1 || h.Rejected == nil || h.Default.NoBackend == nil {
+		t.Error("http counters missing")
+	}
+	if h.Access != nil {
+		t.Error("access log set with access_log off")
+	}
+
+	tcp := pass.tcp
+	if tcp.Default != nil || len(tcp.Routes) != 2 || tcp.Routes[0].Target != tcp.Routes[1].Target {
+		t.Fatalf("tcp default %v, routes %+v", tcp.Default, tcp.Routes)
+	}
+	if tcp.Routes[0].SNI != "db.example.com" || len(tcp.Routes[0].Target.Stats) != 2 || tcp.Unrouted == nil {
+		t.Errorf("tcp routes %+v", tcp.Routes)
+	}
+
+	for _, k := range []metrics.Key{
+		{Listener: "web"},
+		{Listener: "web", Pool: "a"},
+		{Listener: "web", Pool: "a", Backend: "127.0.0.1:1"},
+		{Listener: "web", Pool: "b"},
+		{Listener: "web", Pool: "b", Backend: "127.0.0.1:2"},
+		{Listener: "web", Pool: "b", Backend: "127.0.0.1:3"},
+		{Listener: "passthrough"},
+		{Listener: "passthrough", Pool: "b", Backend: "127.0.0.1:2"},
+		{Listener: "passthrough", Pool: "b", Backend: "127.0.0.1:3"},
+	} {
+		if !p.keep[k] {
+			t.Errorf("counter %+v not kept", k)
+		}
+	}
+	if len(p.keep) != 9 {
+		t.Errorf("%d counters kept, want 9: %v", len(p.keep), p.keep)
+	}
+}
