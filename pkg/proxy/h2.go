@@ -10,6 +10,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/offloadlb/lb/internal/workers"
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
@@ -30,7 +31,7 @@ type HTTP2 struct {
 
 	ctxs    sync.Pool // *fasthttp.RequestCtx
 	readers sync.Pool // *headReader, its buffer sized for MaxHead
-	workers workerPool
+	workers *workers.Pool[h2Job]
 
 	mu        sync.Mutex
 	conns     map[*h2Conn]struct{}
@@ -51,6 +52,10 @@ type HTTP2Options struct {
 	// flow-control credit. 0 for none.
 	IdleTimeout, ReadTimeout, WriteTimeout time.Duration
 	Logger                                 fasthttp.Logger
+
+	// workerIdle is how long a request goroutine waits for another
+	// request before it ends (workers.DefaultIdle if 0); shorter in tests.
+	workerIdle time.Duration
 }
 
 // DefaultMaxStreams is the number of streams an HTTP/2 client may have
@@ -63,7 +68,7 @@ func NewHTTP2(h *Handler, o HTTP2Options) *HTTP2 {
 		o.MaxStreams = DefaultMaxStreams
 	}
 	a := &HTTP2{h: h, o: o, conns: map[*h2Conn]struct{}{}}
-	a.workers.idle = workerIdle
+	a.workers = workers.New(o.workerIdle, runH2Job)
 	a.ctxs.New = func() any { return new(fasthttp.RequestCtx) }
 	a.readers.New = func() any {
 		hr := &headReader{}

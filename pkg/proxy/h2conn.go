@@ -697,8 +697,18 @@ func (c *h2Conn) serveStream(st *h2Stream) {
 	c.unserved--
 	c.handlers++
 	c.wg.Add(1)
-	c.a.workers.run(c, st)
+	c.a.workers.Go(h2Job{c, st}) // the pool is never closed
 }
+
+// h2Job is a request to serve on a worker. A goroutine kept for reuse
+// has the stack the request path needs; a fresh one per request would
+// start small and grow it, copying it twice, on every request.
+type h2Job struct {
+	c  *h2Conn
+	st *h2Stream
+}
+
+func runH2Job(j h2Job) { j.c.run(j.st) }
 
 func (c *h2Conn) run(st *h2Stream) {
 	defer c.wg.Done()

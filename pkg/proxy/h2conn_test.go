@@ -471,14 +471,11 @@ func TestHTTP2GoAway(t *testing.T) {
 }
 
 // TestWorkerPoolReusesAndExpires: request goroutines are reused, and end
-// after workerIdle without work.
+// after their idle time without work.
 func TestWorkerPoolReusesAndExpires(t *testing.T) {
 	e := startEcho(t)
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
-	addr, a := h2Serve(t, hs, HTTP2Options{})
-	a.workers.mu.Lock()
-	a.workers.idle = 100 * time.Millisecond
-	a.workers.mu.Unlock()
+	addr, a := h2Serve(t, hs, HTTP2Options{workerIdle: 100 * time.Millisecond})
 	r := dialH2(t, addr)
 	for i := range 20 {
 		id := uint32(2*i + 1)
@@ -487,20 +484,15 @@ func TestWorkerPoolReusesAndExpires(t *testing.T) {
 			t.Fatalf("%+v", resp)
 		}
 	}
-	a.workers.mu.Lock()
-	n := len(a.workers.waiting)
-	a.workers.mu.Unlock()
 	// One worker serves them all, or two when the next request came in
 	// before the first worker was back in the pool.
-	if n < 1 || n > 2 {
+	if n := a.workers.Idle(); n < 1 || n > 2 {
 		t.Errorf("%d idle workers after 20 requests one at a time, want 1 or 2", n)
 	}
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		a.workers.mu.Lock()
-		n, cleaning := len(a.workers.waiting), a.workers.cleaning
-		a.workers.mu.Unlock()
-		if n == 0 && !cleaning {
+		n := a.workers.Idle()
+		if n == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
