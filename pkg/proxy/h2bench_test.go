@@ -3,6 +3,9 @@ package proxy
 import (
 	"testing"
 	"time"
+
+	"github.com/offloadlb/lb/internal/testutil"
+	"github.com/offloadlb/lb/pkg/h2"
 )
 
 // BenchmarkHTTP2Request measures a request over HTTP/2 through lb to a
@@ -12,16 +15,16 @@ import (
 func BenchmarkHTTP2Request(b *testing.B) {
 	t := &testing.T{}
 	hs := newHarness(t, harnessOpts{backends: []string{startFastBackend(b)}})
-	addr, _ := h2Serve(t, hs, HTTP2Options{})
-	r := dialH2(t, addr)
-	r.c.SetDeadline(time.Time{})
+	addr, _ := h2Serve(t, hs, h2.Options{})
+	r := testutil.DialH2(t, addr)
+	r.Conn.SetDeadline(time.Time{})
 	credit := func(n int) uint32 { return uint32(n) }
 	b.ReportAllocs()
 	id := uint32(1)
 	for b.Loop() {
-		r.request(id, "GET", "/bench?x=1", true)
-		if resp := r.response(id, credit); resp.status != "200" || len(resp.body) != 100 {
-			b.Fatalf("status %q, %d bytes", resp.status, len(resp.body))
+		r.Request(id, "GET", "/bench?x=1", true)
+		if resp := r.Response(id, credit); resp.Status != "200" || len(resp.Body) != 100 {
+			b.Fatalf("status %q, %d bytes", resp.Status, len(resp.Body))
 		}
 		id += 2
 	}

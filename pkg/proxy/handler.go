@@ -18,6 +18,7 @@ import (
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
 	"github.com/offloadlb/lb/pkg/config"
+	"github.com/offloadlb/lb/pkg/h2"
 	"github.com/offloadlb/lb/pkg/l4"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
@@ -584,7 +585,7 @@ func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
 	var small *fasthttp.ErrSmallBuffer
 	var ne net.Error
 	switch {
-	case errors.As(err, &small), errors.Is(err, errHeadTooLarge):
+	case errors.As(err, &small), errors.Is(err, h2.ErrHeadTooLarge):
 		code = fasthttp.StatusRequestHeaderFieldsTooLarge
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		code = fasthttp.StatusRequestEntityTooLarge

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/atomic"
 
 	"github.com/offloadlb/lb/pkg/config"
+	"github.com/offloadlb/lb/pkg/h2"
 	"github.com/offloadlb/lb/pkg/l4"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/proxy"
@@ -65,7 +66,7 @@ type instance struct {
 	open  atomic.Int64 // connections it serves
 	done  chan struct{}
 
-	h2      *proxy.HTTP2
+	h2      *h2.Server
 	h2mu    sync.Mutex
 	h2wg    sync.WaitGroup
 	closing bool // under h2mu: no new h2 connections
@@ -253,7 +254,7 @@ func (l *listener) newInstance(cfg config.Listener) *instance {
 			}
 		},
 	}
-	in.h2 = proxy.NewHTTP2(l.handler, proxy.HTTP2Options{
+	in.h2 = h2.NewServer(l.handler, h2.Options{
 		MaxBody:      int(cfg.MaxRequestBody.Bytes),
 		MaxHead:      int(cfg.MaxHeaderBytes.Bytes),
 		IdleTimeout:  cfg.IdleTimeout.Duration,

@@ -1,4 +1,4 @@
-package proxy
+package h2
 
 import (
 	"errors"
@@ -12,39 +12,39 @@ import (
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http2"
 
-	"github.com/offloadlb/lb/pkg/tlsterm"
+	"github.com/offloadlb/lb/internal/httpstatus"
 )
 
 // Flow-control windows lb offers a client for request bodies. Stream
 // credit is given back as data arrives, half a window at a time (a body is
 // bounded by MaxBody); connection credit as the body budget allows (see
-// h2budget.go).
+// budget.go).
 const (
-	h2StreamWindow = 1 << 20
-	h2ConnWindow   = 1 << 20
-	// h2FrameSize is the largest frame lb reads and writes: the
+	streamWindow = 1 << 20
+	connWindow   = 1 << 20
+	// frameSize is the largest frame lb reads and writes: the
 	// protocol's default, so a peer cannot make lb buffer a 16 MiB frame
 	// before it can look at it.
-	h2FrameSize = 16 << 10
-	// h2MaxSettings bounds the parameters in one SETTINGS frame.
-	h2MaxSettings = 64
+	frameSize = 16 << 10
+	// maxSettings bounds the parameters in one SETTINGS frame.
+	maxSettings = 64
 )
 
-// h2Conn is one HTTP/2 client connection. Its reader goroutine (serve)
+// conn is one HTTP/2 client connection. Its reader goroutine (serve)
 // reads and acts on every frame; a request runs on a goroutine of its own
 // once its last frame is in. Protocol state, the HPACK encoder and all
 // frame writes are under mu; writes go to a coalescingConn, so the
 // responses of many streams leave in one TLS record.
-type h2Conn struct {
-	a  *HTTP2
-	tc *tlsterm.Conn
-	w  *coalescingConn
-	fr *http2.Framer
-	hb *headBlock // the reader's HPACK decoder and request head
+type conn struct {
+	srv *Server
+	nc  net.Conn // the client's, handed to the Handler as the request's
+	w   *coalescingConn
+	fr  *http2.Framer
+	hb  *headBlock // the reader's HPACK decoder and request head
 
 	mu          sync.Mutex
 	cond        sync.Cond // flow-control credit arrived, or a stream ended
-	streams     map[uint32]*h2Stream
+	streams     map[uint32]*stream
 	maxClientID uint32 // highest stream the client opened
 	handlers    int    // requests being served
 	unserved    int    // streams whose request is still coming in
@@ -54,9 +54,9 @@ type h2Conn struct {
 	sendWin     int64 // connection-level credit for DATA to the client
 	initWin     int64 // the client's SETTINGS_INITIAL_WINDOW_SIZE
 	recvWin     int64 // credit the client has for DATA to lb
-	budget      int64 // h2ConnBudget: request-body bytes it may hold
+	budget      int64 // connBudget: request-body bytes it may hold
 	held        int64 // request-body bytes held for its streams
-	waiting     bool  // on h2Bodies' list, for room in the process
+	waiting     bool  // on bodies' list, for room in the process
 	timer       *time.Timer
 	timerAt     time.Time // when timer fires; zero when it is not set
 	resetByUs   [8]uint32 // the streams lb reset last
@@ -72,11 +72,11 @@ const (
 	deadlineIdle
 )
 
-// h2Stream is one request. Its fields are under the connection's mu.
-type h2Stream struct {
+// stream is one request. Its fields are under the connection's mu.
+type stream struct {
 	id       uint32
 	ctx      *fasthttp.RequestCtx
-	err      error // answer with ServeError instead of serving
+	err      error // answer with Handler.ServeError instead of serving
 	declared int64 // content-length, -1 if none
 	got      int64 // body bytes received
 	held     int64 // of them, counted in the budgets
@@ -93,39 +93,39 @@ type h2Stream struct {
 	reset      bool // reset by either side: nothing more is written
 }
 
-func newH2Conn(a *HTTP2, tc *tlsterm.Conn) *h2Conn {
-	c := &h2Conn{
-		a:       a,
-		tc:      tc,
-		w:       newCoalescingConn(tc, a.o.WriteTimeout),
-		streams: map[uint32]*h2Stream{},
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{
+		srv:     s,
+		nc:      nc,
+		w:       newCoalescingConn(nc, s.o.WriteTimeout),
+		streams: map[uint32]*stream{},
 		sendWin: 65535,
 		initWin: 65535,
-		recvWin: h2ConnWindow,
-		budget:  h2ConnBudget(a.o.MaxBody),
+		recvWin: connWindow,
+		budget:  connBudget(s.o.MaxBody),
 	}
 	c.cond.L = &c.mu
-	c.fr = http2.NewFramer(c.w, tc)
-	c.fr.SetMaxReadFrameSize(h2FrameSize)
+	c.fr = http2.NewFramer(c.w, nc)
+	c.fr.SetMaxReadFrameSize(frameSize)
 	c.fr.SetReuseFrames()
-	c.fr.MaxHeaderListSize = h2HeaderListSize(a.o.MaxHead)
+	c.fr.MaxHeaderListSize = headerListSize(s.o.MaxHead)
 	c.hb = newHeadBlock(c.fr.MaxHeaderListSize)
 	return c
 }
 
-// h2HeaderListSize is the largest header list lb decodes, in HPACK's
+// headerListSize is the largest header list lb decodes, in HPACK's
 // measure (32 bytes per field on top of names and values). Heads between
 // maxHead (as HTTP/1.1) and this are decoded whole and answered 431, as on
 // HTTP/1.1; clients are told not to send more, which would end the
 // connection.
-func h2HeaderListSize(maxHead int) uint32 { return uint32(2*maxHead + 4096) }
+func headerListSize(maxHead int) uint32 { return uint32(2*maxHead + 4096) }
 
 // errClosing stops the reader when the connection is done with.
 var errClosing = errors.New("connection done")
 
 // serve runs the connection until it ends, then waits for the requests it
 // started.
-func (c *h2Conn) serve() {
+func (c *conn) serve() {
 	defer func() {
 		c.mu.Lock()
 		c.closed = true
@@ -144,22 +144,22 @@ func (c *h2Conn) serve() {
 	}()
 	c.mu.Lock()
 	c.fr.WriteSettings( //nolint:errcheck // write errors show on the next read
-		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.a.o.MaxStreams},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.srv.o.MaxStreams},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: c.fr.MaxHeaderListSize},
 	)
-	c.fr.WriteWindowUpdate(0, h2ConnWindow-65535) //nolint:errcheck
+	c.fr.WriteWindowUpdate(0, connWindow-65535) //nolint:errcheck
 	c.mu.Unlock()
 
-	wait := c.a.o.ReadTimeout
+	wait := c.srv.o.ReadTimeout
 	if wait == 0 {
-		wait = c.a.o.IdleTimeout
+		wait = c.srv.o.IdleTimeout
 	}
 	if wait > 0 {
-		c.tc.SetReadDeadline(time.Now().Add(wait)) //nolint:errcheck
+		c.nc.SetReadDeadline(time.Now().Add(wait)) //nolint:errcheck
 	}
 	var preface [len(http2.ClientPreface)]byte
-	if _, err := io.ReadFull(c.tc, preface[:]); err != nil || string(preface[:]) != http2.ClientPreface {
+	if _, err := io.ReadFull(c.nc, preface[:]); err != nil || string(preface[:]) != http2.ClientPreface {
 		return
 	}
 	c.mu.Lock()
@@ -183,7 +183,7 @@ func (c *h2Conn) serve() {
 
 // fail answers a protocol error: a stream error resets the stream and the
 // connection goes on (true); a connection error sends GOAWAY and ends it.
-func (c *h2Conn) fail(err error) bool {
+func (c *conn) fail(err error) bool {
 	var se http2.StreamError
 	var ce http2.ConnectionError
 	switch {
@@ -210,7 +210,7 @@ func (c *h2Conn) fail(err error) bool {
 	return false
 }
 
-func (c *h2Conn) goAwayLocking(code http2.ErrCode) {
+func (c *conn) goAwayLocking(code http2.ErrCode) {
 	c.mu.Lock()
 	if !c.closed {
 		c.fr.WriteGoAway(c.maxClientID, code, nil) //nolint:errcheck
@@ -219,8 +219,8 @@ func (c *h2Conn) goAwayLocking(code http2.ErrCode) {
 	c.mu.Unlock()
 }
 
-// goAway starts a graceful stop of this connection (HTTP2.GoAway).
-func (c *h2Conn) goAway() {
+// goAway starts a graceful stop of this connection (Server.GoAway).
+func (c *conn) goAway() {
 	c.mu.Lock()
 	if !c.sentGoAway && !c.closed {
 		c.fr.WriteGoAway(c.maxClientID, http2.ErrCodeNo, nil) //nolint:errcheck
@@ -237,17 +237,17 @@ func (c *h2Conn) goAway() {
 }
 
 // quiet: no stream is open and no request is being served.
-func (c *h2Conn) quiet() bool { return len(c.streams) == 0 && c.handlers == 0 }
+func (c *conn) quiet() bool { return len(c.streams) == 0 && c.handlers == 0 }
 
 // setDeadline sets the read deadline for what the connection waits for:
 // the next request (IdleTimeout), or frames that may never come while
 // requests are served or coming in (none: each request has ReadTimeout
 // for its head and body, see expire, which frames on the connection do
 // not extend).
-func (c *h2Conn) setDeadline() {
+func (c *conn) setDeadline() {
 	want, d := deadlineNone, time.Duration(0)
 	if c.quiet() {
-		want, d = deadlineIdle, c.a.o.IdleTimeout
+		want, d = deadlineIdle, c.srv.o.IdleTimeout
 	}
 	if want == c.deadline {
 		return
@@ -257,10 +257,10 @@ func (c *h2Conn) setDeadline() {
 	if d > 0 {
 		t = time.Now().Add(d)
 	}
-	c.tc.SetReadDeadline(t) //nolint:errcheck
+	c.nc.SetReadDeadline(t) //nolint:errcheck
 }
 
-func (c *h2Conn) handle(f http2.Frame) error {
+func (c *conn) handle(f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.HeadersFrame:
 		return c.onHeaders(f)
@@ -303,7 +303,7 @@ func (c *h2Conn) handle(f http2.Frame) error {
 	return nil // unknown frame types are ignored
 }
 
-func (c *h2Conn) onHeaders(f *http2.HeadersFrame) error {
+func (c *conn) onHeaders(f *http2.HeadersFrame) error {
 	// What is needed of f, before decode reads the frames after it.
 	id, ended := f.StreamID, f.StreamEnded()
 	selfDep := f.HasPriority() && f.Priority.StreamDep == id
@@ -344,21 +344,21 @@ func (c *h2Conn) onHeaders(f *http2.HeadersFrame) error {
 	if selfDep {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
-	if uint32(len(c.streams)) >= c.a.o.MaxStreams || uint32(c.handlers) >= c.a.o.MaxStreams {
+	if uint32(len(c.streams)) >= c.srv.o.MaxStreams || uint32(c.handlers) >= c.srv.o.MaxStreams {
 		// Over the advertised limit, or streams reset by the client
 		// whose requests are still being served (the "rapid reset"
 		// pattern): refused, safe for the client to retry.
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeRefusedStream}
 	}
-	ctx := c.a.ctxs.Get().(*fasthttp.RequestCtx)
-	ctx.Init2(c.tc, c.a.o.Logger, false)
-	hd, err := c.hb.request(ctx, c.a)
+	ctx := c.srv.ctxs.Get().(*fasthttp.RequestCtx)
+	ctx.Init2(c.nc, c.srv.o.Logger, false)
+	hd, err := c.hb.request(ctx, c.srv)
 	if errors.Is(err, errMalformed) {
 		ctx.Request.Reset()
-		c.a.ctxs.Put(ctx)
+		c.srv.ctxs.Put(ctx)
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
-	st := &h2Stream{id: id, ctx: ctx, err: err, declared: hd.declared, sendWin: c.initWin, recvWin: h2StreamWindow}
+	st := &stream{id: id, ctx: ctx, err: err, declared: hd.declared, sendWin: c.initWin, recvWin: streamWindow}
 	c.streams[id] = st
 	c.unserved++
 	switch {
@@ -371,15 +371,15 @@ func (c *h2Conn) onHeaders(f *http2.HeadersFrame) error {
 	case hd.continue_:
 		c.writeInterim(id, fasthttp.StatusContinue)
 	}
-	if !st.served && c.a.o.ReadTimeout > 0 {
-		c.expireAt(st, time.Now().Add(c.a.o.ReadTimeout))
+	if !st.served && c.srv.o.ReadTimeout > 0 {
+		c.expireAt(st, time.Now().Add(c.srv.o.ReadTimeout))
 	}
 	c.setDeadline()
 	return nil
 }
 
 // expireAt gives st until t to send the rest of its request.
-func (c *h2Conn) expireAt(st *h2Stream, t time.Time) {
+func (c *conn) expireAt(st *stream, t time.Time) {
 	st.expires = t
 	if !c.timerAt.IsZero() && !t.Before(c.timerAt) {
 		return // the timer fires first, and sets itself again for st
@@ -393,7 +393,7 @@ func (c *h2Conn) expireAt(st *h2Stream, t time.Time) {
 }
 
 // errRequestTimeout: a request's head and body did not come in within
-// ReadTimeout. ServeError answers 408.
+// ReadTimeout. Handler.ServeError answers 408.
 var errRequestTimeout = fmt.Errorf("HTTP/2 request not complete within read_timeout: %w", os.ErrDeadlineExceeded)
 
 // expire answers 408 to the streams whose requests did not come in
@@ -401,7 +401,7 @@ var errRequestTimeout = fmt.Errorf("HTTP/2 request not complete within read_time
 // bodies are dropped and the client is told to stop sending them
 // (RST_STREAM NO_ERROR after the answer). Frames on the connection, empty
 // DATA among them, do not extend the time a request has.
-func (c *h2Conn) expire() {
+func (c *conn) expire() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.timerAt = time.Time{}
@@ -430,7 +430,7 @@ func (c *h2Conn) expire() {
 
 // endOfRequest: the client ended st. Its request is served unless it
 // already is.
-func (c *h2Conn) endOfRequest(st *h2Stream) error {
+func (c *conn) endOfRequest(st *stream) error {
 	st.remoteDone = true
 	if st.served {
 		if st.localDone {
@@ -446,7 +446,7 @@ func (c *h2Conn) endOfRequest(st *h2Stream) error {
 	return nil
 }
 
-func (c *h2Conn) onData(f *http2.DataFrame) error {
+func (c *conn) onData(f *http2.DataFrame) error {
 	id, n := f.StreamID, int64(f.Length)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -476,11 +476,11 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 	}
 	if !st.served {
 		switch {
-		case st.got > int64(c.a.o.MaxBody):
+		case st.got > int64(c.srv.o.MaxBody):
 			st.err = fasthttp.ErrBodyTooLarge
 			c.dropBody(st)
 			c.serveStream(st)
-		case !h2Bodies.take(int64(len(data)), c.budget):
+		case !bodies.take(int64(len(data)), c.budget):
 			// The process holds all it may: credit other connections
 			// had already been given came in first. Not processed, so
 			// safe for the client to retry (RFC 9113 8.7).
@@ -498,7 +498,7 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 		return err
 	}
 	st.unacked += n
-	if st.unacked >= h2StreamWindow/2 {
+	if st.unacked >= streamWindow/2 {
 		c.fr.WriteWindowUpdate(id, uint32(st.unacked)) //nolint:errcheck
 		st.recvWin += st.unacked
 		st.unacked = 0
@@ -507,11 +507,11 @@ func (c *h2Conn) onData(f *http2.DataFrame) error {
 	return nil
 }
 
-func (c *h2Conn) onSettings(f *http2.SettingsFrame) error {
+func (c *conn) onSettings(f *http2.SettingsFrame) error {
 	if f.IsAck() {
 		return nil
 	}
-	if f.NumSettings() > h2MaxSettings {
+	if f.NumSettings() > maxSettings {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	c.mu.Lock()
@@ -543,7 +543,7 @@ func (c *h2Conn) onSettings(f *http2.SettingsFrame) error {
 	return nil
 }
 
-func (c *h2Conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	inc := int64(f.Increment)
@@ -571,7 +571,7 @@ func (c *h2Conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 }
 
 // resetLocked sends RST_STREAM and forgets the stream.
-func (c *h2Conn) resetLocked(id uint32, code http2.ErrCode) {
+func (c *conn) resetLocked(id uint32, code http2.ErrCode) {
 	if c.closed {
 		return
 	}
@@ -586,7 +586,7 @@ func (c *h2Conn) resetLocked(id uint32, code http2.ErrCode) {
 // wasResetByUs: lb reset stream id lately. Frames the client sent before
 // it saw the RST_STREAM are ignored rather than answered with another
 // (RFC 9113 section 5.4.2).
-func (c *h2Conn) wasResetByUs(id uint32) bool {
+func (c *conn) wasResetByUs(id uint32) bool {
 	for _, r := range c.resetByUs {
 		if r == id {
 			return true
@@ -596,7 +596,7 @@ func (c *h2Conn) wasResetByUs(id uint32) bool {
 }
 
 // forget drops a reset stream; a handler serving it writes nothing more.
-func (c *h2Conn) forget(st *h2Stream) {
+func (c *conn) forget(st *stream) {
 	st.reset = true
 	delete(c.streams, st.id)
 	if !st.served {
@@ -606,43 +606,43 @@ func (c *h2Conn) forget(st *h2Stream) {
 	c.cond.Broadcast()
 }
 
-func (c *h2Conn) release(st *h2Stream) {
+func (c *conn) release(st *stream) {
 	c.unhold(st)
 	st.ctx.Request.Reset()
 	st.ctx.Response.Reset()
-	c.a.ctxs.Put(st.ctx)
+	c.srv.ctxs.Put(st.ctx)
 	st.ctx = nil
 }
 
 // dropBody drops the body st has received: it will not be forwarded.
-func (c *h2Conn) dropBody(st *h2Stream) {
+func (c *conn) dropBody(st *stream) {
 	st.ctx.Request.ResetBody()
 	c.unhold(st)
 }
 
 // unhold returns what st held to the budgets, and the client's credit
 // with it.
-func (c *h2Conn) unhold(st *h2Stream) {
+func (c *conn) unhold(st *stream) {
 	if st.held == 0 {
 		return
 	}
 	c.held -= st.held
-	h2Bodies.give(st.held)
+	bodies.give(st.held)
 	st.held = 0
 	c.refill()
 }
 
-// refill gives the client connection credit up to h2ConnWindow, as far
+// refill gives the client connection credit up to connWindow, as far
 // as the connection's body budget and the process's have room: what the
 // client may send and what lb holds stay within them. Credit goes in
 // steps of half a window, or of half what is left when little is.
-func (c *h2Conn) refill() {
+func (c *conn) refill() {
 	if c.closed {
 		return
 	}
 	own := c.budget - c.held
-	room := min(own, h2Bodies.room(c.budget), h2ConnWindow)
-	if inc := room - c.recvWin; inc > 0 && inc >= min(h2ConnWindow, room)/2 {
+	room := min(own, bodies.room(c.budget), connWindow)
+	if inc := room - c.recvWin; inc > 0 && inc >= min(connWindow, room)/2 {
 		c.fr.WriteWindowUpdate(0, uint32(inc)) //nolint:errcheck
 		c.recvWin += inc
 	}
@@ -650,11 +650,11 @@ func (c *h2Conn) refill() {
 		c.evict()
 		return
 	}
-	if room < min(own, h2ConnWindow) && c.recvWin < h2ConnWindow/2 && !c.waiting {
+	if room < min(own, connWindow) && c.recvWin < connWindow/2 && !c.waiting {
 		// Short of credit for want of room in the process: woken when
 		// another connection releases some.
 		c.waiting = true
-		h2Bodies.wait(c)
+		bodies.wait(c)
 		// A release between the look at the room and the wait wakes
 		// no one.
 		c.refill()
@@ -666,8 +666,8 @@ func (c *h2Conn) refill() {
 // all would wait for ReadTimeout. The newest is refused (RST_STREAM
 // REFUSED_STREAM: nothing of it was forwarded, so the client may send it
 // again), and the older ones go on.
-func (c *h2Conn) evict() {
-	var newest *h2Stream
+func (c *conn) evict() {
+	var newest *stream
 	var unserved int64
 	for _, st := range c.streams {
 		if !st.served && st.held > 0 {
@@ -684,7 +684,7 @@ func (c *h2Conn) evict() {
 }
 
 // refillLocking is refill for a connection woken by a release elsewhere.
-func (c *h2Conn) refillLocking() {
+func (c *conn) refillLocking() {
 	c.mu.Lock()
 	c.waiting = false
 	c.refill()
@@ -692,37 +692,37 @@ func (c *h2Conn) refillLocking() {
 }
 
 // serveStream starts serving st's request on a goroutine of its own.
-func (c *h2Conn) serveStream(st *h2Stream) {
+func (c *conn) serveStream(st *stream) {
 	st.served = true
 	c.unserved--
 	c.handlers++
 	c.wg.Add(1)
-	c.a.workers.Go(h2Job{c, st}) // the pool is never closed
+	c.srv.workers.Go(job{c, st}) // the pool is never closed
 }
 
-// h2Job is a request to serve on a worker. A goroutine kept for reuse
+// job is a request to serve on a worker. A goroutine kept for reuse
 // has the stack the request path needs; a fresh one per request would
 // start small and grow it, copying it twice, on every request.
-type h2Job struct {
-	c  *h2Conn
-	st *h2Stream
+type job struct {
+	c  *conn
+	st *stream
 }
 
-func runH2Job(j h2Job) { j.c.run(j.st) }
+func runJob(j job) { j.c.run(j.st) }
 
-func (c *h2Conn) run(st *h2Stream) {
+func (c *conn) run(st *stream) {
 	defer c.wg.Done()
 	ctx := st.ctx
 	if st.err != nil {
-		c.a.h.ServeError(ctx, st.err)
+		c.srv.h.ServeError(ctx, st.err)
 	} else {
-		c.a.h.Serve(ctx)
+		c.srv.h.Serve(ctx)
 	}
 	c.writeResponse(st, ctx)
 	ctx.Request.Reset()
 	ctx.Response.Reset() // closes a streamed body: frees the backend
 	ctx.ResetUserValues()
-	c.a.ctxs.Put(ctx)
+	c.srv.ctxs.Put(ctx)
 
 	c.mu.Lock()
 	c.unhold(st) // the body is forwarded, and ctx reset above
@@ -742,10 +742,10 @@ func (c *h2Conn) run(st *h2Stream) {
 // streamed one flushed as it arrives so that event streams and long polls
 // are not held back. A body that breaks off resets the stream, so the
 // client cannot take it for whole.
-func (c *h2Conn) writeResponse(st *h2Stream, ctx *fasthttp.RequestCtx) {
+func (c *conn) writeResponse(st *stream, ctx *fasthttp.RequestCtx) {
 	resp := &ctx.Response
 	code := resp.StatusCode()
-	skip := ctx.IsHead() || resp.SkipBody || noBody(code)
+	skip := ctx.IsHead() || resp.SkipBody || httpstatus.NoBody(code)
 	streamed := resp.IsBodyStream()
 	cl := resp.Header.ContentLength()
 	var body []byte
@@ -794,19 +794,19 @@ func (c *h2Conn) writeResponse(st *h2Stream, ctx *fasthttp.RequestCtx) {
 
 // writeHead writes a header block as HEADERS and, past the frame size,
 // CONTINUATION frames.
-func (c *h2Conn) writeHead(id uint32, block []byte, end bool) {
-	frag := block[:min(len(block), h2FrameSize)]
+func (c *conn) writeHead(id uint32, block []byte, end bool) {
+	frag := block[:min(len(block), frameSize)]
 	block = block[len(frag):]
 	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: len(block) == 0}) //nolint:errcheck
 	for len(block) > 0 {
-		frag = block[:min(len(block), h2FrameSize)]
+		frag = block[:min(len(block), frameSize)]
 		block = block[len(frag):]
 		c.fr.WriteContinuation(id, len(block) == 0, frag) //nolint:errcheck
 	}
 }
 
 // writeInterim sends a 1xx response head.
-func (c *h2Conn) writeInterim(id uint32, code int) {
+func (c *conn) writeInterim(id uint32, code int) {
 	c.hbuf = appendStatus(c.hbuf[:0], code)
 	c.writeHead(id, c.hbuf, false)
 }
@@ -814,7 +814,7 @@ func (c *h2Conn) writeInterim(id uint32, code int) {
 // writeData sends p on st within the flow-control credit the client
 // gives, waiting for more (at most WriteTimeout); end ends the stream.
 // False when the stream or connection is gone.
-func (c *h2Conn) writeData(st *h2Stream, p []byte, end bool) bool {
+func (c *conn) writeData(st *stream, p []byte, end bool) bool {
 	var timer *time.Timer
 	var expired bool
 	defer func() {
@@ -828,14 +828,14 @@ func (c *h2Conn) writeData(st *h2Stream, p []byte, end bool) bool {
 		}
 		n := int64(len(p))
 		if n > 0 {
-			n = min(n, h2FrameSize, st.sendWin, c.sendWin)
+			n = min(n, frameSize, st.sendWin, c.sendWin)
 			if n <= 0 {
 				if expired {
 					c.resetLocked(st.id, http2.ErrCodeCancel)
 					return false
 				}
-				if timer == nil && c.a.o.WriteTimeout > 0 {
-					timer = time.AfterFunc(c.a.o.WriteTimeout, func() {
+				if timer == nil && c.srv.o.WriteTimeout > 0 {
+					timer = time.AfterFunc(c.srv.o.WriteTimeout, func() {
 						c.mu.Lock()
 						expired = true
 						c.cond.Broadcast()
@@ -865,7 +865,7 @@ func (c *h2Conn) writeData(st *h2Stream, p []byte, end bool) bool {
 
 // endLocal: lb ended st. A client still sending a body it no longer
 // needs (the answer was 413) is told to stop.
-func (c *h2Conn) endLocal(st *h2Stream) {
+func (c *conn) endLocal(st *stream) {
 	st.localDone = true
 	if !st.remoteDone {
 		c.resetLocked(st.id, http2.ErrCodeNo)

@@ -1,4 +1,4 @@
-package proxy
+package h2
 
 import (
 	"sync"
@@ -12,33 +12,33 @@ import (
 // connection's budget and the process's, so a client that sends many
 // bodies and never ends them waits for credit instead of growing lb.
 const (
-	// h2ConnBodyBudget is the least a connection may hold of request
+	// connBodyBudget is the least a connection may hold of request
 	// bodies; a connection may hold twice max_request_body if that is
 	// more, so that one body of the largest size always fits beside
 	// others.
-	h2ConnBodyBudget = 16 << 20
-	// h2ProcessBodyBudget bounds the request-body bytes all HTTP/2
+	connBodyBudget = 16 << 20
+	// processBodyBudget bounds the request-body bytes all HTTP/2
 	// connections of the process hold together (or one connection's
 	// budget, if that is larger).
-	h2ProcessBodyBudget = 256 << 20
+	processBodyBudget = 256 << 20
 )
 
-// h2ConnBudget is the request-body budget of a connection of a listener
+// connBudget is the request-body budget of a connection of a listener
 // whose bodies may be maxBody bytes long.
-func h2ConnBudget(maxBody int) int64 { return max(h2ConnBodyBudget, 2*int64(maxBody)) }
+func connBudget(maxBody int) int64 { return max(connBodyBudget, 2*int64(maxBody)) }
 
 // bodyBudget counts the request-body bytes HTTP/2 connections hold, and
 // the connections waiting for some of them to be released before they
 // give their clients more credit.
 type bodyBudget struct {
-	limit   int64 // h2ProcessBodyBudget; lower in tests
+	limit   int64 // processBodyBudget; lower in tests
 	used    atomic.Int64
 	nwait   atomic.Int32
 	mu      sync.Mutex
-	waiting []*h2Conn
+	waiting []*conn
 }
 
-var h2Bodies = bodyBudget{limit: h2ProcessBodyBudget}
+var bodies = bodyBudget{limit: processBodyBudget}
 
 // room is how much more the process may hold, for a connection whose own
 // budget is budget.
@@ -71,7 +71,7 @@ func (b *bodyBudget) give(n int64) {
 }
 
 // wait has c woken by the next release.
-func (b *bodyBudget) wait(c *h2Conn) {
+func (b *bodyBudget) wait(c *conn) {
 	b.mu.Lock()
 	b.waiting = append(b.waiting, c)
 	b.nwait.Store(int32(len(b.waiting)))
