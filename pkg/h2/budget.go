@@ -3,6 +3,8 @@ package h2
 import (
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/net/http2"
 )
 
 // Request bodies are read whole before a request is served, so what an
@@ -76,4 +78,63 @@ func (b *bodyBudget) wait(c *conn) {
 	b.waiting = append(b.waiting, c)
 	b.nwait.Store(int32(len(b.waiting)))
 	b.mu.Unlock()
+}
+
+// refill gives the client connection credit up to connWindow, as far
+// as the connection's body budget and the process's have room: what the
+// client may send and what lb holds stay within them. Credit goes in
+// steps of half a window, or of half what is left when little is.
+func (c *conn) refill() {
+	if c.closed {
+		return
+	}
+	own := c.budget - c.held
+	room := min(own, bodies.room(c.budget), connWindow)
+	if inc := room - c.recvWin; inc > 0 && inc >= min(connWindow, room)/2 {
+		c.fr.WriteWindowUpdate(0, uint32(inc)) //nolint:errcheck
+		c.recvWin += inc
+	}
+	if own <= 0 && c.recvWin == 0 {
+		c.evict()
+		return
+	}
+	if room < min(own, connWindow) && c.recvWin < connWindow/2 && !c.waiting {
+		// Short of credit for want of room in the process: woken when
+		// another connection releases some.
+		c.waiting = true
+		bodies.wait(c)
+		// A release between the look at the room and the wait wakes
+		// no one.
+		c.refill()
+	}
+}
+
+// evict makes room in a connection whose budget is full of requests that
+// are all still waiting for more of their bodies: none could finish, and
+// all would wait for ReadTimeout. The newest is refused (RST_STREAM
+// REFUSED_STREAM: nothing of it was forwarded, so the client may send it
+// again), and the older ones go on.
+func (c *conn) evict() {
+	var newest *stream
+	var unserved int64
+	for _, st := range c.streams {
+		if !st.served && st.held > 0 {
+			unserved += st.held
+			if newest == nil || st.id > newest.id {
+				newest = st
+			}
+		}
+	}
+	if newest == nil || unserved < c.held {
+		return // a request being served holds some: its end makes room
+	}
+	c.resetLocked(newest.id, http2.ErrCodeRefusedStream)
+}
+
+// refillLocking is refill for a connection woken by a release elsewhere.
+func (c *conn) refillLocking() {
+	c.mu.Lock()
+	c.waiting = false
+	c.refill()
+	c.mu.Unlock()
 }

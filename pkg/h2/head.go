@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http/httpguts"
@@ -326,3 +327,6 @@ func appendField(b []byte, k, v string) []byte {
 	b = append(b, v...)
 	return append(b, "\r\n"...)
 }
+
+// headBufPool holds the buffers request heads are written into.
+var headBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}

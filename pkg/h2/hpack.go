@@ -2,7 +2,6 @@ package h2
 
 import (
 	"strconv"
-	"sync"
 
 	"github.com/valyala/fasthttp"
 
@@ -138,8 +137,3 @@ func appendHPACKInt(b []byte, first byte, n uint, v int) []byte {
 	}
 	return append(b, byte(v))
 }
-
-var (
-	copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-	headBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
-)
