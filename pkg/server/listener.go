@@ -356,7 +356,7 @@ func (l *listener) deliver(c net.Conn) {
 			l.deliver(c)
 			return
 		}
-		if tc, ok := c.(*tlsterm.Conn); ok && tc.Proto == "h2" {
+		if tc, ok := c.(*tlsterm.Conn); ok && tc.HTTP2() {
 			if in.serveH2(tc) {
 				return
 			}
