@@ -27,8 +27,8 @@ const (
 )
 
 // conn is one HTTP/2 client connection. Its reader goroutine (serve)
-// reads and acts on every frame; a request runs on a goroutine of its own
-// once its last frame is in. Protocol state, the HPACK encoder and all
+// reads and acts on every frame; a request runs on a worker of the
+// Server's pool once its last frame is in. Protocol state, the HPACK encoder and all
 // frame writes are under mu; writes go to a coalescingConn, so the
 // responses of many streams leave in one TLS record.
 type conn struct {

@@ -11,7 +11,7 @@ import (
 	"github.com/offloadlb/lb/internal/httpstatus"
 )
 
-// serveStream starts serving st's request on a goroutine of its own.
+// serveStream starts serving st's request on a worker.
 func (c *conn) serveStream(st *stream) {
 	st.served = true
 	c.unserved--
