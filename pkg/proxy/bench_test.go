@@ -2,14 +2,11 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"net"
 	"strings"
 	"testing"
 
 	"github.com/valyala/fasthttp"
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/offloadlb/lb/pkg/cache"
 )
@@ -113,73 +110,10 @@ func BenchmarkCacheHit(b *testing.B) {
 	}
 }
 
-// BenchmarkHTTP2Head decodes a request's HEADERS frame into the request
-// fasthttp serves, as an HTTP/2 connection does for each request once the
-// client's fields are in the HPACK dynamic table (they are after its
-// first request).
-func BenchmarkHTTP2Head(b *testing.B) {
-	decode := h2HeadLoop(b)
-	b.ReportAllocs()
-	for b.Loop() {
-		decode()
-	}
-}
-
-// h2HeadLoop returns one round of decoding a HEADERS frame whose fields
-// are all in the HPACK table into a request, the first frame (which puts
-// them there) decoded already.
-func h2HeadLoop(tb testing.TB) func() {
-	a := NewHTTP2(nil, HTTP2Options{MaxHead: 8192, MaxBody: 1 << 20})
-	hb := newHeadBlock(h2HeaderListSize(8192))
-	var block bytes.Buffer
-	enc := hpack.NewEncoder(&block)
-	frame := func() []byte {
-		block.Reset()
-		for _, f := range [][2]string{
-			{":method", "GET"}, {":scheme", "https"}, {":authority", "www.example.com"},
-			{":path", "/a/b?c=d"}, {"user-agent", "bench"}, {"accept", "*/*"},
-			{"cookie", "a=b"}, {"cookie", "c=d"},
-		} {
-			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}) //nolint:errcheck
-		}
-		var wire bytes.Buffer
-		http2.NewFramer(&wire, nil).WriteHeaders(http2.HeadersFrameParam{ //nolint:errcheck
-			StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true,
-		})
-		return wire.Bytes()
-	}
-	first, repeat := frame(), frame() // the second is all table references
-	src := bytes.NewReader(nil)
-	fr := http2.NewFramer(nil, src)
-	var ctx fasthttp.RequestCtx
-	head := make([]byte, 0, 1024)
-	decode := func(wire []byte) {
-		src.Reset(wire)
-		f, err := fr.ReadFrame()
-		if err != nil {
-			tb.Fatal(err)
-		}
-		hb.start(head)
-		if err := hb.decode(f.(*http2.HeadersFrame), fr); err != nil || hb.refused() {
-			tb.Fatal(err, hb.refused())
-		}
-		ctx.Request.Reset()
-		if _, err := hb.request(&ctx, a); err != nil {
-			tb.Fatal(err)
-		}
-		head = hb.head
-	}
-	decode(first)
-	if got := string(ctx.Request.Header.Peek("Cookie")); got != "a=b; c=d" {
-		tb.Fatalf("cookie %q", got)
-	}
-	return func() { decode(repeat) }
-}
-
 // TestHotPathsAllocateNothing keeps the request paths the benchmarks
 // measure free of allocations in steady state: a whole HTTP/1.1 request
-// through lb to a backend, a cache hit, the header rewriting, and HTTP/2
-// header decoding (one allocation: x/net's HEADERS frame).
+// through lb to a backend, a cache hit and the header rewriting. (HTTP/2
+// header decoding is kept to one allocation by pkg/h2's.)
 func TestHotPathsAllocateNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector changes allocations")
@@ -207,7 +141,6 @@ func TestHotPathsAllocateNothing(t *testing.T) {
 			return request(newHarness(t, harnessOpts{backends: []string{startFastBackend(t, "Cache-Control", "max-age=3600")}, cache: c}))
 		}, 0},
 		{"header rewriting", func() func() { return prepareLoop(t) }, 0},
-		{"HTTP/2 header block", func() func() { return h2HeadLoop(t) }, 1},
 	} {
 		f := tc.loop()
 		for range 200 { // pools and buffers reach their steady size

@@ -8,6 +8,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/offloadlb/lb/internal/testutil"
+	"github.com/offloadlb/lb/pkg/h2"
 )
 
 // forgedForwarding are forwarding headers a client may send to make a
@@ -84,8 +87,8 @@ func TestForgedForwardingHeadersNeverReachBackend(t *testing.T) {
 
 	t.Run("HTTP/2", func(t *testing.T) {
 		hs := newHarness(t, harnessOpts{backends: []string{e.addr}, tls: true})
-		addr, _ := h2Serve(t, hs, HTTP2Options{})
-		r := dialH2(t, addr)
+		addr, _ := h2Serve(t, hs, h2.Options{})
+		r := testutil.DialH2(t, addr)
 		fields := make([]string, len(forgedForwarding))
 		for i, f := range forgedForwarding {
 			if i%2 == 0 {
@@ -93,13 +96,13 @@ func TestForgedForwardingHeadersNeverReachBackend(t *testing.T) {
 			}
 			fields[i] = f
 		}
-		r.request(1, "GET", "/x", true, fields...)
-		resp := r.response(1, nil)
-		if resp.status != "200" {
-			t.Fatalf("status %q, reset %v", resp.status, resp.reset)
+		r.Request(1, "GET", "/x", true, fields...)
+		resp := r.Response(1, nil)
+		if resp.Status != "200" {
+			t.Fatalf("status %q, reset %v", resp.Status, resp.Reset)
 		}
 		var s seen
-		if err := json.Unmarshal(resp.body, &s); err != nil {
+		if err := json.Unmarshal(resp.Body, &s); err != nil {
 			t.Fatal(err)
 		}
 		want := map[string][]string{

@@ -18,6 +18,7 @@ import (
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
 	"github.com/offloadlb/lb/pkg/config"
+	"github.com/offloadlb/lb/pkg/h2"
 	"github.com/offloadlb/lb/pkg/l4"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
@@ -203,7 +204,7 @@ const (
 var protoNames = [...]string{protoHTTP11: "HTTP/1.1", protoHTTP10: "HTTP/1.0", protoHTTP2: "HTTP/2.0"}
 
 func protoOf(ctx *fasthttp.RequestCtx) int {
-	if c := tlsConn(ctx.Conn()); c != nil && c.Proto == "h2" {
+	if tlsterm.ConnOf(ctx.Conn()).HTTP2() {
 		return protoHTTP2
 	}
 	if ctx.Request.Header.IsHTTP11() {
@@ -584,7 +585,7 @@ func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
 	var small *fasthttp.ErrSmallBuffer
 	var ne net.Error
 	switch {
-	case errors.As(err, &small), errors.Is(err, errHeadTooLarge):
+	case errors.As(err, &small), errors.Is(err, h2.ErrHeadTooLarge):
 		code = fasthttp.StatusRequestHeaderFieldsTooLarge
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		code = fasthttp.StatusRequestEntityTooLarge
@@ -655,7 +656,7 @@ func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *Upst
 	if b != nil {
 		backend = b.Address
 	}
-	if c := tlsConn(ctx.Conn()); c != nil {
+	if c := tlsterm.ConnOf(ctx.Conn()); c != nil {
 		tlsVersion = tlsterm.VersionName(c.Version)
 	}
 	method, host, uri := string(ctx.Method()), string(ctx.Host()), string(ctx.Request.Header.RequestURI())

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"net"
-
-	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
 // errBareLFHead ends the read of a head whose blank line is a bare LF.
@@ -105,16 +103,4 @@ func (c *headConn) CloseWrite() error {
 			return nil
 		}
 	}
-}
-
-// tlsConn is the TLS connection a request came over, or nil.
-func tlsConn(c net.Conn) *tlsterm.Conn {
-	switch x := c.(type) {
-	case *tlsterm.Conn:
-		return x
-	case *headConn:
-		t, _ := x.Conn.(*tlsterm.Conn)
-		return t
-	}
-	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"unsafe"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
 // Header names in fasthttp's canonical form (it normalises names it
@@ -241,7 +243,7 @@ func prepareRequest(ctx *fasthttp.RequestCtx, tls bool, mask int) {
 	}
 	h.SetCanonical(hXForwardedPort, forwardedPort(host, tls))
 	h.SetCanonical(hForwarded, appendForwarded(buf[:0], ctx.RemoteAddr(), host, tls))
-	if c := tlsConn(ctx.Conn()); c != nil && c.ClientVerify != "" {
+	if c := tlsterm.ConnOf(ctx.Conn()); c != nil && c.ClientVerify != "" {
 		h.SetCanonical(hXClientVerify, s2b(c.ClientVerify))
 		if c.ClientSubject != "" {
 			h.SetCanonical(hXClientSubject, s2b(c.ClientSubject))

@@ -15,6 +15,8 @@ import (
 	"unsafe"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/offloadlb/lb/internal/httpstatus"
 )
 
 // Buffer sizes of a backend connection. The read buffer bounds a backend's
@@ -458,7 +460,7 @@ func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, reu
 
 	cl := resp.Header.ContentLength()
 	switch {
-	case req.Header.IsHead() || noBody(resp.Header.StatusCode()):
+	case req.Header.IsHead() || httpstatus.NoBody(resp.Header.StatusCode()):
 		resp.SkipBody = req.Header.IsHead()
 		x.release(c, closeAfter)
 		return nil, nil
@@ -543,10 +545,4 @@ func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 		}
 	}
 	return errors.New("too many interim responses")
-}
-
-// noBody reports statuses whose responses never have a body (RFC 9112
-// section 6.3).
-func noBody(code int) bool {
-	return code < 200 || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified
 }

@@ -11,7 +11,7 @@ import (
 	"go.uber.org/atomic"
 
 	"github.com/offloadlb/lb/pkg/config"
-	"github.com/offloadlb/lb/pkg/proxy"
+	"github.com/offloadlb/lb/pkg/h2"
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
 
@@ -25,7 +25,7 @@ type httpServer struct {
 	open  atomic.Int64 // connections it serves
 	done  chan struct{}
 
-	h2      *proxy.HTTP2
+	h2      *h2.Server
 	h2mu    sync.Mutex
 	h2wg    sync.WaitGroup
 	closing bool // under h2mu: no new h2 connections
@@ -68,7 +68,7 @@ func (l *boundListener) newHTTPServer(cfg config.Listener) *httpServer {
 			}
 		},
 	}
-	srv.h2 = proxy.NewHTTP2(l.handler, proxy.HTTP2Options{
+	srv.h2 = h2.NewServer(l.handler, h2.Options{
 		MaxBody:      int(cfg.MaxRequestBody.Bytes),
 		MaxHead:      int(cfg.MaxHeaderBytes.Bytes),
 		IdleTimeout:  cfg.IdleTimeout.Duration,

@@ -251,7 +251,7 @@ func (l *boundListener) deliver(c net.Conn) {
 			l.deliver(c)
 			return
 		}
-		if tc, ok := c.(*tlsterm.Conn); ok && tc.Proto == "h2" {
+		if tc, ok := c.(*tlsterm.Conn); ok && tc.HTTP2() {
 			if srv.serveH2(tc) {
 				return
 			}

@@ -32,21 +32,46 @@ func serveHandshaker(tb testing.TB, term *Terminator) (string, <-chan net.Conn) 
 	}
 	h := NewHandshaker(5 * time.Second)
 	out := make(chan net.Conn, 16)
+	// Every handshake ends with its connection delivered or closed; the
+	// cleanup waits for all of them.
+	var handshakes sync.WaitGroup
+	accepting := make(chan struct{})
 	go func() {
+		defer close(accepting)
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			h.Handshake(c, nil, term, func(c net.Conn) { out <- c })
+			handshakes.Add(1)
+			ec := &endedConn{Conn: c, end: handshakes.Done}
+			h.Handshake(ec, nil, term, func(c net.Conn) {
+				out <- c
+				ec.ended()
+			})
 		}
 	}()
 	tb.Cleanup(func() {
 		ln.Close()
+		<-accepting
 		h.Close()
-		h.Wait()
+		handshakes.Wait()
 	})
 	return ln.Addr().String(), out
+}
+
+// endedConn calls end once, when it is closed or ended is called.
+type endedConn struct {
+	net.Conn
+	once sync.Once
+	end  func()
+}
+
+func (c *endedConn) ended() { c.once.Do(c.end) }
+
+func (c *endedConn) Close() error {
+	c.ended()
+	return c.Conn.Close()
 }
 
 type clientCerts struct {

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"net"
 	"strings"
 	"time"
 )
@@ -25,6 +26,28 @@ type Conn struct {
 	// ClientSubject is the client certificate's subject (RFC 4514),
 	// when one was sent.
 	ClientSubject string
+}
+
+// HTTP2 reports whether the client negotiated HTTP/2 (ALPN "h2"): its
+// connection is served by an HTTP/2 server, and its requests are HTTP/2
+// ones. False for a nil *Conn. It reads only what the handshake set, and
+// so is safe to call from any goroutine.
+func (c *Conn) HTTP2() bool { return c != nil && c.Proto == "h2" }
+
+// ConnOf returns the *Conn that nc is or wraps, or nil for a connection
+// whose TLS lb did not terminate (nil for a nil nc too). Wrappers are
+// looked through by their RawConn method, as l4's splice does.
+func ConnOf(nc net.Conn) *Conn {
+	for {
+		switch x := nc.(type) {
+		case *Conn:
+			return x
+		case interface{ RawConn() net.Conn }:
+			nc = x.RawConn()
+		default:
+			return nil
+		}
+	}
 }
 
 // Client authentication modes, from client_auth.

@@ -3,10 +3,11 @@ package tlsterm
 import (
 	"crypto/tls"
 	"net"
-	"sync"
 	"time"
 
 	"go.uber.org/atomic"
+
+	"github.com/offloadlb/lb/internal/workers"
 )
 
 // Handshaker completes TLS handshakes for a listener before the HTTP
@@ -26,11 +27,8 @@ type Handshaker struct {
 
 	// timeout bounds each handshake. A reload changes it while workers
 	// read it.
-	timeout   atomic.Duration
-	work      chan job
-	closed    chan struct{}
-	closeOnce sync.Once
-	wg        sync.WaitGroup
+	timeout atomic.Duration
+	workers *workers.Pool[job]
 }
 
 // HandshakeResult describes one finished server handshake.
@@ -49,7 +47,8 @@ type job struct {
 // NewHandshaker returns a handshaker; handshakes taking longer than
 // timeout fail.
 func NewHandshaker(timeout time.Duration) *Handshaker {
-	h := &Handshaker{work: make(chan job), closed: make(chan struct{})}
+	h := &Handshaker{}
+	h.workers = workers.New(workers.DefaultIdle, h.run)
 	h.timeout.Store(timeout)
 	return h
 }
@@ -58,41 +57,15 @@ func NewHandshaker(timeout time.Duration) *Handshaker {
 // is safe to call while handshakes run.
 func (h *Handshaker) SetTimeout(d time.Duration) { h.timeout.Store(d) }
 
-// workerIdle is how long a handshake worker waits for another connection
-// before it exits.
-const workerIdle = 10 * time.Second
-
 // Handshake runs, on a worker, prelude (if not nil: reading a PROXY
 // protocol header, say) and then a server handshake with term's current
 // config (if term is not nil), and passes the resulting connection to
 // deliver: for an http listener a *Conn, for a tcp one the *tls.Conn. A
-// connection whose prelude or handshake fails is closed.
+// connection whose prelude or handshake fails is closed, and so is one
+// handed over after Close.
 func (h *Handshaker) Handshake(c net.Conn, prelude func(net.Conn) (net.Conn, error), term *Terminator, deliver func(net.Conn)) {
-	j := job{c, prelude, term, deliver}
-	select {
-	case h.work <- j: // an idle worker took it
-	case <-h.closed:
+	if !h.workers.Go(job{c, prelude, term, deliver}) {
 		c.Close()
-	default:
-		h.wg.Add(1)
-		go h.worker(j)
-	}
-}
-
-func (h *Handshaker) worker(j job) {
-	defer h.wg.Done()
-	idle := time.NewTimer(workerIdle)
-	defer idle.Stop()
-	for {
-		h.run(j)
-		idle.Reset(workerIdle)
-		select {
-		case j = <-h.work:
-		case <-idle.C:
-			return
-		case <-h.closed:
-			return
-		}
 	}
 }
 
@@ -145,13 +118,9 @@ func (h *Handshaker) run(j job) {
 	j.deliver(tc)
 }
 
-// Close stops idle workers; handshakes under way finish.
-func (h *Handshaker) Close() {
-	h.closeOnce.Do(func() { close(h.closed) })
-}
-
-// Wait waits for every worker to exit, after Close.
-func (h *Handshaker) Wait() { h.wg.Wait() }
+// Close stops idle workers; handshakes under way finish, and their
+// workers end then. Connections handed to Handshake after it are closed.
+func (h *Handshaker) Close() { h.workers.Close() }
 
 // VersionName is "1.2" or "1.3" for a TLS version, "" for others.
 func VersionName(v uint16) string {

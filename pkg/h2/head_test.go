@@ -1,4 +1,4 @@
-package proxy
+package h2
 
 import (
 	"bytes"
@@ -45,7 +45,7 @@ func TestHeadBlockAgreesWithXNet(t *testing.T) {
 		{"block over twice the limit", append(req, "x-big", strings.Repeat("v", 3000)), "conn"},
 		{"too many trailer fields", append(req, "trailer", strings.Repeat("a,", 40)+"b"), "431"},
 	}
-	a := NewHTTP2(nil, HTTP2Options{MaxHead: 8192, MaxBody: 1 << 20})
+	a := NewServer(nil, Options{MaxHead: 8192, MaxBody: 1 << 20})
 	for _, tc := range cases {
 		// Each case on fresh decoders: literal fields with indexing
 		// change the dynamic table.
@@ -99,7 +99,7 @@ func TestHeadBlockAgreesWithXNet(t *testing.T) {
 			switch {
 			case errors.Is(err, errMalformed):
 				got = "malformed"
-			case errors.Is(err, errHeadTooLarge):
+			case errors.Is(err, ErrHeadTooLarge):
 				got = "431"
 			case err != nil:
 				t.Fatalf("%s: %v", tc.name, err)
@@ -146,7 +146,7 @@ func FuzzHeadBlock(f *testing.F) {
 		f.Add(block.Bytes())
 	}
 	const maxList = 1024
-	a := NewHTTP2(nil, HTTP2Options{MaxHead: 8192, MaxBody: 1 << 20})
+	a := NewServer(nil, Options{MaxHead: 8192, MaxBody: 1 << 20})
 	f.Fuzz(func(t *testing.T, block []byte) {
 		var wire bytes.Buffer
 		http2.NewFramer(&wire, nil).WriteHeaders(http2.HeadersFrameParam{ //nolint:errcheck
@@ -194,7 +194,7 @@ func FuzzHeadBlock(f *testing.F) {
 			switch _, err := hb.request(&ctx, a); {
 			case errors.Is(err, errMalformed):
 				got = "reset"
-			case errors.Is(err, errHeadTooLarge):
+			case errors.Is(err, ErrHeadTooLarge):
 				got = "431"
 			case err != nil:
 				got = "400" // fasthttp refused the head: ServeError answers

@@ -1,4 +1,4 @@
-package proxy
+package h2
 
 import (
 	"bytes"
@@ -9,29 +9,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/offloadlb/lb/internal/certgen"
-	"github.com/offloadlb/lb/pkg/tlsterm"
+	"github.com/offloadlb/lb/internal/testutil"
 )
 
-// testCertificate is a self-signed certificate for localhost.
-func testCertificate(t *testing.T) tls.Certificate {
-	t.Helper()
-	pair, err := certgen.SelfSigned("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
-}
-
 // tlsPair returns the two ends of a TLS connection over loopback: the
-// server end wrapped as a listener delivers it, and the client end.
-func tlsPair(t *testing.T) (*tlsterm.Conn, *tls.Conn) {
+// server end and the client end.
+func tlsPair(t *testing.T) (*tls.Conn, *tls.Conn) {
 	t.Helper()
-	cert := testCertificate(t)
+	cert := testutil.Certificate(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -54,7 +39,7 @@ func tlsPair(t *testing.T) (*tlsterm.Conn, *tls.Conn) {
 	}
 	sc := <-done
 	t.Cleanup(func() { cc.Close(); sc.Close() })
-	return &tlsterm.Conn{Conn: sc, Version: tls.VersionTLS13, Proto: "h2"}, cc
+	return sc, cc
 }
 
 func TestCoalescingConnKeepsOrderAndBytes(t *testing.T) {
@@ -127,7 +112,7 @@ func TestCoalescingConnBackpressureAndErrors(t *testing.T) {
 	}
 	// The peer goes away: the blocked writer gets an error.
 	client.Close()
-	server.Conn.NetConn().(*net.TCPConn).SetWriteDeadline(time.Now())
+	server.NetConn().(*net.TCPConn).SetWriteDeadline(time.Now())
 	select {
 	case <-blocked:
 	case <-time.After(5 * time.Second):

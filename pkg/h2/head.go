@@ -1,8 +1,11 @@
-package proxy
+package h2
 
 import (
+	"bufio"
+	"bytes"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http/httpguts"
@@ -44,7 +47,7 @@ type headBlock struct {
 	truncated bool // past the header list size: 431
 	remain    uint32
 	trailers  uint32 // the separate budget of "trailer" fields
-	hd        h2Head
+	hd        headInfo
 }
 
 const (
@@ -64,7 +67,7 @@ func newHeadBlock(maxList uint32) *headBlock {
 // start readies b for a new block, writing into head.
 func (b *headBlock) start(head []byte) {
 	*b = headBlock{dec: b.dec, maxList: b.maxList, head: head[:0], cookies: b.cookies[:0],
-		remain: b.maxList, trailers: b.maxList, hd: h2Head{declared: -1}}
+		remain: b.maxList, trailers: b.maxList, hd: headInfo{declared: -1}}
 	b.dec.SetEmitEnabled(true)
 }
 
@@ -231,8 +234,8 @@ func (b *headBlock) regularField(name, value string) {
 // request checks the decoded block as a request and writes the request
 // it stands for into ctx.Request, as fasthttp would have parsed it off an
 // HTTP/1.1 connection. errMalformed means the stream must be reset; other
-// errors are answered by ServeError.
-func (b *headBlock) request(ctx *fasthttp.RequestCtx, a *HTTP2) (h2Head, error) {
+// errors are answered by Handler.ServeError.
+func (b *headBlock) request(ctx *fasthttp.RequestCtx, s *Server) (headInfo, error) {
 	if b.malformed || !httpguts.ValidHeaderFieldName(b.method) { // a token (RFC 9110 section 9.1)
 		return b.hd, errMalformed
 	}
@@ -248,7 +251,7 @@ func (b *headBlock) request(ctx *fasthttp.RequestCtx, a *HTTP2) (h2Head, error) 
 		return b.hd, errMalformed
 	}
 	if b.truncated {
-		return b.hd, errHeadTooLarge
+		return b.hd, ErrHeadTooLarge
 	}
 	if !b.sawRegular { // else written at the first regular field
 		b.requestLine()
@@ -262,18 +265,18 @@ func (b *headBlock) request(ctx *fasthttp.RequestCtx, a *HTTP2) (h2Head, error) 
 		b.head = appendField(b.head, "host", b.authority)
 	}
 	b.head = append(b.head, "\r\n"...)
-	if len(b.head) > a.o.MaxHead {
-		return b.hd, errHeadTooLarge
+	if len(b.head) > s.o.MaxHead {
+		return b.hd, ErrHeadTooLarge
 	}
-	if b.hd.declared > int64(a.o.MaxBody) {
+	if b.hd.declared > int64(s.o.MaxBody) {
 		return b.hd, fasthttp.ErrBodyTooLarge
 	}
-	hr := a.readers.Get().(*headReader)
+	hr := s.readers.Get().(*headReader)
 	hr.r.Reset(b.head)
 	hr.br.Reset(&hr.r)
 	err := ctx.Request.Header.Read(hr.br)
 	hr.r.Reset(nil)
-	a.readers.Put(hr)
+	s.readers.Put(hr)
 	return b.hd, err
 }
 
@@ -290,3 +293,40 @@ func validWireName(s string) bool {
 	}
 	return true
 }
+
+// headInfo is what a request's header block says besides its head.
+type headInfo struct {
+	declared  int64 // content-length, -1 if none
+	continue_ bool  // expect: 100-continue
+}
+
+// headReader reads a request head written out in memory, as fasthttp
+// reads one off a connection.
+type headReader struct {
+	r  bytes.Reader
+	br *bufio.Reader
+}
+
+// validPath: a non-empty request target without spaces or control
+// characters, which the HTTP/1.1 request line it goes into could not hold.
+func validPath(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func appendField(b []byte, k, v string) []byte {
+	b = append(b, k...)
+	b = append(b, ": "...)
+	b = append(b, v...)
+	return append(b, "\r\n"...)
+}
+
+// headBufPool holds the buffers request heads are written into.
+var headBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}

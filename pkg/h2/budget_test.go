@@ -1,4 +1,4 @@
-package proxy
+package h2
 
 import (
 	"bytes"
@@ -11,13 +11,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http2"
+
+	"github.com/offloadlb/lb/internal/testutil"
 )
 
 // uploader sends request bodies on a raw HTTP/2 connection as fast as
 // lb's flow-control credit allows, never ending them.
 type uploader struct {
-	r *rawH2
+	r *testutil.H2Client
 
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -29,12 +32,12 @@ type uploader struct {
 }
 
 func newUploader(t *testing.T, addr string) *uploader {
-	u := &uploader{r: dialH2(t, addr), connWin: 65535, win: map[uint32]int64{}, resets: map[uint32]http2.ErrCode{}}
-	u.r.c.SetDeadline(time.Time{})
+	u := &uploader{r: testutil.DialH2(t, addr), connWin: 65535, win: map[uint32]int64{}, resets: map[uint32]http2.ErrCode{}}
+	u.r.Conn.SetDeadline(time.Time{})
 	u.cond.L = &u.mu
 	go func() {
 		for {
-			f, err := u.r.fr.ReadFrame()
+			f, err := u.r.Framer.ReadFrame()
 			u.mu.Lock()
 			if err != nil {
 				u.err = err
@@ -54,7 +57,7 @@ func newUploader(t *testing.T, addr string) *uploader {
 				u.resets[f.StreamID] = f.ErrCode
 			case *http2.PingFrame:
 				if !f.IsAck() {
-					u.r.fr.WritePing(true, f.Data)
+					u.r.Framer.WritePing(true, f.Data)
 				}
 			}
 			u.cond.Broadcast()
@@ -71,8 +74,8 @@ func (u *uploader) upload(first uint32, streams int, perStream int64) {
 	u.mu.Lock()
 	for i := range ids {
 		ids[i] = first + uint32(2*i)
-		u.r.request(ids[i], "POST", "/up", false)
-		u.win[ids[i]] = h2StreamWindow // lb's SETTINGS came before
+		u.r.Request(ids[i], "POST", "/up", false)
+		u.win[ids[i]] = streamWindow // lb's SETTINGS came before
 	}
 	u.mu.Unlock()
 	chunk := make([]byte, 16<<10)
@@ -92,7 +95,7 @@ func (u *uploader) upload(first uint32, streams int, perStream int64) {
 				u.win[id] -= n
 				sent[id] += n
 				u.sent += n
-				u.r.fr.WriteData(id, false, chunk[:n])
+				u.r.Framer.WriteData(id, false, chunk[:n])
 				progress = true
 			}
 			if !progress {
@@ -114,26 +117,24 @@ func (u *uploader) state() (sent, credit int64) {
 // as soon as another connection releases what it held.
 func TestHTTP2ProcessBodyBudget(t *testing.T) {
 	const limit = 16 << 20
-	if n := h2Bodies.used.Load(); n != 0 {
+	if n := bodies.used.Load(); n != 0 {
 		t.Fatalf("%d body bytes held before the test", n)
 	}
-	h2Bodies.limit = limit
-	t.Cleanup(func() { h2Bodies.limit = h2ProcessBodyBudget })
+	bodies.limit = limit
+	t.Cleanup(func() { bodies.limit = processBodyBudget })
 
-	e := startEcho(t)
-	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
-	addr, _ := h2Serve(t, hs, HTTP2Options{MaxBody: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
+	addr, _ := serveTest(t, answer(nil), Options{MaxBody: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
 
 	// poll waits for cond, checking all along that the process never
 	// holds more than the limit.
 	poll := func(what string, cond func() bool) {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); !cond(); {
-			if n := h2Bodies.used.Load(); n > limit {
+			if n := bodies.used.Load(); n > limit {
 				t.Fatalf("the process holds %d body bytes, over its %d", n, limit)
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within 10s (held %d)", what, h2Bodies.used.Load())
+				t.Fatalf("%s: not within 10s (held %d)", what, bodies.used.Load())
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -144,7 +145,7 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 	// A sends 12 bodies of 1 MiB, never ended.
 	a := newUploader(t, addr)
 	a.upload(1, 12, 1<<20)
-	poll("first connection holds its bodies", func() bool { return h2Bodies.used.Load() == each })
+	poll("first connection holds its bodies", func() bool { return bodies.used.Load() == each })
 
 	// B gets only what is left in the process, and waits, though its
 	// own budget has room.
@@ -152,19 +153,19 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 	b.upload(1, 12, 1<<20)
 	poll("second connection fills the process's budget", func() bool {
 		sent, credit := b.state()
-		return h2Bodies.used.Load() == limit && sent == limit-each && credit == 0
+		return bodies.used.Load() == limit && sent == limit-each && credit == 0
 	})
 
 	// A's client gives up its uploads: B is given credit at once, and
 	// sends the rest.
 	a.mu.Lock()
 	for id := uint32(1); id < 24; id += 2 {
-		a.r.fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		a.r.Framer.WriteRSTStream(id, http2.ErrCodeCancel)
 	}
 	a.mu.Unlock()
 	poll("second connection resumes", func() bool {
 		sent, _ := b.state()
-		return sent == each && h2Bodies.used.Load() == each
+		return sent == each && bodies.used.Load() == each
 	})
 	b.mu.Lock()
 	if len(b.resets) != 0 {
@@ -178,23 +179,21 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 // held beyond the process's budget: those streams are refused, safe to
 // retry, and nothing more is held.
 func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
-	budget := h2ConnBudget(1 << 20)
-	if n := h2Bodies.used.Load(); n != 0 {
+	budget := connBudget(1 << 20)
+	if n := bodies.used.Load(); n != 0 {
 		t.Fatalf("%d body bytes held before the test", n)
 	}
-	h2Bodies.limit = budget // one connection's worth
-	t.Cleanup(func() { h2Bodies.limit = h2ProcessBodyBudget })
+	bodies.limit = budget // one connection's worth
+	t.Cleanup(func() { bodies.limit = processBodyBudget })
 
-	e := startEcho(t)
-	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
-	addr, _ := h2Serve(t, hs, HTTP2Options{MaxBody: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
+	addr, _ := serveTest(t, answer(nil), Options{MaxBody: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
 	// A holds all but half a MiB of the process's budget (and less than
 	// its own).
 	a := newUploader(t, addr)
 	a.upload(1, 31, 512<<10)
-	for deadline := time.Now().Add(10 * time.Second); h2Bodies.used.Load() != budget-512<<10; {
+	for deadline := time.Now().Add(10 * time.Second); bodies.used.Load() != budget-512<<10; {
 		if time.Now().After(deadline) {
-			t.Fatalf("first connection holds %d, want %d", h2Bodies.used.Load(), budget-512<<10)
+			t.Fatalf("first connection holds %d, want %d", bodies.used.Load(), budget-512<<10)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -202,7 +201,7 @@ func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
 	b := newUploader(t, addr)
 	b.upload(1, 4, 1<<20)
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if n := h2Bodies.used.Load(); n > budget {
+		if n := bodies.used.Load(); n > budget {
 			t.Fatalf("the process holds %d, over its %d", n, budget)
 		}
 		b.mu.Lock()
@@ -223,7 +222,7 @@ func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
 		}
 	}
 	b.mu.Unlock()
-	if n := h2Bodies.used.Load(); n > budget {
+	if n := bodies.used.Load(); n > budget {
 		t.Errorf("the process holds %d, over its %d", n, budget)
 	}
 }
@@ -234,13 +233,8 @@ func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
 // again once the others are in.
 func TestHTTP2UploadsShareBudget(t *testing.T) {
 	const size = 8 << 20 // max_request_body; the budget is twice that
-	e := startEcho(t, func(w http.ResponseWriter, r *http.Request) bool {
-		n, _ := io.Copy(io.Discard, r.Body)
-		fmt.Fprint(w, n)
-		return true
-	})
-	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, maxBody: size})
-	addr, _ := h2Serve(t, hs, HTTP2Options{MaxBody: size, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute})
+	count := answer(func(ctx *fasthttp.RequestCtx) { fmt.Fprint(ctx, len(ctx.Request.Body())) })
+	addr, _ := serveTest(t, count, Options{MaxBody: size, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute})
 	var protos http.Protocols
 	protos.SetHTTP2(true)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, Protocols: &protos}
@@ -263,7 +257,7 @@ func TestHTTP2UploadsShareBudget(t *testing.T) {
 			got, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != 200 || string(got) != strconv.Itoa(size) {
-				errs <- fmt.Errorf("status %d, backend got %q bytes", resp.StatusCode, got)
+				errs <- fmt.Errorf("status %d, handler got %q bytes", resp.StatusCode, got)
 			}
 		}()
 	}
@@ -276,9 +270,9 @@ func TestHTTP2UploadsShareBudget(t *testing.T) {
 		t.Errorf("uploads took %s", d)
 	}
 	// Released as each request's handler finishes, just after its answer.
-	for deadline := time.Now().Add(5 * time.Second); h2Bodies.used.Load() != 0; {
+	for deadline := time.Now().Add(5 * time.Second); bodies.used.Load() != 0; {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d body bytes still held", h2Bodies.used.Load())
+			t.Fatalf("%d body bytes still held", bodies.used.Load())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
