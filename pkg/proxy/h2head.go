@@ -240,7 +240,7 @@ func (b *headBlock) request(ctx *fasthttp.RequestCtx, a *HTTP2) (h2Head, error) 
 		if b.scheme != "" || b.path != "" || b.authority == "" {
 			return b.hd, errMalformed
 		}
-		// Tunnels are not proxied: checkRequest answers 405.
+		// Tunnels are not proxied: httphead.Check answers 405.
 		ctx.Request.Header.SetMethod(b.method)
 		return b.hd, nil
 	}
