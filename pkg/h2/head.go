@@ -243,7 +243,7 @@ func (b *headBlock) request(ctx *fasthttp.RequestCtx, s *Server) (headInfo, erro
 		if b.scheme != "" || b.path != "" || b.authority == "" {
 			return b.hd, errMalformed
 		}
-		// Tunnels are not proxied: checkRequest answers 405.
+		// Tunnels are not proxied: httphead.Check answers 405.
 		ctx.Request.Header.SetMethod(b.method)
 		return b.hd, nil
 	}

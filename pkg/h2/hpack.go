@@ -15,7 +15,7 @@ func (c *conn) encodeHead(resp *fasthttp.Response, cl int) []byte {
 	code := resp.StatusCode()
 	b := appendStatus(c.hbuf[:0], code)
 	for k, v := range resp.Header.All() {
-		// Hop-by-hop fields went in cleanResponse; the framing is
+		// Hop-by-hop fields went in httphead.CleanResponse; the framing is
 		// HTTP/2's own.
 		if string(k) == "Content-Length" || string(k) == "Transfer-Encoding" || string(k) == "Connection" {
 			continue

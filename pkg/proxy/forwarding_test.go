@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"encoding/json"
-	"net"
 	"net/http"
 	"reflect"
 	"sort"
@@ -117,46 +116,4 @@ func TestForgedForwardingHeadersNeverReachBackend(t *testing.T) {
 			t.Errorf("backend got forwarding headers\n%v\nwant\n%v", got, want)
 		}
 	})
-}
-
-func TestAppendForwarded(t *testing.T) {
-	for _, tc := range []struct {
-		client net.Addr
-		host   string
-		tls    bool
-		want   string
-	}{
-		{&net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 1}, "example.com", true, "for=192.0.2.7;host=example.com;proto=https"},
-		{&net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 1}, "example.com:8080", false, `for="[2001:db8::1]";host="example.com:8080";proto=http`},
-		{&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.9"), Port: 1}, "[2001:db8::2]:443", true, `for=192.0.2.9;host="[2001:db8::2]:443";proto=https`},
-		{&net.TCPAddr{IP: net.ParseIP("::1"), Port: 1}, `a"b\c`, true, `for="[::1]";host="a\"b\\c";proto=https`},
-		{&net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 1}, "", false, "for=10.0.0.1;proto=http"},
-	} {
-		if got := string(appendForwarded(nil, tc.client, []byte(tc.host), tc.tls)); got != tc.want {
-			t.Errorf("appendForwarded(%v, %q) = %s, want %s", tc.client, tc.host, got, tc.want)
-		}
-	}
-}
-
-func TestForwardingHeaderNames(t *testing.T) {
-	for name, want := range map[string]int{
-		"X-Forwarded-For":    fwXFF,
-		"x-forwarded-for":    fwXFF,
-		"X_Forwarded_For":    fwOwned,
-		"X-Forwarded_For":    fwOwned,
-		"X-Forwarded-Host":   fwOwned,
-		"X_FORWARDED_HOST":   fwOwned,
-		"X-Forwarded-Prefix": fwOwned,
-		"X-Real-IP":          fwOwned,
-		"forwarded":          fwOwned,
-		"Forwarded-For":      fwNone,
-		"X-Forwarded-Hosts":  fwNone,
-		"X-Forwarded":        fwNone,
-		"X-Client-Verify":    fwNone,
-		"X-Forwardex-Host":   fwNone,
-	} {
-		if got := forwardingHeader([]byte(name)); got != want {
-			t.Errorf("forwardingHeader(%q) = %d, want %d", name, got, want)
-		}
-	}
 }

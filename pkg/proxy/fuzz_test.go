@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/offloadlb/lb/pkg/httphead"
 )
 
 // fuzzMaxBody bounds the bodies FuzzPrepareRequest reads, as a listener's
@@ -15,7 +17,7 @@ const fuzzMaxBody = 64 << 10
 
 // FuzzPrepareRequest feeds raw client bytes through what lb does to an
 // HTTP/1.1 request before a backend sees it: fasthttp reads the head and
-// body as the server does, checkRequest may refuse it, prepareRequest
+// body as the server does, httphead.Check may refuse it, httphead.Prepare
 // rewrites it, and fasthttp writes it as the transport does. Whatever
 // reaches the wire must be one well-formed request that means what the
 // client asked for and nothing more: a backend parsing it differently
@@ -85,7 +87,7 @@ func FuzzPrepareRequest(f *testing.F) {
 		if err := req.ContinueReadBody(br, fuzzMaxBody, false); err != nil {
 			return
 		}
-		code, mask := checkRequest(&ctx)
+		code, mask := httphead.Check(&ctx)
 		if code != 0 {
 			return
 		}
@@ -95,7 +97,7 @@ func FuzzPrepareRequest(f *testing.F) {
 		body := string(req.Body())
 		connNamed := connectionTokens(req.Header.PeekAll("Connection"))
 
-		prepareRequest(&ctx, tls, mask)
+		httphead.Prepare(&ctx, mask, httphead.Client{TLS: tls})
 		var out, ref bytes.Buffer
 		bw := bufio.NewWriter(&out)
 		if err := writeRequest(bw, req); err != nil {
@@ -188,7 +190,7 @@ var setByLB = map[string]bool{
 }
 
 // checkSentHead reads the head lb wrote with a strict parser of its own
-// (not fasthttp's) and checks what RFC 9112 and prepareRequest promise.
+// (not fasthttp's) and checks what RFC 9112 and httphead.Prepare promise.
 func checkSentHead(t *testing.T, sent []byte, method string, connNamed []string, tls bool) {
 	t.Helper()
 	end := bytes.Index(sent, []byte("\r\n\r\n"))

@@ -19,6 +19,7 @@ import (
 	"github.com/offloadlb/lb/pkg/cache"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/h2"
+	"github.com/offloadlb/lb/pkg/httphead"
 	"github.com/offloadlb/lb/pkg/l4"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
@@ -103,7 +104,7 @@ func (l *Listener) route(host, path []byte) *Target {
 	if len(l.Routes) == 0 {
 		return l.Default
 	}
-	host = stripPort(host)
+	host = httphead.StripPort(host)
 	for i := range l.Routes {
 		if l.Routes[i].match(host, path) {
 			return l.Routes[i].Target
@@ -112,14 +113,14 @@ func (l *Listener) route(host, path []byte) *Target {
 	return l.Default
 }
 
-// stripPort removes ":port" from a Host value ("[::1]:8443" -> "[::1]").
-func stripPort(host []byte) []byte {
-	i := bytes.LastIndexByte(host, ':')
-	if i < 0 || bytes.IndexByte(host[i:], ']') >= 0 {
-		return host
-	}
-	return host[:i]
-}
+// Header names in fasthttp's canonical form, set without normalising
+// again.
+var (
+	hSTS      = []byte("Strict-Transport-Security")
+	hLocation = []byte("Location")
+	hUpgrade  = []byte("Upgrade")
+	http11    = []byte("HTTP/1.1")
+)
 
 // Handler serves one listener's requests. It is safe for concurrent use;
 // Update may be called while requests are served, and each request uses
@@ -152,7 +153,7 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		err      error
 	)
 	proto := protoOf(ctx)
-	if code, mask := checkRequest(ctx); code != 0 {
+	if code, mask := httphead.Check(ctx); code != 0 {
 		// Before a redirect too: a redirect listener answers every
 		// request, and what is refused elsewhere (an ambiguous length, a
 		// bad Host) must not be answered as if it were sound.
@@ -163,7 +164,7 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	} else if t = l.route(ctx.Host(), ctx.Path()); t == nil {
 		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
 	} else {
-		prepareRequest(ctx, l.TLS, mask)
+		httphead.Prepare(ctx, mask, clientOf(ctx, l.TLS))
 		var stream *bodyStream
 		if t.Up.Cache != nil {
 			b, attempts, stream, err = h.cached(ctx, t.Up, t.Up.Cache, l.TLS)
@@ -213,6 +214,16 @@ func protoOf(ctx *fasthttp.RequestCtx) int {
 	return protoHTTP10
 }
 
+// clientOf is what the request's connection says of its client: over
+// TLS, and the client certificate's verdict where there is one.
+func clientOf(ctx *fasthttp.RequestCtx, tls bool) httphead.Client {
+	c := httphead.Client{TLS: tls}
+	if tc := tlsterm.ConnOf(ctx.Conn()); tc != nil {
+		c.CertVerify, c.CertSubject = tc.ClientVerify, tc.ClientSubject
+	}
+	return c
+}
+
 // account counts a finished request and writes its access log line. It
 // is a function of its own, called after forward returns, so that its
 // locals do not deepen the stack under a backend exchange (see pkg/server's
@@ -248,7 +259,7 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *b
 // forward sends the request to a backend of up, retrying on others where
 // that is safe, and leaves the response (or an error response) in ctx.
 func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.Backend, attempts int, stream *bodyStream, lastErr error) {
-	idempotent := isIdempotent(&ctx.Request.Header)
+	idempotent := httphead.Idempotent(&ctx.Request.Header)
 	x := exchange{
 		timeout:     up.ResponseTimeout,
 		maxBuffered: maxBufferedBody,
@@ -285,7 +296,7 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 			} else {
 				up.finish(b, nil, true)
 			}
-			cleanResponse(&ctx.Response.Header)
+			httphead.CleanResponse(&ctx.Response.Header)
 			if len(ctx.Response.Header.Peek("Date")) == 0 {
 				// The backend's Date is passed on (the server does not
 				// write its own, see pkg/server); a response without one
@@ -366,7 +377,7 @@ func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, b *balancer.Bac
 	bodyStreamPool.Put(s)
 	rh := &ctx.Response.Header
 	proto := append([]byte(nil), rh.PeekBytes(hUpgrade)...)
-	cleanResponse(rh)
+	httphead.CleanResponse(rh)
 	head := make([]byte, 0, 256)
 	head = append(head, "HTTP/1.1 101 Switching Protocols\r\n"...)
 	for k, v := range rh.All() {
@@ -439,86 +450,9 @@ func statusFor(err error) int {
 	return fasthttp.StatusBadGateway
 }
 
-func isIdempotent(h *fasthttp.RequestHeader) bool {
-	switch string(h.Method()) {
-	case "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE":
-		return true
-	}
-	return false
-}
-
-// checkRequest rejects what must never reach a backend, returning the
-// status to answer with (0 for none) and what scanRequestHeaders found in
-// the head, for prepareRequest. fasthttp itself already refuses
-// malformed heads, duplicate Content-Length, unknown transfer codings,
-// Transfer-Encoding in HTTP/1.0, duplicate Host and oversized heads and
-// bodies (see ServeError); what it lets through and is refused here is
-// what an HTTP/1.1 backend, or a proxy in front of lb, could frame
-// differently.
-func checkRequest(ctx *fasthttp.RequestCtx) (code, mask int) {
-	h := &ctx.Request.Header
-	if code, mask = checkHead(h); code != 0 {
-		return code, mask
-	}
-	// The Host field itself, not ctx.Host(): without one, fasthttp takes
-	// the host from the target, even from an origin-form "//a/b" (a path
-	// the backend would then get as "/b", on host a).
-	if len(h.Host()) == 0 {
-		// An HTTP/1.0 request may lack Host (checkHead refuses an
-		// HTTP/1.1 one); name the address it reached and parse the
-		// target again beside it.
-		h.SetHost(ctx.LocalAddr().String())
-		ctx.Request.SetRequestURIBytes(h.RequestURI())
-	}
-	if hv := ctx.Host(); len(hv) == 0 || !validHost(hv) {
-		// An absolute target with an empty authority ("http:///x")
-		// overrides Host with nothing, and one with a bad authority
-		// overrides it with what checkHead would refuse in Host.
-		return fasthttp.StatusBadRequest, mask
-	}
-	return 0, mask
-}
-
-// checkHead is the part of checkRequest that needs the head alone, so
-// that HeaderReceived can refuse a request before its body is read.
-func checkHead(h *fasthttp.RequestHeader) (code, mask int) {
-	if h.IsConnect() || h.IsTrace() {
-		return fasthttp.StatusMethodNotAllowed, 0
-	}
-	if !h.IsHTTP11() {
-		// fasthttp takes any HTTP/d.d; a major version other than 1
-		// is not HTTP/1 (RFC 9110 section 15.6.6). A higher minor
-		// version is read as HTTP/1.1's family (RFC 9110 section 2.5).
-		if p := h.Protocol(); len(p) < 6 || p[5] != '1' {
-			return fasthttp.StatusHTTPVersionNotSupported, 0
-		}
-	}
-	mask = scanRequestHeaders(h)
-	switch {
-	case mask&badFraming != 0:
-		// Folded lines (RFC 9112 section 5.2 allows a 400), a space in
-		// a field name, Transfer-Encoding other than chunked, a line
-		// ended by a bare LF.
-		return fasthttp.StatusBadRequest, mask
-	case mask&(fieldContentLength|fieldTransferEncoding) == fieldContentLength|fieldTransferEncoding:
-		// The classic request smuggling set-up (RFC 9112 section 6.3):
-		// refuse rather than pick one.
-		return fasthttp.StatusBadRequest, mask
-	}
-	if hv := h.Host(); len(hv) > 0 && !validHost(hv) {
-		return fasthttp.StatusBadRequest, mask // RFC 9112 section 3.2
-	}
-	if len(h.Host()) == 0 && h.IsHTTP11() {
-		// RFC 9112 section 3.2, whatever the target's form; RFC 9113
-		// section 8.3.1 for HTTP/2 requests without :authority.
-		return fasthttp.StatusBadRequest, mask
-	}
-	return 0, mask
-}
-
 // HeaderReceived is the HTTP/1.1 server's HeaderReceived hook, run once a
 // head is read and before its body is. fasthttp reads the whole body
-// before the handler runs, so a head checkRequest will refuse would
+// before the handler runs, so a head httphead.Check will refuse would
 // otherwise hold the connection for as long as the client trickles (or
 // withholds) its body: a chunked body that never ends behind both
 // Content-Length and Transfer-Encoding waited for the client to give up.
@@ -528,54 +462,12 @@ func checkHead(h *fasthttp.RequestHeader) (code, mask int) {
 // closes with the body unread. A sound head is left alone.
 func (h *Handler) HeaderReceived(rh *fasthttp.RequestHeader) fasthttp.RequestConfig {
 	if rh.ContentLength() != 0 {
-		if code, _ := checkHead(rh); code != 0 {
+		if code, _ := httphead.CheckHead(rh); code != 0 {
 			rh.SetContentLength(0)
 			rh.Del("Expect")
 		}
 	}
 	return fasthttp.RequestConfig{}
-}
-
-// hostChars are the bytes of a reg-name or IPv4 address (unreserved,
-// pct-encoded and sub-delims, RFC 3986 section 3.2.2), and ':' for the
-// port.
-var hostChars = func() (t [256]bool) {
-	for _, c := range []byte("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:") {
-		t[c] = true
-	}
-	return t
-}()
-
-// validHost reports whether a Host value is uri-host [":" port] (RFC
-// 9110 section 7.2): no userinfo, path, space or control character.
-func validHost(h []byte) bool {
-	if h[0] == '[' {
-		// IP-literal: hex digits, ':' and '.' (IPv6, with an IPv4 tail),
-		// then an optional port.
-		end := bytes.IndexByte(h, ']')
-		if end < 0 {
-			return false
-		}
-		for _, c := range h[1:end] {
-			if !(c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'f' || c == ':' || c == '.') {
-				return false
-			}
-		}
-		h = h[end+1:]
-		if len(h) == 0 {
-			return true
-		}
-		if h[0] != ':' {
-			return false
-		}
-	}
-	colon := bytes.IndexByte(h, ':')
-	for i, c := range h {
-		if !hostChars[c] || c == ':' && i != colon || i > colon && colon >= 0 && (c < '0' || c > '9') {
-			return false
-		}
-	}
-	return true
 }
 
 // ServeError answers requests fasthttp could not parse; it is the
@@ -612,13 +504,13 @@ func errorResponse(ctx *fasthttp.RequestCtx, code int) {
 
 // redirect answers a 308 to the same resource over HTTPS. The host is the
 // request's (ctx.Host: for an absolute-form target its authority, RFC 9112
-// section 3.2.2), checked by checkRequest, and the path and query are
+// section 3.2.2), checked by httphead.Check, and the path and query are
 // the target's as the client wrote them: the raw target of an absolute
 // form would repeat its scheme and authority.
 func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 	host := r.Host
 	if host == "" {
-		host = string(stripPort(ctx.Host()))
+		host = string(httphead.StripPort(ctx.Host()))
 	}
 	if host == "" {
 		errorResponse(ctx, fasthttp.StatusBadRequest)

@@ -16,7 +16,7 @@ var errBareLFHead = errors.New("proxy: request head ended by a bare LF")
 // read_timeout. headConn follows the lines of each head as it passes and,
 // once one ends in a blank line that is not CRLF after CRLF, fails the
 // next read: fasthttp then answers 400 at once. Such a head is refused in
-// any case (checkRequest's badLF: a bare-LF blank line is where fasthttp
+// any case (httphead.Check's bare-LF refusal: a bare-LF blank line is where fasthttp
 // and a backend could disagree on where the head ends), so failing the
 // read refuses nothing lb would have served. The read that fasthttp
 // finds a CRLFCRLF in, or the bytes it parses behind such a head, are

@@ -135,31 +135,6 @@ func TestRequestTrailersNotPassedOn(t *testing.T) {
 	}
 }
 
-// TestSpaceInFieldNameRefused covers what fasthttp lets through to the
-// handler and net/http, the echo backend, would refuse by itself (so
-// TestRejectedRequestsNeverReachBackend cannot tell who refused it).
-func TestSpaceInFieldNameRefused(t *testing.T) {
-	for _, tc := range []struct {
-		head string
-		want int
-	}{
-		{"POST / HTTP/1.1\r\nHost: x\r\nTransfer Encoding: chunked\r\nContent-Length: 5\r\n\r\n", 400},
-		{"GET / HTTP/1.0\r\nX Y: 1\r\n\r\n", 400},
-		{"GET / HTTP/1.1\r\nHost: x\r\nX-A: a b: c\r\n\r\n", 0},
-		{"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b: c\r\n\r\n", 400}, // obs-fold
-		{"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, X-A\r\nX-A: 1\r\n\r\n", 0},
-	} {
-		var ctx fasthttp.RequestCtx
-		ctx.Init(&fasthttp.Request{}, clientAddr, nil)
-		if err := ctx.Request.Header.Read(bufio.NewReader(strings.NewReader(tc.head))); err != nil {
-			t.Fatalf("%q: %v", tc.head, err)
-		}
-		if got, _ := checkRequest(&ctx); got != tc.want {
-			t.Errorf("%q: checkRequest = %d, want %d", tc.head, got, tc.want)
-		}
-	}
-}
-
 func TestHTTP10ClientGetsHTTP11Backend(t *testing.T) {
 	e := startEcho(t)
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
@@ -530,63 +505,6 @@ func TestRejectedRequestsNeverReachBackend(t *testing.T) {
 	}
 }
 
-func TestValidHost(t *testing.T) {
-	for _, tc := range []struct {
-		host string
-		ok   bool
-	}{
-		{"www.example.com", true},
-		{"www.example.com:8443", true},
-		{"127.0.0.1:80", true},
-		{"[::1]", true},
-		{"[::1]:8080", true},
-		{"[::ffff:10.0.0.1]:1", true},
-		{"xn--bcher-kva.example", true},
-		{"a%2Eb", true},
-		{"www.example.com:", true}, // port = *DIGIT
-		{"evil@www.example.com", false},
-		{"www.example.com/x", false},
-		{"www.exa mple.com", false},
-		{"www.example.com:80x", false},
-		{"a:1:2", false},
-		{"[::1", false},
-		{"[::1]x", false},
-		{"[v1.x]", false},
-		{"a\x00b", false},
-		{"caf\xc3\xa9", false},
-	} {
-		if got := validHost([]byte(tc.host)); got != tc.ok {
-			t.Errorf("validHost(%q) = %v, want %v", tc.host, got, tc.ok)
-		}
-	}
-}
-
-func TestScanRequestHeadersFraming(t *testing.T) {
-	for _, tc := range []struct {
-		head string
-		want int // flags of badFraming|fieldContentLength|fieldTransferEncoding
-	}{
-		{"Content-Length: 5\r\n", fieldContentLength},
-		{"Transfer-Encoding: chunked\r\n", fieldTransferEncoding},
-		{"transfer-encoding:  Chunked \r\n", fieldTransferEncoding},
-		{"Transfer-Encoding: identity\r\n", fieldTransferEncoding | badTransfer},
-		{"X-A: a\r\n b\r\n", badFold},
-		{"X-A: a\r\n\tb\r\n", badFold},
-		{"X A: b\r\n", badName},
-		{"X-A: a\nX-B: b\r\n", badLF},
-		{"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n", fieldContentLength | fieldTransferEncoding},
-	} {
-		var h fasthttp.RequestHeader
-		if err := h.Read(bufio.NewReader(strings.NewReader("POST / HTTP/1.1\r\nHost: x\r\n" + tc.head + "\r\n"))); err != nil {
-			t.Errorf("%q: %v", tc.head, err)
-			continue
-		}
-		if got := scanRequestHeaders(&h) &^ hopMask; got != tc.want {
-			t.Errorf("%q: flags %b, want %b", tc.head, got, tc.want)
-		}
-	}
-}
-
 func firstLine(s string) string {
 	l, _, _ := strings.Cut(s, "\r\n")
 	return l
@@ -790,7 +708,7 @@ func TestStrayBytesRightAfterAnAnswer(t *testing.T) {
 		var req fasthttp.Request
 		var resp fasthttp.Response
 		req.SetRequestURI("http://" + rb.addr + "/")
-		req.URI() // parsed, as prepareRequest leaves it
+		req.URI() // parsed, as httphead.Prepare leaves it
 		req.Header.SetHost("x")
 		stream, err := x.roundTrip(&req, &resp, true)
 		if err != nil || stream != nil {

@@ -358,7 +358,7 @@ type exchange struct {
 }
 
 // switched handles a 101 answer. To a request that asked to switch
-// protocols (it still carries Upgrade: prepareRequest removes the header
+// protocols (it still carries Upgrade: httphead.Prepare removes the header
 // from every other) the connection becomes a tunnel, returned as a
 // stream marked so; to any other it is a broken backend. It is kept out
 // of roundTrip, whose stack frame sits under every exchange.
@@ -477,8 +477,8 @@ func (x *exchange) roundTrip(req *fasthttp.Request, resp *fasthttp.Response, reu
 	return s, nil
 }
 
-// writeRequest writes a request prepareRequest has made ready, as
-// Request.Write would, less the work prepareRequest has done (the target
+// writeRequest writes a request httphead.Prepare has made ready, as
+// Request.Write would, less the work httphead.Prepare has done (the target
 // and Host from the parsed URI, no trailers) and the forms lb never
 // parses. It exists for the stack: every exchange of an HTTP/1.1 client
 // runs on that connection's goroutine, whose stack stays at 4 KiB while it
