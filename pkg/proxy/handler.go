@@ -18,9 +18,9 @@ import (
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
 	"github.com/offloadlb/lb/pkg/config"
-	"github.com/offloadlb/lb/pkg/l4"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
+	"github.com/offloadlb/lb/pkg/tunnel"
 )
 
 // maxBufferedBody is the largest response body read whole, releasing the
@@ -376,7 +376,7 @@ func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, b *balancer.Bac
 	}
 	head = append(append(append(head, "Upgrade: "...), proto...), "\r\nConnection: Upgrade\r\n\r\n"...)
 	l := h.l.Load()
-	t := l4.Timeouts{Idle: l.TunnelIdle, Write: l.WriteTimeout}
+	t := tunnel.Timeouts{Idle: l.TunnelIdle, Write: l.WriteTimeout}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
 		var in, out atomic.Int64
@@ -386,7 +386,7 @@ func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, b *balancer.Bac
 			err = c.SetWriteDeadline(time.Time{})
 		}
 		if err == nil {
-			err = l4.Pipe(c, bc.tunnelSide(), t, &in, &out)
+			err = tunnel.Pipe(c, bc.tunnelSide(), t, &in, &out)
 		} else {
 			bc.Close()
 		}
