@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/offloadlb/lb/pkg/balancer"
-	"github.com/offloadlb/lb/pkg/health"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
 	"github.com/offloadlb/lb/pkg/tunnel"
@@ -58,8 +57,10 @@ type Route struct {
 
 // Target is a pool as one tcp listener uses it.
 type Target struct {
-	Pool           *balancer.Pool
-	Health         *health.Monitor
+	Pool *balancer.Pool
+	// Health is told how each connection went (the pool's health
+	// monitor); nil for no passive reports.
+	Health         balancer.Reporter
 	Retries        int
 	ConnectTimeout time.Duration
 	// Stats count connections and bytes, by backend index.
@@ -145,7 +146,8 @@ type session struct {
 
 	sni      string
 	target   *Target
-	backend  *balancer.Backend
+	backend  *balancer.Backend // the last one tried
+	lease    balancer.Lease    // on backend, once connected
 	upstream net.Conn
 	in, out  atomic.Int64 // bytes from the client, to the client
 	err      error
@@ -206,28 +208,24 @@ func (s *session) connect() bool {
 	var tried balancer.Tried
 	var last error
 	for attempt := 0; attempt <= t.Retries; attempt++ {
-		b, err := t.Pool.Acquire(&tried, t.ConnectTimeout)
+		lease, err := t.Pool.Lease(&tried, t.ConnectTimeout, t.Health)
 		if err != nil {
 			if last == nil {
 				last = err
 			}
 			break
 		}
-		tried.Add(b)
+		b := lease.Backend
 		// No TCP keep-alive probes (four setsockopt calls a connection):
 		// idle_timeout ends idle connections.
 		d := net.Dialer{Timeout: t.ConnectTimeout, KeepAlive: -1}
 		bc, err := d.Dial("tcp", b.Address)
 		if err == nil {
-			s.backend, s.upstream = b, bc
+			s.backend, s.lease, s.upstream = b, lease, bc
 			return true
 		}
 		last = fmt.Errorf("connect %s: %w", b.Address, err)
-		t.Pool.Release(b)
-		b.CountRequest(true)
-		if t.Health != nil {
-			t.Health.ReportFailure(b, "connect: "+describe(err))
-		}
+		lease.End(errors.New("connect: "+describe(err)), true)
 		t.Stats[b.Index].Failures.Add(1)
 		s.backend = b
 	}
@@ -289,11 +287,7 @@ func (s *session) finish() {
 		st.Connections.Add(1)
 		st.BytesIn.Add(uint64(in))
 		st.BytesOut.Add(uint64(out))
-		t.Pool.Release(b)
-		b.CountRequest(false)
-		if t.Health != nil {
-			t.Health.ReportSuccess(b)
-		}
+		s.lease.End(nil, true)
 		if t.Duration != nil {
 			t.Duration.Observe(d.Seconds())
 		}

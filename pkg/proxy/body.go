@@ -16,8 +16,8 @@ import (
 // server writes it to the client: fixed-length, chunked (decoded here and
 // re-framed by the server) or delimited by the backend closing. It owns
 // the connection until fasthttp closes the stream; then the connection is
-// pooled again if the body ended cleanly, and onClose runs (the proxy
-// releases the backend's slot there). Streams are pooled.
+// pooled again if the body ended cleanly, and the lease on the backend
+// ends. Streams are pooled.
 type bodyStream struct {
 	c          *backendConn
 	t          *Transport
@@ -30,10 +30,9 @@ type bodyStream struct {
 	tunnel     bool // no body: c switched protocols (see switched)
 	err        error
 
-	// Set by the proxy: the request is finished on them when the stream
-	// closes.
-	up      *Upstream
-	backend *balancer.Backend
+	// Set by the proxy: the backend's slot, ended with the body's outcome
+	// when the stream closes.
+	lease balancer.Lease
 	// ahead is body already read off the connection (readAhead), given
 	// out before reading more.
 	ahead []byte
@@ -305,8 +304,8 @@ func (s *bodyStream) CloseWithError(writeErr error) error {
 	} else {
 		c.Close()
 	}
-	if s.up != nil {
-		s.up.finish(s.backend, s.err, !s.clientPaced())
+	if s.lease.Backend != nil {
+		s.lease.End(s.err, !s.clientPaced())
 	}
 	*s = bodyStream{}
 	bodyStreamPool.Put(s)

@@ -256,16 +256,15 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 	}
 	var tried balancer.Tried
 	for attempts <= up.Retries {
-		next, err := up.Pool.Acquire(&tried, up.QueueTimeout)
+		lease, err := up.Pool.Lease(&tried, up.QueueTimeout, up.Health)
 		if err != nil {
 			if lastErr == nil {
 				lastErr = err
 			}
 			break
 		}
-		b = next
+		b = lease.Backend
 		attempts++
-		tried.Add(b)
 		x.t = up.Transports[b.Index]
 		stream, err = x.roundTrip(&ctx.Request, &ctx.Response, true)
 		if err != nil && idempotent && errorKind(err) == ErrStale {
@@ -276,13 +275,13 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 		}
 		if err == nil {
 			if stream != nil && stream.tunnel {
-				h.tunnel(ctx, up, b, stream)
+				h.tunnel(ctx, up, lease, stream)
 				return b, attempts, nil, nil
 			}
 			if stream != nil {
-				stream.up, stream.backend = up, b
+				stream.lease = lease
 			} else {
-				up.finish(b, nil, true)
+				lease.End(nil, true)
 			}
 			cleanResponse(&ctx.Response.Header)
 			if len(ctx.Response.Header.Peek("Date")) == 0 {
@@ -298,7 +297,7 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 		}
 		// A backend that broke off while a request body was being sent
 		// may simply have refused the body.
-		up.finish(b, err, errorKind(err) != ErrSend || len(ctx.Request.Body()) == 0)
+		lease.End(err, errorKind(err) != ErrSend || len(ctx.Request.Body()) == 0)
 		lastErr = err
 		if !retryable(err, idempotent) {
 			break
@@ -359,7 +358,7 @@ func (w deadlineWriter) Write(p []byte) (int, error) {
 // counted as busy (least_conn sees open WebSockets) until then.
 //
 //go:noinline
-func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, b *balancer.Backend, s *bodyStream) {
+func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, lease balancer.Lease, s *bodyStream) {
 	bc := s.c
 	*s = bodyStream{}
 	bodyStreamPool.Put(s)
@@ -391,9 +390,9 @@ func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, b *balancer.Bac
 			bc.Close()
 		}
 		if err != nil && h.log.IsDebug() {
-			h.log.Debug("tunnel ended", "pool", up.Pool.Name, "backend", b.Address, "bytes_in", in.Load(), "bytes_out", out.Load(), "error", err)
+			h.log.Debug("tunnel ended", "pool", up.Pool.Name, "backend", lease.Backend.Address, "bytes_in", in.Load(), "bytes_out", out.Load(), "error", err)
 		}
-		up.finish(b, nil, true)
+		lease.End(nil, true)
 	})
 }
 

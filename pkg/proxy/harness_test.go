@@ -75,16 +75,17 @@ func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *Upst
 	if timeout == 0 {
 		timeout = 5 * time.Second
 	}
+	mon := health.NewMonitor(pool, hc, hclog.NewNullLogger())
 	up := &Upstream{
 		Pool:            pool,
 		Transports:      ts,
-		Health:          health.NewMonitor(pool, hc, hclog.NewNullLogger()),
+		Health:          mon,
 		Retries:         o.retries,
 		QueueTimeout:    time.Second,
 		ResponseTimeout: timeout,
 		Cache:           o.cache,
 	}
-	t.Cleanup(func() { up.Health.Stop(); up.Close() })
+	t.Cleanup(func() { mon.Stop(); up.Close() })
 	return up
 }
 

@@ -9,7 +9,6 @@ import (
 
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
-	"github.com/offloadlb/lb/pkg/health"
 )
 
 // Upstream is a pool as the proxy sees it: the balancer pool, one
@@ -19,7 +18,9 @@ import (
 type Upstream struct {
 	Pool       *balancer.Pool
 	Transports []*Transport
-	Health     *health.Monitor
+	// Health is told how each request went (the pool's health monitor);
+	// nil for no passive reports.
+	Health balancer.Reporter
 	// Retries is how many other backends to try after a failed attempt.
 	Retries int
 	// QueueTimeout bounds the wait for a slot when every backend is at
@@ -30,28 +31,6 @@ type Upstream struct {
 	ResponseTimeout time.Duration
 	// Cache is the pool's response cache; nil for none.
 	Cache *cache.Cache
-}
-
-// finish ends a request on b: frees its slot, counts it, and tells the
-// health monitor how it went. err is nil for a request the backend
-// answered (whatever the status). A failure the backend may not be to
-// blame for (it refused a request body part-way) is counted but not
-// reported as a passive health failure, so that one client's uploads
-// cannot take backends out.
-func (u *Upstream) finish(b *balancer.Backend, err error, blame bool) {
-	u.Pool.Release(b)
-	b.CountRequest(err != nil)
-	if u.Health == nil {
-		return
-	}
-	switch {
-	case err == nil:
-		u.Health.ReportSuccess(b)
-	case blame:
-		u.Health.ReportFailure(b, err.Error())
-	default:
-		b.SetLastError(err.Error())
-	}
 }
 
 // Close closes the idle connections of every backend.
