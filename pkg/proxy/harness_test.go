@@ -22,6 +22,7 @@ import (
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/health"
 	"github.com/offloadlb/lb/pkg/metrics"
+	"github.com/offloadlb/lb/pkg/upstream"
 )
 
 // clientAddr is the address test clients appear to come from.
@@ -34,7 +35,7 @@ type harness struct {
 	ln     *fasthttputil.InmemoryListener
 	srv    *fasthttp.Server
 	h      *Handler
-	up     *Upstream
+	up     *upstream.Group
 	client *http.Client
 }
 
@@ -51,13 +52,13 @@ type harnessOpts struct {
 	cache           *cache.Cache
 }
 
-func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *Upstream {
+func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *upstream.Group {
 	t.Helper()
 	bs := make([]*balancer.Backend, len(addrs))
-	ts := make([]*Transport, len(addrs))
+	ts := make([]*upstream.Transport, len(addrs))
 	for i, a := range addrs {
 		bs[i] = &balancer.Backend{Address: a, Weight: 1}
-		ts[i] = NewTransport(a, time.Second)
+		ts[i] = upstream.NewTransport(a, time.Second)
 	}
 	algo := o.algorithm
 	if algo == "" {
@@ -76,7 +77,7 @@ func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *Upst
 		timeout = 5 * time.Second
 	}
 	mon := health.NewMonitor(pool, hc, hclog.NewNullLogger())
-	up := &Upstream{
+	up := &upstream.Group{
 		Pool:            pool,
 		Transports:      ts,
 		Health:          mon,
@@ -90,7 +91,7 @@ func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *Upst
 }
 
 // targetFor wraps an upstream with fresh counters.
-func targetFor(up *Upstream) *Target {
+func targetFor(up *upstream.Group) *Target {
 	t := &Target{Up: up, NoBackend: &metrics.Codes{}}
 	for range up.Pool.Backends {
 		t.Codes = append(t.Codes, &metrics.Codes{})

@@ -525,6 +525,12 @@ func removeXClient(h *fasthttp.RequestHeader) {
 	}
 }
 
+// noBody reports statuses whose responses never have a body (RFC 9112
+// section 6.3).
+func noBody(code int) bool {
+	return code < 200 || code == fasthttp.StatusNoContent || code == fasthttp.StatusNotModified
+}
+
 // cleanResponse removes the backend's hop-by-hop headers from a response.
 func cleanResponse(h *fasthttp.ResponseHeader) {
 	mask, conn := 0, 0

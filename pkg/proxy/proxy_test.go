@@ -764,55 +764,6 @@ func TestUnsolicitedBytesOnIdleConnection(t *testing.T) {
 	}
 }
 
-// TestStrayBytesRightAfterAnAnswer: bytes a backend sends just after its
-// answer are found before the connection is reused, however recently it
-// was answering: reused without the check, they would be the next
-// request's answer.
-func TestStrayBytesRightAfterAnAnswer(t *testing.T) {
-	sent := make(chan struct{})
-	var once sync.Once
-	rb := startRaw(t, func(c net.Conn, br *bufio.Reader) {
-		for {
-			if _, err := readRequest(br); err != nil {
-				return
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
-			once.Do(func() {
-				time.Sleep(20 * time.Millisecond) // after the answer was read and the connection pooled
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL")
-				close(sent)
-			})
-		}
-	})
-	tr := NewTransport(rb.addr, time.Second)
-	x := exchange{t: tr, timeout: time.Second, maxBuffered: maxBufferedBody, replayable: true}
-	do := func() string {
-		var req fasthttp.Request
-		var resp fasthttp.Response
-		req.SetRequestURI("http://" + rb.addr + "/")
-		req.URI() // parsed, as prepareRequest leaves it
-		req.Header.SetHost("x")
-		stream, err := x.roundTrip(&req, &resp, true)
-		if err != nil || stream != nil {
-			t.Fatalf("round trip: %v, stream %v", err, stream != nil)
-		}
-		return string(resp.Body())
-	}
-	if got := do(); got != "real" {
-		t.Fatalf("first answer %q", got)
-	}
-	<-sent
-	time.Sleep(50 * time.Millisecond) // the stray bytes are in
-	tr.mu.Lock()
-	for _, c := range tr.idle {
-		c.idleSince = time.Now() // as if it had answered this instant
-	}
-	tr.mu.Unlock()
-	if got := do(); got != "real" {
-		t.Fatalf("second answer %q: the stray bytes were taken for it", got)
-	}
-}
-
 func TestBackendRefusingUploadEarly(t *testing.T) {
 	// Like NGINX past client_max_body_size, minus the lingering close: the
 	// backend answers 413 from the head and closes.

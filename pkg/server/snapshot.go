@@ -14,6 +14,7 @@ import (
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/proxy"
 	"github.com/offloadlb/lb/pkg/tlsterm"
+	"github.com/offloadlb/lb/pkg/upstream"
 )
 
 // snapshot is one config's pools, built and immutable.
@@ -25,7 +26,7 @@ type snapshot struct {
 
 type pool struct {
 	cfg   config.Pool
-	up    *proxy.Upstream
+	up    *upstream.Group
 	mon   *health.Monitor
 	added []*balancer.Backend // backends that were not in the previous config
 }
@@ -166,7 +167,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 		old = s.rt.pools[pc.Name]
 	}
 	backends := make([]*balancer.Backend, len(pc.Backends))
-	transports := make([]*proxy.Transport, len(pc.Backends))
+	transports := make([]*upstream.Transport, len(pc.Backends))
 	var added []*balancer.Backend
 	for i, bc := range pc.Backends {
 		b := &balancer.Backend{Address: bc.Address, Weight: bc.Weight}
@@ -178,7 +179,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 			}
 		}
 		if transports[i] == nil {
-			transports[i] = proxy.NewTransport(bc.Address, pc.ConnectTimeout.Duration)
+			transports[i] = upstream.NewTransport(bc.Address, pc.ConnectTimeout.Duration)
 			if s.rt != nil {
 				added = append(added, b)
 			}
@@ -212,7 +213,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 		cfg:   *pc,
 		added: added,
 		mon:   mon,
-		up: &proxy.Upstream{
+		up: &upstream.Group{
 			Pool:            bp,
 			Transports:      transports,
 			Health:          mon,
