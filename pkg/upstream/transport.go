@@ -5,9 +5,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-	"unsafe"
 )
 
 // Buffer sizes of a backend connection. The read buffer bounds a backend's
@@ -71,10 +69,7 @@ type backendConn struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
-	// fd is the socket, for alive's peek; -1 when the connection is not a
-	// plain socket.
-	fd      int
-	peekBuf [1]byte
+	probe     probe // alive's look at the socket
 	// writeDeadline is whether a write deadline is set.
 	writeDeadline bool
 }
@@ -84,34 +79,18 @@ func newBackendConn(nc net.Conn) *backendConn {
 		Conn: nc,
 		br:   bufio.NewReaderSize(nc, backendReadBuffer),
 		bw:   bufio.NewWriterSize(nc, backendWriteBuffer),
-		fd:   -1,
 	}
-	if sc, ok := nc.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			raw.Control(func(fd uintptr) { c.fd = int(fd) }) //nolint:errcheck
-		}
-	}
+	c.probe.init(nc)
 	return c
 }
 
 // alive reports whether a pooled connection can carry a request: the
 // backend has not closed it, and has not sent bytes nobody asked for
-// (which would be taken for the next response). It costs one
-// non-blocking recv with MSG_PEEK; NGINX and HAProxy learn the same from
-// their event loops while the connection idles. The connection must be
-// open and owned by the caller.
+// (which would be taken for the next response). The connection must be
+// open, owned by the caller, and its read deadline not passed (see
+// probe.idle).
 func (c *backendConn) alive() bool {
-	if c.br.Buffered() > 0 {
-		return false
-	}
-	if c.fd < 0 {
-		return true
-	}
-	// A raw syscall: it cannot block (MSG_DONTWAIT), so it needs none of
-	// the scheduler's bookkeeping for blocking calls.
-	_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(c.fd),
-		uintptr(unsafe.Pointer(&c.peekBuf[0])), 1, syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-	return errno == syscall.EAGAIN
+	return c.br.Buffered() == 0 && c.probe.idle()
 }
 
 // setDeadlines arms the exchange's deadlines: reading always; writing
@@ -170,7 +149,9 @@ func (t *Transport) get(now, deadline time.Time, maxAge time.Duration, bigWrite 
 		if c == nil {
 			break
 		}
-		if c.alive() && c.setDeadlines(deadline, bigWrite) == nil {
+		// The deadlines first: the last exchange's may have passed,
+		// which would fail alive's peek.
+		if c.setDeadlines(deadline, bigWrite) == nil && c.alive() {
 			return c, true, nil
 		}
 		c.Close()
