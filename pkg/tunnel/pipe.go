@@ -21,13 +21,14 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // Pipe copies between client and upstream both ways until both
 // directions are done, passing a half-close on: a client that shuts its
 // write side down still gets the whole answer. in and out count the bytes
-// that went from the client and to it; they may be read while Pipe runs.
+// that went from the client and to it (neither may be nil); they may be
+// read while Pipe runs.
 // t bounds the connection (see Timeouts); when a bound runs out, or
 // either direction fails, both connections are closed and Pipe returns
 // the cause (ErrIdle, ErrClientStalled, ErrBackendStalled, or the copy's
 // error). upstream is closed when Pipe returns; client is closed only if
-// the pipe was cut (the caller closes it). Pipe uses two goroutines, its
-// caller's and one of its own; separate Pipes share nothing.
+// the pipe was cut (the caller closes it). Pipe copies on two goroutines,
+// its caller's and one of its own; any number of Pipes may run at once.
 func Pipe(client, upstream net.Conn, t Timeouts, in, out *atomic.Int64) error {
 	up, down := &direction{count: in}, &direction{count: out}
 	w := startWatchdog(t, client, upstream, up, down)

@@ -50,9 +50,9 @@ type Body struct {
 var bodyPool = sync.Pool{New: func() any { return new(Body) }}
 
 // EndOnClose hands the request's lease on the backend to the body: it is
-// ended when the body closes, as a failure if the body broke off (not
-// the backend's fault if the client was the slower side, see
-// clientPaced), else as a success.
+// ended when the body closes, as a success, or as a failure if the body
+// broke off (not the backend's fault when lb was waiting on the client
+// more than on the backend, see clientPaced).
 func (s *Body) EndOnClose(l balancer.Lease) { s.lease = l }
 
 // Switched reports whether the backend switched protocols (101): the
