@@ -41,6 +41,10 @@ type Monitor struct {
 	stopped bool
 }
 
+// A Monitor takes the passive reports of the leases on its pool's
+// backends.
+var _ balancer.Reporter = (*Monitor)(nil)
+
 // monitorIDs numbers monitors, so that a hold-down names its owner.
 var monitorIDs atomic.Uint64
 

@@ -15,9 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/offloadlb/lb/pkg/balancer"
-	"github.com/offloadlb/lb/pkg/health"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
+	"github.com/offloadlb/lb/pkg/tunnel"
 )
 
 // Listener is what the TCP handler needs to know of one tcp listener. It
@@ -57,8 +57,10 @@ type Route struct {
 
 // Target is a pool as one tcp listener uses it.
 type Target struct {
-	Pool           *balancer.Pool
-	Health         *health.Monitor
+	Pool *balancer.Pool
+	// Health is told how each connection went (the pool's health
+	// monitor); nil for no passive reports.
+	Health         balancer.Reporter
 	Retries        int
 	ConnectTimeout time.Duration
 	// Stats count connections and bytes, by backend index.
@@ -87,13 +89,6 @@ func NewHandler(l *Listener, log hclog.Logger) *Handler {
 
 // Update makes new connections use l; open ones keep theirs.
 func (h *Handler) Update(l *Listener) { h.l.Store(l) }
-
-// Open is the number of connections being proxied.
-func (h *Handler) Open() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.conns)
-}
 
 // Wait waits for every connection to end, or until done is closed; then
 // it closes those still open and waits for their goroutines.
@@ -126,9 +121,6 @@ func (h *Handler) track(c net.Conn, on bool) {
 	h.mu.Unlock()
 }
 
-// bufPool holds copy buffers.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
 // Serve proxies one client connection until either side ends it, then
 // closes it.
 func (h *Handler) Serve(c net.Conn) {
@@ -154,7 +146,8 @@ type session struct {
 
 	sni      string
 	target   *Target
-	backend  *balancer.Backend
+	backend  *balancer.Backend // the last one tried
+	lease    balancer.Lease    // on backend, once connected
 	upstream net.Conn
 	in, out  atomic.Int64 // bytes from the client, to the client
 	err      error
@@ -215,28 +208,24 @@ func (s *session) connect() bool {
 	var tried balancer.Tried
 	var last error
 	for attempt := 0; attempt <= t.Retries; attempt++ {
-		b, err := t.Pool.Acquire(&tried, t.ConnectTimeout)
+		lease, err := t.Pool.Lease(&tried, t.ConnectTimeout, t.Health)
 		if err != nil {
 			if last == nil {
 				last = err
 			}
 			break
 		}
-		tried.Add(b)
+		b := lease.Backend
 		// No TCP keep-alive probes (four setsockopt calls a connection):
 		// idle_timeout ends idle connections.
 		d := net.Dialer{Timeout: t.ConnectTimeout, KeepAlive: -1}
 		bc, err := d.Dial("tcp", b.Address)
 		if err == nil {
-			s.backend, s.upstream = b, bc
+			s.backend, s.lease, s.upstream = b, lease, bc
 			return true
 		}
 		last = fmt.Errorf("connect %s: %w", b.Address, err)
-		t.Pool.Release(b)
-		b.CountRequest(true)
-		if t.Health != nil {
-			t.Health.ReportFailure(b, "connect: "+describe(err))
-		}
+		lease.End(errors.New("connect: "+describe(err)), true)
 		t.Stats[b.Index].Failures.Add(1)
 		s.backend = b
 	}
@@ -283,54 +272,9 @@ func (s *session) pipe() {
 			return
 		}
 	}
-	if err := Pipe(s.client, s.upstream, Timeouts{Idle: s.l.IdleTimeout, Write: s.l.WriteTimeout}, &s.in, &s.out); err != nil {
+	if err := tunnel.Pipe(s.client, s.upstream, tunnel.Timeouts{Idle: s.l.IdleTimeout, Write: s.l.WriteTimeout}, &s.in, &s.out); err != nil {
 		s.fail(err)
 	}
-}
-
-// Pipe copies between client and upstream both ways until both
-// directions are done, passing a half-close on: a client that shuts its
-// write side down still gets the whole answer. in and out count the bytes
-// that went from the client and to it. t bounds the connection (see
-// Timeouts); when a bound runs out, or either direction fails, both
-// connections are closed. upstream is closed when Pipe returns; client is
-// closed only if the pipe was cut (the caller closes it).
-func Pipe(client, upstream net.Conn, t Timeouts, in, out *atomic.Int64) error {
-	up, down := &direction{count: in}, &direction{count: out}
-	w := startWatchdog(t, client, upstream, up, down)
-	// finished counts directions that reached their end: the first to
-	// end passes the half-close on; when the second ends, both
-	// connections are about to be closed and a half-close would only
-	// cost a system call.
-	var finished atomic.Int32
-	done := make(chan error, 1)
-	go func() {
-		err := copyStream(upstream, client, up)
-		if err != nil {
-			abort(client, upstream) // unblock the other direction
-		} else if finished.Add(1) == 1 {
-			closeWrite(upstream)
-		}
-		done <- err
-	}()
-	errOut := copyStream(client, upstream, down)
-	if errOut != nil {
-		abort(client, upstream)
-	} else if finished.Add(1) == 1 {
-		closeWrite(client)
-	}
-	errIn := <-done
-	cause := w.stop()
-	upstream.Close()
-	switch {
-	case cause != nil:
-		return cause
-	case errOut != nil:
-		return fmt.Errorf("backend to client: %w", errOut)
-	case errIn != nil:
-		return fmt.Errorf("client to backend: %w", errIn)
-	}
-	return nil
 }
 
 // finish counts, logs and releases.
@@ -343,11 +287,7 @@ func (s *session) finish() {
 		st.Connections.Add(1)
 		st.BytesIn.Add(uint64(in))
 		st.BytesOut.Add(uint64(out))
-		t.Pool.Release(b)
-		b.CountRequest(false)
-		if t.Health != nil {
-			t.Health.ReportSuccess(b)
-		}
+		s.lease.End(nil, true)
 		if t.Duration != nil {
 			t.Duration.Observe(d.Seconds())
 		}
@@ -373,80 +313,6 @@ func (s *session) finish() {
 			args = append(args, "error", s.err.Error())
 		}
 		s.l.Access.Info("connection", args...)
-	}
-}
-
-// copyStream copies src to dst until src ends (nil) or fails. It starts
-// with reads and writes through a buffer, which suit small exchanges, and
-// moves to splice once a read fills the buffer. It sets no deadlines: the
-// watchdog, told what the copy is doing through dir, enforces the bounds.
-func copyStream(dst, src net.Conn, dir *direction) error {
-	d, s := tcpConn(dst), tcpConn(src)
-	spliceOK := canSplice && d != nil && s != nil
-	bp := bufPool.Get().(*[]byte)
-	buf := *bp
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			dir.writing.Store(true)
-			w, werr := dst.Write(buf[:n])
-			dir.writing.Store(false)
-			dir.count.Add(int64(w))
-			if werr != nil {
-				bufPool.Put(bp)
-				return werr
-			}
-			if n == len(buf) && spliceOK {
-				// A bulk transfer: between two plain TCP sockets let
-				// the kernel move the rest (splice, which io.Copy uses
-				// when it sees *net.TCPConn on both ends).
-				bufPool.Put(bp)
-				dir.src, dir.dst = s, d
-				dir.splicing.Store(true)
-				n, err := d.ReadFrom(s)
-				dir.count.Add(n)
-				return err
-			}
-		}
-		if err != nil {
-			bufPool.Put(bp)
-			if err == io.EOF {
-				return nil
-			}
-			return err
-		}
-	}
-}
-
-// tcpConn returns the plain TCP socket under c, or nil when c is TLS or
-// holds buffered bytes.
-func tcpConn(c net.Conn) *net.TCPConn {
-	for {
-		switch x := c.(type) {
-		case *net.TCPConn:
-			return x
-		case interface{ RawConn() net.Conn }:
-			c = x.RawConn()
-			if c == nil {
-				return nil
-			}
-		default:
-			return nil
-		}
-	}
-}
-
-// closeWrite half-closes c: TLS sends close_notify, TCP a FIN.
-func closeWrite(c net.Conn) {
-	switch x := c.(type) {
-	case *tls.Conn:
-		x.CloseWrite() //nolint:errcheck
-	case interface{ CloseWrite() error }:
-		x.CloseWrite() //nolint:errcheck
-	default:
-		if t := tcpConn(c); t != nil {
-			t.CloseWrite() //nolint:errcheck
-		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
+	"github.com/offloadlb/lb/pkg/upstream"
 )
 
 // The response cache in the request path: after routing, before a
@@ -39,7 +40,7 @@ func init() {
 // while it is, within stale-while-revalidate; or instead of an error,
 // within stale-if-error); a miss is fetched once for all the requests that
 // want it at the same moment, and stored when the rules allow.
-func (h *Handler) cached(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, tls bool) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
+func (h *Handler) cached(ctx *fasthttp.RequestCtx, up *upstream.Group, c *cache.Cache, tls bool) (b *balancer.Backend, attempts int, stream *upstream.Body, err error) {
 	req := &ctx.Request.Header
 	o := c.Options()
 	rc := cache.ParseRequest(req, o.IgnoreClientNoCache)
@@ -98,7 +99,7 @@ func seconds(n int64) time.Duration { return time.Duration(n) * time.Second }
 // fetches it; the others wait for that one (at most the pool's response
 // timeout) and share what it stored, or fetch for themselves when it
 // stored nothing they can use.
-func (h *Handler) miss(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, key []byte, rc cache.RequestControl) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
+func (h *Handler) miss(ctx *fasthttp.RequestCtx, up *upstream.Group, c *cache.Cache, key []byte, rc cache.RequestControl) (b *balancer.Backend, attempts int, stream *upstream.Body, err error) {
 	f, leader := c.StartFill(key)
 	if !leader {
 		if e := f.Wait(up.ResponseTimeout); e != nil && e.Matches(&ctx.Request.Header) {
@@ -112,7 +113,7 @@ func (h *Handler) miss(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, k
 
 // fetch forwards the request and keeps the response when it may; fill,
 // if not nil, is ended with what was kept.
-func (h *Handler) fetch(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, key []byte, rc cache.RequestControl, fill *cache.Fill) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
+func (h *Handler) fetch(ctx *fasthttp.RequestCtx, up *upstream.Group, c *cache.Cache, key []byte, rc cache.RequestControl, fill *cache.Fill) (b *balancer.Backend, attempts int, stream *upstream.Body, err error) {
 	sent := time.Now()
 	b, attempts, stream, err = h.forward(ctx, up)
 	if err == nil {
@@ -130,7 +131,7 @@ func (h *Handler) fetch(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, 
 // then nil. A longer one streams through, not stored. fill, if not nil,
 // is ended with what was stored. storable reports whether the rules
 // allowed storing the response.
-func keep(ctx *fasthttp.RequestCtx, c *cache.Cache, key []byte, rc cache.RequestControl, sent time.Time, fill *cache.Fill, stream *bodyStream) (storable bool, _ *bodyStream) {
+func keep(ctx *fasthttp.RequestCtx, c *cache.Cache, key []byte, rc cache.RequestControl, sent time.Time, fill *cache.Fill, stream *upstream.Body) (storable bool, _ *upstream.Body) {
 	now := time.Now()
 	resp := &ctx.Response
 	f := cache.Evaluate(rc, &resp.Header, now, c.Options())
@@ -143,7 +144,7 @@ func keep(ctx *fasthttp.RequestCtx, c *cache.Cache, key []byte, rc cache.Request
 			stored = e
 		}
 	case int64(resp.Header.ContentLength()) <= c.MaxObject():
-		body, whole := stream.readAhead(c.MaxObject())
+		body, whole := stream.ReadAhead(c.MaxObject())
 		if !whole {
 			break
 		}
@@ -166,7 +167,7 @@ func keep(ctx *fasthttp.RequestCtx, c *cache.Cache, key []byte, rc cache.Request
 // the entry's validators if it has any: a 304 refreshes and serves it, a
 // new response replaces it, and a failure is answered with the entry
 // within its stale-if-error window.
-func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, key []byte, e *cache.Entry, rc cache.RequestControl) (b *balancer.Backend, attempts int, stream *bodyStream, err error) {
+func (h *Handler) revalidate(ctx *fasthttp.RequestCtx, up *upstream.Group, c *cache.Cache, key []byte, e *cache.Entry, rc cache.RequestControl) (b *balancer.Backend, attempts int, stream *upstream.Body, err error) {
 	etag, lastMod := e.Validators()
 	conditional := etag != nil || lastMod != nil
 	req := &ctx.Request.Header
@@ -250,7 +251,7 @@ func setConditions(req *fasthttp.RequestHeader, inm, ims []byte) {
 
 // revalidateLater revalidates e in the background (stale-while-
 // revalidate), once per key at a time.
-func (h *Handler) revalidateLater(ctx *fasthttp.RequestCtx, up *Upstream, c *cache.Cache, key []byte, e *cache.Entry, rc cache.RequestControl) {
+func (h *Handler) revalidateLater(ctx *fasthttp.RequestCtx, up *upstream.Group, c *cache.Cache, key []byte, e *cache.Entry, rc cache.RequestControl) {
 	f, leader := c.StartFill(key)
 	if !leader {
 		return // already under way

@@ -98,21 +98,21 @@ func FuzzPrepareRequest(f *testing.F) {
 		connNamed := connectionTokens(req.Header.PeekAll("Connection"))
 
 		httphead.Prepare(&ctx, mask, httphead.Client{TLS: tls})
-		var out, ref bytes.Buffer
+		// The transport writes the head as it is (upstream's
+		// FuzzWriteRequest checks that it writes what Request.Write
+		// does then): Request.Write, which takes the target and Host
+		// from the parsed URI and adds Authorization for a userinfo,
+		// must find nothing left to change.
+		prepared := string(req.Header.Host()) + " " + string(req.Header.RequestURI()) + " " + string(req.Header.Peek("Authorization"))
+		var out bytes.Buffer
 		bw := bufio.NewWriter(&out)
-		if err := writeRequest(bw, req); err != nil {
+		if err := req.Write(bw); err != nil {
 			t.Fatalf("an accepted request cannot be written: %v", err)
 		}
 		bw.Flush() //nolint:errcheck // writes to a bytes.Buffer
 		sent := out.Bytes()
-		// writeRequest stands in for Request.Write: the same bytes.
-		bw = bufio.NewWriter(&ref)
-		if err := req.Write(bw); err != nil {
-			t.Fatalf("Request.Write fails where writeRequest did not: %v", err)
-		}
-		bw.Flush() //nolint:errcheck // writes to a bytes.Buffer
-		if !bytes.Equal(ref.Bytes(), sent) {
-			t.Fatalf("writeRequest wrote\n%q\nRequest.Write writes\n%q", sent, ref.Bytes())
+		if got := string(req.Header.Host()) + " " + string(req.Header.RequestURI()) + " " + string(req.Header.Peek("Authorization")); got != prepared {
+			t.Fatalf("the transport would write host, target and authorization %q; Request.Write writes %q:\n%q", prepared, got, sent)
 		}
 
 		// The backend reads exactly one request, the one the client sent.

@@ -20,9 +20,10 @@ import (
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/h2"
 	"github.com/offloadlb/lb/pkg/httphead"
-	"github.com/offloadlb/lb/pkg/l4"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
+	"github.com/offloadlb/lb/pkg/tunnel"
+	"github.com/offloadlb/lb/pkg/upstream"
 )
 
 // maxBufferedBody is the largest response body read whole, releasing the
@@ -66,7 +67,7 @@ type Listener struct {
 // listener's counters for it, resolved when the config is built so that
 // counting a request needs no lookup.
 type Target struct {
-	Up *Upstream
+	Up *upstream.Group
 	// Codes counts responses by backend index.
 	Codes []*metrics.Codes
 	// NoBackend counts responses no backend gave (503 and the like).
@@ -165,7 +166,7 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
 	} else {
 		httphead.Prepare(ctx, mask, clientOf(ctx, l.TLS))
-		var stream *bodyStream
+		var stream *upstream.Body
 		if t.Up.Cache != nil {
 			b, attempts, stream, err = h.cached(ctx, t.Up, t.Up.Cache, l.TLS)
 		} else {
@@ -248,7 +249,7 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *b
 		t.Duration.Observe(d.Seconds())
 	}
 	if l.Access != nil {
-		var up *Upstream
+		var up *upstream.Group
 		if t != nil {
 			up = t.Up
 		}
@@ -258,43 +259,36 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *b
 
 // forward sends the request to a backend of up, retrying on others where
 // that is safe, and leaves the response (or an error response) in ctx.
-func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.Backend, attempts int, stream *bodyStream, lastErr error) {
+func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (b *balancer.Backend, attempts int, stream *upstream.Body, lastErr error) {
 	idempotent := httphead.Idempotent(&ctx.Request.Header)
-	x := exchange{
-		timeout:     up.ResponseTimeout,
-		maxBuffered: maxBufferedBody,
-		replayable:  idempotent,
-		yield:       protoOf(ctx) == protoHTTP2,
+	x := upstream.Exchange{
+		Timeout:     up.ResponseTimeout,
+		MaxBuffered: maxBufferedBody,
+		Replayable:  idempotent,
+		Yield:       protoOf(ctx) == protoHTTP2,
 	}
 	var tried balancer.Tried
 	for attempts <= up.Retries {
-		next, err := up.Pool.Acquire(&tried, up.QueueTimeout)
+		lease, err := up.Lease(&tried)
 		if err != nil {
 			if lastErr == nil {
 				lastErr = err
 			}
 			break
 		}
-		b = next
+		b = lease.Backend
 		attempts++
-		tried.Add(b)
-		x.t = up.Transports[b.Index]
-		stream, err = x.roundTrip(&ctx.Request, &ctx.Response, true)
-		if err != nil && idempotent && errorKind(err) == ErrStale {
-			// The backend closed a pooled connection as it was reused:
-			// it never saw the request. Try once more on a new one.
-			ctx.Response.ResetBody()
-			stream, err = x.roundTrip(&ctx.Request, &ctx.Response, false)
-		}
+		x.Transport = up.Transports[b.Index]
+		stream, err = x.RoundTrip(&ctx.Request, &ctx.Response)
 		if err == nil {
-			if stream != nil && stream.tunnel {
-				h.tunnel(ctx, up, b, stream)
+			if stream != nil && stream.Switched() {
+				h.tunnel(ctx, up, lease, stream.Tunnel())
 				return b, attempts, nil, nil
 			}
 			if stream != nil {
-				stream.up, stream.backend = up, b
+				stream.EndOnClose(lease)
 			} else {
-				up.finish(b, nil, true)
+				lease.End(nil, true)
 			}
 			httphead.CleanResponse(&ctx.Response.Header)
 			if len(ctx.Response.Header.Peek("Date")) == 0 {
@@ -310,7 +304,7 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *Upstream) (b *balancer.B
 		}
 		// A backend that broke off while a request body was being sent
 		// may simply have refused the body.
-		up.finish(b, err, errorKind(err) != ErrSend || len(ctx.Request.Body()) == 0)
+		lease.End(err, errorKind(err) != upstream.ErrSend || len(ctx.Request.Body()) == 0)
 		lastErr = err
 		if !retryable(err, idempotent) {
 			break
@@ -371,10 +365,7 @@ func (w deadlineWriter) Write(p []byte) (int, error) {
 // counted as busy (least_conn sees open WebSockets) until then.
 //
 //go:noinline
-func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, b *balancer.Backend, s *bodyStream) {
-	bc := s.c
-	*s = bodyStream{}
-	bodyStreamPool.Put(s)
+func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *upstream.Group, lease balancer.Lease, bc net.Conn) {
 	rh := &ctx.Response.Header
 	proto := append([]byte(nil), rh.PeekBytes(hUpgrade)...)
 	httphead.CleanResponse(rh)
@@ -388,7 +379,7 @@ func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, b *balancer.Bac
 	}
 	head = append(append(append(head, "Upgrade: "...), proto...), "\r\nConnection: Upgrade\r\n\r\n"...)
 	l := h.l.Load()
-	t := l4.Timeouts{Idle: l.TunnelIdle, Write: l.WriteTimeout}
+	t := tunnel.Timeouts{Idle: l.TunnelIdle, Write: l.WriteTimeout}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
 		var in, out atomic.Int64
@@ -398,14 +389,14 @@ func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, b *balancer.Bac
 			err = c.SetWriteDeadline(time.Time{})
 		}
 		if err == nil {
-			err = l4.Pipe(c, bc.tunnelSide(), t, &in, &out)
+			err = tunnel.Pipe(c, bc, t, &in, &out)
 		} else {
 			bc.Close()
 		}
 		if err != nil && h.log.IsDebug() {
-			h.log.Debug("tunnel ended", "pool", up.Pool.Name, "backend", b.Address, "bytes_in", in.Load(), "bytes_out", out.Load(), "error", err)
+			h.log.Debug("tunnel ended", "pool", up.Pool.Name, "backend", lease.Backend.Address, "bytes_in", in.Load(), "bytes_out", out.Load(), "error", err)
 		}
-		up.finish(b, nil, true)
+		lease.End(nil, true)
 	})
 }
 
@@ -413,12 +404,12 @@ func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *Upstream, b *balancer.Bac
 // forward's stack frame, which sits under every backend exchange.
 //
 //go:noinline
-func (h *Handler) logRetry(up *Upstream, b *balancer.Backend, err error) {
+func (h *Handler) logRetry(up *upstream.Group, b *balancer.Backend, err error) {
 	h.log.Debug("retrying on another backend", "pool", up.Pool.Name, "backend", b.Address, "error", err)
 }
 
-func errorKind(err error) ErrorKind {
-	var e *Error
+func errorKind(err error) upstream.ErrorKind {
+	var e *upstream.Error
 	if errors.As(err, &e) {
 		return e.Kind
 	}
@@ -430,9 +421,9 @@ func errorKind(err error) ErrorKind {
 // method is idempotent (RFC 9110 section 9.2.2).
 func retryable(err error, idempotent bool) bool {
 	switch errorKind(err) {
-	case ErrConnect:
+	case upstream.ErrConnect:
 		return true
-	case ErrStale, ErrSend, ErrTimeout, ErrResponse:
+	case upstream.ErrStale, upstream.ErrSend, upstream.ErrTimeout, upstream.ErrResponse:
 		return idempotent
 	}
 	return false
@@ -444,7 +435,7 @@ func statusFor(err error) int {
 	switch {
 	case errors.Is(err, balancer.ErrNoBackend), errors.Is(err, balancer.ErrQueueTimeout):
 		return fasthttp.StatusServiceUnavailable
-	case errorKind(err) == ErrTimeout:
+	case errorKind(err) == upstream.ErrTimeout:
 		return fasthttp.StatusGatewayTimeout
 	}
 	return fasthttp.StatusBadGateway
@@ -540,7 +531,7 @@ func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 
 // logAccess writes one access log line: who asked what, who answered,
 // how, how long it took, over which TLS version.
-func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *Upstream, b *balancer.Backend, attempts, proto int, d time.Duration, err error) {
+func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *upstream.Group, b *balancer.Backend, attempts, proto int, d time.Duration, err error) {
 	pool, backend, tlsVersion := "", "", ""
 	if up != nil {
 		pool = up.Pool.Name

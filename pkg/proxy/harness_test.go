@@ -22,6 +22,7 @@ import (
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/health"
 	"github.com/offloadlb/lb/pkg/metrics"
+	"github.com/offloadlb/lb/pkg/upstream"
 )
 
 // clientAddr is the address test clients appear to come from.
@@ -34,7 +35,7 @@ type harness struct {
 	ln     *fasthttputil.InmemoryListener
 	srv    *fasthttp.Server
 	h      *Handler
-	up     *Upstream
+	up     *upstream.Group
 	client *http.Client
 }
 
@@ -51,13 +52,13 @@ type harnessOpts struct {
 	cache           *cache.Cache
 }
 
-func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *Upstream {
+func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *upstream.Group {
 	t.Helper()
 	bs := make([]*balancer.Backend, len(addrs))
-	ts := make([]*Transport, len(addrs))
+	ts := make([]*upstream.Transport, len(addrs))
 	for i, a := range addrs {
 		bs[i] = &balancer.Backend{Address: a, Weight: 1}
-		ts[i] = NewTransport(a, time.Second)
+		ts[i] = upstream.NewTransport(a, time.Second)
 	}
 	algo := o.algorithm
 	if algo == "" {
@@ -75,21 +76,22 @@ func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *Upst
 	if timeout == 0 {
 		timeout = 5 * time.Second
 	}
-	up := &Upstream{
+	mon := health.NewMonitor(pool, hc, hclog.NewNullLogger())
+	up := &upstream.Group{
 		Pool:            pool,
 		Transports:      ts,
-		Health:          health.NewMonitor(pool, hc, hclog.NewNullLogger()),
+		Health:          mon,
 		Retries:         o.retries,
 		QueueTimeout:    time.Second,
 		ResponseTimeout: timeout,
 		Cache:           o.cache,
 	}
-	t.Cleanup(func() { up.Health.Stop(); up.Close() })
+	t.Cleanup(func() { mon.Stop(); up.Close() })
 	return up
 }
 
 // targetFor wraps an upstream with fresh counters.
-func targetFor(up *Upstream) *Target {
+func targetFor(up *upstream.Group) *Target {
 	t := &Target{Up: up, NoBackend: &metrics.Codes{}}
 	for range up.Pool.Backends {
 		t.Codes = append(t.Codes, &metrics.Codes{})

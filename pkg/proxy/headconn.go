@@ -86,8 +86,9 @@ func (c *headConn) follow(b []byte) {
 	}
 }
 
-// RawConn is the connection underneath (l4's splice and half-close look
-// through it once a WebSocket tunnel takes the connection over).
+// RawConn is the connection underneath (pkg/tunnel's splice and
+// half-close look through it once a WebSocket tunnel takes the
+// connection over).
 func (c *headConn) RawConn() net.Conn { return c.Conn }
 
 // CloseWrite half-closes the connection underneath.

@@ -17,6 +17,7 @@ import (
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/proxy"
 	"github.com/offloadlb/lb/pkg/tlsterm"
+	"github.com/offloadlb/lb/pkg/upstream"
 )
 
 // snapshot is one config's pools, built and immutable.
@@ -31,7 +32,7 @@ type snapshot struct {
 // monitor that judges its backends.
 type pool struct {
 	cfg      config.Pool
-	upstream *proxy.Upstream
+	upstream *upstream.Group
 	monitor  *health.Monitor
 	added    []*balancer.Backend // backends that were not in the previous config
 }
@@ -169,7 +170,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 		old = s.snap.pools[pc.Name]
 	}
 	backends := make([]*balancer.Backend, len(pc.Backends))
-	transports := make([]*proxy.Transport, len(pc.Backends))
+	transports := make([]*upstream.Transport, len(pc.Backends))
 	var added []*balancer.Backend
 	for i, bc := range pc.Backends {
 		b := &balancer.Backend{Address: bc.Address, Weight: bc.Weight}
@@ -181,7 +182,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 			}
 		}
 		if transports[i] == nil {
-			transports[i] = proxy.NewTransport(bc.Address, pc.ConnectTimeout.Duration)
+			transports[i] = upstream.NewTransport(bc.Address, pc.ConnectTimeout.Duration)
 			if s.snap != nil {
 				added = append(added, b)
 			}
@@ -215,7 +216,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 		cfg:     *pc,
 		added:   added,
 		monitor: mon,
-		upstream: &proxy.Upstream{
+		upstream: &upstream.Group{
 			Pool:            bp,
 			Transports:      transports,
 			Health:          mon,

@@ -1,6 +1,6 @@
 //go:build linux
 
-package l4
+package tunnel
 
 import (
 	"net"

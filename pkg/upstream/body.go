@@ -1,10 +1,11 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -12,13 +13,15 @@ import (
 	"github.com/offloadlb/lb/pkg/balancer"
 )
 
-// bodyStream reads a response body off a backend connection while the
-// server writes it to the client: fixed-length, chunked (decoded here and
+// Body is a response body read off a backend connection while the server
+// writes it to the client: fixed-length, chunked (decoded here and
 // re-framed by the server) or delimited by the backend closing. It owns
-// the connection until fasthttp closes the stream; then the connection is
-// pooled again if the body ended cleanly, and onClose runs (the proxy
-// releases the backend's slot there). Streams are pooled.
-type bodyStream struct {
+// the connection until fasthttp closes it (CloseWithError); then the
+// connection is pooled again if the body ended cleanly, and the lease
+// given to EndOnClose ends. A Body is read by one goroutine at a time;
+// it comes from RoundTrip (there is no usable zero Body), and is pooled
+// once closed, so it must not be used after CloseWithError or Tunnel.
+type Body struct {
 	c          *backendConn
 	t          *Transport
 	timeout    time.Duration
@@ -27,14 +30,13 @@ type bodyStream struct {
 	untilClose bool
 	closeAfter bool
 	done       bool // the body ended cleanly
-	tunnel     bool // no body: c switched protocols (see switched)
+	tunnel     bool // no body: c switched protocols (see Switched)
 	err        error
 
-	// Set by the proxy: the request is finished on them when the stream
-	// closes.
-	up      *Upstream
-	backend *balancer.Backend
-	// ahead is body already read off the connection (readAhead), given
+	// The backend's slot (EndOnClose), ended with the body's outcome
+	// when it closes; zero for none.
+	lease balancer.Lease
+	// ahead is body already read off the connection (ReadAhead), given
 	// out before reading more.
 	ahead []byte
 
@@ -45,13 +47,53 @@ type bodyStream struct {
 	lastRead                time.Time
 }
 
-var bodyStreamPool = sync.Pool{New: func() any { return new(bodyStream) }}
+var bodyPool = sync.Pool{New: func() any { return new(Body) }}
 
-// acquireBodyStream wraps a connection positioned at the start of a body of
+// EndOnClose hands the request's lease on the backend to the body: it is
+// ended when the body closes, as a success, or as a failure if the body
+// broke off (not the backend's fault when lb was waiting on the client
+// more than on the backend, see clientPaced).
+func (s *Body) EndOnClose(l balancer.Lease) { s.lease = l }
+
+// Switched reports whether the backend switched protocols (101): the
+// Body then has no bytes, and its connection is taken with Tunnel.
+func (s *Body) Switched() bool { return s.tunnel }
+
+// Tunnel takes the connection of a Body that Switched, which it releases:
+// the caller pipes bytes through the connection and closes it. Reads
+// first drain what the backend sent right behind its 101; when nothing
+// waits, it is the socket itself, so that bulk transfers can splice. The
+// lease (if any was given to EndOnClose) stays the caller's to end.
+func (s *Body) Tunnel() net.Conn {
+	c := s.c
+	*s = Body{}
+	bodyPool.Put(s)
+	if c.br.Buffered() == 0 {
+		return c.Conn
+	}
+	return tunnelConn{c}
+}
+
+// tunnelConn is a backend connection that switched protocols with bytes
+// already in its buffer (sent right behind the 101): reads drain the
+// buffer first.
+type tunnelConn struct{ *backendConn }
+
+func (c tunnelConn) Read(p []byte) (int, error) { return c.br.Read(p) }
+
+// CloseWrite passes a client's half-close on.
+func (c tunnelConn) CloseWrite() error {
+	if tc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return tc.CloseWrite()
+	}
+	return nil
+}
+
+// acquireBody wraps a connection positioned at the start of a body of
 // length cl (-1 chunked, -2 until close).
-func acquireBodyStream(c *backendConn, t *Transport, cl int64, timeout time.Duration, closeAfter bool) *bodyStream {
-	s := bodyStreamPool.Get().(*bodyStream)
-	*s = bodyStream{c: c, t: t, timeout: timeout, closeAfter: closeAfter}
+func acquireBody(c *backendConn, t *Transport, cl int64, timeout time.Duration, closeAfter bool) *Body {
+	s := bodyPool.Get().(*Body)
+	*s = Body{c: c, t: t, timeout: timeout, closeAfter: closeAfter}
 	switch {
 	case cl >= 0:
 		s.remaining = cl
@@ -73,7 +115,7 @@ var (
 
 // Read implements io.Reader. Every read off the backend gets the response
 // timeout as an inactivity deadline.
-func (s *bodyStream) Read(p []byte) (int, error) {
+func (s *Body) Read(p []byte) (int, error) {
 	if len(s.ahead) > 0 {
 		n := copy(p, s.ahead)
 		s.ahead = s.ahead[n:]
@@ -82,10 +124,11 @@ func (s *bodyStream) Read(p []byte) (int, error) {
 	return s.read(p)
 }
 
-// readAhead reads the body into memory, up to max bytes. whole reports
-// that it ended within them, without error; otherwise what was read is
-// given out first by Read, and the rest follows from the connection.
-func (s *bodyStream) readAhead(max int64) (body []byte, whole bool) {
+// ReadAhead reads the body into memory, up to max bytes, at the
+// backend's pace. whole reports that it ended within them, without
+// error, and body is then all of it; otherwise what was read is given out
+// first by Read, and the rest follows from the connection.
+func (s *Body) ReadAhead(max int64) (body []byte, whole bool) {
 	buf := make([]byte, 0, min(max+1, 16<<10))
 	for {
 		if len(buf) == cap(buf) {
@@ -107,7 +150,7 @@ func (s *bodyStream) readAhead(max int64) (body []byte, whole bool) {
 	return nil, false
 }
 
-func (s *bodyStream) read(p []byte) (int, error) {
+func (s *Body) read(p []byte) (int, error) {
 	if s.done {
 		return 0, io.EOF
 	}
@@ -127,7 +170,7 @@ func (s *bodyStream) read(p []byte) (int, error) {
 	return n, err
 }
 
-func (s *bodyStream) readBody(p []byte) (int, error) {
+func (s *Body) readBody(p []byte) (int, error) {
 	switch {
 	case s.chunked:
 		return s.readChunked(p)
@@ -159,7 +202,7 @@ func (s *bodyStream) readBody(p []byte) (int, error) {
 	return n, nil
 }
 
-func (s *bodyStream) readChunked(p []byte) (int, error) {
+func (s *Body) readChunked(p []byte) (int, error) {
 	if s.remaining == 0 {
 		size, err := s.chunkSize()
 		if err != nil {
@@ -195,7 +238,7 @@ func (s *bodyStream) readChunked(p []byte) (int, error) {
 
 // chunkSize reads a chunk-size line (RFC 9112 section 7.1): hex digits,
 // optional extensions after ';', CRLF.
-func (s *bodyStream) chunkSize() (int64, error) {
+func (s *Body) chunkSize() (int64, error) {
 	line, err := s.c.br.ReadSlice('\n')
 	if err != nil {
 		if errors.Is(err, bufio.ErrBufferFull) {
@@ -232,7 +275,7 @@ func (s *bodyStream) chunkSize() (int64, error) {
 	return n, nil
 }
 
-func (s *bodyStream) crlf() error {
+func (s *Body) crlf() error {
 	b, err := s.c.br.ReadByte()
 	if err == nil && b == '\r' {
 		b, err = s.c.br.ReadByte()
@@ -250,7 +293,7 @@ func (s *bodyStream) crlf() error {
 }
 
 // skipTrailers discards the trailer section after the last chunk.
-func (s *bodyStream) skipTrailers() error {
+func (s *Body) skipTrailers() error {
 	total := 0
 	for {
 		line, err := s.c.br.ReadSlice('\n')
@@ -275,14 +318,14 @@ func (s *bodyStream) skipTrailers() error {
 // for any slow reader, and its own send timeout ends the body (HAProxy
 // likewise tells client-side from server-side aborts); such a break is
 // counted and logged, but is no passive health failure.
-func (s *bodyStream) clientPaced() bool {
+func (s *Body) clientPaced() bool {
 	if s.err == nil || s.clientWait <= s.backendWait {
 		return false
 	}
 	return errors.Is(s.err, errTruncated) || isClosed(s.err)
 }
 
-func (s *bodyStream) setErr(err error) error {
+func (s *Body) setErr(err error) error {
 	if isTimeout(err) {
 		err = &Error{Kind: ErrTimeout, Err: err}
 	} else if _, ok := err.(*Error); !ok {
@@ -293,8 +336,10 @@ func (s *bodyStream) setErr(err error) error {
 }
 
 // CloseWithError is called by fasthttp once the body has been written to
-// the client (writeErr is the client-side error, if any) or abandoned.
-func (s *bodyStream) CloseWithError(writeErr error) error {
+// the client (writeErr is the client-side error, if any) or abandoned:
+// the connection is pooled again if the body was read to its clean end,
+// else closed, and the lease given to EndOnClose ends. It returns nil.
+func (s *Body) CloseWithError(writeErr error) error {
 	c := s.c
 	if c == nil {
 		return nil // already closed
@@ -305,10 +350,10 @@ func (s *bodyStream) CloseWithError(writeErr error) error {
 	} else {
 		c.Close()
 	}
-	if s.up != nil {
-		s.up.finish(s.backend, s.err, !s.clientPaced())
+	if s.lease.Backend != nil {
+		s.lease.End(s.err, !s.clientPaced())
 	}
-	*s = bodyStream{}
-	bodyStreamPool.Put(s)
+	*s = Body{}
+	bodyPool.Put(s)
 	return nil
 }

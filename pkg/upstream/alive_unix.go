@@ -1,0 +1,63 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly || solaris
+
+package upstream
+
+import (
+	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// probe asks a backend connection's socket, without blocking and
+// without taking anything off it, whether the backend has closed the
+// connection or sent bytes: one recv with MSG_PEEK and MSG_DONTWAIT,
+// through the socket's RawConn. NGINX and HAProxy learn the same from
+// their event loops while the connection idles. It runs for every reuse
+// of a pooled connection, so it allocates nothing: the RawConn and the
+// function it calls are made once, with the connection.
+type probe struct {
+	raw  syscall.RawConn       // nil when the connection is not a socket
+	peek func(fd uintptr) bool // p.recv, kept: a method value made per call would allocate
+	buf  [1]byte
+	// quiet is what the last peek found: nothing to read, and no close.
+	quiet bool
+}
+
+// init readies p for the socket under nc, if nc is one.
+func (p *probe) init(nc net.Conn) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	p.raw, p.peek = raw, p.recv
+}
+
+// recv is the peek itself, run by RawConn.Read with the socket locked
+// for reading. It never asks to wait for the socket to become readable:
+// EAGAIN is the answer sought. It calls syscall's Recvfrom, not unix's:
+// the same system call, but unix.Recvfrom's address buffer escapes to
+// the heap (112 bytes a call) where syscall's stays on the stack.
+func (p *probe) recv(fd uintptr) bool {
+	_, _, err := syscall.Recvfrom(int(fd), p.buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	p.quiet = err == unix.EAGAIN
+	return true
+}
+
+// idle reports whether the socket has nothing to read and is still open;
+// a connection that is not a socket counts as idle. The connection's read
+// deadline must not have passed: RawConn.Read fails without a peek then.
+func (p *probe) idle() bool {
+	if p.raw == nil {
+		return true
+	}
+	p.quiet = false
+	if err := p.raw.Read(p.peek); err != nil {
+		return false
+	}
+	return p.quiet
+}

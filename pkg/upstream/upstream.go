@@ -1,0 +1,59 @@
+// Package upstream is lb's HTTP/1.1 client to its backends: a pool of
+// keep-alive connections per backend (Transport), one request and its
+// answer on them (Exchange), a response body streamed off the backend
+// while the client takes it (Body), and a pool's backends as the proxy
+// uses them (Group).
+package upstream
+
+import (
+	"time"
+
+	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/cache"
+)
+
+// Group is a pool as the proxy sees it: the balancer pool, one Transport
+// per backend (indexed by Backend.Index), the pool's health monitor for
+// passive reports, and its retry and timeout policy. It is immutable once
+// built, and safe for concurrent use.
+type Group struct {
+	Pool *balancer.Pool
+	// Transports holds a Transport for every backend of Pool, at the
+	// backend's Index.
+	Transports []*Transport
+	// Health is told how each request went (the pool's health monitor);
+	// nil for no passive reports.
+	Health balancer.Reporter
+	// Retries is how many other backends to try after a failed attempt.
+	Retries int
+	// QueueTimeout bounds the wait for a slot when every backend is at
+	// max_conns_per_backend.
+	QueueTimeout time.Duration
+	// ResponseTimeout bounds the wait for a response head, and each read
+	// of a streamed body.
+	ResponseTimeout time.Duration
+	// Cache is the pool's response cache, which the proxy asks before
+	// the backends; nil for none.
+	Cache *cache.Cache
+}
+
+// Lease takes a slot on a backend of the group that is not in tried,
+// waiting up to QueueTimeout for one, and adds it to tried; the lease's
+// end is reported to Health. See balancer.Pool.Lease.
+func (g *Group) Lease(tried *balancer.Tried) (balancer.Lease, error) {
+	return g.Pool.Lease(tried, g.QueueTimeout, g.Health)
+}
+
+// Close closes the idle connections of every backend.
+func (g *Group) Close() {
+	for _, t := range g.Transports {
+		t.Close()
+	}
+}
+
+// CloseIdle closes connections idle too long to be reused.
+func (g *Group) CloseIdle(now time.Time) {
+	for _, t := range g.Transports {
+		t.CloseIdle(now)
+	}
+}
