@@ -13,12 +13,14 @@ import (
 // client. A LOCAL header (the balancer's own health check) keeps c's
 // addresses. A connection without a valid header within timeout is an
 // error: with accept_proxy_protocol on, every connection must have one.
+// Any number of calls may run at once, each on its own connection; the
+// connection returned is then used as c would be.
 func AcceptProxy(c net.Conn, timeout time.Duration) (net.Conn, error) {
 	if timeout > 0 {
 		c.SetReadDeadline(time.Now().Add(timeout)) //nolint:errcheck
 	}
 	br := bufio.NewReaderSize(c, 4096)
-	h, err := Read(br)
+	h, err := ReadProxyHeader(br)
 	if err != nil {
 		return nil, err
 	}
