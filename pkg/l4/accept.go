@@ -17,14 +17,14 @@ import (
 // connection returned is then used as c would be.
 func AcceptProxy(c net.Conn, timeout time.Duration) (net.Conn, error) {
 	if timeout > 0 {
-		c.SetReadDeadline(time.Now().Add(timeout)) //nolint:errcheck
+		_ = c.SetReadDeadline(time.Now().Add(timeout)) // fails only on a closed connection, which the read reports
 	}
 	br := bufio.NewReaderSize(c, 4096)
 	h, err := ReadProxyHeader(br)
 	if err != nil {
 		return nil, err
 	}
-	c.SetReadDeadline(time.Time{}) //nolint:errcheck
+	_ = c.SetReadDeadline(time.Time{}) // as above: the next read reports a closed connection
 	pc := &proxiedConn{Conn: c, br: br}
 	if !h.Local && h.Source.IsValid() {
 		pc.remote = net.TCPAddrFromAddrPort(h.Source)

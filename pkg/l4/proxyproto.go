@@ -191,7 +191,7 @@ func readV1(br *bufio.Reader) (*ProxyHeader, error) {
 	if err != nil {
 		return nil, err
 	}
-	br.Discard(len(line)) //nolint:errcheck
+	_, _ = br.Discard(len(line)) // peeked, so buffered: no error
 	return h, nil
 }
 
@@ -303,7 +303,7 @@ func readV2(br *bufio.Reader) (*ProxyHeader, error) {
 		h.TLVs = append(h.TLVs, TLV{Type: rest[0], Value: append([]byte(nil), rest[3:3+l]...)})
 		rest = rest[3+l:]
 	}
-	br.Discard(len(all)) //nolint:errcheck
+	_, _ = br.Discard(len(all)) // peeked, so buffered: no error
 	return h, nil
 }
 

@@ -129,14 +129,16 @@ func tcpConn(c net.Conn) *net.TCPConn {
 
 // closeWrite half-closes c: TLS sends close_notify, TCP a FIN.
 func closeWrite(c net.Conn) {
+	// A failed half-close is a broken connection, which the other
+	// direction's copy reports.
 	switch x := c.(type) {
 	case *tls.Conn:
-		x.CloseWrite() //nolint:errcheck
+		_ = x.CloseWrite()
 	case interface{ CloseWrite() error }:
-		x.CloseWrite() //nolint:errcheck
+		_ = x.CloseWrite()
 	default:
 		if t := tcpConn(c); t != nil {
-			t.CloseWrite() //nolint:errcheck
+			_ = t.CloseWrite()
 		}
 	}
 }

@@ -195,8 +195,10 @@ var aLongTimeAgo = time.Unix(1, 0)
 // connection closed while a write is blocked drops the socket at once,
 // where one no longer writing would first try to send close_notify.
 func abort(client, upstream net.Conn) {
-	client.Close()                     //nolint:errcheck
-	upstream.Close()                   //nolint:errcheck
-	client.SetDeadline(aLongTimeAgo)   //nolint:errcheck
-	upstream.SetDeadline(aLongTimeAgo) //nolint:errcheck
+	// The pipe is being cut for a cause of its own: what closing says
+	// (already closed, a close_notify not sent) is of no interest.
+	_ = client.Close()
+	_ = upstream.Close()
+	_ = client.SetDeadline(aLongTimeAgo)
+	_ = upstream.SetDeadline(aLongTimeAgo)
 }
