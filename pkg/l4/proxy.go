@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/offloadlb/lb/internal/neterr"
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
@@ -251,7 +252,7 @@ func (s *session) connect() bool {
 			return true
 		}
 		last = fmt.Errorf("connect %s: %w", b.Address, err)
-		lease.End(errors.New("connect: "+describe(err)), true)
+		lease.End(errors.New("connect: "+neterr.Bare(err).Error()), true)
 		u.Stats[b.Index].Failures.Add(1)
 		s.backend = b
 	}
@@ -344,13 +345,4 @@ func (s *session) finish() {
 
 func isClosedErr(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF)
-}
-
-// describe strips net.OpError's address prefixes.
-func describe(err error) string {
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		err = oe.Err
-	}
-	return err.Error()
 }
