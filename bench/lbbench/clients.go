@@ -41,33 +41,58 @@ func handshakeClient(args []string) int {
 	d := fs.Duration("d", 10*time.Second, "duration")
 	fs.Parse(args)
 
-	var hs, resumed, errs atomic.Int64
-	var lastErr atomic.Value
+	var hs, resumed atomic.Int64
+	var errs errorTally
 	stop := time.Now().Add(*d)
 	cfg := clientTLS()
+	runWorkers(*conc, func() {
+		buf := make([]byte, 4096)
+		for time.Now().Before(stop) {
+			if err := oneHandshake(*addr, cfg, buf, &resumed); err != nil {
+				errs.add(err)
+				continue
+			}
+			hs.Add(1)
+		}
+	})
+	r := hsResult{Handshakes: int(hs.Load()), Resumed: int(resumed.Load()), Errors: int(errs.count()), LastError: errs.lastText()}
+	json.NewEncoder(os.Stdout).Encode(r)
+	return 0
+}
+
+// errorTally counts a client's failures and keeps the text of the last.
+// Any number of goroutines may add to one; the zero errorTally has
+// counted none.
+type errorTally struct {
+	n    atomic.Int64
+	last atomic.Value // string
+}
+
+func (t *errorTally) add(err error) {
+	t.n.Add(1)
+	t.last.Store(err.Error())
+}
+
+func (t *errorTally) count() int64 { return t.n.Load() }
+
+// lastText is the last failure's text, "" when there was none.
+func (t *errorTally) lastText() string {
+	s, _ := t.last.Load().(string)
+	return s
+}
+
+// runWorkers runs work on n goroutines at once and returns when every
+// one has.
+func runWorkers(n int, work func()) {
 	var wg sync.WaitGroup
-	for range *conc {
+	for range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, 4096)
-			for time.Now().Before(stop) {
-				if err := oneHandshake(*addr, cfg, buf, &resumed); err != nil {
-					errs.Add(1)
-					lastErr.Store(err.Error())
-					continue
-				}
-				hs.Add(1)
-			}
+			work()
 		}()
 	}
 	wg.Wait()
-	r := hsResult{Handshakes: int(hs.Load()), Resumed: int(resumed.Load()), Errors: int(errs.Load())}
-	if e, ok := lastErr.Load().(string); ok {
-		r.LastError = e
-	}
-	json.NewEncoder(os.Stdout).Encode(r)
-	return 0
 }
 
 func oneHandshake(addr string, cfg *tls.Config, buf []byte, resumed *atomic.Int64) error {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -58,61 +57,49 @@ func tcpClient(args []string) int {
 	conc := fs.Int("c", 4, "concurrent connections")
 	d := fs.Duration("d", 10*time.Second, "duration")
 	fs.Parse(args)
-	var bytes, conns, errs atomic.Int64
-	var lastErr atomic.Value
+	var bytes, conns atomic.Int64
+	var errs errorTally
 	stop := time.Now().Add(*d)
-	var wg sync.WaitGroup
-	for range *conc {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if *mode == "throughput" {
-				c, err := net.Dial("tcp", *addr)
-				if err != nil {
-					errs.Add(1)
-					lastErr.Store(err.Error())
-					return
-				}
-				defer c.Close()
-				buf := make([]byte, 64<<10)
-				buf[0] = 'S'
-				for time.Now().Before(stop) {
-					n, err := c.Write(buf)
-					bytes.Add(int64(n))
-					if err != nil {
-						errs.Add(1)
-						lastErr.Store(err.Error())
-						return
-					}
-				}
-				conns.Add(1)
+	runWorkers(*conc, func() {
+		if *mode == "throughput" {
+			c, err := net.Dial("tcp", *addr)
+			if err != nil {
+				errs.add(err)
 				return
 			}
-			var b [1]byte
+			defer c.Close()
+			buf := make([]byte, 64<<10)
+			buf[0] = 'S'
 			for time.Now().Before(stop) {
-				c, err := net.Dial("tcp", *addr)
-				if err == nil {
-					c.SetDeadline(time.Now().Add(5 * time.Second))
-					_, err = c.Write([]byte{'E'})
-					if err == nil {
-						_, err = io.ReadFull(c, b[:])
-					}
-					c.Close()
-				}
+				n, err := c.Write(buf)
+				bytes.Add(int64(n))
 				if err != nil {
-					errs.Add(1)
-					lastErr.Store(err.Error())
-					continue
+					errs.add(err)
+					return
 				}
-				conns.Add(1)
 			}
-		}()
-	}
-	wg.Wait()
-	r := tcpResult{Bytes: bytes.Load(), Conns: conns.Load(), Errors: errs.Load()}
-	if e, ok := lastErr.Load().(string); ok {
-		r.LastError = e
-	}
+			conns.Add(1)
+			return
+		}
+		var b [1]byte
+		for time.Now().Before(stop) {
+			c, err := net.Dial("tcp", *addr)
+			if err == nil {
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				_, err = c.Write([]byte{'E'})
+				if err == nil {
+					_, err = io.ReadFull(c, b[:])
+				}
+				c.Close()
+			}
+			if err != nil {
+				errs.add(err)
+				continue
+			}
+			conns.Add(1)
+		}
+	})
+	r := tcpResult{Bytes: bytes.Load(), Conns: conns.Load(), Errors: errs.count(), LastError: errs.lastText()}
 	json.NewEncoder(os.Stdout).Encode(r)
 	return 0
 }

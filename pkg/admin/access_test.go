@@ -5,10 +5,11 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/offloadlb/lb/internal/testutil"
 )
 
 // TestRebindingRefused is a DNS-rebinding attack: a page on evil.example
@@ -98,27 +99,9 @@ func TestBindNameAccepted(t *testing.T) {
 	}
 }
 
-// syncBuffer collects log output written from the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestToken(t *testing.T) {
 	const token = "Zm9vYmFyLXRva2VuLTAxMjM0NTY3ODk="
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	log := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Trace})
 	src := &fakeSource{drained: map[string]bool{}}
 	s, err := New("127.0.0.1:0", src, Options{Token: token}, log)

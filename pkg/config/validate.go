@@ -59,14 +59,7 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 	ln := &l.cfg.Listeners[i]
 	p := fmt.Sprintf("listener[%d]", i)
 
-	switch {
-	case ln.Name == "":
-		l.missing(p+".name", "(every listener needs a unique name)")
-	case names[ln.Name] > 0:
-		l.errorf(p+".name", "duplicate name %q (also listener[%d])", ln.Name, names[ln.Name]-1)
-	default:
-		names[ln.Name] = i + 1
-	}
+	l.uniqueName(p, "listener", ln.Name, i, names)
 	if ln.Bind == "" {
 		l.missing(p+".bind", "(an address such as \"0.0.0.0:8443\")")
 	} else if err := checkHostPort(ln.Bind, true); err != nil {
@@ -276,17 +269,24 @@ func poolHint(c *Config, name string) string {
 	return " (pools: " + strings.Join(known, ", ") + ")"
 }
 
+// uniqueName checks the name of kind's i-th entry (p is its path): that
+// it has one, and that no earlier entry in seen (names to index+1) has
+// it, recording it there if not.
+func (l *loader) uniqueName(p, kind, name string, i int, seen map[string]int) {
+	switch {
+	case name == "":
+		l.missing(p+".name", "(every "+kind+" needs a unique name)")
+	case seen[name] > 0:
+		l.errorf(p+".name", "duplicate name %q (also %s[%d])", name, kind, seen[name]-1)
+	default:
+		seen[name] = i + 1
+	}
+}
+
 func (l *loader) validatePool(i int, pools map[string]int) {
 	pl := &l.cfg.Pools[i]
 	p := fmt.Sprintf("pool[%d]", i)
-	switch {
-	case pl.Name == "":
-		l.missing(p+".name", "(every pool needs a unique name)")
-	case pools[pl.Name] > 0:
-		l.errorf(p+".name", "duplicate name %q (also pool[%d])", pl.Name, pools[pl.Name]-1)
-	default:
-		pools[pl.Name] = i + 1
-	}
+	l.uniqueName(p, "pool", pl.Name, i, pools)
 	switch pl.Algorithm {
 	case "round_robin", "least_conn":
 	default:

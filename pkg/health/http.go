@@ -3,14 +3,13 @@ package health
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"os"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/offloadlb/lb/internal/neterr"
 	"github.com/offloadlb/lb/pkg/config"
 )
 
@@ -28,7 +27,7 @@ func (c *httpChecker) check(ctx context.Context, addr string) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return fmt.Errorf("connect: %w", unwrapOp(err))
+		return fmt.Errorf("connect: %w", neterr.Bare(err))
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -44,11 +43,11 @@ func (c *httpChecker) check(ctx context.Context, addr string) error {
 	req := "GET " + c.path + " HTTP/1.1\r\nHost: " + host +
 		"\r\nUser-Agent: lb-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
 	if _, err := conn.Write([]byte(req)); err != nil {
-		return fmt.Errorf("send GET %s: %w", c.path, unwrapOp(err))
+		return fmt.Errorf("send GET %s: %w", c.path, neterr.Bare(err))
 	}
 	var h fasthttp.ResponseHeader
 	if err := h.Read(bufio.NewReaderSize(conn, 4096)); err != nil {
-		return fmt.Errorf("GET %s: bad or missing response: %w", c.path, unwrapOp(err))
+		return fmt.Errorf("GET %s: bad or missing response: %w", c.path, neterr.Bare(err))
 	}
 	if code := h.StatusCode(); !c.expect.Contains(code) {
 		return fmt.Errorf("GET %s: status %d (expect %s)", c.path, code, c.expect)
@@ -63,22 +62,7 @@ func (tcpChecker) check(ctx context.Context, addr string) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return fmt.Errorf("connect: %w", unwrapOp(err))
+		return fmt.Errorf("connect: %w", neterr.Bare(err))
 	}
 	return conn.Close()
-}
-
-// unwrapOp drops net.OpError's "dial tcp 1.2.3.4:80:" and the syscall
-// name prefixes, which the log line already carries, leaving "connection
-// refused" or "i/o timeout".
-func unwrapOp(err error) error {
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		err = oe.Err
-	}
-	var se *os.SyscallError
-	if errors.As(err, &se) && se.Err != nil {
-		err = se.Err
-	}
-	return err
 }

@@ -151,23 +151,19 @@ func upgradeProto(h *fasthttp.RequestHeader) []byte {
 // s2b is a string's bytes, for header setters that copy them.
 func s2b(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
+// requestHops are the fields only a request's hop-by-hop set has, by
+// the bit that marks each.
+var requestHops = [...]markedField{
+	{hopTE, "Te"},
+	{hopTrailer, "Trailer"},
+	{hopUpgrade, "Upgrade"},
+	{hopProxyAuthorization, "Proxy-Authorization"},
+	{hopExpect, "Expect"},
+}
+
 func removeHopHeaders(h *fasthttp.RequestHeader, mask Mask) {
 	dropCommon(h, mask)
-	if mask&hopTE != 0 {
-		h.Del("Te")
-	}
-	if mask&hopTrailer != 0 {
-		h.Del("Trailer")
-	}
-	if mask&hopUpgrade != 0 {
-		h.Del("Upgrade")
-	}
-	if mask&hopProxyAuthorization != 0 {
-		h.Del("Proxy-Authorization")
-	}
-	if mask&hopExpect != 0 {
-		h.Del("Expect")
-	}
+	dropMarked(h, mask, requestHops[:])
 	if mask&hopXClient != 0 {
 		removeXClient(h)
 	}

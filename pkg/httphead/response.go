@@ -75,13 +75,29 @@ func dropCommon(h headerEditor, mask Mask) {
 			}
 		}
 	}
-	if mask&hopConnection != 0 {
-		h.Del("Connection")
-	}
-	if mask&hopKeepAlive != 0 {
-		h.Del("Keep-Alive")
-	}
-	if mask&hopProxyConnection != 0 {
-		h.Del("Proxy-Connection")
+	dropMarked(h, mask, commonHops[:])
+}
+
+// markedField is a field name and the bit of a Mask that says a head
+// has it.
+type markedField struct {
+	bit  Mask
+	name string
+}
+
+// commonHops are the hop-by-hop fields requests and responses share,
+// Connection's list aside.
+var commonHops = [...]markedField{
+	{hopConnection, "Connection"},
+	{hopKeepAlive, "Keep-Alive"},
+	{hopProxyConnection, "Proxy-Connection"},
+}
+
+// dropMarked removes each of fields whose bit mask has.
+func dropMarked(h headerEditor, mask Mask, fields []markedField) {
+	for _, f := range fields {
+		if mask&f.bit != 0 {
+			h.Del(f.name)
+		}
 	}
 }

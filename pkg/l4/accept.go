@@ -13,16 +13,18 @@ import (
 // client. A LOCAL header (the balancer's own health check) keeps c's
 // addresses. A connection without a valid header within timeout is an
 // error: with accept_proxy_protocol on, every connection must have one.
+// Any number of calls may run at once, each on its own connection; the
+// connection returned is then used as c would be.
 func AcceptProxy(c net.Conn, timeout time.Duration) (net.Conn, error) {
 	if timeout > 0 {
-		c.SetReadDeadline(time.Now().Add(timeout)) //nolint:errcheck
+		_ = c.SetReadDeadline(time.Now().Add(timeout)) // fails only on a closed connection, which the read reports
 	}
 	br := bufio.NewReaderSize(c, 4096)
-	h, err := Read(br)
+	h, err := ReadProxyHeader(br)
 	if err != nil {
 		return nil, err
 	}
-	c.SetReadDeadline(time.Time{}) //nolint:errcheck
+	_ = c.SetReadDeadline(time.Time{}) // as above: the next read reports a closed connection
 	pc := &proxiedConn{Conn: c, br: br}
 	if !h.Local && h.Source.IsValid() {
 		pc.remote = net.TCPAddrFromAddrPort(h.Source)

@@ -17,25 +17,25 @@ import (
 func TestV1Vectors(t *testing.T) {
 	// Examples from section 2.1 of the specification.
 	for _, tc := range []struct {
-		h    Header
+		h    ProxyHeader
 		line string
 	}{
-		{Header{Source: netip.MustParseAddrPort("192.168.0.1:56324"), Dest: netip.MustParseAddrPort("192.168.0.11:443")},
+		{ProxyHeader{Source: netip.MustParseAddrPort("192.168.0.1:56324"), Dest: netip.MustParseAddrPort("192.168.0.11:443")},
 			"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n"},
-		{Header{Source: netip.MustParseAddrPort("[2001:db8::1]:56324"), Dest: netip.MustParseAddrPort("[2001:db8::2]:443")},
+		{ProxyHeader{Source: netip.MustParseAddrPort("[2001:db8::1]:56324"), Dest: netip.MustParseAddrPort("[2001:db8::2]:443")},
 			"PROXY TCP6 2001:db8::1 2001:db8::2 56324 443\r\n"},
-		{Header{Local: true}, "PROXY UNKNOWN\r\n"},
+		{ProxyHeader{Local: true}, "PROXY UNKNOWN\r\n"},
 	} {
 		if got := string(tc.h.AppendV1(nil)); got != tc.line {
 			t.Errorf("AppendV1 = %q, want %q", got, tc.line)
 		}
 		br := bufio.NewReader(strings.NewReader(tc.line + "rest"))
-		h, err := Read(br)
+		h, err := ReadProxyHeader(br)
 		if err != nil {
-			t.Fatalf("Read(%q): %v", tc.line, err)
+			t.Fatalf("ReadProxyHeader(%q): %v", tc.line, err)
 		}
 		if h.Local != tc.h.Local || h.Source != tc.h.Source || h.Dest != tc.h.Dest {
-			t.Errorf("Read(%q) = %+v", tc.line, h)
+			t.Errorf("ReadProxyHeader(%q) = %+v", tc.line, h)
 		}
 		if rest, _ := io.ReadAll(br); string(rest) != "rest" {
 			t.Errorf("after the header: %q", rest)
@@ -46,7 +46,7 @@ func TestV1Vectors(t *testing.T) {
 	if len(long) != 104 {
 		t.Fatalf("test line is %d bytes", len(long))
 	}
-	if _, err := Read(bufio.NewReader(strings.NewReader(long))); err != nil {
+	if _, err := ReadProxyHeader(bufio.NewReader(strings.NewReader(long))); err != nil {
 		t.Errorf("longest line: %v", err)
 	}
 }
@@ -56,12 +56,12 @@ func TestV2Vectors(t *testing.T) {
 	// (TCP over IPv4), length 12, then source, destination, ports.
 	v4 := "0d0a0d0a000d0a515549540a" + "21" + "11" + "000c" +
 		"c0a80001" + "c0a8000b" + "dc04" + "01bb"
-	h := Header{Source: netip.MustParseAddrPort("192.168.0.1:56324"), Dest: netip.MustParseAddrPort("192.168.0.11:443")}
+	h := ProxyHeader{Source: netip.MustParseAddrPort("192.168.0.1:56324"), Dest: netip.MustParseAddrPort("192.168.0.11:443")}
 	if got := hex.EncodeToString(h.AppendV2(nil)); got != v4 {
 		t.Errorf("AppendV2 IPv4 =\n%s\nwant\n%s", got, v4)
 	}
 	// IPv6 (0x21 family, 36 bytes) with an AUTHORITY and an SSL TLV.
-	h6 := Header{
+	h6 := ProxyHeader{
 		Source: netip.MustParseAddrPort("[2001:db8::1]:1234"),
 		Dest:   netip.MustParseAddrPort("[2001:db8::2]:443"),
 		TLVs:   []TLV{{Type: TLVAuthority, Value: []byte("db.example.com")}, SSLTLV("TLSv1.3", "")},
@@ -74,22 +74,22 @@ func TestV2Vectors(t *testing.T) {
 		t.Errorf("AppendV2 IPv6 =\n%s\nwant\n%s", got, v6)
 	}
 	local := "0d0a0d0a000d0a515549540a" + "20" + "00" + "0000"
-	if got := hex.EncodeToString((&Header{Local: true}).AppendV2(nil)); got != local {
+	if got := hex.EncodeToString((&ProxyHeader{Local: true}).AppendV2(nil)); got != local {
 		t.Errorf("AppendV2 LOCAL = %s, want %s", got, local)
 	}
 
 	for _, tc := range []struct {
 		hexed string
-		want  Header
-	}{{v4, h}, {v6, h6}, {local, Header{Local: true}}} {
+		want  ProxyHeader
+	}{{v4, h}, {v6, h6}, {local, ProxyHeader{Local: true}}} {
 		raw, _ := hex.DecodeString(tc.hexed)
 		br := bufio.NewReader(bytes.NewReader(append(raw, "payload"...)))
-		got, err := Read(br)
+		got, err := ReadProxyHeader(br)
 		if err != nil {
-			t.Fatalf("Read(%s): %v", tc.hexed, err)
+			t.Fatalf("ReadProxyHeader(%s): %v", tc.hexed, err)
 		}
 		if got.Local != tc.want.Local || got.Source != tc.want.Source || got.Dest != tc.want.Dest {
-			t.Errorf("Read = %+v, want %+v", got, tc.want)
+			t.Errorf("ReadProxyHeader = %+v, want %+v", got, tc.want)
 		}
 		if string(got.TLV(TLVAuthority)) != string(tc.want.TLV(TLVAuthority)) {
 			t.Errorf("authority %q", got.TLV(TLVAuthority))
@@ -118,7 +118,7 @@ func TestBadHeaders(t *testing.T) {
 		"v2 bad command":      string(mustHex("0d0a0d0a000d0a515549540a" + "25" + "11" + "000c" + strings.Repeat("00", 12))),
 		"garbage":             "\x16\x03\x01\x00\x05hello",
 	} {
-		if _, err := Read(bufio.NewReader(strings.NewReader(in))); err == nil {
+		if _, err := ReadProxyHeader(bufio.NewReader(strings.NewReader(in))); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
@@ -127,7 +127,7 @@ func TestBadHeaders(t *testing.T) {
 	defer c1.Close()
 	go c2.Write([]byte("PROXY TCP4 1.2.3.4"))
 	c1.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	if _, err := Read(bufio.NewReader(c1)); err == nil {
+	if _, err := ReadProxyHeader(bufio.NewReader(c1)); err == nil {
 		t.Error("truncated header accepted")
 	}
 }
@@ -140,20 +140,20 @@ func mustHex(s string) []byte {
 	return b
 }
 
-func FuzzRead(f *testing.F) {
+func FuzzReadProxyHeader(f *testing.F) {
 	f.Add([]byte("PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n"))
 	f.Add([]byte("PROXY UNKNOWN\r\n"))
 	f.Add(mustHex("0d0a0d0a000d0a515549540a2111000cc0a80001c0a8000bdc0401bb"))
 	f.Add(mustHex("0d0a0d0a000d0a515549540a20000000"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		br := bufio.NewReaderSize(bytes.NewReader(in), 4096)
-		h, err := Read(br)
+		h, err := ReadProxyHeader(br)
 		if err != nil {
 			return
 		}
 		// Whatever parses must encode and parse back to the same.
 		for _, enc := range [][]byte{h.AppendV2(nil), h.AppendV1(nil)} {
-			h2, err := Read(bufio.NewReaderSize(bytes.NewReader(enc), 4096))
+			h2, err := ReadProxyHeader(bufio.NewReaderSize(bytes.NewReader(enc), 4096))
 			if err != nil {
 				t.Fatalf("re-reading %x: %v", enc, err)
 			}
@@ -169,7 +169,7 @@ func clientHello(t testing.TB, cfg *tls.Config) []byte {
 	t.Helper()
 	c1, c2 := net.Pipe()
 	go func() {
-		tls.Client(c1, cfg).Handshake() //nolint:errcheck
+		_ = tls.Client(c1, cfg).Handshake() // cut short once the hello is read
 		c1.Close()
 	}()
 	c2.SetReadDeadline(time.Now().Add(2 * time.Second))
@@ -327,7 +327,7 @@ func tlsServerName(in []byte) (name string, ok bool) {
 		name, ok = h.ServerName, true
 		return nil, stop
 	}}
-	tls.Server(byteConn{bytes.NewReader(in)}, cfg).Handshake() //nolint:errcheck // stopped on purpose
+	_ = tls.Server(byteConn{bytes.NewReader(in)}, cfg).Handshake() // stopped on purpose, or not a hello
 	return name, ok
 }
 

@@ -14,25 +14,32 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/offloadlb/lb/internal/neterr"
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
 	"github.com/offloadlb/lb/pkg/tunnel"
 )
 
-// Listener is what the TCP handler needs to know of one tcp listener. It
-// is immutable once published; Handler.Update swaps in a new one.
-type Listener struct {
+// Service is what a tcp listener serves: how its connections are routed
+// to pools, and the bounds and counters they run with. A Handler reads it
+// from any number of goroutines once it is published, so nothing may
+// change it then; Handler.Update swaps in a new one. The zero Service is
+// not usable: Unrouted must be set.
+type Service struct {
+	// Name is the listener's, for the access log.
 	Name string
 	// TLS is whether connections arrive already decrypted.
 	TLS bool
-	// Routes pick a pool by the client's server name (SNI): from the
+	// Rules pick a pool by the client's server name (SNI): from the
 	// handshake when TLS is terminated, else peeked from the ClientHello,
-	// which is then forwarded untouched.
-	Routes []Route
-	// Default takes connections no route matches; nil refuses them.
-	Default *Target
-	// ProxyProtocol is "", "v1" or "v2": the header sent to backends.
+	// which is then forwarded untouched. The first that matches wins;
+	// none (nil) means no ClientHello is peeked.
+	Rules []SNIRule
+	// Default takes connections no rule matches; nil refuses them.
+	Default *Upstream
+	// ProxyProtocol is "", "v1" or "v2": the header sent to backends
+	// ("": none).
 	ProxyProtocol string
 	// IdleTimeout closes a connection when no byte has moved either way
 	// for this long (0: never).
@@ -41,7 +48,8 @@ type Listener struct {
 	// has taken none of the bytes lb holds for it for this long (0:
 	// never).
 	WriteTimeout time.Duration
-	// PeekTimeout bounds the wait for a ClientHello to route by.
+	// PeekTimeout bounds the wait for a ClientHello to route by (0: no
+	// bound).
 	PeekTimeout time.Duration
 	// Unrouted counts connections that reached no backend. Never nil.
 	Unrouted *metrics.TCP
@@ -49,30 +57,47 @@ type Listener struct {
 	Access hclog.Logger
 }
 
-// Route sends connections for a server name to a pool.
-type Route struct {
-	SNI    string // exact lower-case, or "*.example.com"
-	Target *Target
+// SNIRule sends connections for a server name to a pool. Like the Service
+// that holds it, it is read-only once published. A zero SNIRule matches
+// nothing.
+type SNIRule struct {
+	// Pattern is an exact lower-case name, or "*.example.com" for any
+	// name below example.com (see MatchSNI).
+	Pattern string
+	// Upstream takes the connections that match.
+	Upstream *Upstream
 }
 
-// Target is a pool as one tcp listener uses it.
-type Target struct {
+// Upstream is a pool as one tcp listener uses it: where its connections
+// go and what counts them. Any number of connections share it, reading
+// it only, once a Service that holds it is published; a nil *Upstream
+// stands for no pool.
+type Upstream struct {
+	// Pool picks the backend of each connection. Never nil.
 	Pool *balancer.Pool
 	// Health is told how each connection went (the pool's health
 	// monitor); nil for no passive reports.
-	Health         balancer.Reporter
-	Retries        int
+	Health balancer.Reporter
+	// Retries is how many other backends a connection tries after a
+	// connect failure (0: none).
+	Retries int
+	// ConnectTimeout bounds a connect, and the wait for a free slot
+	// when every backend is at its limit (0: a connect has only the
+	// system's bound, and no connection waits for a slot).
 	ConnectTimeout time.Duration
-	// Stats count connections and bytes, by backend index.
+	// Stats count connections and bytes, by backend index: one for
+	// each of Pool's backends, none nil.
 	Stats []*metrics.TCP
 	// Duration observes connection durations; nil for none.
 	Duration prometheus.Observer
 }
 
 // Handler proxies the connections of one tcp listener. It is safe for
-// concurrent use.
+// concurrent use: Serve runs on a goroutine a connection, alongside
+// Update and Wait. Make one with NewHandler; the zero Handler is not
+// usable.
 type Handler struct {
-	l   atomic.Pointer[Listener]
+	svc atomic.Pointer[Service]
 	log hclog.Logger
 
 	mu    sync.Mutex
@@ -80,15 +105,16 @@ type Handler struct {
 	wg    sync.WaitGroup
 }
 
-// NewHandler returns a handler for l.
-func NewHandler(l *Listener, log hclog.Logger) *Handler {
+// NewHandler returns a handler serving svc, which must not be nil.
+func NewHandler(svc *Service, log hclog.Logger) *Handler {
 	h := &Handler{log: log, conns: map[net.Conn]struct{}{}}
-	h.l.Store(l)
+	h.svc.Store(svc)
 	return h
 }
 
-// Update makes new connections use l; open ones keep theirs.
-func (h *Handler) Update(l *Listener) { h.l.Store(l) }
+// Update makes new connections use svc (not nil); open ones keep theirs.
+// It may run while connections are served.
+func (h *Handler) Update(svc *Service) { h.svc.Store(svc) }
 
 // Wait waits for every connection to end, or until done is closed; then
 // it closes those still open and waits for their goroutines.
@@ -130,50 +156,49 @@ func (h *Handler) Serve(c net.Conn) {
 	defer h.track(c, false)
 	defer c.Close()
 
-	l := h.l.Load()
-	s := session{l: l, h: h, client: c, start: time.Now()}
+	s := session{svc: h.svc.Load(), h: h, client: c, start: time.Now()}
 	s.run()
 	s.finish()
 }
 
 // session is one proxied connection.
 type session struct {
-	l      *Listener
+	svc    *Service
 	h      *Handler
 	client net.Conn
-	br     *bufio.Reader // holds a peeked ClientHello, if any
+	hello  *bufio.Reader // holds a peeked ClientHello, if any
 	start  time.Time
 
-	sni      string
-	target   *Target
-	backend  *balancer.Backend // the last one tried
-	lease    balancer.Lease    // on backend, once connected
-	upstream net.Conn
-	in, out  atomic.Int64 // bytes from the client, to the client
-	err      error
+	sni         string
+	upstream    *Upstream
+	backend     *balancer.Backend // the last one tried
+	lease       balancer.Lease    // on backend, once connected
+	backendConn net.Conn
+	in, out     atomic.Int64 // bytes from the client, to the client
+	err         error
 }
 
 func (s *session) run() {
-	l := s.l
+	svc := s.svc
 	if tc, ok := s.client.(*tls.Conn); ok {
 		s.sni = tc.ConnectionState().ServerName
-	} else if len(l.Routes) > 0 {
+	} else if len(svc.Rules) > 0 {
 		s.peekSNI()
 		if s.err != nil && !errors.Is(s.err, ErrNotTLS) {
 			return // nothing arrived to route by
 		}
 		s.err = nil
 	}
-	s.target = l.route(s.sni)
-	if s.target == nil {
+	s.upstream = svc.upstreamFor(s.sni)
+	if s.upstream == nil {
 		s.err = errors.New("no route for this connection and no default pool")
 		return
 	}
 	if !s.connect() {
 		return
 	}
-	if l.ProxyProtocol != "" {
-		if _, err := s.upstream.Write(s.proxyHeader()); err != nil {
+	if svc.ProxyProtocol != "" {
+		if _, err := s.backendConn.Write(s.proxyHeader()); err != nil {
 			s.fail(fmt.Errorf("send PROXY header: %w", err))
 			return
 		}
@@ -181,34 +206,36 @@ func (s *session) run() {
 	s.pipe()
 }
 
-func (l *Listener) route(sni string) *Target {
-	for _, r := range l.Routes {
-		if sni != "" && MatchSNI(r.SNI, sni) {
-			return r.Target
+// upstreamFor picks the pool of a connection for server name sni ("":
+// none was given).
+func (svc *Service) upstreamFor(sni string) *Upstream {
+	for _, r := range svc.Rules {
+		if sni != "" && MatchSNI(r.Pattern, sni) {
+			return r.Upstream
 		}
 	}
-	return l.Default
+	return svc.Default
 }
 
 // peekSNI reads the server name from the ClientHello without consuming
 // it.
 func (s *session) peekSNI() {
-	s.br = bufio.NewReaderSize(s.client, maxHello+5)
-	if s.l.PeekTimeout > 0 {
-		s.client.SetReadDeadline(time.Now().Add(s.l.PeekTimeout)) //nolint:errcheck
+	s.hello = bufio.NewReaderSize(s.client, maxHello+5)
+	if s.svc.PeekTimeout > 0 {
+		_ = s.client.SetReadDeadline(time.Now().Add(s.svc.PeekTimeout)) // fails only on a closed connection, which the peek reports
 	}
-	s.sni, s.err = PeekServerName(s.br)
-	s.client.SetReadDeadline(time.Time{}) //nolint:errcheck
+	s.sni, s.err = PeekServerName(s.hello)
+	_ = s.client.SetReadDeadline(time.Time{}) // as above: the pipe reports a closed connection
 }
 
 // connect picks a backend and opens a connection to it, trying others
 // after a connect failure (nothing of the client's has been sent).
 func (s *session) connect() bool {
-	t := s.target
+	u := s.upstream
 	var tried balancer.Tried
 	var last error
-	for attempt := 0; attempt <= t.Retries; attempt++ {
-		lease, err := t.Pool.Lease(&tried, t.ConnectTimeout, t.Health)
+	for attempt := 0; attempt <= u.Retries; attempt++ {
+		lease, err := u.Pool.Lease(&tried, u.ConnectTimeout, u.Health)
 		if err != nil {
 			if last == nil {
 				last = err
@@ -218,15 +245,15 @@ func (s *session) connect() bool {
 		b := lease.Backend
 		// No TCP keep-alive probes (four setsockopt calls a connection):
 		// idle_timeout ends idle connections.
-		d := net.Dialer{Timeout: t.ConnectTimeout, KeepAlive: -1}
+		d := net.Dialer{Timeout: u.ConnectTimeout, KeepAlive: -1}
 		bc, err := d.Dial("tcp", b.Address)
 		if err == nil {
-			s.backend, s.lease, s.upstream = b, lease, bc
+			s.backend, s.lease, s.backendConn = b, lease, bc
 			return true
 		}
 		last = fmt.Errorf("connect %s: %w", b.Address, err)
-		lease.End(errors.New("connect: "+describe(err)), true)
-		t.Stats[b.Index].Failures.Add(1)
+		lease.End(errors.New("connect: "+neterr.Bare(err).Error()), true)
+		u.Stats[b.Index].Failures.Add(1)
 		s.backend = b
 	}
 	s.err = last
@@ -241,8 +268,8 @@ func (s *session) fail(err error) {
 
 // proxyHeader builds the PROXY header announcing the client.
 func (s *session) proxyHeader() []byte {
-	h := HeaderFor(s.client.RemoteAddr(), s.client.LocalAddr())
-	if s.l.ProxyProtocol == "v1" {
+	h := ProxyHeaderFor(s.client.RemoteAddr(), s.client.LocalAddr())
+	if s.svc.ProxyProtocol == "v1" {
 		return h.AppendV1(nil)
 	}
 	if s.sni != "" {
@@ -261,18 +288,18 @@ func (s *session) proxyHeader() []byte {
 // pipe copies both ways until both are done: first what a ClientHello
 // peek buffered, then everything else.
 func (s *session) pipe() {
-	if s.br != nil && s.br.Buffered() > 0 {
-		b, _ := s.br.Peek(s.br.Buffered())
-		n, err := s.upstream.Write(b)
+	if s.hello != nil && s.hello.Buffered() > 0 {
+		b, _ := s.hello.Peek(s.hello.Buffered())
+		n, err := s.backendConn.Write(b)
 		s.in.Add(int64(n))
-		s.br.Discard(n) //nolint:errcheck
+		_, _ = s.hello.Discard(n) // n bytes are buffered: nothing to read, so no error
 		if err != nil {
-			s.upstream.Close()
+			s.backendConn.Close()
 			s.fail(fmt.Errorf("client to backend: %w", err))
 			return
 		}
 	}
-	if err := tunnel.Pipe(s.client, s.upstream, tunnel.Timeouts{Idle: s.l.IdleTimeout, Write: s.l.WriteTimeout}, &s.in, &s.out); err != nil {
+	if err := tunnel.Pipe(s.client, s.backendConn, tunnel.Timeouts{Idle: s.svc.IdleTimeout, Write: s.svc.WriteTimeout}, &s.in, &s.out); err != nil {
 		s.fail(err)
 	}
 }
@@ -281,24 +308,24 @@ func (s *session) pipe() {
 func (s *session) finish() {
 	d := time.Since(s.start)
 	in, out := s.in.Load(), s.out.Load()
-	if s.upstream != nil {
-		t, b := s.target, s.backend
-		st := t.Stats[b.Index]
-		st.Connections.Add(1)
-		st.BytesIn.Add(uint64(in))
-		st.BytesOut.Add(uint64(out))
+	if s.backendConn != nil {
+		u := s.upstream
+		stats := u.Stats[s.backend.Index]
+		stats.Connections.Add(1)
+		stats.BytesIn.Add(uint64(in))
+		stats.BytesOut.Add(uint64(out))
 		s.lease.End(nil, true)
-		if t.Duration != nil {
-			t.Duration.Observe(d.Seconds())
+		if u.Duration != nil {
+			u.Duration.Observe(d.Seconds())
 		}
 	} else {
-		s.l.Unrouted.Connections.Add(1)
-		s.l.Unrouted.BytesIn.Add(uint64(in))
+		s.svc.Unrouted.Connections.Add(1)
+		s.svc.Unrouted.BytesIn.Add(uint64(in))
 	}
-	if s.l.Access != nil {
+	if s.svc.Access != nil {
 		pool, backend, tlsVersion := "", "", ""
-		if s.target != nil {
-			pool = s.target.Pool.Name
+		if s.upstream != nil {
+			pool = s.upstream.Pool.Name
 		}
 		if s.backend != nil {
 			backend = s.backend.Address
@@ -306,25 +333,16 @@ func (s *session) finish() {
 		if tc, ok := s.client.(*tls.Conn); ok {
 			tlsVersion = tlsterm.VersionName(tc.ConnectionState().Version)
 		}
-		args := []any{"listener", s.l.Name, "client", s.client.RemoteAddr().String(), "tls", tlsVersion,
+		args := []any{"listener", s.svc.Name, "client", s.client.RemoteAddr().String(), "tls", tlsVersion,
 			"sni", s.sni, "pool", pool, "backend", backend, "bytes_in", in, "bytes_out", out,
 			"duration", d.Round(time.Microsecond).String()}
 		if s.err != nil && !isClosedErr(s.err) {
 			args = append(args, "error", s.err.Error())
 		}
-		s.l.Access.Info("connection", args...)
+		s.svc.Access.Info("connection", args...)
 	}
 }
 
 func isClosedErr(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF)
-}
-
-// describe strips net.OpError's address prefixes.
-func describe(err error) string {
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		err = oe.Err
-	}
-	return err.Error()
 }

@@ -18,8 +18,11 @@ import (
 // The PROXY protocol, versions 1 (text) and 2 (binary), as HAProxy
 // specifies it: https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt
 
-// Header is a PROXY protocol header.
-type Header struct {
+// ProxyHeader is a PROXY protocol header. It is a plain value: goroutines
+// may read one at once, but one that changes it owns it. The zero
+// ProxyHeader is a PROXY command without addresses, which v1 writes as
+// UNKNOWN.
+type ProxyHeader struct {
 	// Local is a v2 LOCAL command (health checks of the balancer in
 	// front): no addresses, the connection is the balancer's own. v1
 	// "UNKNOWN" decodes as Local too.
@@ -30,7 +33,8 @@ type Header struct {
 	TLVs []TLV
 }
 
-// TLV is one v2 extension.
+// TLV is one v2 extension, a plain value like ProxyHeader. The zero TLV
+// has type 0, which the specification leaves unassigned.
 type TLV struct {
 	Type  byte
 	Value []byte
@@ -63,7 +67,7 @@ var (
 )
 
 // AppendV1 appends the v1 (text) form of h.
-func (h *Header) AppendV1(b []byte) []byte {
+func (h *ProxyHeader) AppendV1(b []byte) []byte {
 	src, dst := h.Source.Addr().Unmap(), h.Dest.Addr().Unmap()
 	if h.Local || !src.IsValid() || !dst.IsValid() || src.Is4() != dst.Is4() {
 		return append(b, "PROXY UNKNOWN\r\n"...)
@@ -85,32 +89,32 @@ func (h *Header) AppendV1(b []byte) []byte {
 }
 
 // AppendV2 appends the v2 (binary) form of h.
-func (h *Header) AppendV2(b []byte) []byte {
+func (h *ProxyHeader) AppendV2(b []byte) []byte {
 	b = append(b, v2Signature...)
 	src, dst := h.Source.Addr().Unmap(), h.Dest.Addr().Unmap()
-	var fam byte
+	var family byte
 	var addrs []byte
 	switch {
 	case h.Local:
 		b = append(b, 0x20) // version 2, LOCAL
 	case src.Is4() && dst.Is4():
 		b = append(b, 0x21)
-		fam = 0x11 // TCP over IPv4
+		family = 0x11 // TCP over IPv4
 		s, d := src.As4(), dst.As4()
 		addrs = append(append(addrs, s[:]...), d[:]...)
 	case src.Is6() && dst.Is6():
 		b = append(b, 0x21)
-		fam = 0x21 // TCP over IPv6
+		family = 0x21 // TCP over IPv6
 		s, d := src.As16(), dst.As16()
 		addrs = append(append(addrs, s[:]...), d[:]...)
 	default:
 		b = append(b, 0x21) // PROXY, but addresses it cannot carry
 	}
-	if fam != 0 {
+	if family != 0 {
 		addrs = binary.BigEndian.AppendUint16(addrs, h.Source.Port())
 		addrs = binary.BigEndian.AppendUint16(addrs, h.Dest.Port())
 	}
-	b = append(b, fam)
+	b = append(b, family)
 	n := len(addrs)
 	for _, t := range h.TLVs {
 		n += 3 + len(t.Value)
@@ -143,10 +147,11 @@ func appendTLV(b []byte, typ byte, s string) []byte {
 	return append(b, s...)
 }
 
-// Read reads a PROXY header, version 1 or 2, from the start of br. It
+// ReadProxyHeader reads a PROXY header, version 1 or 2, from the start of br. It
 // returns ErrNoHeader, having consumed nothing, when the stream starts
 // with something else. The caller bounds the wait with a read deadline.
-func Read(br *bufio.Reader) (*Header, error) {
+// Any number of calls may run at once, each with its own br.
+func ReadProxyHeader(br *bufio.Reader) (*ProxyHeader, error) {
 	first, err := br.Peek(1)
 	if err != nil {
 		return nil, err
@@ -160,7 +165,7 @@ func Read(br *bufio.Reader) (*Header, error) {
 	return nil, ErrNoHeader
 }
 
-func readV1(br *bufio.Reader) (*Header, error) {
+func readV1(br *bufio.Reader) (*ProxyHeader, error) {
 	// The line is at most 107 bytes; look for its end within that.
 	var line []byte
 	for n := 8; ; n++ {
@@ -186,18 +191,18 @@ func readV1(br *bufio.Reader) (*Header, error) {
 	if err != nil {
 		return nil, err
 	}
-	br.Discard(len(line)) //nolint:errcheck
+	_, _ = br.Discard(len(line)) // peeked, so buffered: no error
 	return h, nil
 }
 
-func parseV1(line []byte) (*Header, error) {
+func parseV1(line []byte) (*ProxyHeader, error) {
 	if len(line) < 8 || line[len(line)-2] != '\r' {
 		return nil, fmt.Errorf("%w: v1 line does not end in CRLF", ErrBadHeader)
 	}
 	f := bytes.Split(line[6:len(line)-2], []byte(" "))
 	switch string(f[0]) {
 	case "UNKNOWN":
-		return &Header{Local: true}, nil
+		return &ProxyHeader{Local: true}, nil
 	case "TCP4", "TCP6":
 	default:
 		return nil, fmt.Errorf("%w: v1 protocol %q", ErrBadHeader, f[0])
@@ -215,7 +220,7 @@ func parseV1(line []byte) (*Header, error) {
 	if want4 := string(f[0]) == "TCP4"; src.Is4() != want4 || dst.Is4() != want4 {
 		return nil, fmt.Errorf("%w: v1 addresses do not match %s", ErrBadHeader, f[0])
 	}
-	return &Header{Source: netip.AddrPortFrom(src, sp), Dest: netip.AddrPortFrom(dst, dp)}, nil
+	return &ProxyHeader{Source: netip.AddrPortFrom(src, sp), Dest: netip.AddrPortFrom(dst, dp)}, nil
 }
 
 func parsePort(b []byte) (uint16, error) {
@@ -226,7 +231,7 @@ func parsePort(b []byte) (uint16, error) {
 	return uint16(n), err
 }
 
-func readV2(br *bufio.Reader) (*Header, error) {
+func readV2(br *bufio.Reader) (*ProxyHeader, error) {
 	hdr, err := br.Peek(v2HeaderLength)
 	if err != nil {
 		if len(hdr) > 0 && !bytes.HasPrefix(v2Signature, hdr[:min(len(hdr), len(v2Signature))]) {
@@ -237,10 +242,10 @@ func readV2(br *bufio.Reader) (*Header, error) {
 	if !bytes.Equal(hdr[:12], v2Signature) {
 		return nil, ErrNoHeader
 	}
-	verCmd, fam := hdr[12], hdr[13]
+	versionCommand, family := hdr[12], hdr[13]
 	n := int(binary.BigEndian.Uint16(hdr[14:16]))
-	if verCmd>>4 != 2 {
-		return nil, fmt.Errorf("%w: v2 version %d", ErrBadHeader, verCmd>>4)
+	if versionCommand>>4 != 2 {
+		return nil, fmt.Errorf("%w: v2 version %d", ErrBadHeader, versionCommand>>4)
 	}
 	if br.Size() < v2HeaderLength+n {
 		return nil, fmt.Errorf("%w: v2 header of %d bytes is too long", ErrBadHeader, n)
@@ -250,33 +255,33 @@ func readV2(br *bufio.Reader) (*Header, error) {
 		return nil, err
 	}
 	body := all[v2HeaderLength:]
-	h := &Header{}
-	switch verCmd & 0xF {
+	h := &ProxyHeader{}
+	switch versionCommand & 0xF {
 	case 0: // LOCAL
 		h.Local = true
 	case 1: // PROXY
 	default:
-		return nil, fmt.Errorf("%w: v2 command %d", ErrBadHeader, verCmd&0xF)
+		return nil, fmt.Errorf("%w: v2 command %d", ErrBadHeader, versionCommand&0xF)
 	}
 	var addrLen int
-	switch fam {
+	switch family {
 	case 0x11: // TCP4
 		addrLen = 12
 	case 0x21: // TCP6
 		addrLen = 36
 	case 0x00: // UNSPEC
 	case 0x12, 0x22: // UDP: carried but not addresses lb can use
-		addrLen = map[byte]int{0x12: 12, 0x22: 36}[fam]
+		addrLen = map[byte]int{0x12: 12, 0x22: 36}[family]
 	case 0x31, 0x32: // UNIX
 		addrLen = 216
 	default:
-		return nil, fmt.Errorf("%w: v2 address family 0x%02x", ErrBadHeader, fam)
+		return nil, fmt.Errorf("%w: v2 address family 0x%02x", ErrBadHeader, family)
 	}
 	if len(body) < addrLen {
 		return nil, fmt.Errorf("%w: v2 length %d is short of its addresses", ErrBadHeader, n)
 	}
 	if !h.Local {
-		switch fam {
+		switch family {
 		case 0x11:
 			h.Source = netip.AddrPortFrom(netip.AddrFrom4([4]byte(body[0:4])), binary.BigEndian.Uint16(body[8:10]))
 			h.Dest = netip.AddrPortFrom(netip.AddrFrom4([4]byte(body[4:8])), binary.BigEndian.Uint16(body[10:12]))
@@ -298,12 +303,12 @@ func readV2(br *bufio.Reader) (*Header, error) {
 		h.TLVs = append(h.TLVs, TLV{Type: rest[0], Value: append([]byte(nil), rest[3:3+l]...)})
 		rest = rest[3+l:]
 	}
-	br.Discard(len(all)) //nolint:errcheck
+	_, _ = br.Discard(len(all)) // peeked, so buffered: no error
 	return h, nil
 }
 
 // TLV returns the value of the first extension of type t, or nil.
-func (h *Header) TLV(t byte) []byte {
+func (h *ProxyHeader) TLV(t byte) []byte {
 	for _, x := range h.TLVs {
 		if x.Type == t {
 			return x.Value
@@ -312,10 +317,11 @@ func (h *Header) TLV(t byte) []byte {
 	return nil
 }
 
-// HeaderFor builds the header announcing a connection from client to
-// local.
-func HeaderFor(client, local net.Addr) *Header {
-	return &Header{Source: addrPort(client), Dest: addrPort(local)}
+// ProxyHeaderFor builds the header announcing a connection from client
+// to local. A nil or unparsable address is left invalid, so that v1
+// writes UNKNOWN and v2 carries no addresses.
+func ProxyHeaderFor(client, local net.Addr) *ProxyHeader {
+	return &ProxyHeader{Source: addrPort(client), Dest: addrPort(local)}
 }
 
 func addrPort(a net.Addr) netip.AddrPort {

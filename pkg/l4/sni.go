@@ -9,7 +9,8 @@ import (
 )
 
 // ErrNotTLS means a connection that should start with a TLS ClientHello
-// does not.
+// does not. PeekServerName wraps it with what was wrong; test with
+// errors.Is.
 var ErrNotTLS = errors.New("l4: not a TLS ClientHello")
 
 // maxHello bounds the ClientHello PeekServerName reads: a record's
@@ -20,7 +21,8 @@ const maxHello = 16 << 10
 // the start of br without consuming it, so that the stream can be
 // forwarded untouched. It returns "" for a hello without one. The caller
 // bounds the wait with a read deadline; br must be able to buffer
-// maxHello+5 bytes per record.
+// maxHello+5 bytes per record. Any number of calls may run at once, each
+// with its own br.
 // https://www.rfc-editor.org/rfc/rfc8446#section-4.1.2,
 // https://www.rfc-editor.org/rfc/rfc6066#section-3
 func PeekServerName(br *bufio.Reader) (string, error) {
@@ -28,18 +30,18 @@ func PeekServerName(br *bufio.Reader) (string, error) {
 	var msg []byte
 	off := 0
 	for {
-		hdr, err := br.Peek(off + 5)
+		head, err := br.Peek(off + 5)
 		if err != nil {
-			if off == 0 && len(hdr) > 0 && hdr[0] != 0x16 {
+			if off == 0 && len(head) > 0 && head[0] != 0x16 {
 				return "", ErrNotTLS
 			}
 			return "", err
 		}
-		rec := hdr[off:]
-		if rec[0] != 0x16 || rec[1] != 3 { // handshake, TLS 1.x
+		record := head[off:]
+		if record[0] != 0x16 || record[1] != 3 { // handshake, TLS 1.x
 			return "", ErrNotTLS
 		}
-		n := int(binary.BigEndian.Uint16(rec[3:5]))
+		n := int(binary.BigEndian.Uint16(record[3:5]))
 		if n == 0 || n > maxHello {
 			return "", fmt.Errorf("%w: record length %d", ErrNotTLS, n)
 		}
@@ -56,12 +58,12 @@ func PeekServerName(br *bufio.Reader) (string, error) {
 			if msg[0] != 1 { // client_hello
 				return "", fmt.Errorf("%w: handshake type %d", ErrNotTLS, msg[0])
 			}
-			hl := int(msg[1])<<16 | int(msg[2])<<8 | int(msg[3])
-			if hl > maxHello {
-				return "", fmt.Errorf("%w: ClientHello of %d bytes", ErrNotTLS, hl)
+			helloLen := int(msg[1])<<16 | int(msg[2])<<8 | int(msg[3])
+			if helloLen > maxHello {
+				return "", fmt.Errorf("%w: ClientHello of %d bytes", ErrNotTLS, helloLen)
 			}
-			if len(msg) >= 4+hl {
-				return parseHello(msg[4 : 4+hl])
+			if len(msg) >= 4+helloLen {
+				return parseHello(msg[4 : 4+helloLen])
 			}
 		}
 	}
@@ -77,41 +79,41 @@ func parseHello(b []byte) (string, error) {
 		return bad("short hello")
 	}
 	b = b[2+32:] // legacy_version, random
-	sid := int(b[0])
-	if len(b) < 1+sid+2 {
+	sessionIDLen := int(b[0])
+	if len(b) < 1+sessionIDLen+2 {
 		return bad("short session id")
 	}
-	b = b[1+sid:]
-	cs := int(binary.BigEndian.Uint16(b))
-	if len(b) < 2+cs+1 {
+	b = b[1+sessionIDLen:]
+	suitesLen := int(binary.BigEndian.Uint16(b))
+	if len(b) < 2+suitesLen+1 {
 		return bad("short cipher suites")
 	}
-	b = b[2+cs:]
-	comp := int(b[0])
-	if len(b) < 1+comp {
+	b = b[2+suitesLen:]
+	compressionLen := int(b[0])
+	if len(b) < 1+compressionLen {
 		return bad("short compression methods")
 	}
-	b = b[1+comp:]
+	b = b[1+compressionLen:]
 	if len(b) == 0 {
 		return "", nil // no extensions
 	}
 	if len(b) < 2 {
 		return bad("short extensions")
 	}
-	ext := int(binary.BigEndian.Uint16(b))
+	extensionsLen := int(binary.BigEndian.Uint16(b))
 	b = b[2:]
-	if len(b) < ext {
+	if len(b) < extensionsLen {
 		return bad("extensions overrun")
 	}
-	b = b[:ext]
+	b = b[:extensionsLen]
 	for len(b) >= 4 {
-		typ, l := binary.BigEndian.Uint16(b), int(binary.BigEndian.Uint16(b[2:]))
-		if len(b) < 4+l {
+		extType, extLen := binary.BigEndian.Uint16(b), int(binary.BigEndian.Uint16(b[2:]))
+		if len(b) < 4+extLen {
 			return bad("extension overrun")
 		}
-		data := b[4 : 4+l]
-		b = b[4+l:]
-		if typ != 0 { // server_name
+		data := b[4 : 4+extLen]
+		b = b[4+extLen:]
+		if extType != 0 { // server_name
 			continue
 		}
 		if len(data) < 2 {
@@ -122,18 +124,18 @@ func parseHello(b []byte) (string, error) {
 			return bad("server_name list length")
 		}
 		for len(list) >= 3 {
-			nt, nl := list[0], int(binary.BigEndian.Uint16(list[1:]))
-			if len(list) < 3+nl {
+			nameType, nameLen := list[0], int(binary.BigEndian.Uint16(list[1:]))
+			if len(list) < 3+nameLen {
 				return bad("server name overrun")
 			}
-			if nt == 0 { // host_name
-				name := string(list[3 : 3+nl])
+			if nameType == 0 { // host_name
+				name := string(list[3 : 3+nameLen])
 				if !validSNI(name) {
 					return bad("invalid host name")
 				}
 				return strings.ToLower(strings.TrimSuffix(name, ".")), nil
 			}
-			list = list[3+nl:]
+			list = list[3+nameLen:]
 		}
 		return "", nil
 	}
@@ -143,6 +145,8 @@ func parseHello(b []byte) (string, error) {
 	return "", nil
 }
 
+// validSNI reports whether s is a host name lb may route by: 1 to 253
+// letters, digits, hyphens, dots and underscores.
 func validSNI(s string) bool {
 	if s == "" || len(s) > 253 {
 		return false
@@ -156,8 +160,9 @@ func validSNI(s string) bool {
 	return true
 }
 
-// MatchSNI reports whether name matches a route pattern: exact, or
-// "*.example.com" for any name below example.com.
+// MatchSNI reports whether name matches an SNIRule's pattern: exact, or
+// "*.example.com" for any name below example.com. An empty pattern
+// matches only an empty name. It only reads its arguments.
 func MatchSNI(pattern, name string) bool {
 	if suffix, ok := strings.CutPrefix(pattern, "*"); ok {
 		return len(name) > len(suffix) && strings.HasSuffix(name, suffix)

@@ -147,25 +147,20 @@ func New(src Source) *Registry {
 func (r *Registry) Gatherer() prometheus.Gatherer { return r.reg }
 
 // Codes returns the request counter for k, making it on first use.
-func (r *Registry) Codes(k Key) *Codes {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	c := r.codes[k]
-	if c == nil {
-		c = &Codes{}
-		r.codes[k] = c
-	}
-	return c
-}
+func (r *Registry) Codes(k Key) *Codes { return counterFor(r, r.codes, k) }
 
 // TCP returns the connection counters for k, making them on first use.
-func (r *Registry) TCP(k Key) *TCP {
+func (r *Registry) TCP(k Key) *TCP { return counterFor(r, r.tcp, k) }
+
+// counterFor returns m's counter for k, making it on first use, under
+// r's lock, which guards m.
+func counterFor[T any](r *Registry, m map[Key]*T, k Key) *T {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	c := r.tcp[k]
+	c := m[k]
 	if c == nil {
-		c = &TCP{}
-		r.tcp[k] = c
+		c = new(T)
+		m[k] = c
 	}
 	return c
 }

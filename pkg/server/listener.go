@@ -100,7 +100,7 @@ func (l *boundListener) key() string {
 // configure applies a listener config and its handler state (httpState
 // for an http listener, tcpState for a tcp one; the other is nil). It is
 // called once before start, and again on every reload.
-func (l *boundListener) configure(cfg config.Listener, httpState *proxy.Listener, tcpState *l4.Listener, term *tlsterm.Terminator, m *metrics.Registry) {
+func (l *boundListener) configure(cfg config.Listener, httpState *proxy.Listener, tcpState *l4.Service, term *tlsterm.Terminator, m *metrics.Registry) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	old := l.cfg

@@ -58,7 +58,7 @@ type listenerPlan struct {
 	listener *boundListener
 	fresh    bool
 	http     *proxy.Listener     // http mode, else nil
-	tcp      *l4.Listener        // tcp mode, else nil
+	tcp      *l4.Service         // tcp mode, else nil
 	term     *tlsterm.Terminator // nil: plaintext
 }
 
@@ -230,12 +230,12 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 
 // handlerState builds what a listener's handler serves with under plan
 // p: an http listener's *proxy.Listener, or a tcp listener's
-// *l4.Listener (the other is nil). What both modes share is built the same
+// *l4.Service (the other is nil). What both modes share is built the same
 // way for each: the listener's name, TLS and access log, its pools
 // resolved once by name however many routes name them (routes to one pool
 // share its counters), and its counters, each recorded in p.keep so that
 // the commit keeps its count.
-func (s *Server) handlerState(lc config.Listener, p *plan, tlsOn bool) (*proxy.Listener, *l4.Listener) {
+func (s *Server) handlerState(lc config.Listener, p *plan, tlsOn bool) (*proxy.Listener, *l4.Service) {
 	var access hclog.Logger // nil: access logging is off
 	if p.access != nil {
 		access = p.access.log
@@ -283,8 +283,8 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog
 // tcpState is handlerState's part for a tcp listener: routes by server
 // name, connection counters, and the PROXY protocol header sent to
 // backends.
-func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.Logger) *l4.Listener {
-	st := &l4.Listener{
+func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.Logger) *l4.Service {
+	st := &l4.Service{
 		Name:          lc.Name,
 		TLS:           tlsOn,
 		Access:        access,
@@ -294,9 +294,9 @@ func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.
 		ProxyProtocol: lc.ProxyProtocol,
 		Unrouted:      kept(p, metrics.Key{Listener: lc.Name}, s.metrics.TCP),
 	}
-	def, routes := routeTargets(lc, func(pool string) *l4.Target {
+	def, routes := routeTargets(lc, func(pool string) *l4.Upstream {
 		pl := p.snap.pools[pool]
-		return &l4.Target{
+		return &l4.Upstream{
 			Pool:           pl.upstream.Pool,
 			Health:         pl.monitor,
 			Retries:        pl.cfg.Retries,
@@ -307,7 +307,7 @@ func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.
 	})
 	st.Default = def
 	for i, r := range lc.Routes {
-		st.Routes = append(st.Routes, l4.Route{SNI: strings.ToLower(r.SNI), Target: routes[i]})
+		st.Rules = append(st.Rules, l4.SNIRule{Pattern: strings.ToLower(r.SNI), Upstream: routes[i]})
 	}
 	return st
 }

@@ -86,11 +86,11 @@ func TestHandlerStateResolvesEachPoolOnce(t *testing.T) {
 	}
 
 	tcp := pass.tcp
-	if tcp.Default != nil || len(tcp.Routes) != 2 || tcp.Routes[0].Target != tcp.Routes[1].Target {
-		t.Fatalf("tcp default %v, routes %+v", tcp.Default, tcp.Routes)
+	if tcp.Default != nil || len(tcp.Rules) != 2 || tcp.Rules[0].Upstream != tcp.Rules[1].Upstream {
+		t.Fatalf("tcp default %v, rules %+v", tcp.Default, tcp.Rules)
 	}
-	if tcp.Routes[0].SNI != "db.example.com" || len(tcp.Routes[0].Target.Stats) != 2 || tcp.Unrouted == nil {
-		t.Errorf("tcp routes %+v", tcp.Routes)
+	if tcp.Rules[0].Pattern != "db.example.com" || len(tcp.Rules[0].Upstream.Stats) != 2 || tcp.Unrouted == nil {
+		t.Errorf("tcp rules %+v", tcp.Rules)
 	}
 
 	for _, k := range []metrics.Key{

@@ -30,8 +30,8 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // the pipe was cut (the caller closes it). Pipe copies on two goroutines,
 // its caller's and one of its own; any number of Pipes may run at once.
 func Pipe(client, upstream net.Conn, t Timeouts, in, out *atomic.Int64) error {
-	up, down := &direction{count: in}, &direction{count: out}
-	w := startWatchdog(t, client, upstream, up, down)
+	toBackend, toClient := &direction{count: in}, &direction{count: out}
+	w := startWatchdog(t, client, upstream, toBackend, toClient)
 	// finished counts directions that reached their end: the first to
 	// end passes the half-close on; when the second ends, both
 	// connections are about to be closed and a half-close would only
@@ -39,7 +39,7 @@ func Pipe(client, upstream net.Conn, t Timeouts, in, out *atomic.Int64) error {
 	var finished atomic.Int32
 	done := make(chan error, 1)
 	go func() {
-		err := copyStream(upstream, client, up)
+		err := copyStream(upstream, client, toBackend)
 		if err != nil {
 			abort(client, upstream) // unblock the other direction
 		} else if finished.Add(1) == 1 {
@@ -47,7 +47,7 @@ func Pipe(client, upstream net.Conn, t Timeouts, in, out *atomic.Int64) error {
 		}
 		done <- err
 	}()
-	errOut := copyStream(client, upstream, down)
+	errOut := copyStream(client, upstream, toClient)
 	if errOut != nil {
 		abort(client, upstream)
 	} else if finished.Add(1) == 1 {
@@ -72,10 +72,10 @@ func Pipe(client, upstream net.Conn, t Timeouts, in, out *atomic.Int64) error {
 // moves to splice once a read fills the buffer. It sets no deadlines: the
 // watchdog, told what the copy is doing through dir, enforces the bounds.
 func copyStream(dst, src net.Conn, dir *direction) error {
-	d, s := tcpConn(dst), tcpConn(src)
-	spliceOK := canSplice && d != nil && s != nil
-	bp := bufPool.Get().(*[]byte)
-	buf := *bp
+	dstTCP, srcTCP := tcpConn(dst), tcpConn(src)
+	spliceOK := canSplice && dstTCP != nil && srcTCP != nil
+	bufp := bufPool.Get().(*[]byte)
+	buf := *bufp
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
@@ -84,23 +84,23 @@ func copyStream(dst, src net.Conn, dir *direction) error {
 			dir.writing.Store(false)
 			dir.count.Add(int64(w))
 			if werr != nil {
-				bufPool.Put(bp)
+				bufPool.Put(bufp)
 				return werr
 			}
 			if n == len(buf) && spliceOK {
 				// A bulk transfer: between two plain TCP sockets let
 				// the kernel move the rest (splice, which io.Copy uses
 				// when it sees *net.TCPConn on both ends).
-				bufPool.Put(bp)
-				dir.src, dir.dst = s, d
+				bufPool.Put(bufp)
+				dir.src, dir.dst = srcTCP, dstTCP
 				dir.splicing.Store(true)
-				n, err := d.ReadFrom(s)
+				n, err := dstTCP.ReadFrom(srcTCP)
 				dir.count.Add(n)
 				return err
 			}
 		}
 		if err != nil {
-			bufPool.Put(bp)
+			bufPool.Put(bufp)
 			if err == io.EOF {
 				return nil
 			}
@@ -129,14 +129,16 @@ func tcpConn(c net.Conn) *net.TCPConn {
 
 // closeWrite half-closes c: TLS sends close_notify, TCP a FIN.
 func closeWrite(c net.Conn) {
+	// A failed half-close is a broken connection, which the other
+	// direction's copy reports.
 	switch x := c.(type) {
 	case *tls.Conn:
-		x.CloseWrite() //nolint:errcheck
+		_ = x.CloseWrite()
 	case interface{ CloseWrite() error }:
-		x.CloseWrite() //nolint:errcheck
+		_ = x.CloseWrite()
 	default:
 		if t := tcpConn(c); t != nil {
-			t.CloseWrite() //nolint:errcheck
+			_ = t.CloseWrite()
 		}
 	}
 }

@@ -13,8 +13,8 @@ import (
 // then follows such a copy through the sockets' TCP_INFO.
 const canSplice = true
 
-// sockProgress is what the kernel knows of one socket's progress.
-type sockProgress struct {
+// socketProgress is what the kernel knows of one socket's progress.
+type socketProgress struct {
 	// received counts the bytes the peer sent; acked those it
 	// acknowledged (took into its receive buffer).
 	received, acked uint64
@@ -23,19 +23,19 @@ type sockProgress struct {
 }
 
 // tcpProgress reads a socket's TCP_INFO (one getsockopt).
-func tcpProgress(c *net.TCPConn) (sockProgress, bool) {
+func tcpProgress(c *net.TCPConn) (socketProgress, bool) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return sockProgress{}, false
+		return socketProgress{}, false
 	}
 	var info *unix.TCPInfo
 	cerr := raw.Control(func(fd uintptr) {
 		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
 	})
 	if cerr != nil || err != nil {
-		return sockProgress{}, false
+		return socketProgress{}, false
 	}
-	return sockProgress{
+	return socketProgress{
 		received: info.Bytes_received,
 		acked:    info.Bytes_acked,
 		pending:  info.Notsent_bytes > 0 || info.Unacked > 0,

@@ -8,9 +8,9 @@ import "net"
 // copy then stays in user space, where the watchdog sees every chunk.
 const canSplice = false
 
-type sockProgress struct {
+type socketProgress struct {
 	received, acked uint64
 	pending         bool
 }
 
-func tcpProgress(*net.TCPConn) (sockProgress, bool) { return sockProgress{}, false }
+func tcpProgress(*net.TCPConn) (socketProgress, bool) { return socketProgress{}, false }

@@ -8,7 +8,8 @@ import (
 	"time"
 )
 
-// Timeouts bound a Pipe. A zero field means no bound.
+// Timeouts bound a Pipe. A zero field means no bound. It is a plain
+// value, which Pipe copies.
 type Timeouts struct {
 	// Idle ends the pipe once no byte has moved either way for this long
 	// (HAProxy's timeout client/server in tcp mode).
@@ -65,7 +66,7 @@ type watchdog struct {
 }
 
 // startWatchdog starts watching; nil when t sets no bound.
-func startWatchdog(t Timeouts, client, upstream net.Conn, in, out *direction) *watchdog {
+func startWatchdog(t Timeouts, client, upstream net.Conn, toBackend, toClient *direction) *watchdog {
 	tick := t.Idle
 	if t.Write > 0 && (tick <= 0 || t.Write < tick) {
 		tick = t.Write
@@ -73,8 +74,8 @@ func startWatchdog(t Timeouts, client, upstream net.Conn, in, out *direction) *w
 	if tick <= 0 {
 		return nil
 	}
-	in.stalledErr, out.stalledErr = ErrBackendStalled, ErrClientStalled
-	w := &watchdog{t: t, client: client, upstream: upstream, dirs: [2]*direction{in, out},
+	toBackend.stalledErr, toClient.stalledErr = ErrBackendStalled, ErrClientStalled
+	w := &watchdog{t: t, client: client, upstream: upstream, dirs: [2]*direction{toBackend, toClient},
 		tick: max(tick/4, time.Millisecond), lastActive: time.Now()}
 	w.timer = time.AfterFunc(w.tick, w.check)
 	return w
@@ -101,9 +102,9 @@ func (w *watchdog) check() {
 	}
 	now := time.Now()
 	active := false
-	var socks sockMemo
+	var sockets socketLook
 	for _, d := range w.dirs {
-		took, pending, got := d.progress(&socks)
+		took, pending, got := d.progress(&sockets)
 		active = active || took || got
 		if !pending || took {
 			d.stalledSince = time.Time{}
@@ -126,16 +127,16 @@ func (w *watchdog) check() {
 	w.timer.Reset(w.tick)
 }
 
-// sockMemo keeps one look's TCP_INFO of the two sockets of a pipe, which
+// socketLook keeps one look's TCP_INFO of the two sockets of a pipe, which
 // both directions share when both are spliced.
-type sockMemo struct {
+type socketLook struct {
 	n    int
 	conn [2]*net.TCPConn
-	p    [2]sockProgress
+	p    [2]socketProgress
 	ok   [2]bool
 }
 
-func (m *sockMemo) get(c *net.TCPConn) (sockProgress, bool) {
+func (m *socketLook) get(c *net.TCPConn) (socketProgress, bool) {
 	for i := range m.n {
 		if m.conn[i] == c {
 			return m.p[i], m.ok[i]
@@ -151,7 +152,7 @@ func (m *sockMemo) get(c *net.TCPConn) (sockProgress, bool) {
 
 // progress reports, since the last look, whether dst took bytes, whether
 // bytes wait for dst now, and whether src sent any.
-func (d *direction) progress(socks *sockMemo) (took, pending, got bool) {
+func (d *direction) progress(sockets *socketLook) (took, pending, got bool) {
 	if c := d.count.Load(); c != d.seenCount {
 		d.seenCount, took = c, true
 	}
@@ -160,14 +161,14 @@ func (d *direction) progress(socks *sockMemo) (took, pending, got bool) {
 		return took, pending, false
 	}
 	// The kernel moves the bytes: the sockets tell how far it got.
-	if sp, ok := socks.get(d.src); ok {
-		got = d.sawSocketsOnce && sp.received != d.seenReceived
-		d.seenReceived = sp.received
+	if src, ok := sockets.get(d.src); ok {
+		got = d.sawSocketsOnce && src.received != d.seenReceived
+		d.seenReceived = src.received
 	}
-	if dp, ok := socks.get(d.dst); ok {
-		took = took || d.sawSocketsOnce && dp.acked != d.seenAcked
-		d.seenAcked = dp.acked
-		pending = pending || dp.pending
+	if dst, ok := sockets.get(d.dst); ok {
+		took = took || d.sawSocketsOnce && dst.acked != d.seenAcked
+		d.seenAcked = dst.acked
+		pending = pending || dst.pending
 	}
 	if !d.sawSocketsOnce {
 		// The first look only sets the baseline; count it as progress,
@@ -194,8 +195,10 @@ var aLongTimeAgo = time.Unix(1, 0)
 // connection closed while a write is blocked drops the socket at once,
 // where one no longer writing would first try to send close_notify.
 func abort(client, upstream net.Conn) {
-	client.Close()                     //nolint:errcheck
-	upstream.Close()                   //nolint:errcheck
-	client.SetDeadline(aLongTimeAgo)   //nolint:errcheck
-	upstream.SetDeadline(aLongTimeAgo) //nolint:errcheck
+	// The pipe is being cut for a cause of its own: what closing says
+	// (already closed, a close_notify not sent) is of no interest.
+	_ = client.Close()
+	_ = upstream.Close()
+	_ = client.SetDeadline(aLongTimeAgo)
+	_ = upstream.SetDeadline(aLongTimeAgo)
 }

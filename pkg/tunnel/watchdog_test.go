@@ -61,12 +61,15 @@ func waitPipe(t *testing.T, result chan error, within time.Duration) (time.Durat
 // of lb's sockets close.
 func TestPipeCutsAStalledSplicedDirection(t *testing.T) {
 	client, backend, _, _, result := pipeBetween(t, Timeouts{Idle: time.Minute, Write: 300 * time.Millisecond})
-	go io.Copy(io.Discard, backend) //nolint:errcheck
+	go func() { _, _ = io.Copy(io.Discard, backend) }() // ends when the pipe is cut
 	backendCut := make(chan struct{})
 	go func() {
 		defer close(backendCut)
 		buf := make([]byte, 64<<10)
-		backend.SetWriteDeadline(time.Now().Add(20 * time.Second)) //nolint:errcheck
+		if err := backend.SetWriteDeadline(time.Now().Add(20 * time.Second)); err != nil {
+			t.Error(err)
+			return
+		}
 		for {
 			if _, err := backend.Write(buf); err != nil {
 				if isTimeout(err) {
@@ -78,7 +81,9 @@ func TestPipeCutsAStalledSplicedDirection(t *testing.T) {
 	}()
 	go func() {
 		for range 1000 {
-			client.SetWriteDeadline(time.Now().Add(time.Second)) //nolint:errcheck
+			if err := client.SetWriteDeadline(time.Now().Add(time.Second)); err != nil {
+				return // closed: the pipe was cut
+			}
 			if _, err := client.Write([]byte("ping")); err != nil {
 				return
 			}
@@ -103,9 +108,18 @@ func isTimeout(err error) bool {
 func TestPipeIdleAfterSplice(t *testing.T) {
 	client, backend, in, _, result := pipeBetween(t, Timeouts{Idle: 300 * time.Millisecond})
 	payload := make([]byte, 1<<20)
-	go client.Write(payload)                                 //nolint:errcheck
-	backend.SetReadDeadline(time.Now().Add(5 * time.Second)) //nolint:errcheck
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := client.Write(payload)
+		wrote <- err
+	}()
+	if err := backend.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := io.ReadFull(backend, make([]byte, len(payload))); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
 		t.Fatal(err)
 	}
 	last := time.Now()
@@ -134,9 +148,13 @@ func TestPipeBusyTransferOutlivesBounds(t *testing.T) {
 				return
 			}
 		}
-		backend.CloseWrite() //nolint:errcheck
+		if err := backend.CloseWrite(); err != nil {
+			t.Error(err)
+		}
 	}()
-	client.CloseWrite() //nolint:errcheck
+	if err := client.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
 	// About 1.6 MB/s, so that the transfer lasts ten bounds.
 	start := time.Now()
 	var got int

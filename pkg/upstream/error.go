@@ -4,8 +4,9 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"syscall"
+
+	"github.com/offloadlb/lb/internal/neterr"
 )
 
 // ErrorKind says at which step an exchange with a backend failed, which
@@ -54,25 +55,11 @@ func (e *Error) Error() string {
 	default:
 		what = "bad response"
 	}
-	return what + ": " + describe(e.Err)
+	return what + ": " + neterr.Bare(e.Err).Error()
 }
 
 // Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Err }
-
-// describe strips the "read tcp 1.2.3.4:5->6.7.8.9:80:" prefixes of net
-// errors, which log lines carry as fields already.
-func describe(err error) string {
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		err = oe.Err
-	}
-	var se *os.SyscallError
-	if errors.As(err, &se) && se.Err != nil {
-		err = se.Err
-	}
-	return err.Error()
-}
 
 func isTimeout(err error) bool {
 	var ne net.Error
