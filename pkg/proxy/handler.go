@@ -31,17 +31,19 @@ import (
 // unknown-length bodies stream through.
 const maxBufferedBody = 64 << 10
 
-// Listener is what the handler needs to know of one listener. It is
-// immutable once published; Handler.Update swaps in a new one.
-type Listener struct {
+// Site is what one http listener serves: its rules and where they send
+// requests, its redirect, HSTS, access log and timeouts. It is immutable
+// once published, and goroutines may share it; Handler.Update swaps in a
+// new one. Rejected may not be nil, so the zero value is not usable.
+type Site struct {
 	Name string
 	// TLS is whether clients connect over TLS (X-Forwarded-Proto: https).
 	TLS bool
-	// Routes are tried in order; the first match wins.
-	Routes []Route
-	// Default serves requests no route matches. It may be nil only when
+	// Rules are tried in order; the first match wins.
+	Rules []Rule
+	// Default serves requests no rule matches. It may be nil only when
 	// Redirect is set.
-	Default *Target
+	Default *Dest
 	// HSTS, when set, is sent as Strict-Transport-Security on every
 	// response.
 	HSTS []byte
@@ -63,10 +65,11 @@ type Listener struct {
 	WriteTimeout time.Duration
 }
 
-// Target is a pool as one listener sends to it: the upstream, and this
-// listener's counters for it, resolved when the config is built so that
-// counting a request needs no lookup.
-type Target struct {
+// Dest is a pool as one site sends to it: the upstream, and this site's
+// counters for it, resolved when the config is built so that counting a
+// request needs no lookup. It is immutable once published, and goroutines
+// may share it; Up, Codes and NoBackend may not be nil.
+type Dest struct {
 	Up *upstream.Group
 	// Codes counts responses by backend index.
 	Codes []*metrics.Codes
@@ -76,17 +79,20 @@ type Target struct {
 	Duration prometheus.Observer
 }
 
-// Route sends requests for a host and/or path prefix to a pool.
-type Route struct {
+// Rule sends requests for a host and/or path prefix to a pool. It is
+// immutable once published, and goroutines may share it; with Host and
+// PathPrefix empty it matches every request. A nil Dest sends nowhere
+// (503).
+type Rule struct {
 	// Host is an exact lower-case host name, or "*.example.com" to match
 	// any name below example.com; "" matches every host.
 	Host string
 	// PathPrefix matches the start of the normalised path; "" matches all.
 	PathPrefix string
-	Target     *Target
+	Dest       *Dest
 }
 
-func (r *Route) match(host, path []byte) bool {
+func (r *Rule) match(host, path []byte) bool {
 	if r.Host != "" {
 		if r.Host[0] == '*' {
 			suffix := r.Host[1:] // ".example.com"
@@ -100,18 +106,19 @@ func (r *Route) match(host, path []byte) bool {
 	return r.PathPrefix == "" || bytes.HasPrefix(path, []byte(r.PathPrefix))
 }
 
-// route picks the pool for a request.
-func (l *Listener) route(host, path []byte) *Target {
-	if len(l.Routes) == 0 {
-		return l.Default
+// route picks the pool for a request: the first rule that matches, else
+// Default.
+func (s *Site) route(host, path []byte) *Dest {
+	if len(s.Rules) == 0 {
+		return s.Default
 	}
 	host = httphead.StripPort(host)
-	for i := range l.Routes {
-		if l.Routes[i].match(host, path) {
-			return l.Routes[i].Target
+	for i := range s.Rules {
+		if s.Rules[i].match(host, path) {
+			return s.Rules[i].Dest
 		}
 	}
-	return l.Default
+	return s.Default
 }
 
 // Header names in fasthttp's canonical form, set without normalising
@@ -125,30 +132,27 @@ var (
 
 // Handler serves one listener's requests. It is safe for concurrent use;
 // Update may be called while requests are served, and each request uses
-// the Listener it started with.
+// the Site it started with.
 type Handler struct {
-	l   atomic.Pointer[Listener]
-	log hclog.Logger
+	site atomic.Pointer[Site]
+	log  hclog.Logger
 }
 
-// NewHandler returns a handler for l.
-func NewHandler(l *Listener, log hclog.Logger) *Handler {
+// NewHandler returns a handler for site.
+func NewHandler(site *Site, log hclog.Logger) *Handler {
 	h := &Handler{log: log}
-	h.l.Store(l)
+	h.site.Store(site)
 	return h
 }
 
-// Update makes new requests use l.
-func (h *Handler) Update(l *Listener) { h.l.Store(l) }
-
-// Listener returns the listener state new requests use.
-func (h *Handler) Listener() *Listener { return h.l.Load() }
+// Update makes new requests use site.
+func (h *Handler) Update(site *Site) { h.site.Store(site) }
 
 // Serve is the fasthttp request handler.
 func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
-	l := h.l.Load()
+	site := h.site.Load()
 	var (
-		t        *Target
+		t        *Dest
 		b        *balancer.Backend
 		attempts int
 		err      error
@@ -160,26 +164,26 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		// bad Host) must not be answered as if it were sound.
 		errorResponse(ctx, code)
 		ctx.SetConnectionClose()
-	} else if l.Redirect != nil {
-		redirect(ctx, l.Redirect)
-	} else if t = l.route(ctx.Host(), ctx.Path()); t == nil {
+	} else if site.Redirect != nil {
+		redirect(ctx, site.Redirect)
+	} else if t = site.route(ctx.Host(), ctx.Path()); t == nil {
 		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
 	} else {
-		httphead.Prepare(ctx, mask, clientOf(ctx, l.TLS))
+		httphead.Prepare(ctx, mask, clientOf(ctx, site.TLS))
 		var stream *upstream.Body
 		if t.Up.Cache != nil {
-			b, attempts, stream, err = h.cached(ctx, t.Up, t.Up.Cache, l.TLS)
+			b, attempts, stream, err = h.cached(ctx, t.Up, t.Up.Cache, site.TLS)
 		} else {
 			b, attempts, stream, err = h.forward(ctx, t.Up)
 		}
 		if stream != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
-			closeDelimited(ctx, l.WriteTimeout)
+			closeDelimited(ctx, site.WriteTimeout)
 		}
 	}
-	if l.HSTS != nil {
-		ctx.Response.Header.SetCanonical(hSTS, l.HSTS)
+	if site.HSTS != nil {
+		ctx.Response.Header.SetCanonical(hSTS, site.HSTS)
 	}
-	h.account(ctx, l, t, b, attempts, proto, err)
+	h.account(ctx, site, t, b, attempts, proto, err)
 }
 
 // requestStart is when a request began: when its head was read, or for
@@ -231,12 +235,12 @@ func clientOf(ctx *fasthttp.RequestCtx, tls bool) httphead.Client {
 // TestIdleConnectionStack).
 //
 //go:noinline
-func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *balancer.Backend, attempts, proto int, err error) {
+func (h *Handler) account(ctx *fasthttp.RequestCtx, site *Site, t *Dest, b *balancer.Backend, attempts, proto int, err error) {
 	code := ctx.Response.StatusCode()
 	d := time.Since(requestStart(ctx))
 	switch {
 	case t == nil:
-		l.Rejected.Inc(code)
+		site.Rejected.Inc(code)
 	case b == nil || (t.Up.Cache != nil && answeredByCache(ctx)):
 		t.NoBackend.Inc(code)
 	default:
@@ -248,12 +252,12 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *b
 	if t != nil && t.Duration != nil {
 		t.Duration.Observe(d.Seconds())
 	}
-	if l.Access != nil {
+	if site.Access != nil {
 		var up *upstream.Group
 		if t != nil {
 			up = t.Up
 		}
-		logAccess(l.Access, ctx, l, up, b, attempts, proto, d, err)
+		logAccess(site.Access, ctx, site, up, b, attempts, proto, d, err)
 	}
 }
 
@@ -378,8 +382,8 @@ func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *upstream.Group, lease bal
 		head = append(append(append(append(head, k...), ": "...), v...), "\r\n"...)
 	}
 	head = append(append(append(head, "Upgrade: "...), proto...), "\r\nConnection: Upgrade\r\n\r\n"...)
-	l := h.l.Load()
-	t := tunnel.Timeouts{Idle: l.TunnelIdle, Write: l.WriteTimeout}
+	site := h.site.Load()
+	t := tunnel.Timeouts{Idle: site.TunnelIdle, Write: site.WriteTimeout}
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
 		var in, out atomic.Int64
@@ -481,7 +485,7 @@ func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
 	if h.log.IsDebug() {
 		h.log.Debug("rejected request", "client", ctx.RemoteAddr().String(), "status", code, "error", err)
 	}
-	h.account(ctx, h.l.Load(), nil, nil, 0, protoOf(ctx), err)
+	h.account(ctx, h.site.Load(), nil, nil, 0, protoOf(ctx), err)
 }
 
 // errorResponse replaces whatever the response holds with a short plain
@@ -531,7 +535,7 @@ func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 
 // logAccess writes one access log line: who asked what, who answered,
 // how, how long it took, over which TLS version.
-func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *upstream.Group, b *balancer.Backend, attempts, proto int, d time.Duration, err error) {
+func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, site *Site, up *upstream.Group, b *balancer.Backend, attempts, proto int, d time.Duration, err error) {
 	pool, backend, tlsVersion := "", "", ""
 	if up != nil {
 		pool = up.Pool.Name
@@ -549,7 +553,7 @@ func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *upst
 		method, host, uri = "", "", ""
 	}
 	args := []any{
-		"listener", l.Name,
+		"listener", site.Name,
 		"client", ctx.RemoteAddr().String(),
 		"tls", tlsVersion,
 		"proto", protoNames[proto],

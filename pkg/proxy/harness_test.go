@@ -35,6 +35,7 @@ type harness struct {
 	ln     *fasthttputil.InmemoryListener
 	srv    *fasthttp.Server
 	h      *Handler
+	site   *Site // what h serves
 	up     *upstream.Group
 	client *http.Client
 }
@@ -46,9 +47,9 @@ type harnessOpts struct {
 	responseTimeout time.Duration
 	maxBody         int
 	tls             bool
-	routes          []Route // Target nil means the harness's pool
+	rules           []Rule // Dest nil means the harness's pool
 	health          *config.Health
-	listener        func(*Listener)
+	site            func(*Site)
 	cache           *cache.Cache
 }
 
@@ -90,9 +91,9 @@ func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *upst
 	return up
 }
 
-// targetFor wraps an upstream with fresh counters.
-func targetFor(up *upstream.Group) *Target {
-	t := &Target{Up: up, NoBackend: &metrics.Codes{}}
+// destFor wraps an upstream with fresh counters.
+func destFor(up *upstream.Group) *Dest {
+	t := &Dest{Up: up, NoBackend: &metrics.Codes{}}
 	for range up.Pool.Backends {
 		t.Codes = append(t.Codes, &metrics.Codes{})
 	}
@@ -102,15 +103,15 @@ func targetFor(up *upstream.Group) *Target {
 func newHarness(t *testing.T, o harnessOpts) *harness {
 	t.Helper()
 	up := newUpstream(t, "web", o.backends, o)
-	l := &Listener{Name: "test", TLS: o.tls, Default: targetFor(up), Rejected: &metrics.Codes{}}
-	for _, r := range o.routes {
-		if r.Target == nil {
-			r.Target = l.Default
+	l := &Site{Name: "test", TLS: o.tls, Default: destFor(up), Rejected: &metrics.Codes{}}
+	for _, r := range o.rules {
+		if r.Dest == nil {
+			r.Dest = l.Default
 		}
-		l.Routes = append(l.Routes, r)
+		l.Rules = append(l.Rules, r)
 	}
-	if o.listener != nil {
-		o.listener(l)
+	if o.site != nil {
+		o.site(l)
 	}
 	h := NewHandler(l, hclog.NewNullLogger())
 	maxBody := o.maxBody
@@ -131,7 +132,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	}
 	ln := fasthttputil.NewInmemoryListener()
 	go srv.Serve(ln) //nolint:errcheck
-	hs := &harness{t: t, ln: ln, srv: srv, h: h, up: up}
+	hs := &harness{t: t, ln: ln, srv: srv, h: h, site: l, up: up}
 	hs.client = &http.Client{
 		Transport: &http.Transport{
 			DialContext: func(context.Context, string, string) (net.Conn, error) {

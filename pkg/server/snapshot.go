@@ -57,7 +57,7 @@ type listenerPlan struct {
 	cfg      config.Listener
 	listener *boundListener
 	fresh    bool
-	http     *proxy.Listener     // http mode, else nil
+	http     *proxy.Site         // http mode, else nil
 	tcp      *l4.Listener        // tcp mode, else nil
 	term     *tlsterm.Terminator // nil: plaintext
 }
@@ -229,13 +229,13 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 }
 
 // handlerState builds what a listener's handler serves with under plan
-// p: an http listener's *proxy.Listener, or a tcp listener's
+// p: an http listener's *proxy.Site, or a tcp listener's
 // *l4.Listener (the other is nil). What both modes share is built the same
 // way for each: the listener's name, TLS and access log, its pools
 // resolved once by name however many routes name them (routes to one pool
 // share its counters), and its counters, each recorded in p.keep so that
 // the commit keeps its count.
-func (s *Server) handlerState(lc config.Listener, p *plan, tlsOn bool) (*proxy.Listener, *l4.Listener) {
+func (s *Server) handlerState(lc config.Listener, p *plan, tlsOn bool) (*proxy.Site, *l4.Listener) {
 	var access hclog.Logger // nil: access logging is off
 	if p.access != nil {
 		access = p.access.log
@@ -248,8 +248,8 @@ func (s *Server) handlerState(lc config.Listener, p *plan, tlsOn bool) (*proxy.L
 
 // httpState is handlerState's part for an http listener: routes by host
 // and path, request counters by status code, redirect and HSTS.
-func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog.Logger) *proxy.Listener {
-	st := &proxy.Listener{
+func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog.Logger) *proxy.Site {
+	st := &proxy.Site{
 		Name:         lc.Name,
 		TLS:          tlsOn,
 		Access:       access,
@@ -257,8 +257,8 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog
 		WriteTimeout: lc.WriteTimeout.Duration,
 		Rejected:     kept(p, metrics.Key{Listener: lc.Name}, s.metrics.Codes),
 	}
-	def, routes := routeTargets(lc, func(pool string) *proxy.Target {
-		return &proxy.Target{
+	def, routes := routeTargets(lc, func(pool string) *proxy.Dest {
+		return &proxy.Dest{
 			Up:        p.snap.pools[pool].upstream,
 			Codes:     backendCounters(p, lc.Name, pool, s.metrics.Codes),
 			NoBackend: kept(p, metrics.Key{Listener: lc.Name, Pool: pool}, s.metrics.Codes),
@@ -267,7 +267,7 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog
 	})
 	st.Default = def
 	for i, r := range lc.Routes {
-		st.Routes = append(st.Routes, proxy.Route{Host: strings.ToLower(r.Host), PathPrefix: r.PathPrefix, Target: routes[i]})
+		st.Rules = append(st.Rules, proxy.Rule{Host: strings.ToLower(r.Host), PathPrefix: r.PathPrefix, Dest: routes[i]})
 	}
 	if lc.RedirectHTTPS != "" {
 		if r, err := config.ParseRedirect(lc.RedirectHTTPS); err == nil {
