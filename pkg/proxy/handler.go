@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -15,10 +14,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/offloadlb/lb/internal/httpstatus"
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/h2"
+	"github.com/offloadlb/lb/pkg/httpcache"
 	"github.com/offloadlb/lb/pkg/httphead"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
@@ -71,6 +72,9 @@ type Site struct {
 // may share it; Up, Codes and NoBackend may not be nil.
 type Dest struct {
 	Up *upstream.Group
+	// Cache is the pool's response cache, asked before its backends
+	// (through httpcache.Forward); nil for none.
+	Cache *cache.Cache
 	// Codes counts responses by backend index.
 	Codes []*metrics.Codes
 	// NoBackend counts responses no backend gave (503 and the like).
@@ -152,38 +156,35 @@ func (h *Handler) Update(site *Site) { h.site.Store(site) }
 func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	site := h.site.Load()
 	var (
-		t        *Dest
-		b        *balancer.Backend
-		attempts int
-		err      error
+		t   *Dest
+		out upstream.Outcome
 	)
 	proto := protoOf(ctx)
 	if code, mask := httphead.Check(ctx); code != 0 {
 		// Before a redirect too: a redirect listener answers every
 		// request, and what is refused elsewhere (an ambiguous length, a
 		// bad Host) must not be answered as if it were sound.
-		errorResponse(ctx, code)
+		httpstatus.Answer(&ctx.Response, code)
 		ctx.SetConnectionClose()
 	} else if site.Redirect != nil {
 		redirect(ctx, site.Redirect)
 	} else if t = site.route(ctx.Host(), ctx.Path()); t == nil {
-		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
+		httpstatus.Answer(&ctx.Response, fasthttp.StatusServiceUnavailable)
 	} else {
 		httphead.Prepare(ctx, mask, clientOf(ctx, site.TLS))
-		var stream *upstream.Body
-		if t.Up.Cache != nil {
-			b, attempts, stream, err = h.cached(ctx, t.Up, t.Up.Cache, site.TLS)
+		if t.Cache != nil {
+			out = httpcache.Forward(ctx, h, t.Up, t.Cache, site.TLS)
 		} else {
-			b, attempts, stream, err = h.forward(ctx, t.Up)
+			out = h.Forward(ctx, t.Up)
 		}
-		if stream != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
+		if out.Body != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
 			closeDelimited(ctx, site.WriteTimeout)
 		}
 	}
 	if site.HSTS != nil {
 		ctx.Response.Header.SetCanonical(hSTS, site.HSTS)
 	}
-	h.account(ctx, site, t, b, attempts, proto, err)
+	h.account(ctx, site, t, out, proto)
 }
 
 // requestStart is when a request began: when its head was read, or for
@@ -230,22 +231,23 @@ func clientOf(ctx *fasthttp.RequestCtx, tls bool) httphead.Client {
 }
 
 // account counts a finished request and writes its access log line. It
-// is a function of its own, called after forward returns, so that its
+// is a function of its own, called after Forward returns, so that its
 // locals do not deepen the stack under a backend exchange (see pkg/server's
-// TestIdleConnectionStack).
+// TestIdleConnectionStack). t is nil for a request that reached no pool.
 //
 //go:noinline
-func (h *Handler) account(ctx *fasthttp.RequestCtx, site *Site, t *Dest, b *balancer.Backend, attempts, proto int, err error) {
+func (h *Handler) account(ctx *fasthttp.RequestCtx, site *Site, t *Dest, out upstream.Outcome, proto int) {
 	code := ctx.Response.StatusCode()
 	d := time.Since(requestStart(ctx))
+	b := out.Backend
 	switch {
 	case t == nil:
 		site.Rejected.Inc(code)
-	case b == nil || (t.Up.Cache != nil && answeredByCache(ctx)):
+	case b == nil || (t.Cache != nil && httpcache.Answered(ctx)):
 		t.NoBackend.Inc(code)
 	default:
 		t.Codes[b.Index].Inc(code)
-		if err == nil {
+		if out.Err == nil {
 			b.ObserveLatency(d)
 		}
 	}
@@ -253,17 +255,15 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, site *Site, t *Dest, b *bala
 		t.Duration.Observe(d.Seconds())
 	}
 	if site.Access != nil {
-		var up *upstream.Group
-		if t != nil {
-			up = t.Up
-		}
-		logAccess(site.Access, ctx, site, up, b, attempts, proto, d, err)
+		logAccess(site.Access, ctx, site, t, out, proto, d)
 	}
 }
 
-// forward sends the request to a backend of up, retrying on others where
-// that is safe, and leaves the response (or an error response) in ctx.
-func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (b *balancer.Backend, attempts int, stream *upstream.Body, lastErr error) {
+// Forward sends the request in ctx to a backend of up, retrying on others
+// where that is safe, and leaves the response (or an error response) in
+// ctx; it never asks a cache. It is safe for concurrent use, one ctx per
+// call, and makes h an httpcache.Forwarder.
+func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out upstream.Outcome) {
 	idempotent := httphead.Idempotent(&ctx.Request.Header)
 	x := upstream.Exchange{
 		Timeout:     up.ResponseTimeout,
@@ -272,22 +272,23 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (b *bala
 		Yield:       protoOf(ctx) == protoHTTP2,
 	}
 	var tried balancer.Tried
-	for attempts <= up.Retries {
+	for out.Attempts <= up.Retries {
 		lease, err := up.Lease(&tried)
 		if err != nil {
-			if lastErr == nil {
-				lastErr = err
+			if out.Err == nil {
+				out.Err = err
 			}
 			break
 		}
-		b = lease.Backend
-		attempts++
-		x.Transport = up.Transports[b.Index]
-		stream, err = x.RoundTrip(&ctx.Request, &ctx.Response)
+		out.Backend = lease.Backend
+		out.Attempts++
+		x.Transport = up.Transports[lease.Backend.Index]
+		stream, err := x.RoundTrip(&ctx.Request, &ctx.Response)
 		if err == nil {
+			out.Err = nil
 			if stream != nil && stream.Switched() {
 				h.tunnel(ctx, up, lease, stream.Tunnel())
-				return b, attempts, nil, nil
+				return out
 			}
 			if stream != nil {
 				stream.EndOnClose(lease)
@@ -304,21 +305,22 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (b *bala
 			if !ctx.Response.Header.IsHTTP11() {
 				ctx.Response.Header.SetProtocol(http11)
 			}
-			return b, attempts, stream, nil
+			out.Body = stream
+			return out
 		}
 		// A backend that broke off while a request body was being sent
 		// may simply have refused the body.
 		lease.End(err, errorKind(err) != upstream.ErrSend || len(ctx.Request.Body()) == 0)
-		lastErr = err
+		out.Err = err
 		if !retryable(err, idempotent) {
 			break
 		}
 		if h.log.IsDebug() {
-			h.logRetry(up, b, err)
+			h.logRetry(up, lease.Backend, err)
 		}
 	}
-	errorResponse(ctx, statusFor(lastErr))
-	return b, attempts, nil, lastErr
+	httpstatus.Answer(&ctx.Response, statusFor(out.Err))
+	return out
 }
 
 // closeDelimited sends a streamed body of unknown length to an HTTP/1.0
@@ -404,8 +406,8 @@ func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *upstream.Group, lease bal
 	})
 }
 
-// logRetry is kept out of forward so that its arguments do not enlarge
-// forward's stack frame, which sits under every backend exchange.
+// logRetry is kept out of Forward so that its arguments do not enlarge
+// Forward's stack frame, which sits under every backend exchange.
 //
 //go:noinline
 func (h *Handler) logRetry(up *upstream.Group, b *balancer.Backend, err error) {
@@ -481,20 +483,11 @@ func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
 	default:
 		code = fasthttp.StatusBadRequest
 	}
-	errorResponse(ctx, code)
+	httpstatus.Answer(&ctx.Response, code)
 	if h.log.IsDebug() {
 		h.log.Debug("rejected request", "client", ctx.RemoteAddr().String(), "status", code, "error", err)
 	}
-	h.account(ctx, h.site.Load(), nil, nil, 0, protoOf(ctx), err)
-}
-
-// errorResponse replaces whatever the response holds with a short plain
-// text one lb makes itself.
-func errorResponse(ctx *fasthttp.RequestCtx, code int) {
-	ctx.Response.Reset()
-	ctx.Response.SetStatusCode(code)
-	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
-	ctx.Response.SetBodyString(strconv.Itoa(code) + " " + fasthttp.StatusMessage(code) + "\n")
+	h.account(ctx, h.site.Load(), nil, upstream.Outcome{Err: err}, protoOf(ctx))
 }
 
 // redirect answers a 308 to the same resource over HTTPS. The host is the
@@ -508,7 +501,7 @@ func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 		host = string(httphead.StripPort(ctx.Host()))
 	}
 	if host == "" {
-		errorResponse(ctx, fasthttp.StatusBadRequest)
+		httpstatus.Answer(&ctx.Response, fasthttp.StatusBadRequest)
 		return
 	}
 	loc := make([]byte, 0, 64)
@@ -534,20 +527,21 @@ func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 }
 
 // logAccess writes one access log line: who asked what, who answered,
-// how, how long it took, over which TLS version.
-func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, site *Site, up *upstream.Group, b *balancer.Backend, attempts, proto int, d time.Duration, err error) {
+// how, how long it took, over which TLS version. t is nil for a request
+// that reached no pool.
+func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, site *Site, t *Dest, out upstream.Outcome, proto int, d time.Duration) {
 	pool, backend, tlsVersion := "", "", ""
-	if up != nil {
-		pool = up.Pool.Name
+	if t != nil {
+		pool = t.Up.Pool.Name
 	}
-	if b != nil {
-		backend = b.Address
+	if out.Backend != nil {
+		backend = out.Backend.Address
 	}
 	if c := tlsterm.ConnOf(ctx.Conn()); c != nil {
 		tlsVersion = tlsterm.VersionName(c.Version)
 	}
 	method, host, uri := string(ctx.Method()), string(ctx.Host()), string(ctx.Request.Header.RequestURI())
-	if up == nil && err != nil && len(ctx.Request.Header.RawHeaders()) == 0 {
+	if t == nil && out.Err != nil && len(ctx.Request.Header.RawHeaders()) == 0 {
 		// Refused before a head was read: what fasthttp holds are its
 		// defaults ("GET", "/"), not what the client sent.
 		method, host, uri = "", "", ""
@@ -564,15 +558,20 @@ func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, site *Site, up *upstr
 		"bytes", ctx.Response.Header.ContentLength(),
 		"pool", pool,
 		"backend", backend,
-		"attempts", attempts,
+		"attempts", out.Attempts,
 		"duration", d.Round(time.Microsecond).String(),
 	}
-	if up != nil && up.Cache != nil {
+	if t != nil && t.Cache != nil {
 		// How the cache answered (X-Cache, whether or not it is sent).
-		args = append(args, "cache", cacheResult(ctx))
+		r, ok := httpcache.ResultOf(ctx)
+		result := ""
+		if ok {
+			result = r.String()
+		}
+		args = append(args, "cache", result)
 	}
-	if err != nil {
-		args = append(args, "error", err.Error())
+	if out.Err != nil {
+		args = append(args, "error", out.Err.Error())
 	}
 	log.Info("request", args...)
 }

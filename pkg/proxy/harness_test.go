@@ -50,7 +50,7 @@ type harnessOpts struct {
 	rules           []Rule // Dest nil means the harness's pool
 	health          *config.Health
 	site            func(*Site)
-	cache           *cache.Cache
+	cache           *cache.Cache // the harness's pool's
 }
 
 func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *upstream.Group {
@@ -85,7 +85,6 @@ func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *upst
 		Retries:         o.retries,
 		QueueTimeout:    time.Second,
 		ResponseTimeout: timeout,
-		Cache:           o.cache,
 	}
 	t.Cleanup(func() { mon.Stop(); up.Close() })
 	return up
@@ -104,6 +103,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	t.Helper()
 	up := newUpstream(t, "web", o.backends, o)
 	l := &Site{Name: "test", TLS: o.tls, Default: destFor(up), Rejected: &metrics.Codes{}}
+	l.Default.Cache = o.cache
 	for _, r := range o.rules {
 		if r.Dest == nil {
 			r.Dest = l.Default

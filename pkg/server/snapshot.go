@@ -28,11 +28,12 @@ type snapshot struct {
 }
 
 // pool is one configured pool as a snapshot runs it: the upstream the
-// proxy sends to (balancer pool, transports, cache) and the health
-// monitor that judges its backends.
+// proxy sends to (balancer pool, transports), its response cache and the
+// health monitor that judges its backends.
 type pool struct {
 	cfg      config.Pool
 	upstream *upstream.Group
+	cache    *cache.Cache // nil: no [pool.cache]
 	monitor  *health.Monitor
 	added    []*balancer.Backend // backends that were not in the previous config
 }
@@ -203,8 +204,8 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	if cc := pc.Cache; cc != nil {
 		// A reload that leaves [pool.cache] as it was keeps what the
 		// cache holds.
-		if old != nil && old.upstream.Cache != nil && old.cfg.Cache != nil && *old.cfg.Cache == *cc {
-			c = old.upstream.Cache
+		if old != nil && old.cache != nil && old.cfg.Cache != nil && *old.cfg.Cache == *cc {
+			c = old.cache
 		} else {
 			c = cache.New(cc.MaxSize.Bytes, cc.MaxObject.Bytes, cache.Options{
 				Heuristic: cc.Heuristic, StoreSetCookie: cc.StoreSetCookie,
@@ -216,6 +217,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 		cfg:     *pc,
 		added:   added,
 		monitor: mon,
+		cache:   c,
 		upstream: &upstream.Group{
 			Pool:            bp,
 			Transports:      transports,
@@ -223,7 +225,6 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 			Retries:         pc.Retries,
 			QueueTimeout:    pc.ConnectTimeout.Duration,
 			ResponseTimeout: pc.ResponseTimeout.Duration,
-			Cache:           c,
 		},
 	}, nil
 }
@@ -260,6 +261,7 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog
 	def, routes := routeTargets(lc, func(pool string) *proxy.Dest {
 		return &proxy.Dest{
 			Up:        p.snap.pools[pool].upstream,
+			Cache:     p.snap.pools[pool].cache,
 			Codes:     backendCounters(p, lc.Name, pool, s.metrics.Codes),
 			NoBackend: kept(p, metrics.Key{Listener: lc.Name, Pool: pool}, s.metrics.Codes),
 			Duration:  s.metrics.Duration(lc.Name, pool),
