@@ -154,7 +154,7 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 				// The backend's Date is passed on (the server does not
 				// write its own, see pkg/server); a response without one
 				// gets the time it arrived (RFC 9110 section 6.6.1).
-				cache.SetDate(&ctx.Response.Header, time.Now()) //nolint:errcheck // a head fasthttp wrote reads back
+				_ = cache.SetDate(&ctx.Response.Header, time.Now()) // a head fasthttp wrote reads back
 			}
 			if !ctx.Response.Header.IsHTTP11() {
 				ctx.Response.Header.SetProtocol(http11)

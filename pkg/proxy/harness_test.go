@@ -131,7 +131,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 		Logger:                       quietLogger{},
 	}
 	ln := fasthttputil.NewInmemoryListener()
-	go srv.Serve(ln) //nolint:errcheck
+	go srv.Serve(ln) // ends when Shutdown closes ln
 	hs := &harness{t: t, ln: ln, srv: srv, h: h, site: l, up: up}
 	hs.client = &http.Client{
 		Transport: &http.Transport{
@@ -144,7 +144,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	}
 	t.Cleanup(func() {
 		hs.client.CloseIdleConnections()
-		srv.Shutdown() //nolint:errcheck
+		srv.Shutdown() // the test is over
 	})
 	return hs
 }
@@ -244,14 +244,14 @@ func startEcho(t testing.TB, handler ...func(w http.ResponseWriter, r *http.Requ
 		e.last = s
 		e.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(s) //nolint:errcheck
+		_ = json.NewEncoder(w).Encode(s) // a failed write shows as a failed request on the test's side
 	})}
 	e.srv.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateNew {
 			e.conns.Add(1)
 		}
 	}
-	go e.srv.Serve(ln) //nolint:errcheck
+	go e.srv.Serve(ln) // ends when Close closes ln
 	t.Cleanup(func() { e.srv.Close() })
 	return e
 }
