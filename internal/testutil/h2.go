@@ -101,16 +101,24 @@ func DialH2(tb testing.TB, addr string, settings ...http2.Setting) *H2Client {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second)) //nolint:errcheck
+	if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		tb.Fatal(err)
+	}
 	r := &H2Client{T: tb, Conn: c, Framer: http2.NewFramer(c, c)}
 	r.Framer.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	r.enc = hpack.NewEncoder(&r.hbuf)
-	io.WriteString(c, http2.ClientPreface) //nolint:errcheck
-	r.Framer.WriteSettings(settings...)    //nolint:errcheck
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		tb.Fatal(err)
+	}
+	if err := r.Framer.WriteSettings(settings...); err != nil {
+		tb.Fatal(err)
+	}
 	for {
 		f := r.Next()
 		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
-			r.Framer.WriteSettingsAck() //nolint:errcheck
+			if err := r.Framer.WriteSettingsAck(); err != nil {
+				tb.Fatal(err)
+			}
 			return r
 		}
 	}
@@ -132,10 +140,14 @@ func (r *H2Client) Next() http2.Frame {
 func (r *H2Client) Request(id uint32, method, path string, end bool, fields ...string) {
 	r.hbuf.Reset()
 	for _, kv := range [][2]string{{":method", method}, {":scheme", "https"}, {":authority", "lb.test"}, {":path", path}} {
-		r.enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]}) //nolint:errcheck
+		if err := r.enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]}); err != nil {
+			r.T.Fatal(err)
+		}
 	}
 	for i := 0; i+1 < len(fields); i += 2 {
-		r.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]}) //nolint:errcheck
+		if err := r.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]}); err != nil {
+			r.T.Fatal(err)
+		}
 	}
 	if err := r.Framer.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: r.hbuf.Bytes(), EndStream: end, EndHeaders: true}); err != nil {
 		r.T.Fatal(err)
@@ -185,8 +197,9 @@ func (r *H2Client) Response(id uint32, onData func(n int) uint32) *H2Response {
 			resp.Ended = f.StreamEnded()
 			if onData != nil && len(f.Data()) > 0 {
 				if inc := onData(len(f.Data())); inc > 0 {
-					r.Framer.WriteWindowUpdate(0, inc)  //nolint:errcheck
-					r.Framer.WriteWindowUpdate(id, inc) //nolint:errcheck
+					// A broken connection fails the next read (Next).
+					_ = r.Framer.WriteWindowUpdate(0, inc)
+					_ = r.Framer.WriteWindowUpdate(id, inc)
 				}
 			}
 		case *http2.RSTStreamFrame:
@@ -197,7 +210,7 @@ func (r *H2Client) Response(id uint32, onData func(n int) uint32) *H2Response {
 			r.T.Fatalf("GOAWAY %v while waiting for stream %d", f.ErrCode, id)
 		case *http2.PingFrame:
 			if !f.IsAck() {
-				r.Framer.WritePing(true, f.Data) //nolint:errcheck
+				_ = r.Framer.WritePing(true, f.Data) // a broken connection fails the next read (Next)
 			}
 		}
 	}

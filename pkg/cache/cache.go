@@ -2,8 +2,9 @@
 // [pool.cache]: a shared cache by the rules of RFC 9111, held in memory,
 // bounded in bytes and evicting the least recently used, with variants by
 // Vary and collapsed forwarding of concurrent misses (Traffic Server's
-// read-while-writer). The proxy decides when to look up, store, revalidate
-// and serve stale; this package keeps the entries and the rules.
+// read-while-writer). pkg/httpcache, in the request path, decides when to
+// look up, store, revalidate and serve stale; this package keeps the
+// entries and the rules.
 package cache
 
 import (

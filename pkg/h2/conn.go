@@ -139,12 +139,12 @@ func (c *conn) serve() {
 		c.wg.Wait()
 	}()
 	c.mu.Lock()
-	c.fr.WriteSettings( //nolint:errcheck // write errors show on the next read
+	_ = c.fr.WriteSettings( // write errors show on the next read
 		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.srv.o.MaxStreams},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: streamWindow},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: c.fr.MaxHeaderListSize},
 	)
-	c.fr.WriteWindowUpdate(0, connWindow-65535) //nolint:errcheck
+	_ = c.fr.WriteWindowUpdate(0, connWindow-65535) // write errors show on the next read
 	c.mu.Unlock()
 
 	wait := c.srv.o.ReadTimeout
@@ -152,7 +152,7 @@ func (c *conn) serve() {
 		wait = c.srv.o.IdleTimeout
 	}
 	if wait > 0 {
-		c.nc.SetReadDeadline(time.Now().Add(wait)) //nolint:errcheck
+		_ = c.nc.SetReadDeadline(time.Now().Add(wait)) // fails only on a closed connection, which the read reports
 	}
 	var preface [len(http2.ClientPreface)]byte
 	if _, err := io.ReadFull(c.nc, preface[:]); err != nil || string(preface[:]) != http2.ClientPreface {
@@ -209,7 +209,7 @@ func (c *conn) fail(err error) bool {
 func (c *conn) goAwayLocking(code http2.ErrCode) {
 	c.mu.Lock()
 	if !c.closed {
-		c.fr.WriteGoAway(c.maxClientID, code, nil) //nolint:errcheck
+		_ = c.fr.WriteGoAway(c.maxClientID, code, nil) // the connection is ending either way
 		c.sentGoAway = true
 	}
 	c.mu.Unlock()
@@ -219,7 +219,7 @@ func (c *conn) goAwayLocking(code http2.ErrCode) {
 func (c *conn) goAway() {
 	c.mu.Lock()
 	if !c.sentGoAway && !c.closed {
-		c.fr.WriteGoAway(c.maxClientID, http2.ErrCodeNo, nil) //nolint:errcheck
+		_ = c.fr.WriteGoAway(c.maxClientID, http2.ErrCodeNo, nil) // the connection is ending either way
 		c.sentGoAway = true
 	}
 	quiet := c.quiet()
@@ -253,7 +253,7 @@ func (c *conn) setDeadline() {
 	if d > 0 {
 		t = time.Now().Add(d)
 	}
-	c.nc.SetReadDeadline(t) //nolint:errcheck
+	_ = c.nc.SetReadDeadline(t) // fails only on a closed connection, which the next read reports
 }
 
 func (c *conn) handle(f http2.Frame) error {
@@ -279,7 +279,7 @@ func (c *conn) handle(f http2.Frame) error {
 	case *http2.PingFrame:
 		if !f.IsAck() {
 			c.mu.Lock()
-			c.fr.WritePing(true, f.Data) //nolint:errcheck
+			_ = c.fr.WritePing(true, f.Data) // write errors show on the next read
 			c.mu.Unlock()
 		}
 	case *http2.PriorityFrame:
@@ -304,7 +304,7 @@ func (c *conn) resetLocked(id uint32, code http2.ErrCode) {
 	if c.closed {
 		return
 	}
-	c.fr.WriteRSTStream(id, code) //nolint:errcheck
+	_ = c.fr.WriteRSTStream(id, code) // write errors show on the next read
 	if st := c.streams[id]; st != nil {
 		c.forget(st)
 		c.resetByUs[c.resetNext%uint8(len(c.resetByUs))] = id

@@ -210,7 +210,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	}
 	st.unacked += n
 	if st.unacked >= streamWindow/2 {
-		c.fr.WriteWindowUpdate(id, uint32(st.unacked)) //nolint:errcheck
+		_ = c.fr.WriteWindowUpdate(id, uint32(st.unacked)) // write errors show on the next read
 		st.recvWin += st.unacked
 		st.unacked = 0
 	}
@@ -250,7 +250,7 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 	if err != nil {
 		return err
 	}
-	c.fr.WriteSettingsAck() //nolint:errcheck
+	_ = c.fr.WriteSettingsAck() // write errors show on the next read
 	return nil
 }
 

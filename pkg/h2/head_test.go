@@ -52,12 +52,16 @@ func TestHeadBlockAgreesWithXNet(t *testing.T) {
 		var block bytes.Buffer
 		enc := hpack.NewEncoder(&block)
 		for i := 0; i+1 < len(tc.fields); i += 2 {
-			enc.WriteField(hpack.HeaderField{Name: tc.fields[i], Value: tc.fields[i+1]}) //nolint:errcheck
+			if err := enc.WriteField(hpack.HeaderField{Name: tc.fields[i], Value: tc.fields[i+1]}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		var wire bytes.Buffer
-		http2.NewFramer(&wire, nil).WriteHeaders(http2.HeadersFrameParam{ //nolint:errcheck
+		if err := http2.NewFramer(&wire, nil).WriteHeaders(http2.HeadersFrameParam{
 			StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true,
-		})
+		}); err != nil {
+			t.Fatal(err)
+		}
 
 		xfr := http2.NewFramer(nil, bytes.NewReader(wire.Bytes()))
 		xfr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -141,7 +145,9 @@ func FuzzHeadBlock(f *testing.F) {
 		var block bytes.Buffer
 		enc := hpack.NewEncoder(&block)
 		for i := 0; i+1 < len(fields); i += 2 {
-			enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]}) //nolint:errcheck
+			if err := enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]}); err != nil {
+				f.Fatal(err)
+			}
 		}
 		f.Add(block.Bytes())
 	}
@@ -149,9 +155,11 @@ func FuzzHeadBlock(f *testing.F) {
 	a := NewServer(nil, Options{MaxHead: 8192, MaxBody: 1 << 20})
 	f.Fuzz(func(t *testing.T, block []byte) {
 		var wire bytes.Buffer
-		http2.NewFramer(&wire, nil).WriteHeaders(http2.HeadersFrameParam{ //nolint:errcheck
+		if err := http2.NewFramer(&wire, nil).WriteHeaders(http2.HeadersFrameParam{
 			StreamID: 1, BlockFragment: block, EndStream: true, EndHeaders: true,
-		})
+		}); err != nil {
+			t.Fatal(err)
+		}
 
 		// x/net, and the rules lb applied to what it decoded.
 		xfr := http2.NewFramer(nil, bytes.NewReader(wire.Bytes()))

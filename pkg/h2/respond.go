@@ -117,11 +117,11 @@ func (c *conn) writeResponse(st *stream, ctx *fasthttp.RequestCtx) {
 func (c *conn) writeHead(id uint32, block []byte, end bool) {
 	frag := block[:min(len(block), frameSize)]
 	block = block[len(frag):]
-	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: len(block) == 0}) //nolint:errcheck
+	_ = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: len(block) == 0}) // write errors show on the next read
 	for len(block) > 0 {
 		frag = block[:min(len(block), frameSize)]
 		block = block[len(frag):]
-		c.fr.WriteContinuation(id, len(block) == 0, frag) //nolint:errcheck
+		_ = c.fr.WriteContinuation(id, len(block) == 0, frag) // write errors show on the next read
 	}
 }
 

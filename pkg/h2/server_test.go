@@ -157,12 +157,16 @@ func h2HeadLoop(tb testing.TB) func() {
 			{":path", "/a/b?c=d"}, {"user-agent", "bench"}, {"accept", "*/*"},
 			{"cookie", "a=b"}, {"cookie", "c=d"},
 		} {
-			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}) //nolint:errcheck
+			if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
+				tb.Fatal(err)
+			}
 		}
 		var wire bytes.Buffer
-		http2.NewFramer(&wire, nil).WriteHeaders(http2.HeadersFrameParam{ //nolint:errcheck
+		if err := http2.NewFramer(&wire, nil).WriteHeaders(http2.HeadersFrameParam{
 			StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true,
-		})
+		}); err != nil {
+			tb.Fatal(err)
+		}
 		return wire.Bytes()
 	}
 	first, repeat := frame(), frame() // the second is all table references

@@ -27,8 +27,8 @@ func startFastBackend(tb testing.TB, header ...string) string {
 		}
 		ctx.SetBody(body)
 	}}
-	go srv.Serve(ln)                      //nolint:errcheck
-	tb.Cleanup(func() { srv.Shutdown() }) //nolint:errcheck
+	go srv.Serve(ln)                      // ends when Shutdown closes ln
+	tb.Cleanup(func() { srv.Shutdown() }) // the test is over
 	return ln.Addr().String()
 }
 
@@ -51,7 +51,7 @@ func lbClient(hs *harness) *fasthttp.HostClient {
 // benchRequests sends GETs through hs from parallel clients until b is
 // done.
 func benchRequests(b *testing.B, hs *harness) {
-	defer hs.srv.Shutdown() //nolint:errcheck
+	defer hs.srv.Shutdown() // the benchmark is over
 	client := lbClient(hs)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {

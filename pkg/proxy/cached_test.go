@@ -544,7 +544,7 @@ func TestCacheStaleIfErrorCountedAsCacheAnswer(t *testing.T) {
 			c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
 			hs := newHarness(t, harnessOpts{backends: []string{ln.Addr().String()}, cache: c})
 			hs.do("GET", "/p", nil)
-			target, b := hs.h.Listener().Default, hs.up.Pool.Backend(ln.Addr().String())
+			dest, b := hs.site.Default, hs.up.Pool.Backend(ln.Addr().String())
 			latency, failures := b.LatencySum(), b.Failures()
 			if refuse {
 				srv.Close()
@@ -553,10 +553,10 @@ func TestCacheStaleIfErrorCountedAsCacheAnswer(t *testing.T) {
 			if resp.StatusCode != 200 || body != "kept" || resp.Header.Get("X-Cache") != "STALE" {
 				t.Fatalf("stale-if-error: %d %q %s", resp.StatusCode, body, resp.Header.Get("X-Cache"))
 			}
-			if got := target.Codes[b.Index].Get(200); got != 1 {
+			if got := dest.Codes[b.Index].Get(200); got != 1 {
 				t.Errorf("the backend is counted %d answers of 200, want 1 (the first request's)", got)
 			}
-			if got := target.NoBackend.Get(200); got != 1 {
+			if got := dest.NoBackend.Get(200); got != 1 {
 				t.Errorf("%d answers of 200 counted as the cache's, want 1", got)
 			}
 			if b.LatencySum() != latency {

@@ -288,7 +288,7 @@ func TestHTTP2Front(t *testing.T) {
 func TestHTTP2AccessLogProto(t *testing.T) {
 	e := startEcho(t)
 	var buf testutil.SyncBuffer
-	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, listener: func(l *Listener) {
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, site: func(l *Site) {
 		l.Access = hclog.New(&hclog.LoggerOptions{Output: &buf})
 	}})
 	hs.do("GET", "/one", nil)
@@ -309,7 +309,7 @@ func TestHTTP2AccessLogProto(t *testing.T) {
 func TestRejectedRequestDuration(t *testing.T) {
 	e := startEcho(t)
 	var buf testutil.SyncBuffer
-	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, listener: func(l *Listener) {
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, site: func(l *Site) {
 		l.Access = hclog.New(&hclog.LoggerOptions{Output: &buf})
 	}})
 	for _, req := range []string{

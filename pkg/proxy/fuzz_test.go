@@ -109,7 +109,9 @@ func FuzzPrepareRequest(f *testing.F) {
 		if err := req.Write(bw); err != nil {
 			t.Fatalf("an accepted request cannot be written: %v", err)
 		}
-		bw.Flush() //nolint:errcheck // writes to a bytes.Buffer
+		if err := bw.Flush(); err != nil {
+			t.Fatal(err)
+		}
 		sent := out.Bytes()
 		if got := string(req.Header.Host()) + " " + string(req.Header.RequestURI()) + " " + string(req.Header.Peek("Authorization")); got != prepared {
 			t.Fatalf("the transport would write host, target and authorization %q; Request.Write writes %q:\n%q", prepared, got, sent)

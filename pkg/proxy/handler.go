@@ -1,28 +1,18 @@
 package proxy
 
 import (
-	"bytes"
-	"errors"
-	"io"
-	"net"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/valyala/fasthttp"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/offloadlb/lb/internal/httpstatus"
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
-	"github.com/offloadlb/lb/pkg/config"
-	"github.com/offloadlb/lb/pkg/h2"
+	"github.com/offloadlb/lb/pkg/httpcache"
 	"github.com/offloadlb/lb/pkg/httphead"
-	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
-	"github.com/offloadlb/lb/pkg/tunnel"
 	"github.com/offloadlb/lb/pkg/upstream"
 )
 
@@ -30,89 +20,6 @@ import (
 // backend connection before the client has read anything; bigger and
 // unknown-length bodies stream through.
 const maxBufferedBody = 64 << 10
-
-// Listener is what the handler needs to know of one listener. It is
-// immutable once published; Handler.Update swaps in a new one.
-type Listener struct {
-	Name string
-	// TLS is whether clients connect over TLS (X-Forwarded-Proto: https).
-	TLS bool
-	// Routes are tried in order; the first match wins.
-	Routes []Route
-	// Default serves requests no route matches. It may be nil only when
-	// Redirect is set.
-	Default *Target
-	// HSTS, when set, is sent as Strict-Transport-Security on every
-	// response.
-	HSTS []byte
-	// Redirect, when set, answers every request with a 308 to HTTPS.
-	Redirect *config.Redirect
-	// Rejected counts responses to requests that reached no pool
-	// (malformed, redirected). Never nil.
-	Rejected *metrics.Codes
-	// Access receives one line per request; nil turns access logging off.
-	Access hclog.Logger
-	// TunnelIdle ends a switched-protocol tunnel (a WebSocket) after this
-	// long without a byte either way; 0 for never.
-	TunnelIdle time.Duration
-	// WriteTimeout bounds writes to the client on connections lb takes
-	// over from the HTTP server (a close-delimited body to an HTTP/1.0
-	// client, a tunnel): a client that takes no bytes for this long is
-	// cut (0: never). The server bounds its own writes with the same
-	// value.
-	WriteTimeout time.Duration
-}
-
-// Target is a pool as one listener sends to it: the upstream, and this
-// listener's counters for it, resolved when the config is built so that
-// counting a request needs no lookup.
-type Target struct {
-	Up *upstream.Group
-	// Codes counts responses by backend index.
-	Codes []*metrics.Codes
-	// NoBackend counts responses no backend gave (503 and the like).
-	NoBackend *metrics.Codes
-	// Duration observes request durations; nil for none.
-	Duration prometheus.Observer
-}
-
-// Route sends requests for a host and/or path prefix to a pool.
-type Route struct {
-	// Host is an exact lower-case host name, or "*.example.com" to match
-	// any name below example.com; "" matches every host.
-	Host string
-	// PathPrefix matches the start of the normalised path; "" matches all.
-	PathPrefix string
-	Target     *Target
-}
-
-func (r *Route) match(host, path []byte) bool {
-	if r.Host != "" {
-		if r.Host[0] == '*' {
-			suffix := r.Host[1:] // ".example.com"
-			if len(host) <= len(suffix) || !bytes.EqualFold(host[len(host)-len(suffix):], []byte(suffix)) {
-				return false
-			}
-		} else if !bytes.EqualFold(host, []byte(r.Host)) {
-			return false
-		}
-	}
-	return r.PathPrefix == "" || bytes.HasPrefix(path, []byte(r.PathPrefix))
-}
-
-// route picks the pool for a request.
-func (l *Listener) route(host, path []byte) *Target {
-	if len(l.Routes) == 0 {
-		return l.Default
-	}
-	host = httphead.StripPort(host)
-	for i := range l.Routes {
-		if l.Routes[i].match(host, path) {
-			return l.Routes[i].Target
-		}
-	}
-	return l.Default
-}
 
 // Header names in fasthttp's canonical form, set without normalising
 // again.
@@ -125,74 +32,55 @@ var (
 
 // Handler serves one listener's requests. It is safe for concurrent use;
 // Update may be called while requests are served, and each request uses
-// the Listener it started with.
+// the Site it started with.
 type Handler struct {
-	l   atomic.Pointer[Listener]
-	log hclog.Logger
+	site atomic.Pointer[Site]
+	log  hclog.Logger
 }
 
-// NewHandler returns a handler for l.
-func NewHandler(l *Listener, log hclog.Logger) *Handler {
+// NewHandler returns a handler for site.
+func NewHandler(site *Site, log hclog.Logger) *Handler {
 	h := &Handler{log: log}
-	h.l.Store(l)
+	h.site.Store(site)
 	return h
 }
 
-// Update makes new requests use l.
-func (h *Handler) Update(l *Listener) { h.l.Store(l) }
-
-// Listener returns the listener state new requests use.
-func (h *Handler) Listener() *Listener { return h.l.Load() }
+// Update makes new requests use site.
+func (h *Handler) Update(site *Site) { h.site.Store(site) }
 
 // Serve is the fasthttp request handler.
 func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
-	l := h.l.Load()
+	site := h.site.Load()
 	var (
-		t        *Target
-		b        *balancer.Backend
-		attempts int
-		err      error
+		t   *Dest
+		out upstream.Outcome
 	)
 	proto := protoOf(ctx)
 	if code, mask := httphead.Check(ctx); code != 0 {
 		// Before a redirect too: a redirect listener answers every
 		// request, and what is refused elsewhere (an ambiguous length, a
 		// bad Host) must not be answered as if it were sound.
-		errorResponse(ctx, code)
+		httpstatus.Answer(&ctx.Response, code)
 		ctx.SetConnectionClose()
-	} else if l.Redirect != nil {
-		redirect(ctx, l.Redirect)
-	} else if t = l.route(ctx.Host(), ctx.Path()); t == nil {
-		errorResponse(ctx, fasthttp.StatusServiceUnavailable)
+	} else if site.Redirect != nil {
+		redirect(ctx, site.Redirect)
+	} else if t = site.route(ctx.Host(), ctx.Path()); t == nil {
+		httpstatus.Answer(&ctx.Response, fasthttp.StatusServiceUnavailable)
 	} else {
-		httphead.Prepare(ctx, mask, clientOf(ctx, l.TLS))
-		var stream *upstream.Body
-		if t.Up.Cache != nil {
-			b, attempts, stream, err = h.cached(ctx, t.Up, t.Up.Cache, l.TLS)
+		httphead.Prepare(ctx, mask, clientOf(ctx, site.TLS))
+		if t.Cache != nil {
+			out = httpcache.Forward(ctx, h, t.Up, t.Cache, site.TLS)
 		} else {
-			b, attempts, stream, err = h.forward(ctx, t.Up)
+			out = h.Forward(ctx, t.Up)
 		}
-		if stream != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
-			closeDelimited(ctx, l.WriteTimeout)
+		if out.Body != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
+			closeDelimited(ctx, site.WriteTimeout)
 		}
 	}
-	if l.HSTS != nil {
-		ctx.Response.Header.SetCanonical(hSTS, l.HSTS)
+	if site.HSTS != nil {
+		ctx.Response.Header.SetCanonical(hSTS, site.HSTS)
 	}
-	h.account(ctx, l, t, b, attempts, proto, err)
-}
-
-// requestStart is when a request began: when its head was read, or for
-// one refused while its head was read (which fasthttp never timed), when
-// the connection's wait for it began.
-func requestStart(ctx *fasthttp.RequestCtx) time.Time {
-	if t := ctx.Time(); !t.IsZero() {
-		return t
-	}
-	if t := ctx.ConnTime(); !t.IsZero() {
-		return t
-	}
-	return time.Now()
+	h.account(ctx, site, t, out, proto)
 }
 
 // Client protocols, for the access log (and HTTP/1.0's close-delimited
@@ -225,41 +113,11 @@ func clientOf(ctx *fasthttp.RequestCtx, tls bool) httphead.Client {
 	return c
 }
 
-// account counts a finished request and writes its access log line. It
-// is a function of its own, called after forward returns, so that its
-// locals do not deepen the stack under a backend exchange (see pkg/server's
-// TestIdleConnectionStack).
-//
-//go:noinline
-func (h *Handler) account(ctx *fasthttp.RequestCtx, l *Listener, t *Target, b *balancer.Backend, attempts, proto int, err error) {
-	code := ctx.Response.StatusCode()
-	d := time.Since(requestStart(ctx))
-	switch {
-	case t == nil:
-		l.Rejected.Inc(code)
-	case b == nil || (t.Up.Cache != nil && answeredByCache(ctx)):
-		t.NoBackend.Inc(code)
-	default:
-		t.Codes[b.Index].Inc(code)
-		if err == nil {
-			b.ObserveLatency(d)
-		}
-	}
-	if t != nil && t.Duration != nil {
-		t.Duration.Observe(d.Seconds())
-	}
-	if l.Access != nil {
-		var up *upstream.Group
-		if t != nil {
-			up = t.Up
-		}
-		logAccess(l.Access, ctx, l, up, b, attempts, proto, d, err)
-	}
-}
-
-// forward sends the request to a backend of up, retrying on others where
-// that is safe, and leaves the response (or an error response) in ctx.
-func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (b *balancer.Backend, attempts int, stream *upstream.Body, lastErr error) {
+// Forward sends the request in ctx to a backend of up, retrying on others
+// where that is safe, and leaves the response (or an error response) in
+// ctx; it never asks a cache. It is safe for concurrent use, one ctx per
+// call, and makes h an httpcache.Forwarder.
+func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out upstream.Outcome) {
 	idempotent := httphead.Idempotent(&ctx.Request.Header)
 	x := upstream.Exchange{
 		Timeout:     up.ResponseTimeout,
@@ -268,22 +126,23 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (b *bala
 		Yield:       protoOf(ctx) == protoHTTP2,
 	}
 	var tried balancer.Tried
-	for attempts <= up.Retries {
+	for out.Attempts <= up.Retries {
 		lease, err := up.Lease(&tried)
 		if err != nil {
-			if lastErr == nil {
-				lastErr = err
+			if out.Err == nil {
+				out.Err = err
 			}
 			break
 		}
-		b = lease.Backend
-		attempts++
-		x.Transport = up.Transports[b.Index]
-		stream, err = x.RoundTrip(&ctx.Request, &ctx.Response)
+		out.Backend = lease.Backend
+		out.Attempts++
+		x.Transport = up.Transports[lease.Backend.Index]
+		stream, err := x.RoundTrip(&ctx.Request, &ctx.Response)
 		if err == nil {
+			out.Err = nil
 			if stream != nil && stream.Switched() {
 				h.tunnel(ctx, up, lease, stream.Tunnel())
-				return b, attempts, nil, nil
+				return out
 			}
 			if stream != nil {
 				stream.EndOnClose(lease)
@@ -295,150 +154,35 @@ func (h *Handler) forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (b *bala
 				// The backend's Date is passed on (the server does not
 				// write its own, see pkg/server); a response without one
 				// gets the time it arrived (RFC 9110 section 6.6.1).
-				cache.SetDate(&ctx.Response.Header, time.Now()) //nolint:errcheck // a head fasthttp wrote reads back
+				_ = cache.SetDate(&ctx.Response.Header, time.Now()) // a head fasthttp wrote reads back
 			}
 			if !ctx.Response.Header.IsHTTP11() {
 				ctx.Response.Header.SetProtocol(http11)
 			}
-			return b, attempts, stream, nil
+			out.Body = stream
+			return out
 		}
 		// A backend that broke off while a request body was being sent
 		// may simply have refused the body.
 		lease.End(err, errorKind(err) != upstream.ErrSend || len(ctx.Request.Body()) == 0)
-		lastErr = err
+		out.Err = err
 		if !retryable(err, idempotent) {
 			break
 		}
 		if h.log.IsDebug() {
-			h.logRetry(up, b, err)
+			h.logRetry(up, lease.Backend, err)
 		}
 	}
-	errorResponse(ctx, statusFor(lastErr))
-	return b, attempts, nil, lastErr
+	httpstatus.Answer(&ctx.Response, statusFor(out.Err))
+	return out
 }
 
-// closeDelimited sends a streamed body of unknown length to an HTTP/1.0
-// client, which cannot read chunked encoding (RFC 9112 section 6.1): the
-// connection is taken over, the head written with Connection: close, and
-// the body copied until it ends; closing the connection ends it for the
-// client. The server clears its deadlines on the connections it hands
-// over, so each write gets writeTimeout here: a client that stops reading
-// would otherwise hold the backend's slot for ever. fasthttp closes the
-// stream (and frees the backend) when it releases the request afterwards.
-func closeDelimited(ctx *fasthttp.RequestCtx, writeTimeout time.Duration) {
-	h := &ctx.Response.Header
-	h.SetContentLength(-2) // no length: delimited by close
-	h.Del("Transfer-Encoding")
-	h.SetConnectionClose()
-	head := append([]byte(nil), h.Header()...)
-	body := ctx.Response.BodyStream()
-	ctx.HijackSetNoResponse(true)
-	ctx.Hijack(func(c net.Conn) {
-		w := deadlineWriter{c: c, timeout: writeTimeout}
-		if _, err := w.Write(head); err != nil {
-			return
-		}
-		_, _ = io.Copy(w, body)
-	})
-}
-
-// deadlineWriter gives each write to a connection its own deadline.
-type deadlineWriter struct {
-	c       net.Conn
-	timeout time.Duration
-}
-
-func (w deadlineWriter) Write(p []byte) (int, error) {
-	if w.timeout > 0 {
-		if err := w.c.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
-			return 0, err
-		}
-	}
-	return w.c.Write(p)
-}
-
-// tunnel answers 101 to the client and, once the answer is out, pipes
-// bytes both ways between client and backend until either side closes,
-// the tunnel idles for the listener's idle_timeout, or one side takes no
-// bytes for its write_timeout (the server's deadlines end at the hand
-// over, so the pipe enforces its own). The backend stays
-// counted as busy (least_conn sees open WebSockets) until then.
-//
-//go:noinline
-func (h *Handler) tunnel(ctx *fasthttp.RequestCtx, up *upstream.Group, lease balancer.Lease, bc net.Conn) {
-	rh := &ctx.Response.Header
-	proto := append([]byte(nil), rh.PeekBytes(hUpgrade)...)
-	httphead.CleanResponse(rh)
-	head := make([]byte, 0, 256)
-	head = append(head, "HTTP/1.1 101 Switching Protocols\r\n"...)
-	for k, v := range rh.All() {
-		if string(k) == "Content-Length" || string(k) == "Transfer-Encoding" {
-			continue
-		}
-		head = append(append(append(append(head, k...), ": "...), v...), "\r\n"...)
-	}
-	head = append(append(append(head, "Upgrade: "...), proto...), "\r\nConnection: Upgrade\r\n\r\n"...)
-	l := h.l.Load()
-	t := tunnel.Timeouts{Idle: l.TunnelIdle, Write: l.WriteTimeout}
-	ctx.HijackSetNoResponse(true)
-	ctx.Hijack(func(c net.Conn) {
-		var in, out atomic.Int64
-		_, err := deadlineWriter{c: c, timeout: t.Write}.Write(head)
-		if err == nil {
-			// From here the pipe's watchdog bounds the writes.
-			err = c.SetWriteDeadline(time.Time{})
-		}
-		if err == nil {
-			err = tunnel.Pipe(c, bc, t, &in, &out)
-		} else {
-			bc.Close()
-		}
-		if err != nil && h.log.IsDebug() {
-			h.log.Debug("tunnel ended", "pool", up.Pool.Name, "backend", lease.Backend.Address, "bytes_in", in.Load(), "bytes_out", out.Load(), "error", err)
-		}
-		lease.End(nil, true)
-	})
-}
-
-// logRetry is kept out of forward so that its arguments do not enlarge
-// forward's stack frame, which sits under every backend exchange.
+// logRetry is kept out of Forward so that its arguments do not enlarge
+// Forward's stack frame, which sits under every backend exchange.
 //
 //go:noinline
 func (h *Handler) logRetry(up *upstream.Group, b *balancer.Backend, err error) {
 	h.log.Debug("retrying on another backend", "pool", up.Pool.Name, "backend", b.Address, "error", err)
-}
-
-func errorKind(err error) upstream.ErrorKind {
-	var e *upstream.Error
-	if errors.As(err, &e) {
-		return e.Kind
-	}
-	return 0
-}
-
-// retryable reports whether a request that failed with err may be sent to
-// another backend: always when nothing was sent, otherwise only when the
-// method is idempotent (RFC 9110 section 9.2.2).
-func retryable(err error, idempotent bool) bool {
-	switch errorKind(err) {
-	case upstream.ErrConnect:
-		return true
-	case upstream.ErrStale, upstream.ErrSend, upstream.ErrTimeout, upstream.ErrResponse:
-		return idempotent
-	}
-	return false
-}
-
-// statusFor maps a failure to the status the client gets: no backend 503,
-// too slow 504, anything else from the backend side 502.
-func statusFor(err error) int {
-	switch {
-	case errors.Is(err, balancer.ErrNoBackend), errors.Is(err, balancer.ErrQueueTimeout):
-		return fasthttp.StatusServiceUnavailable
-	case errorKind(err) == upstream.ErrTimeout:
-		return fasthttp.StatusGatewayTimeout
-	}
-	return fasthttp.StatusBadGateway
 }
 
 // HeaderReceived is the HTTP/1.1 server's HeaderReceived hook, run once a
@@ -459,116 +203,4 @@ func (h *Handler) HeaderReceived(rh *fasthttp.RequestHeader) fasthttp.RequestCon
 		}
 	}
 	return fasthttp.RequestConfig{}
-}
-
-// ServeError answers requests fasthttp could not parse; it is the
-// server's ErrorHandler.
-func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
-	var code int
-	var small *fasthttp.ErrSmallBuffer
-	var ne net.Error
-	switch {
-	case errors.As(err, &small), errors.Is(err, h2.ErrHeadTooLarge):
-		code = fasthttp.StatusRequestHeaderFieldsTooLarge
-	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		code = fasthttp.StatusRequestEntityTooLarge
-	case errors.As(err, &ne) && ne.Timeout():
-		code = fasthttp.StatusRequestTimeout
-	default:
-		code = fasthttp.StatusBadRequest
-	}
-	errorResponse(ctx, code)
-	if h.log.IsDebug() {
-		h.log.Debug("rejected request", "client", ctx.RemoteAddr().String(), "status", code, "error", err)
-	}
-	h.account(ctx, h.l.Load(), nil, nil, 0, protoOf(ctx), err)
-}
-
-// errorResponse replaces whatever the response holds with a short plain
-// text one lb makes itself.
-func errorResponse(ctx *fasthttp.RequestCtx, code int) {
-	ctx.Response.Reset()
-	ctx.Response.SetStatusCode(code)
-	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
-	ctx.Response.SetBodyString(strconv.Itoa(code) + " " + fasthttp.StatusMessage(code) + "\n")
-}
-
-// redirect answers a 308 to the same resource over HTTPS. The host is the
-// request's (ctx.Host: for an absolute-form target its authority, RFC 9112
-// section 3.2.2), checked by httphead.Check, and the path and query are
-// the target's as the client wrote them: the raw target of an absolute
-// form would repeat its scheme and authority.
-func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
-	host := r.Host
-	if host == "" {
-		host = string(httphead.StripPort(ctx.Host()))
-	}
-	if host == "" {
-		errorResponse(ctx, fasthttp.StatusBadRequest)
-		return
-	}
-	loc := make([]byte, 0, 64)
-	loc = append(loc, "https://"...)
-	if strings.IndexByte(host, ':') >= 0 && host[0] != '[' {
-		// An IPv6 address configured as redirect_https's host.
-		host = "[" + host + "]"
-	}
-	loc = append(loc, host...)
-	if r.Port != "" {
-		loc = append(loc, ':')
-		loc = append(loc, r.Port...)
-	}
-	uri := ctx.URI()
-	uri.DisablePathNormalizing = true
-	loc = append(loc, uri.RequestURI()...)
-	ctx.Response.Header.SetCanonical(hLocation, loc)
-	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
-	ctx.SetStatusCode(fasthttp.StatusPermanentRedirect)
-	// lb answers this itself, as an origin would: it sends the Date that
-	// the server no longer writes by default (RFC 9110 section 6.6.1).
-	cache.SetDate(&ctx.Response.Header, time.Now()) //nolint:errcheck // a head fasthttp wrote reads back
-}
-
-// logAccess writes one access log line: who asked what, who answered,
-// how, how long it took, over which TLS version.
-func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, l *Listener, up *upstream.Group, b *balancer.Backend, attempts, proto int, d time.Duration, err error) {
-	pool, backend, tlsVersion := "", "", ""
-	if up != nil {
-		pool = up.Pool.Name
-	}
-	if b != nil {
-		backend = b.Address
-	}
-	if c := tlsterm.ConnOf(ctx.Conn()); c != nil {
-		tlsVersion = tlsterm.VersionName(c.Version)
-	}
-	method, host, uri := string(ctx.Method()), string(ctx.Host()), string(ctx.Request.Header.RequestURI())
-	if up == nil && err != nil && len(ctx.Request.Header.RawHeaders()) == 0 {
-		// Refused before a head was read: what fasthttp holds are its
-		// defaults ("GET", "/"), not what the client sent.
-		method, host, uri = "", "", ""
-	}
-	args := []any{
-		"listener", l.Name,
-		"client", ctx.RemoteAddr().String(),
-		"tls", tlsVersion,
-		"proto", protoNames[proto],
-		"method", method,
-		"host", host,
-		"uri", uri,
-		"status", ctx.Response.StatusCode(),
-		"bytes", ctx.Response.Header.ContentLength(),
-		"pool", pool,
-		"backend", backend,
-		"attempts", attempts,
-		"duration", d.Round(time.Microsecond).String(),
-	}
-	if up != nil && up.Cache != nil {
-		// How the cache answered (X-Cache, whether or not it is sent).
-		args = append(args, "cache", cacheResult(ctx))
-	}
-	if err != nil {
-		args = append(args, "error", err.Error())
-	}
-	log.Info("request", args...)
 }

@@ -35,6 +35,7 @@ type harness struct {
 	ln     *fasthttputil.InmemoryListener
 	srv    *fasthttp.Server
 	h      *Handler
+	site   *Site // what h serves
 	up     *upstream.Group
 	client *http.Client
 }
@@ -46,10 +47,10 @@ type harnessOpts struct {
 	responseTimeout time.Duration
 	maxBody         int
 	tls             bool
-	routes          []Route // Target nil means the harness's pool
+	rules           []Rule // Dest nil means the harness's pool
 	health          *config.Health
-	listener        func(*Listener)
-	cache           *cache.Cache
+	site            func(*Site)
+	cache           *cache.Cache // the harness's pool's
 }
 
 func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *upstream.Group {
@@ -84,15 +85,14 @@ func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *upst
 		Retries:         o.retries,
 		QueueTimeout:    time.Second,
 		ResponseTimeout: timeout,
-		Cache:           o.cache,
 	}
 	t.Cleanup(func() { mon.Stop(); up.Close() })
 	return up
 }
 
-// targetFor wraps an upstream with fresh counters.
-func targetFor(up *upstream.Group) *Target {
-	t := &Target{Up: up, NoBackend: &metrics.Codes{}}
+// destFor wraps an upstream with fresh counters.
+func destFor(up *upstream.Group) *Dest {
+	t := &Dest{Up: up, NoBackend: &metrics.Codes{}}
 	for range up.Pool.Backends {
 		t.Codes = append(t.Codes, &metrics.Codes{})
 	}
@@ -102,15 +102,16 @@ func targetFor(up *upstream.Group) *Target {
 func newHarness(t *testing.T, o harnessOpts) *harness {
 	t.Helper()
 	up := newUpstream(t, "web", o.backends, o)
-	l := &Listener{Name: "test", TLS: o.tls, Default: targetFor(up), Rejected: &metrics.Codes{}}
-	for _, r := range o.routes {
-		if r.Target == nil {
-			r.Target = l.Default
+	l := &Site{Name: "test", TLS: o.tls, Default: destFor(up), Rejected: &metrics.Codes{}}
+	l.Default.Cache = o.cache
+	for _, r := range o.rules {
+		if r.Dest == nil {
+			r.Dest = l.Default
 		}
-		l.Routes = append(l.Routes, r)
+		l.Rules = append(l.Rules, r)
 	}
-	if o.listener != nil {
-		o.listener(l)
+	if o.site != nil {
+		o.site(l)
 	}
 	h := NewHandler(l, hclog.NewNullLogger())
 	maxBody := o.maxBody
@@ -130,8 +131,8 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 		Logger:                       quietLogger{},
 	}
 	ln := fasthttputil.NewInmemoryListener()
-	go srv.Serve(ln) //nolint:errcheck
-	hs := &harness{t: t, ln: ln, srv: srv, h: h, up: up}
+	go srv.Serve(ln) // ends when Shutdown closes ln
+	hs := &harness{t: t, ln: ln, srv: srv, h: h, site: l, up: up}
 	hs.client = &http.Client{
 		Transport: &http.Transport{
 			DialContext: func(context.Context, string, string) (net.Conn, error) {
@@ -143,7 +144,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	}
 	t.Cleanup(func() {
 		hs.client.CloseIdleConnections()
-		srv.Shutdown() //nolint:errcheck
+		srv.Shutdown() // the test is over
 	})
 	return hs
 }
@@ -243,14 +244,14 @@ func startEcho(t testing.TB, handler ...func(w http.ResponseWriter, r *http.Requ
 		e.last = s
 		e.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(s) //nolint:errcheck
+		_ = json.NewEncoder(w).Encode(s) // a failed write shows as a failed request on the test's side
 	})}
 	e.srv.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateNew {
 			e.conns.Add(1)
 		}
 	}
-	go e.srv.Serve(ln) //nolint:errcheck
+	go e.srv.Serve(ln) // ends when Close closes ln
 	t.Cleanup(func() { e.srv.Close() })
 	return e
 }

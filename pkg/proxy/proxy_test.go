@@ -426,10 +426,10 @@ func TestRouting(t *testing.T) {
 	apiUp := newUpstream(t, "api", []string{api.addr}, o)
 	wildUp := newUpstream(t, "wild", []string{wild.addr}, o)
 	staticUp := newUpstream(t, "static", []string{static.addr}, o)
-	o.routes = []Route{
-		{Host: "api.example.com", PathPrefix: "/v1/", Target: targetFor(apiUp)},
-		{Host: "*.example.org", Target: targetFor(wildUp)},
-		{PathPrefix: "/static/", Target: targetFor(staticUp)},
+	o.rules = []Rule{
+		{Host: "api.example.com", PathPrefix: "/v1/", Dest: destFor(apiUp)},
+		{Host: "*.example.org", Dest: destFor(wildUp)},
+		{PathPrefix: "/static/", Dest: destFor(staticUp)},
 	}
 	hs := newHarness(t, o)
 	for _, tc := range []struct {
@@ -510,7 +510,7 @@ func firstLine(s string) string {
 
 func TestRedirectAndHSTS(t *testing.T) {
 	e := startEcho(t)
-	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, listener: func(l *Listener) {
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, site: func(l *Site) {
 		l.Redirect = &config.Redirect{Port: "8443"}
 	}})
 	resp, _ := hs.do("GET", "/a/b?c=d", nil, "Host", "www.example.com:8080")
@@ -524,7 +524,7 @@ func TestRedirectAndHSTS(t *testing.T) {
 		t.Fatalf("redirect's Date %q: %v", resp.Header.Get("Date"), err)
 	}
 
-	hs = newHarness(t, harnessOpts{backends: []string{e.addr}, tls: true, listener: func(l *Listener) {
+	hs = newHarness(t, harnessOpts{backends: []string{e.addr}, tls: true, site: func(l *Site) {
 		l.HSTS = []byte("max-age=31536000")
 	}})
 	resp, _ = hs.do("GET", "/", nil)
@@ -538,7 +538,7 @@ func TestRedirectAndHSTS(t *testing.T) {
 // what every other listener refuses rather than redirect it.
 func TestRedirectTargetAndChecks(t *testing.T) {
 	e := startEcho(t)
-	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, listener: func(l *Listener) {
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, site: func(l *Site) {
 		l.Redirect = &config.Redirect{Port: "8443"}
 	}})
 	for _, tc := range []struct {

@@ -25,7 +25,7 @@ import (
 // swapped:
 //
 //	socket (limitListener) → accept loop → [TLS handshake workers] →
-//	current httpServer → proxy.Handler (routes, pools)
+//	current httpServer → proxy.Handler (rules, pools)
 //
 // A change of server settings (timeouts, limits) starts a new fasthttp
 // server (an httpServer) for new connections; connections already open
@@ -100,7 +100,7 @@ func (l *boundListener) key() string {
 // configure applies a listener config and its handler state (httpState
 // for an http listener, tcpState for a tcp one; the other is nil). It is
 // called once before start, and again on every reload.
-func (l *boundListener) configure(cfg config.Listener, httpState *proxy.Listener, tcpState *l4.Service, term *tlsterm.Terminator, m *metrics.Registry) {
+func (l *boundListener) configure(cfg config.Listener, httpState *proxy.Site, tcpState *l4.Service, term *tlsterm.Terminator, m *metrics.Registry) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	old := l.cfg

@@ -272,7 +272,7 @@ func (s *Server) PurgeCache(pool, url string) (int, error) {
 	if pl == nil {
 		return 0, fmt.Errorf("%w: no pool %q", admin.ErrNotFound, pool)
 	}
-	c := pl.upstream.Cache
+	c := pl.cache
 	if c == nil {
 		return 0, fmt.Errorf("%w: pool %q has no [pool.cache]", admin.ErrNotFound, pool)
 	}

@@ -28,11 +28,12 @@ type snapshot struct {
 }
 
 // pool is one configured pool as a snapshot runs it: the upstream the
-// proxy sends to (balancer pool, transports, cache) and the health
-// monitor that judges its backends.
+// proxy sends to (balancer pool, transports), its response cache and the
+// health monitor that judges its backends.
 type pool struct {
 	cfg      config.Pool
 	upstream *upstream.Group
+	cache    *cache.Cache // nil: no [pool.cache]
 	monitor  *health.Monitor
 	added    []*balancer.Backend // backends that were not in the previous config
 }
@@ -57,7 +58,7 @@ type listenerPlan struct {
 	cfg      config.Listener
 	listener *boundListener
 	fresh    bool
-	http     *proxy.Listener     // http mode, else nil
+	http     *proxy.Site         // http mode, else nil
 	tcp      *l4.Service         // tcp mode, else nil
 	term     *tlsterm.Terminator // nil: plaintext
 }
@@ -203,8 +204,8 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	if cc := pc.Cache; cc != nil {
 		// A reload that leaves [pool.cache] as it was keeps what the
 		// cache holds.
-		if old != nil && old.upstream.Cache != nil && old.cfg.Cache != nil && *old.cfg.Cache == *cc {
-			c = old.upstream.Cache
+		if old != nil && old.cache != nil && old.cfg.Cache != nil && *old.cfg.Cache == *cc {
+			c = old.cache
 		} else {
 			c = cache.New(cc.MaxSize.Bytes, cc.MaxObject.Bytes, cache.Options{
 				Heuristic: cc.Heuristic, StoreSetCookie: cc.StoreSetCookie,
@@ -216,6 +217,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 		cfg:     *pc,
 		added:   added,
 		monitor: mon,
+		cache:   c,
 		upstream: &upstream.Group{
 			Pool:            bp,
 			Transports:      transports,
@@ -223,19 +225,18 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 			Retries:         pc.Retries,
 			QueueTimeout:    pc.ConnectTimeout.Duration,
 			ResponseTimeout: pc.ResponseTimeout.Duration,
-			Cache:           c,
 		},
 	}, nil
 }
 
 // handlerState builds what a listener's handler serves with under plan
-// p: an http listener's *proxy.Listener, or a tcp listener's
+// p: an http listener's *proxy.Site, or a tcp listener's
 // *l4.Service (the other is nil). What both modes share is built the same
 // way for each: the listener's name, TLS and access log, its pools
 // resolved once by name however many routes name them (routes to one pool
 // share its counters), and its counters, each recorded in p.keep so that
 // the commit keeps its count.
-func (s *Server) handlerState(lc config.Listener, p *plan, tlsOn bool) (*proxy.Listener, *l4.Service) {
+func (s *Server) handlerState(lc config.Listener, p *plan, tlsOn bool) (*proxy.Site, *l4.Service) {
 	var access hclog.Logger // nil: access logging is off
 	if p.access != nil {
 		access = p.access.log
@@ -248,8 +249,8 @@ func (s *Server) handlerState(lc config.Listener, p *plan, tlsOn bool) (*proxy.L
 
 // httpState is handlerState's part for an http listener: routes by host
 // and path, request counters by status code, redirect and HSTS.
-func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog.Logger) *proxy.Listener {
-	st := &proxy.Listener{
+func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog.Logger) *proxy.Site {
+	st := &proxy.Site{
 		Name:         lc.Name,
 		TLS:          tlsOn,
 		Access:       access,
@@ -257,9 +258,10 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog
 		WriteTimeout: lc.WriteTimeout.Duration,
 		Rejected:     kept(p, metrics.Key{Listener: lc.Name}, s.metrics.Codes),
 	}
-	def, routes := routeTargets(lc, func(pool string) *proxy.Target {
-		return &proxy.Target{
+	def, routes := resolvePools(lc, func(pool string) *proxy.Dest {
+		return &proxy.Dest{
 			Up:        p.snap.pools[pool].upstream,
+			Cache:     p.snap.pools[pool].cache,
 			Codes:     backendCounters(p, lc.Name, pool, s.metrics.Codes),
 			NoBackend: kept(p, metrics.Key{Listener: lc.Name, Pool: pool}, s.metrics.Codes),
 			Duration:  s.metrics.Duration(lc.Name, pool),
@@ -267,7 +269,7 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog
 	})
 	st.Default = def
 	for i, r := range lc.Routes {
-		st.Routes = append(st.Routes, proxy.Route{Host: strings.ToLower(r.Host), PathPrefix: r.PathPrefix, Target: routes[i]})
+		st.Rules = append(st.Rules, proxy.Rule{Host: strings.ToLower(r.Host), PathPrefix: r.PathPrefix, Dest: routes[i]})
 	}
 	if lc.RedirectHTTPS != "" {
 		if r, err := config.ParseRedirect(lc.RedirectHTTPS); err == nil {
@@ -294,7 +296,7 @@ func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.
 		ProxyProtocol: lc.ProxyProtocol,
 		Unrouted:      kept(p, metrics.Key{Listener: lc.Name}, s.metrics.TCP),
 	}
-	def, routes := routeTargets(lc, func(pool string) *l4.Upstream {
+	def, routes := resolvePools(lc, func(pool string) *l4.Upstream {
 		pl := p.snap.pools[pool]
 		return &l4.Upstream{
 			Pool:           pl.upstream.Pool,
@@ -312,16 +314,16 @@ func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.
 	return st
 }
 
-// routeTargets resolves the pools a listener sends to, building each
-// pool's target once with target however many routes name it: def for
-// the listener's own pool (nil when it has none), and one per route in
-// lc.Routes order.
-func routeTargets[T any](lc config.Listener, target func(pool string) *T) (def *T, routes []*T) {
+// resolvePools resolves the pools a listener sends to, building what each
+// pool is to this listener (a proxy.Dest, an l4.Upstream) once with build,
+// however many routes name it: def for the listener's own pool (nil when
+// it has none), and one per route in lc.Routes order.
+func resolvePools[T any](lc config.Listener, build func(pool string) *T) (def *T, routes []*T) {
 	built := map[string]*T{}
 	resolve := func(pool string) *T {
 		t := built[pool]
 		if t == nil {
-			t = target(pool)
+			t = build(pool)
 			built[pool] = t
 		}
 		return t

@@ -69,16 +69,16 @@ func TestHandlerStateResolvesEachPoolOnce(t *testing.T) {
 		t.Fatalf("http listener: %v, %v; tcp listener: %v, %v", web.http, web.tcp, pass.http, pass.tcp)
 	}
 	h := web.http
-	if len(h.Routes) != 3 || h.Default == nil {
-		t.Fatalf("%d routes, default %v", len(h.Routes), h.Default)
+	if len(h.Rules) != 3 || h.Default == nil {
+		t.Fatalf("%d rules, default %v", len(h.Rules), h.Default)
 	}
-	if h.Routes[0].Target != h.Routes[1].Target || h.Routes[2].Target != h.Default || h.Routes[0].Target == h.Default {
-		t.Error("http routes to one pool do not share its target")
+	if h.Rules[0].Dest != h.Rules[1].Dest || h.Rules[2].Dest != h.Default || h.Rules[0].Dest == h.Default {
+		t.Error("http rules for one pool do not share its Dest")
 	}
-	if h.Routes[0].Host != "api.example.com" || h.Routes[2].Host != "*.example.com" || h.Routes[1].PathPrefix != "/v2/" {
-		t.Errorf("routes %+v", h.Routes)
+	if h.Rules[0].Host != "api.example.com" || h.Rules[2].Host != "*.example.com" || h.Rules[1].PathPrefix != "/v2/" {
+		t.Errorf("rules %+v", h.Rules)
 	}
-	if len(h.Routes[0].Target.Codes) != 2 || len(h.Default.Codes) != 1 || h.Rejected == nil || h.Default.NoBackend == nil {
+	if len(h.Rules[0].Dest.Codes) != 2 || len(h.Default.Codes) != 1 || h.Rejected == nil || h.Default.NoBackend == nil {
 		t.Error("http counters missing")
 	}
 	if h.Access != nil {

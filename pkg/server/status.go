@@ -52,7 +52,7 @@ func (s *Server) Status() admin.Status {
 	for _, name := range s.snap.order {
 		p := s.snap.pools[name].upstream.Pool
 		ps := admin.PoolStatus{Name: p.Name, Algorithm: p.Algorithm, Usable: p.Usable()}
-		if c := s.snap.pools[name].upstream.Cache; c != nil {
+		if c := s.snap.pools[name].cache; c != nil {
 			st := c.Stats()
 			ps.Cache = &st
 		}
@@ -113,7 +113,7 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 			g.BackendUp(name, b.Address, b.Up())
 			g.BackendActive(name, b.Address, b.Active())
 		}
-		if c := s.snap.pools[name].upstream.Cache; c != nil {
+		if c := s.snap.pools[name].cache; c != nil {
 			st := c.Stats()
 			for r, n := range st.Results {
 				g.CacheRequests(name, strings.ToLower(r), n)

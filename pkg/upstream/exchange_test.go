@@ -116,8 +116,8 @@ func startFastBackend(tb testing.TB) string {
 	}
 	body := bytes.Repeat([]byte("abcd"), 25)
 	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.SetBody(body) }}
-	go srv.Serve(ln)                      //nolint:errcheck
-	tb.Cleanup(func() { srv.Shutdown() }) //nolint:errcheck
+	go srv.Serve(ln)                      // ends when Shutdown closes ln
+	tb.Cleanup(func() { srv.Shutdown() }) // the test is over
 	return ln.Addr().String()
 }
 

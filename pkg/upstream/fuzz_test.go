@@ -62,10 +62,14 @@ func FuzzWriteRequest(f *testing.F) {
 		var out, want bytes.Buffer
 		bw := bufio.NewWriter(&out)
 		err := writeRequest(bw, &req)
-		bw.Flush() //nolint:errcheck // writes to a bytes.Buffer
+		if err := bw.Flush(); err != nil {
+			t.Fatal(err)
+		}
 		bw = bufio.NewWriter(&want)
 		refErr := ref.Write(bw)
-		bw.Flush() //nolint:errcheck // writes to a bytes.Buffer
+		if err := bw.Flush(); err != nil {
+			t.Fatal(err)
+		}
 		if (err == nil) != (refErr == nil) {
 			t.Fatalf("writeRequest: %v; Request.Write: %v", err, refErr)
 		}

@@ -9,13 +9,13 @@ import (
 	"time"
 
 	"github.com/offloadlb/lb/pkg/balancer"
-	"github.com/offloadlb/lb/pkg/cache"
 )
 
 // Group is a pool as the proxy sees it: the balancer pool, one Transport
 // per backend (indexed by Backend.Index), the pool's health monitor for
 // passive reports, and its retry and timeout policy. It is immutable once
-// built, and safe for concurrent use.
+// built, and safe for concurrent use; Pool may not be nil, so the zero
+// value is not usable.
 type Group struct {
 	Pool *balancer.Pool
 	// Transports holds a Transport for every backend of Pool, at the
@@ -32,9 +32,27 @@ type Group struct {
 	// ResponseTimeout bounds the wait for a response head, and each read
 	// of a streamed body.
 	ResponseTimeout time.Duration
-	// Cache is the pool's response cache, which the proxy asks before
-	// the backends; nil for none.
-	Cache *cache.Cache
+}
+
+// Outcome is how forwarding one request to a Group went: the backend
+// that answered (or failed last), how many were tried, the body still
+// streaming from it, and the failure if none answered. The response
+// itself is in the request's context. It is a value, owned by the
+// request's goroutine. The zero value is a request no backend was asked
+// for: lb, or a cache, answered it.
+type Outcome struct {
+	// Backend is the last backend tried; nil when none was.
+	Backend *balancer.Backend
+	// Attempts is how many backends were tried.
+	Attempts int
+	// Body is the response body as it streams from Backend, which the
+	// response reads (and closes, freeing the backend); nil when the
+	// body is whole in the response, or there is none.
+	Body *Body
+	// Err is the last failure when no backend answered (the response
+	// is then an error lb made, or a stored one a cache served in its
+	// place); nil when one did.
+	Err error
 }
 
 // Lease takes a slot on a backend of the group that is not in tried,

@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/offloadlb/lb/internal/httpstatus"
+	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/h2"
+	"github.com/offloadlb/lb/pkg/upstream"
+)
+
+// errorKind is the kind of an upstream.Error in err's chain; 0 when
+// there is none.
+func errorKind(err error) upstream.ErrorKind {
+	var e *upstream.Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return 0
+}
+
+// retryable reports whether a request that failed with err may be sent to
+// another backend: always when nothing was sent, otherwise only when the
+// method is idempotent (RFC 9110 section 9.2.2).
+func retryable(err error, idempotent bool) bool {
+	switch errorKind(err) {
+	case upstream.ErrConnect:
+		return true
+	case upstream.ErrStale, upstream.ErrSend, upstream.ErrTimeout, upstream.ErrResponse:
+		return idempotent
+	}
+	return false
+}
+
+// statusFor maps a failure to the status the client gets: no backend 503,
+// too slow 504, anything else from the backend side 502.
+func statusFor(err error) int {
+	switch {
+	case errors.Is(err, balancer.ErrNoBackend), errors.Is(err, balancer.ErrQueueTimeout):
+		return fasthttp.StatusServiceUnavailable
+	case errorKind(err) == upstream.ErrTimeout:
+		return fasthttp.StatusGatewayTimeout
+	}
+	return fasthttp.StatusBadGateway
+}
+
+// ServeError answers requests fasthttp could not parse; it is the
+// server's ErrorHandler.
+func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
+	var code int
+	var small *fasthttp.ErrSmallBuffer
+	var ne net.Error
+	switch {
+	case errors.As(err, &small), errors.Is(err, h2.ErrHeadTooLarge):
+		code = fasthttp.StatusRequestHeaderFieldsTooLarge
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		code = fasthttp.StatusRequestEntityTooLarge
+	case errors.As(err, &ne) && ne.Timeout():
+		code = fasthttp.StatusRequestTimeout
+	default:
+		code = fasthttp.StatusBadRequest
+	}
+	httpstatus.Answer(&ctx.Response, code)
+	if h.log.IsDebug() {
+		h.log.Debug("rejected request", "client", ctx.RemoteAddr().String(), "status", code, "error", err)
+	}
+	h.account(ctx, h.site.Load(), nil, upstream.Outcome{Err: err}, protoOf(ctx))
+}

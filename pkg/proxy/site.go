@@ -1,0 +1,148 @@
+package proxy
+
+import (
+	"bytes"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/valyala/fasthttp"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/offloadlb/lb/internal/httpstatus"
+	"github.com/offloadlb/lb/pkg/cache"
+	"github.com/offloadlb/lb/pkg/config"
+	"github.com/offloadlb/lb/pkg/httphead"
+	"github.com/offloadlb/lb/pkg/metrics"
+	"github.com/offloadlb/lb/pkg/upstream"
+)
+
+// Site is what one http listener serves: its rules and where they send
+// requests, its redirect, HSTS, access log and timeouts. It is immutable
+// once published, and goroutines may share it; Handler.Update swaps in a
+// new one. Rejected may not be nil, so the zero value is not usable.
+type Site struct {
+	Name string
+	// TLS is whether clients connect over TLS (X-Forwarded-Proto: https).
+	TLS bool
+	// Rules are tried in order; the first match wins.
+	Rules []Rule
+	// Default serves requests no rule matches. It may be nil only when
+	// Redirect is set.
+	Default *Dest
+	// HSTS, when set, is sent as Strict-Transport-Security on every
+	// response.
+	HSTS []byte
+	// Redirect, when set, answers every request with a 308 to HTTPS.
+	Redirect *config.Redirect
+	// Rejected counts responses to requests that reached no pool
+	// (malformed, redirected). Never nil.
+	Rejected *metrics.Codes
+	// Access receives one line per request; nil turns access logging off.
+	Access hclog.Logger
+	// TunnelIdle ends a switched-protocol tunnel (a WebSocket) after this
+	// long without a byte either way; 0 for never.
+	TunnelIdle time.Duration
+	// WriteTimeout bounds writes to the client on connections lb takes
+	// over from the HTTP server (a close-delimited body to an HTTP/1.0
+	// client, a tunnel): a client that takes no bytes for this long is
+	// cut (0: never). The server bounds its own writes with the same
+	// value.
+	WriteTimeout time.Duration
+}
+
+// Dest is a pool as one site sends to it: the upstream, and this site's
+// counters for it, resolved when the config is built so that counting a
+// request needs no lookup. It is immutable once published, and goroutines
+// may share it; Up, Codes and NoBackend may not be nil.
+type Dest struct {
+	Up *upstream.Group
+	// Cache is the pool's response cache, asked before its backends
+	// (through httpcache.Forward); nil for none.
+	Cache *cache.Cache
+	// Codes counts responses by backend index.
+	Codes []*metrics.Codes
+	// NoBackend counts responses no backend gave (503 and the like).
+	NoBackend *metrics.Codes
+	// Duration observes request durations; nil for none.
+	Duration prometheus.Observer
+}
+
+// Rule sends requests for a host and/or path prefix to a pool. It is
+// immutable once published, and goroutines may share it; with Host and
+// PathPrefix empty it matches every request. A nil Dest sends nowhere
+// (503).
+type Rule struct {
+	// Host is an exact lower-case host name, or "*.example.com" to match
+	// any name below example.com; "" matches every host.
+	Host string
+	// PathPrefix matches the start of the normalised path; "" matches all.
+	PathPrefix string
+	Dest       *Dest
+}
+
+func (r *Rule) match(host, path []byte) bool {
+	if r.Host != "" {
+		if r.Host[0] == '*' {
+			suffix := r.Host[1:] // ".example.com"
+			if len(host) <= len(suffix) || !bytes.EqualFold(host[len(host)-len(suffix):], []byte(suffix)) {
+				return false
+			}
+		} else if !bytes.EqualFold(host, []byte(r.Host)) {
+			return false
+		}
+	}
+	return r.PathPrefix == "" || bytes.HasPrefix(path, []byte(r.PathPrefix))
+}
+
+// route picks the pool for a request: the first rule that matches, else
+// Default.
+func (s *Site) route(host, path []byte) *Dest {
+	if len(s.Rules) == 0 {
+		return s.Default
+	}
+	host = httphead.StripPort(host)
+	for i := range s.Rules {
+		if s.Rules[i].match(host, path) {
+			return s.Rules[i].Dest
+		}
+	}
+	return s.Default
+}
+
+// redirect answers a 308 to the same resource over HTTPS. The host is the
+// request's (ctx.Host: for an absolute-form target its authority, RFC 9112
+// section 3.2.2), checked by httphead.Check, and the path and query are
+// the target's as the client wrote them: the raw target of an absolute
+// form would repeat its scheme and authority.
+func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
+	host := r.Host
+	if host == "" {
+		host = string(httphead.StripPort(ctx.Host()))
+	}
+	if host == "" {
+		httpstatus.Answer(&ctx.Response, fasthttp.StatusBadRequest)
+		return
+	}
+	loc := make([]byte, 0, 64)
+	loc = append(loc, "https://"...)
+	if strings.IndexByte(host, ':') >= 0 && host[0] != '[' {
+		// An IPv6 address configured as redirect_https's host.
+		host = "[" + host + "]"
+	}
+	loc = append(loc, host...)
+	if r.Port != "" {
+		loc = append(loc, ':')
+		loc = append(loc, r.Port...)
+	}
+	uri := ctx.URI()
+	uri.DisablePathNormalizing = true
+	loc = append(loc, uri.RequestURI()...)
+	ctx.Response.Header.SetCanonical(hLocation, loc)
+	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
+	ctx.SetStatusCode(fasthttp.StatusPermanentRedirect)
+	// lb answers this itself, as an origin would: it sends the Date that
+	// the server no longer writes by default (RFC 9110 section 6.6.1).
+	_ = cache.SetDate(&ctx.Response.Header, time.Now()) // a head fasthttp wrote reads back
+}
