@@ -3,10 +3,16 @@
 package httpstatus
 
 import (
+	"errors"
 	"strconv"
 
 	"github.com/valyala/fasthttp"
 )
+
+// ErrHeadTooLarge is what a front end gives its handler's ServeError for a
+// request whose head is larger than it takes (431 is meant): pkg/h2 for
+// an HTTP/2 header block too big to be read as an HTTP/1.1 head.
+var ErrHeadTooLarge = errors.New("request head too large")
 
 // NoBody reports statuses whose responses never have a body, whatever
 // their head says (RFC 9110 sections 6.4.1 and 15; RFC 9112 section 6.3):

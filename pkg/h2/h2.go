@@ -21,6 +21,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/offloadlb/lb/internal/httpstatus"
 	"github.com/offloadlb/lb/internal/workers"
 )
 
@@ -43,8 +44,10 @@ type Handler interface {
 }
 
 // ErrHeadTooLarge is given to Handler.ServeError for a request whose
-// head, written as HTTP/1.1, is larger than Options.MaxHead.
-var ErrHeadTooLarge = errors.New("request head too large")
+// head, written as HTTP/1.1, is larger than Options.MaxHead. It is
+// httpstatus.ErrHeadTooLarge, so that a handler can tell it without
+// importing this package.
+var ErrHeadTooLarge = httpstatus.ErrHeadTooLarge
 
 // errMalformed is a request HTTP/2 calls malformed (RFC 9113 section
 // 8.1.1): the stream is reset with PROTOCOL_ERROR and nothing is served.

@@ -8,7 +8,6 @@ import (
 
 	"github.com/offloadlb/lb/internal/httpstatus"
 	"github.com/offloadlb/lb/pkg/balancer"
-	"github.com/offloadlb/lb/pkg/h2"
 	"github.com/offloadlb/lb/pkg/upstream"
 )
 
@@ -54,7 +53,7 @@ func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
 	var small *fasthttp.ErrSmallBuffer
 	var ne net.Error
 	switch {
-	case errors.As(err, &small), errors.Is(err, h2.ErrHeadTooLarge):
+	case errors.As(err, &small), errors.Is(err, httpstatus.ErrHeadTooLarge):
 		code = fasthttp.StatusRequestHeaderFieldsTooLarge
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		code = fasthttp.StatusRequestEntityTooLarge
