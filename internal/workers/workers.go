@@ -20,8 +20,8 @@ const DefaultIdle = 10 * time.Second
 // Pool runs jobs of type J with one function, each on a goroutine of the
 // pool: the worker that went idle last if there is one, else a new one.
 // Using the most recently idle worker first lets a few hot workers do the
-// work while the rest expire: a worker idle for the pool's idle time
-// (give or take half of it) ends.
+// work while the rest expire: a worker ends after being idle for between
+// one and one and a half times the pool's idle time, never sooner.
 //
 // Handing a job to an idle worker allocates nothing. All methods are safe
 // for concurrent use. A Pool is made by New; the zero Pool is not usable.

@@ -36,7 +36,7 @@ func (c *Conn) HTTP2() bool { return c != nil && c.Proto == "h2" }
 
 // ConnOf returns the *Conn that nc is or wraps, or nil for a connection
 // whose TLS lb did not terminate (nil for a nil nc too). Wrappers are
-// looked through by their RawConn method, as l4's splice does.
+// looked through by their RawConn method, as pkg/tunnel's splice does.
 func ConnOf(nc net.Conn) *Conn {
 	for {
 		switch x := nc.(type) {

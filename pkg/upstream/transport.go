@@ -87,8 +87,7 @@ func newBackendConn(nc net.Conn) *backendConn {
 // alive reports whether a pooled connection can carry a request: the
 // backend has not closed it, and has not sent bytes nobody asked for
 // (which would be taken for the next response). The connection must be
-// open, owned by the caller, and its read deadline not passed (see
-// probe.idle).
+// open and owned by the caller.
 func (c *backendConn) alive() bool {
 	return c.br.Buffered() == 0 && c.probe.idle()
 }
@@ -149,8 +148,8 @@ func (t *Transport) get(now, deadline time.Time, maxAge time.Duration, bigWrite 
 		if c == nil {
 			break
 		}
-		// The deadlines first: the last exchange's may have passed,
-		// which would fail alive's peek.
+		// The deadlines first, so that a connection found alive is
+		// ready for this exchange as it is returned.
 		if c.setDeadlines(deadline, bigWrite) == nil && c.alive() {
 			return c, true, nil
 		}
