@@ -66,3 +66,13 @@ func (l Lease) End(err error, blame bool) {
 		b.SetLastError(err.Error())
 	}
 }
+
+// Withdraw ends a lease whose request the client withdrew before the
+// backend answered (it went away, and the exchange was cut): the slot is
+// freed and the request counted, but neither as failed nor as a success,
+// and nothing is reported or recorded, since the request says nothing of
+// the backend's health. It is the End of such a lease.
+func (l Lease) Withdraw() {
+	l.pool.Release(l.Backend)
+	l.Backend.CountRequest(false)
+}

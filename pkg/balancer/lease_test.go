@@ -93,3 +93,22 @@ func TestLeaseAllocatesNothing(t *testing.T) {
 		t.Errorf("%v allocations per lease", got)
 	}
 }
+
+// TestLeaseWithdraw: a withdrawn lease frees its slot and counts the
+// request, neither as failed nor reported.
+func TestLeaseWithdraw(t *testing.T) {
+	p := newTestPool(t, RoundRobin, 1, 1)
+	var r reports
+	l, err := p.Lease(nil, 0, &r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := l.Backend
+	l.Withdraw()
+	if b.Active() != 0 || b.Requests() != 1 || b.Failures() != 0 {
+		t.Errorf("active %d, requests %d, failures %d", b.Active(), b.Requests(), b.Failures())
+	}
+	if r.ok != 0 || len(r.failed) != 0 || b.LastError() != "" {
+		t.Errorf("reports %+v, last error %q", r, b.LastError())
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/offloadlb/lb/internal/abort"
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http2"
 )
@@ -87,6 +88,10 @@ type stream struct {
 	remoteDone bool // the client ended the stream
 	localDone  bool // lb ended the stream
 	reset      bool // reset by either side: nothing more is written
+
+	// abort cuts the request's backend exchange when the client resets
+	// the stream or the connection ends while it is served.
+	abort abort.Signal
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -130,8 +135,11 @@ func (c *conn) serve() {
 			c.timer.Stop()
 		}
 		for _, st := range c.streams {
-			if !st.served {
+			switch {
+			case !st.served:
 				c.release(st)
+			case st.ctx != nil:
+				st.abort.Fire() // its answer has nowhere to go
 			}
 		}
 		c.mu.Unlock()
@@ -273,6 +281,9 @@ func (c *conn) handle(f http2.Frame) error {
 			return http2.ConnectionError(http2.ErrCodeProtocol) // idle stream
 		}
 		if st := c.streams[f.StreamID]; st != nil {
+			if st.served && st.ctx != nil {
+				st.abort.Fire() // nobody is left to answer
+			}
 			c.forget(st)
 			c.setDeadline()
 		}

@@ -8,12 +8,14 @@ import (
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http2"
 
+	"github.com/offloadlb/lb/internal/abort"
 	"github.com/offloadlb/lb/internal/httpstatus"
 )
 
 // serveStream starts serving st's request on a worker.
 func (c *conn) serveStream(st *stream) {
 	st.served = true
+	abort.Set(st.ctx, &st.abort)
 	c.unserved--
 	c.handlers++
 	c.wg.Add(1)

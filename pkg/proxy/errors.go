@@ -34,10 +34,18 @@ func retryable(err error, idempotent bool) bool {
 	return false
 }
 
+// statusClientClosed is what the access log and the counters show for a
+// request whose client went away before its answer (NGINX's 499); the
+// client gets nothing.
+const statusClientClosed = 499
+
 // statusFor maps a failure to the status the client gets: no backend 503,
-// too slow 504, anything else from the backend side 502.
+// too slow 504, the client gone 499, anything else from the backend side
+// 502.
 func statusFor(err error) int {
 	switch {
+	case errorKind(err) == upstream.ErrAborted:
+		return statusClientClosed
 	case errors.Is(err, balancer.ErrNoBackend), errors.Is(err, balancer.ErrQueueTimeout):
 		return fasthttp.StatusServiceUnavailable
 	case errorKind(err) == upstream.ErrTimeout:

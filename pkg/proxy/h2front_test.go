@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/offloadlb/lb/internal/testutil"
+	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/h2"
 	"github.com/offloadlb/lb/pkg/tlsterm"
 )
@@ -206,26 +207,30 @@ func startSlowEcho(t *testing.T) (*echoBackend, chan struct{}) {
 	return e, release
 }
 
-// TestHTTP2ResetAndRefuse: streams the client resets while their requests
-// are served cost it nothing on the connection; past the stream limit new
-// streams are refused (safe to retry), and the connection serves again
-// once requests finish.
+// TestHTTP2ResetAndRefuse: past the stream limit new streams are refused
+// (safe to retry) while the requests already open are served; streams
+// the client then resets free their places at once, their backend
+// exchanges cut, and the connection serves again.
 func TestHTTP2ResetAndRefuse(t *testing.T) {
 	e, release := startSlowEcho(t)
+	defer close(release)
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, responseTimeout: 10 * time.Second})
 	addr, _ := h2Serve(t, hs, h2.Options{MaxStreams: 4})
 	r := testutil.DialH2(t, addr)
-	// Four requests held by the backend, reset by the client at once.
+	// Four requests held by the backend.
 	for id := uint32(1); id <= 7; id += 2 {
 		r.Request(id, "GET", "/slow", true)
-		r.Framer.WriteRSTStream(id, http2.ErrCodeCancel)
 	}
-	// Their handlers still run: a fifth stream is refused.
+	waitFor(t, "four requests at the backend", func() bool { return hs.up.Pool.Backends[0].Active() == 4 })
 	r.Request(9, "GET", "/", true)
 	if resp := r.Response(9, nil); resp.Reset != http2.ErrCodeRefusedStream {
 		t.Errorf("stream over the limit: %+v, want REFUSED_STREAM", resp)
 	}
-	close(release)
+	for id := uint32(1); id <= 7; id += 2 {
+		if err := r.Framer.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+			t.Fatal(err)
+		}
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for id := uint32(11); ; id += 2 {
 		r.Request(id, "GET", "/", true)
@@ -234,9 +239,66 @@ func TestHTTP2ResetAndRefuse(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("still refused after the slow requests ended: %+v", resp)
+			t.Fatalf("still refused after the slow requests were reset: %+v", resp)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestHTTP2ResetCutsBackendExchange: a client that resets its stream
+// while the backend works on the answer cuts the backend's request within
+// a second (the backend sees its connection close); the backend's slot is
+// free, and it is not counted as having failed.
+func TestHTTP2ResetCutsBackendExchange(t *testing.T) {
+	cut := make(chan time.Time, 1)
+	e := startEcho(t, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/held" {
+			return false
+		}
+		select {
+		case <-r.Context().Done(): // the connection closed
+			cut <- time.Now()
+		case <-time.After(10 * time.Second):
+		}
+		return true
+	})
+	hc := config.Health{Check: "none", Interval: config.Duration{Duration: time.Hour}, PassiveFailures: 1}
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, responseTimeout: 10 * time.Second, health: &hc})
+	addr, _ := h2Serve(t, hs, h2.Options{})
+	r := testutil.DialH2(t, addr)
+	b := hs.up.Pool.Backends[0]
+	r.Request(1, "GET", "/held", true)
+	waitFor(t, "the request at the backend", func() bool { return e.hits.Load() == 1 })
+	reset := time.Now()
+	if err := r.Framer.WriteRSTStream(1, http2.ErrCodeCancel); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case at := <-cut:
+		t.Logf("backend request cut %s after the reset", at.Sub(reset).Round(time.Millisecond))
+	case <-time.After(time.Second):
+		t.Fatal("the backend request was not cut within 1 s of the reset")
+	}
+	waitFor(t, "the backend's slot free", func() bool { return b.Active() == 0 })
+	if !b.Up() || b.Failures() != 0 {
+		t.Errorf("backend up %v, %d failures: a client's reset was held against it", b.Up(), b.Failures())
+	}
+	// The connection goes on.
+	r.Request(3, "GET", "/", true)
+	if resp := r.Response(3, nil); resp.Status != "200" {
+		t.Errorf("next request: %+v", resp)
+	}
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/offloadlb/lb/internal/abort"
 	"github.com/offloadlb/lb/internal/httpstatus"
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
@@ -124,6 +125,7 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 		MaxBuffered: maxBufferedBody,
 		Replayable:  idempotent,
 		Yield:       protoOf(ctx) == protoHTTP2,
+		Abort:       abort.From(ctx),
 	}
 	var tried balancer.Tried
 	for out.Attempts <= up.Retries {
@@ -163,8 +165,13 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 			return out
 		}
 		// A backend that broke off while a request body was being sent
-		// may simply have refused the body.
-		lease.End(err, errorKind(err) != upstream.ErrSend || len(ctx.Request.Body()) == 0)
+		// may simply have refused the body; one whose exchange was cut
+		// because the client went away said nothing of its health.
+		if kind := errorKind(err); kind == upstream.ErrAborted {
+			lease.Withdraw()
+		} else {
+			lease.End(err, kind != upstream.ErrSend || len(ctx.Request.Body()) == 0)
+		}
 		out.Err = err
 		if !retryable(err, idempotent) {
 			break

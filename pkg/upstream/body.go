@@ -326,7 +326,9 @@ func (s *Body) clientPaced() bool {
 }
 
 func (s *Body) setErr(err error) error {
-	if isTimeout(err) {
+	if s.c != nil && s.c.abort.Fired() {
+		err = &Error{Kind: ErrAborted, Err: errAborted}
+	} else if isTimeout(err) {
 		err = &Error{Kind: ErrTimeout, Err: err}
 	} else if _, ok := err.(*Error); !ok {
 		err = &Error{Kind: ErrResponse, Err: err}
@@ -350,7 +352,11 @@ func (s *Body) CloseWithError(writeErr error) error {
 	} else {
 		c.Close()
 	}
-	if s.lease.Backend != nil {
+	switch {
+	case s.lease.Backend == nil:
+	case aborted(s.err):
+		s.lease.Withdraw()
+	default:
 		s.lease.End(s.err, !s.clientPaced())
 	}
 	*s = Body{}

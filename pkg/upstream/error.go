@@ -26,6 +26,10 @@ const (
 	ErrTimeout
 	// ErrResponse: the response was not valid HTTP, or broke off.
 	ErrResponse
+	// ErrAborted: the client went away and the exchange was cut (see
+	// abort.Signal); the backend is not to blame, and nobody is left to
+	// retry for.
+	ErrAborted
 )
 
 // Error is a failed exchange with a backend: every error RoundTrip
@@ -52,6 +56,8 @@ func (e *Error) Error() string {
 		what = "send request"
 	case ErrTimeout:
 		what = "response timeout"
+	case ErrAborted:
+		what = "cut"
 	default:
 		what = "bad response"
 	}
@@ -71,4 +77,11 @@ func isTimeout(err error) bool {
 func isClosed(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// aborted reports whether err is an exchange cut because the client went
+// away.
+func aborted(err error) bool {
+	e, ok := err.(*Error)
+	return ok && e.Kind == ErrAborted
 }

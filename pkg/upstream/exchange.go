@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/offloadlb/lb/internal/abort"
 	"github.com/offloadlb/lb/internal/httpstatus"
 	"github.com/valyala/fasthttp"
 )
@@ -39,6 +40,10 @@ type Exchange struct {
 	// the CPU per HTTP/2 request on a busy core). HTTP/1.1 clients gain
 	// nothing from it and their tail latency suffers, so they do not yield.
 	Yield bool
+	// Abort, when set, cuts the exchange when the client goes away: the
+	// backend connection is closed and the exchange fails as ErrAborted.
+	// nil for none.
+	Abort *abort.Signal
 }
 
 // RoundTrip writes req to the backend and reads the response head into
@@ -72,6 +77,9 @@ func (x *Exchange) RoundTrip(req *fasthttp.Request, resp *fasthttp.Response) (*B
 		nc, reused, err := x.Transport.get(now, now.Add(x.Timeout), maxAge, len(req.Body()) > smallWrite)
 		if err != nil {
 			return nil, err
+		}
+		if x.Abort != nil && !x.attach(nc) {
+			return nil, &Error{Kind: ErrAborted, Err: errAborted}
 		}
 		err = writeRequest(nc.bw, req)
 		if err == nil {
@@ -155,6 +163,11 @@ func switched(req *fasthttp.Request, c *backendConn) (*Body, error) {
 		c.Close()
 		return nil, &Error{Kind: ErrResponse, Err: err}
 	}
+	if c.abort != nil {
+		// A tunnel is the caller's to end, client and all.
+		c.abort.Detach(c.Conn)
+		c.abort = nil
+	}
 	s := bodyPool.Get().(*Body)
 	*s = Body{c: c, tunnel: true}
 	return s, nil
@@ -206,6 +219,8 @@ func (x *Exchange) release(c *backendConn, closeAfter bool) {
 // response byte is stale.
 func (x *Exchange) fail(kind ErrorKind, reused bool, err error) *Error {
 	switch {
+	case x.Abort.Fired():
+		return &Error{Kind: ErrAborted, Err: errAborted}
 	case isTimeout(err):
 		return &Error{Kind: ErrTimeout, Err: err}
 	case reused && isClosed(err):
@@ -229,4 +244,20 @@ func readHead(br *bufio.Reader, h *fasthttp.ResponseHeader) error {
 		}
 	}
 	return errors.New("too many interim responses")
+}
+
+// errAborted is the cause of an ErrAborted failure.
+var errAborted = errors.New("the client went away")
+
+// attach hands c to x's abort signal; false, with c pooled again, when
+// the signal has fired already (nothing was sent on c).
+//
+//go:noinline
+func (x *Exchange) attach(c *backendConn) bool {
+	if !x.Abort.Attach(c.Conn) {
+		x.Transport.put(c)
+		return false
+	}
+	c.abort = x.Abort
+	return true
 }

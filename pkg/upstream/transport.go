@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/offloadlb/lb/internal/abort"
 )
 
 // Buffer sizes of a backend connection. The read buffer bounds a backend's
@@ -72,6 +74,19 @@ type backendConn struct {
 	probe     probe // alive's look at the socket
 	// writeDeadline is whether a write deadline is set.
 	writeDeadline bool
+	// abort, when set, may close the connection from another goroutine
+	// (the client went away); it is detached before the connection is
+	// pooled again or closed.
+	abort *abort.Signal
+}
+
+// Close closes the connection, detached from its abort signal first.
+func (c *backendConn) Close() error {
+	if c.abort != nil {
+		c.abort.Detach(c.Conn)
+		c.abort = nil
+	}
+	return c.Conn.Close()
 }
 
 func newBackendConn(nc net.Conn) *backendConn {
@@ -190,6 +205,15 @@ func (t *Transport) dial() (net.Conn, error) {
 // connection with unread bytes is closed instead: they are not the answer
 // to any request.
 func (t *Transport) put(c *backendConn) {
+	if c.abort != nil {
+		fired := c.abort.Detach(c.Conn)
+		c.abort = nil
+		if fired {
+			// Fire may have closed it as it was being released.
+			_ = c.Conn.Close() // closed already, or now
+			return
+		}
+	}
 	if c.br.Buffered() > 0 {
 		c.Close()
 		return
