@@ -338,10 +338,10 @@ write_timeout = "15s"`, 1)
 	}
 	// Wait until the socket's receive queue has stopped growing for a
 	// while: lb's writes are then blocked on this client.
-	port := c.LocalAddr().(*net.TCPAddr).Port
+	local, remote := c.LocalAddr().(*net.TCPAddr).Port, c.RemoteAddr().(*net.TCPAddr).Port
 	last, same := int64(-1), 0
 	for deadline := time.Now().Add(10 * time.Second); same < 3; {
-		q := rxQueue(t, port)
+		q := rxQueue(t, local, remote)
 		if q > 0 && q == last {
 			same++
 		} else {
@@ -367,18 +367,21 @@ write_timeout = "15s"`, 1)
 	}
 }
 
-// rxQueue is the receive queue of the local TCP socket on port, from
-// /proc/net/tcp.
-func rxQueue(t *testing.T, port int) int64 {
+// rxQueue is the receive queue of the TCP socket from local port to
+// remote port on 127.0.0.1, from /proc/net/tcp.
+func rxQueue(t *testing.T, local, remote int) int64 {
 	t.Helper()
 	b, err := os.ReadFile("/proc/net/tcp")
 	if err != nil {
 		t.Skipf("no /proc/net/tcp: %v", err)
 	}
-	want := fmt.Sprintf(":%04X", port)
+	// Both ends: Linux gives an ephemeral port to several connections
+	// at once when their far ends differ, and a listener may hold the
+	// same number.
+	wantLocal, wantRemote := fmt.Sprintf(":%04X", local), fmt.Sprintf(":%04X", remote)
 	for _, line := range strings.Split(string(b), "\n")[1:] {
 		f := strings.Fields(line)
-		if len(f) < 5 || !strings.HasSuffix(f[1], want) {
+		if len(f) < 5 || !strings.HasSuffix(f[1], wantLocal) || !strings.HasSuffix(f[2], wantRemote) {
 			continue
 		}
 		_, rx, _ := strings.Cut(f[4], ":")
@@ -388,6 +391,6 @@ func rxQueue(t *testing.T, port int) int64 {
 		}
 		return n
 	}
-	t.Fatalf("no socket on local port %d in /proc/net/tcp", port)
+	t.Fatalf("no socket from local port %d to port %d in /proc/net/tcp", local, remote)
 	return 0
 }
