@@ -127,6 +127,7 @@ type Pool struct {
 	ConnectTimeout     Duration  `toml:"connect_timeout"`
 	ResponseTimeout    Duration  `toml:"response_timeout"`
 	MaxConnsPerBackend int       `toml:"max_conns_per_backend"` // 0 = unlimited
+	OnClientAbort      string    `toml:"on_client_abort"`       // cancel | finish
 	Health             Health    `toml:"health"`
 	Cache              *Cache    `toml:"cache"`
 	Backends           []Backend `toml:"backend"`

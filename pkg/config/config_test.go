@@ -218,6 +218,14 @@ algorithm = "random"`, 1)
 		`:12: pool[0].algorithm: "random" is not one of round_robin, least_conn`,
 	},
 	{
+		"bad client abort policy",
+		func(s string) string {
+			return strings.Replace(s, `name = "web"`, `name = "web"
+on_client_abort = "ignore"`, 1)
+		},
+		`:12: pool[0].on_client_abort: "ignore" is not one of cancel, finish`,
+	},
+	{
 		"bad size",
 		func(s string) string {
 			return strings.Replace(s, `pool = "web"`, `pool = "web"

@@ -61,6 +61,7 @@ func (l *loader) applyDefaults() {
 		pl := &c.Pools[i]
 		p := fmt.Sprintf("pool[%d]", i)
 		setStr(&pl.Algorithm, "round_robin")
+		setStr(&pl.OnClientAbort, "cancel")
 		if !l.defined(p + ".retries") {
 			pl.Retries = DefaultRetries
 		}

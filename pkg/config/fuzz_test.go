@@ -140,7 +140,7 @@ func checkConfig(t *testing.T, c *Config, file string) {
 			fail("pool[%d] name %q empty or not unique", i, p.Name)
 		}
 		pools[p.Name] = true
-		if !oneOf(p.Algorithm, "round_robin", "least_conn") || p.Retries < 0 || p.Retries > MaxRetries ||
+		if !oneOf(p.Algorithm, "round_robin", "least_conn") || !oneOf(p.OnClientAbort, "cancel", "finish") || p.Retries < 0 || p.Retries > MaxRetries ||
 			p.MaxConnsPerBackend < 0 {
 			fail("pool[%d] algorithm %q, retries %d, max_conns_per_backend %d", i, p.Algorithm, p.Retries, p.MaxConnsPerBackend)
 		}

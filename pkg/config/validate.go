@@ -292,6 +292,11 @@ func (l *loader) validatePool(i int, pools map[string]int) {
 	default:
 		l.errorf(p+".algorithm", "%q is not one of round_robin, least_conn", pl.Algorithm)
 	}
+	switch pl.OnClientAbort {
+	case "cancel", "finish":
+	default:
+		l.errorf(p+".on_client_abort", "%q is not one of cancel, finish", pl.OnClientAbort)
+	}
 	if pl.Retries < 0 || pl.Retries > MaxRetries {
 		l.errorf(p+".retries", "%d is out of range 0-%d", pl.Retries, MaxRetries)
 	}

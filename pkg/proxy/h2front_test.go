@@ -290,6 +290,41 @@ func TestHTTP2ResetCutsBackendExchange(t *testing.T) {
 	}
 }
 
+// TestHTTP2ResetWithFinishLetsBackendAnswer: with on_client_abort =
+// "finish", a reset stream's request is seen through at its backend,
+// which answers in its own time.
+func TestHTTP2ResetWithFinishLetsBackendAnswer(t *testing.T) {
+	outcome := make(chan string, 1)
+	e := startEcho(t, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/held" {
+			return false
+		}
+		select {
+		case <-r.Context().Done():
+			outcome <- "cut"
+		case <-time.After(300 * time.Millisecond):
+			outcome <- "answered"
+		}
+		return false
+	})
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, responseTimeout: 10 * time.Second, finishAborted: true})
+	addr, _ := h2Serve(t, hs, h2.Options{})
+	r := testutil.DialH2(t, addr)
+	b := hs.up.Pool.Backends[0]
+	r.Request(1, "GET", "/held", true)
+	waitFor(t, "the request at the backend", func() bool { return e.hits.Load() == 1 })
+	if err := r.Framer.WriteRSTStream(1, http2.ErrCodeCancel); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-outcome; got != "answered" {
+		t.Fatalf("the backend's request was %s; on_client_abort = finish sees it through", got)
+	}
+	waitFor(t, "the backend's slot free", func() bool { return b.Active() == 0 })
+	if b.Failures() != 0 {
+		t.Errorf("%d failures", b.Failures())
+	}
+}
+
 // waitFor polls cond for up to 5 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()

@@ -125,7 +125,9 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 		MaxBuffered: maxBufferedBody,
 		Replayable:  idempotent,
 		Yield:       protoOf(ctx) == protoHTTP2,
-		Abort:       abort.From(ctx),
+	}
+	if !up.FinishAborted {
+		x.Abort = abort.From(ctx)
 	}
 	var tried balancer.Tried
 	for out.Attempts <= up.Retries {

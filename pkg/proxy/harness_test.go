@@ -51,6 +51,7 @@ type harnessOpts struct {
 	health          *config.Health
 	site            func(*Site)
 	cache           *cache.Cache // the harness's pool's
+	finishAborted   bool         // on_client_abort = "finish"
 }
 
 func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *upstream.Group {
@@ -85,6 +86,7 @@ func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *upst
 		Retries:         o.retries,
 		QueueTimeout:    time.Second,
 		ResponseTimeout: timeout,
+		FinishAborted:   o.finishAborted,
 	}
 	t.Cleanup(func() { mon.Stop(); up.Close() })
 	return up

@@ -224,6 +224,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 			Health:          mon,
 			Retries:         pc.Retries,
 			QueueTimeout:    pc.ConnectTimeout.Duration,
+			FinishAborted:   pc.OnClientAbort == "finish",
 			ResponseTimeout: pc.ResponseTimeout.Duration,
 		},
 	}, nil

@@ -32,6 +32,10 @@ type Group struct {
 	// ResponseTimeout bounds the wait for a response head, and each read
 	// of a streamed body.
 	ResponseTimeout time.Duration
+	// FinishAborted keeps a request whose client went away at its
+	// backend until the backend answers (on_client_abort = "finish");
+	// false cuts the exchange at once.
+	FinishAborted bool
 }
 
 // Outcome is how forwarding one request to a Group went: the backend
