@@ -126,7 +126,9 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 		Replayable:  idempotent,
 		Yield:       protoOf(ctx) == protoHTTP2,
 	}
-	if !up.FinishAborted {
+	if x.Yield && !up.FinishAborted {
+		// Only the HTTP/2 front end gives a request an abort signal:
+		// an HTTP/1.1 request skips the lookup.
 		x.Abort = abort.From(ctx)
 	}
 	var tried balancer.Tried
