@@ -102,7 +102,7 @@ func moduleImports(t *testing.T, root string) map[string][]string {
 			return err
 		}
 		if d.IsDir() {
-			if n := d.Name(); path != root && (strings.HasPrefix(n, ".") || n == "testdata" || n == "node_modules") {
+			if n := d.Name(); path != root && (strings.HasPrefix(n, ".") || n == "testdata" || n == "node_modules" || n == "third_party") {
 				return filepath.SkipDir
 			}
 			return nil

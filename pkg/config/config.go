@@ -72,9 +72,13 @@ type Listener struct {
 	ReadTimeout    Duration `toml:"read_timeout"`
 	WriteTimeout   Duration `toml:"write_timeout"`
 	IdleTimeout    Duration `toml:"idle_timeout"`
-	MaxRequestBody Size     `toml:"max_request_body"`
-	MaxHeaderBytes Size     `toml:"max_header_bytes"`
-	MaxConnections int      `toml:"max_connections"`
+	MaxRequestBody Size     `toml:"max_request_body"` // 0: no limit
+	// BodyBuffer is how much of a request body is read before a backend
+	// is picked: a body that ends within it is sent whole and may be
+	// retried; a longer one streams to the backend as it arrives.
+	BodyBuffer     Size `toml:"body_buffer"`
+	MaxHeaderBytes Size `toml:"max_header_bytes"`
+	MaxConnections int  `toml:"max_connections"`
 	// MaxConnectionsPerClient bounds the connections one client address
 	// may hold open; 0 for no bound.
 	MaxConnectionsPerClient int     `toml:"max_connections_per_client"`
@@ -176,13 +180,17 @@ type Backend struct {
 
 // Defaults of the keys a config leaves out, filled in by applyDefaults.
 const (
-	DefaultConfigFile      = "lb.toml"
-	DefaultAdmin           = "127.0.0.1:9100"
-	DefaultShutdownGrace   = 30 * time.Second
-	DefaultReadTimeout     = 30 * time.Second
-	DefaultWriteTimeout    = 30 * time.Second
-	DefaultIdleTimeout     = 60 * time.Second
-	DefaultMaxRequestBody  = 10 << 20
+	DefaultConfigFile     = "lb.toml"
+	DefaultAdmin          = "127.0.0.1:9100"
+	DefaultShutdownGrace  = 30 * time.Second
+	DefaultReadTimeout    = 30 * time.Second
+	DefaultWriteTimeout   = 30 * time.Second
+	DefaultIdleTimeout    = 60 * time.Second
+	DefaultMaxRequestBody = 10 << 20
+	DefaultBodyBuffer     = 64 << 10
+	// MaxBodyBuffer bounds body_buffer: what each request may hold in
+	// memory before it streams.
+	MaxBodyBuffer          = 16 << 20
 	DefaultMaxHeaderBytes  = 16 << 10
 	DefaultMaxConnections  = 10000
 	DefaultRetries         = 1

@@ -35,6 +35,7 @@ func (l *loader) applyDefaults() {
 		l.setDur(&ln.IdleTimeout, p+".idle_timeout", DefaultIdleTimeout)
 		l.setSize(&ln.MaxRequestBody, p+".max_request_body", DefaultMaxRequestBody)
 		l.setSize(&ln.MaxHeaderBytes, p+".max_header_bytes", DefaultMaxHeaderBytes)
+		l.setSize(&ln.BodyBuffer, p+".body_buffer", DefaultBodyBuffer)
 		if !l.defined(p + ".max_connections") {
 			ln.MaxConnections = DefaultMaxConnections
 		}

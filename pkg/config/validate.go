@@ -83,7 +83,13 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 	l.checkDur(ln.ReadTimeout, p+".read_timeout", false)
 	l.checkDur(ln.WriteTimeout, p+".write_timeout", false)
 	l.checkDur(ln.IdleTimeout, p+".idle_timeout", false)
-	l.checkSize(ln.MaxRequestBody, p+".max_request_body", 0)
+	if ln.MaxRequestBody.Bytes != 0 || ln.MaxRequestBody.err != nil { // 0: no limit
+		l.checkSize(ln.MaxRequestBody, p+".max_request_body", 0)
+	}
+	l.checkSize(ln.BodyBuffer, p+".body_buffer", 1024)
+	if ln.BodyBuffer.err == nil && ln.BodyBuffer.Bytes > MaxBodyBuffer {
+		l.errorf(p+".body_buffer", "%d is more than the 16MiB limit", ln.BodyBuffer.Bytes)
+	}
 	l.checkSize(ln.MaxHeaderBytes, p+".max_header_bytes", 1024)
 	if ln.MaxHeaderBytes.err == nil && ln.MaxHeaderBytes.Bytes > 1<<20 {
 		l.errorf(p+".max_header_bytes", "%d is more than the 1MiB limit", ln.MaxHeaderBytes.Bytes)

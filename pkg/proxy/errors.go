@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"net"
+	"syscall"
 
 	"github.com/valyala/fasthttp"
 
@@ -43,7 +44,10 @@ const statusClientClosed = 499
 // too slow 504, the client gone 499, anything else from the backend side
 // 502.
 func statusFor(err error) int {
+	var be *upstream.BodyError
 	switch {
+	case errors.As(err, &be):
+		return bodyStatus(be.Err)
 	case errorKind(err) == upstream.ErrAborted:
 		return statusClientClosed
 	case errors.Is(err, balancer.ErrNoBackend), errors.Is(err, balancer.ErrQueueTimeout):
@@ -75,4 +79,27 @@ func (h *Handler) ServeError(ctx *fasthttp.RequestCtx, err error) {
 		h.log.Debug("rejected request", "client", ctx.RemoteAddr().String(), "status", code, "error", err)
 	}
 	h.account(ctx, h.site.Load(), nil, upstream.Outcome{Err: err}, protoOf(ctx))
+}
+
+// isBodyError reports whether an exchange failed on the client's side of
+// a streamed request body.
+func isBodyError(err error) bool {
+	var be *upstream.BodyError
+	return errors.As(err, &be)
+}
+
+// isReset reports a connection the client reset or closed under a write.
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// errBodyFailed is the outcome of a request whose body failed before it
+// was sent anywhere; its status is in the response.
+var errBodyFailed = errors.New("request body failed")
+
+// bodyFailed answers a request whose body failed before a backend was
+// picked; a client that went away gets nothing, and 499 is logged.
+func bodyFailed(ctx *fasthttp.RequestCtx, code int) {
+	httpstatus.Answer(&ctx.Response, code)
+	ctx.SetConnectionClose()
 }

@@ -69,10 +69,10 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		httpstatus.Answer(&ctx.Response, fasthttp.StatusServiceUnavailable)
 	} else {
 		httphead.Prepare(ctx, mask, clientOf(ctx, site.TLS))
-		if t.Cache != nil {
-			out = httpcache.Forward(ctx, h, t.Up, t.Cache, site.TLS)
+		if ctx.Request.IsBodyStream() {
+			out = h.forwardBody(ctx, site, t, proto == protoHTTP2)
 		} else {
-			out = h.Forward(ctx, t.Up)
+			out = h.forwardTo(ctx, site, t)
 		}
 		if out.Body != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
 			closeDelimited(ctx, site.WriteTimeout)
@@ -82,6 +82,43 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		ctx.Response.Header.SetCanonical(hSTS, site.HSTS)
 	}
 	h.account(ctx, site, t, out, proto)
+}
+
+// forwardTo sends the request to t's pool, through its cache if it has
+// one.
+func (h *Handler) forwardTo(ctx *fasthttp.RequestCtx, site *Site, t *Dest) upstream.Outcome {
+	if t.Cache != nil {
+		return httpcache.Forward(ctx, h, t.Up, t.Cache, site.TLS)
+	}
+	return h.Forward(ctx, t.Up)
+}
+
+// forwardBody is forwardTo for a request whose body is a stream (see
+// takeBody). It is kept out of Serve, whose stack frame sits under every
+// request.
+//
+//go:noinline
+func (h *Handler) forwardBody(ctx *fasthttp.RequestCtx, site *Site, t *Dest, h2 bool) upstream.Outcome {
+	cb, code := takeBody(ctx, site, h2)
+	if code != 0 {
+		bodyFailed(ctx, code)
+		lingerOnClose(ctx.Conn())
+		return upstream.Outcome{Err: errBodyFailed}
+	}
+	if cb.streams() {
+		ctx.Request.SetBodyStream(cb, ctx.Request.Header.ContentLength())
+	}
+	out := h.forwardTo(ctx, site, t)
+	if cb.streams() && !cb.eof {
+		// Answered before the body was all read: the connection closes
+		// (fasthttp will not read past a body left unread), gently.
+		lingerOnClose(ctx.Conn())
+	}
+	// The request is done with its body (the response may still be on
+	// its way, but nothing reads the request's again).
+	ctx.Request.ResetBody()
+	cb.release()
+	return out
 }
 
 // Client protocols, for the access log (and HTTP/1.0's close-delimited
@@ -126,10 +163,21 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 		Replayable:  idempotent,
 		Yield:       protoOf(ctx) == protoHTTP2,
 	}
-	if x.Yield && !up.FinishAborted {
-		// Only the HTTP/2 front end gives a request an abort signal:
-		// an HTTP/1.1 request skips the lookup.
-		x.Abort = abort.From(ctx)
+	if ctx.Request.IsBodyStream() && streamBody(&x, &ctx.Request) {
+		// Sent once: after a connect failure alone (nothing sent) it
+		// goes to another backend.
+		idempotent = false
+	}
+	if !up.FinishAborted {
+		if x.Yield {
+			// Only the HTTP/2 front end gives a request an abort
+			// signal: an HTTP/1.1 request skips the lookup.
+			x.Abort = abort.From(ctx)
+		} else {
+			// An HTTP/1.1 client's going away shows only on its
+			// socket: the exchange asks it while the answer is late.
+			x.Client, _ = ctx.Conn().(upstream.Client)
+		}
 	}
 	var tried balancer.Tried
 	for out.Attempts <= up.Retries {
@@ -171,7 +219,7 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 		// A backend that broke off while a request body was being sent
 		// may simply have refused the body; one whose exchange was cut
 		// because the client went away said nothing of its health.
-		if kind := errorKind(err); kind == upstream.ErrAborted {
+		if kind := errorKind(err); kind == upstream.ErrAborted || isBodyError(err) {
 			lease.Withdraw()
 		} else {
 			lease.End(err, kind != upstream.ErrSend || len(ctx.Request.Body()) == 0)
@@ -185,7 +233,24 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 		}
 	}
 	httpstatus.Answer(&ctx.Response, statusFor(out.Err))
+	if isBodyError(out.Err) {
+		ctx.SetConnectionClose() // the rest of the body is not read
+	}
 	return out
+}
+
+// streamBody makes x stream req's body if it is one takeBody left to
+// stream, and reports whether it did. It is kept out of Forward, whose
+// stack frame sits under every backend exchange.
+//
+//go:noinline
+func streamBody(x *upstream.Exchange, req *fasthttp.Request) bool {
+	cb, ok := req.BodyStream().(*clientBody)
+	if !ok || !cb.streams() {
+		return false
+	}
+	x.Body, x.BodyLen = cb, int64(req.Header.ContentLength())
+	return true
 }
 
 // logRetry is kept out of Forward so that its arguments do not enlarge

@@ -3,7 +3,11 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net"
+	"time"
+
+	"github.com/offloadlb/lb/internal/peer"
 )
 
 // errBareLFHead ends the read of a head whose blank line is a bare LF.
@@ -36,6 +40,9 @@ type headConn struct {
 	lastCR   bool // the last byte read was CR
 	prevCRLF bool // the line before the current one ended in CRLF
 	bareLF   bool // a head ended in a bare-LF blank line: reads fail
+	// linger makes Close linger (see lingerClose): a request's body was
+	// left unread.
+	linger bool
 }
 
 // WatchHead wraps an HTTP/1.1 client connection for the fasthttp server
@@ -103,5 +110,63 @@ func (c *headConn) CloseWrite() error {
 		default:
 			return nil
 		}
+	}
+}
+
+// Close closes the connection, lingering first if a request body was
+// left unread.
+func (c *headConn) Close() error {
+	if c.linger {
+		return lingerClose(c.Conn)
+	}
+	return c.Conn.Close()
+}
+
+// Lingering close. A connection closed with bytes of the client's still
+// unread (a body the backend refused before reading it all) is reset by
+// the kernel, and a reset can destroy the answer at the client before
+// the client has read it: the 401 or 413 meant for it would be lost.
+// Like NGINX's lingering_close, lb then ends its side of the connection
+// (TLS close_notify and a TCP FIN, behind the answer), and reads and
+// drops what the client still sends, for a bounded time, before it
+// closes.
+const (
+	lingerTime  = 2 * time.Second
+	lingerBytes = 16 << 20
+)
+
+func lingerClose(c net.Conn) error {
+	if tc, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = tc.CloseWrite() // TLS: close_notify; its error shows on the reads
+	}
+	raw := c
+	for {
+		switch x := raw.(type) {
+		case interface{ NetConn() net.Conn }: // *tls.Conn, tlsterm.Conn
+			raw = x.NetConn()
+			continue
+		case interface{ RawConn() net.Conn }:
+			raw = x.RawConn()
+			continue
+		}
+		break
+	}
+	if tc, ok := raw.(*net.TCPConn); ok {
+		if tc.CloseWrite() == nil && tc.SetReadDeadline(time.Now().Add(lingerTime)) == nil {
+			_, _ = io.CopyN(io.Discard, tc, lingerBytes) // ends at the client's close, the deadline, or the bound
+		}
+	}
+	return c.Close()
+}
+
+// Gone reports whether the client has closed or reset the connection
+// (see peer.Gone); an exchange waiting for its backend's answer asks.
+func (c *headConn) Gone() bool { return peer.Gone(c.Conn) }
+
+// lingerOnClose makes ctx's connection linger when it closes, if it is
+// an HTTP/1.1 one.
+func lingerOnClose(c net.Conn) {
+	if hc, ok := c.(*headConn); ok {
+		hc.linger = true
 	}
 }

@@ -50,6 +50,16 @@ type Site struct {
 	// cut (0: never). The server bounds its own writes with the same
 	// value.
 	WriteTimeout time.Duration
+	// ReadTimeout bounds the wait for each read of a request body that
+	// streams (the server bounds the head and what is read ahead); 0 for
+	// none.
+	ReadTimeout time.Duration
+	// MaxBody is the largest request body (413 past it); 0 for no limit.
+	MaxBody int64
+	// BodyBuffer is how much of a request body is read before it is
+	// sent: a body that ends within it goes whole, and may be retried;
+	// a longer one streams. 0 takes 64 KiB.
+	BodyBuffer int
 }
 
 // Dest is a pool as one site sends to it: the upstream, and this site's

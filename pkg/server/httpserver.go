@@ -35,23 +35,28 @@ type httpServer struct {
 // rebuilt: its settings are read without synchronisation while it runs.
 func serverSettingsChanged(a, b config.Listener) bool {
 	return a.ReadTimeout != b.ReadTimeout || a.WriteTimeout != b.WriteTimeout ||
-		a.IdleTimeout != b.IdleTimeout || a.MaxRequestBody != b.MaxRequestBody ||
+		a.IdleTimeout != b.IdleTimeout || a.MaxRequestBody != b.MaxRequestBody || a.BodyBuffer != b.BodyBuffer ||
 		a.MaxHeaderBytes != b.MaxHeaderBytes || a.MaxConnections != b.MaxConnections
 }
 
 func (l *boundListener) newHTTPServer(cfg config.Listener) *httpServer {
 	srv := &httpServer{queue: newConnQueue(l.sock.Addr()), done: make(chan struct{})}
 	srv.http1 = &fasthttp.Server{
-		Handler:                      l.handler.Serve,
-		ErrorHandler:                 l.handler.ServeError,
-		HeaderReceived:               l.handler.HeaderReceived,
-		NoDefaultServerHeader:        true,
-		NoDefaultContentType:         true,
-		NoDefaultDate:                true, // backends' Date is passed on, a cache hit keeps the stored one (RFC 9110 section 6.6.1)
-		ReadTimeout:                  cfg.ReadTimeout.Duration,
-		WriteTimeout:                 cfg.WriteTimeout.Duration,
-		IdleTimeout:                  cfg.IdleTimeout.Duration,
-		MaxRequestBodySize:           int(cfg.MaxRequestBody.Bytes),
+		Handler:               l.handler.Serve,
+		ErrorHandler:          l.handler.ServeError,
+		HeaderReceived:        l.handler.HeaderReceived,
+		NoDefaultServerHeader: true,
+		NoDefaultContentType:  true,
+		NoDefaultDate:         true, // backends' Date is passed on, a cache hit keeps the stored one (RFC 9110 section 6.6.1)
+		ReadTimeout:           cfg.ReadTimeout.Duration,
+		WriteTimeout:          cfg.WriteTimeout.Duration,
+		IdleTimeout:           cfg.IdleTimeout.Duration,
+		// Request bodies stream: the handler runs once the head is in,
+		// reads what body_buffer allows, and streams the rest (see
+		// pkg/proxy's takeBody, which enforces max_request_body). The
+		// server reads at most this much ahead of the handler.
+		StreamRequestBody:            true,
+		MaxRequestBodySize:           int(cfg.BodyBuffer.Bytes),
 		ReadBufferSize:               int(cfg.MaxHeaderBytes.Bytes),
 		DisablePreParseMultipartForm: true,
 		CloseOnShutdown:              true,

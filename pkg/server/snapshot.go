@@ -257,6 +257,9 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog
 		Access:       access,
 		TunnelIdle:   lc.IdleTimeout.Duration,
 		WriteTimeout: lc.WriteTimeout.Duration,
+		ReadTimeout:  lc.ReadTimeout.Duration,
+		MaxBody:      lc.MaxRequestBody.Bytes,
+		BodyBuffer:   int(lc.BodyBuffer.Bytes),
 		Rejected:     kept(p, metrics.Key{Listener: lc.Name}, s.metrics.Codes),
 	}
 	def, routes := resolvePools(lc, func(pool string) *proxy.Dest {

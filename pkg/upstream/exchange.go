@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"time"
 
@@ -44,7 +45,29 @@ type Exchange struct {
 	// backend connection is closed and the exchange fails as ErrAborted.
 	// nil for none.
 	Abort *abort.Signal
+	// Body, when set, is the request body, streamed to the backend as it
+	// is read (the request's own body is not sent), BodyLen bytes long,
+	// or chunked when BodyLen is negative. It is read from another
+	// goroutine than RoundTrip's, and done with when RoundTrip returns.
+	// An exchange with a Body is tried once: the failure it returns is
+	// the backend's (an *Error) or the body's (a *BodyError).
+	Body    io.Reader
+	BodyLen int64
+	// Client, when set, is asked every watchInterval while the answer is
+	// awaited whether the client is still there (HTTP/1.1, whose
+	// clients' going away nothing else reports while their request is
+	// at a backend): if it is gone, the exchange is cut as ErrAborted.
+	Client Client
 }
+
+// Client is the far end of a request, as an exchange asks about it.
+type Client interface {
+	// Gone reports whether the client has gone away.
+	Gone() bool
+}
+
+// watchInterval is how often an exchange with a Client asks about it.
+const watchInterval = 500 * time.Millisecond
 
 // RoundTrip writes req to the backend and reads the response head into
 // resp. A small body is read too and the connection pooled again at once;
@@ -60,11 +83,23 @@ type Exchange struct {
 // closed, before any byte of an answer came back, is sent again on a new
 // connection if it is Replayable. A failure is an *Error.
 func (x *Exchange) RoundTrip(req *fasthttp.Request, resp *fasthttp.Response) (*Body, error) {
+	if x.Body != nil {
+		return x.roundTripStream(req, resp)
+	}
+	c, closeAfter, err := x.send(req, resp)
+	if err != nil {
+		return nil, err
+	}
+	return x.finish(req, resp, c, closeAfter)
+}
+
+// send writes req on a connection and waits for the first byte of the
+// answer. It is its own frame, popped before finish reads the answer,
+// for the stack: RoundTrip's frame sits under every exchange.
+func (x *Exchange) send(req *fasthttp.Request, resp *fasthttp.Response) (c *backendConn, closeAfter bool, err error) {
 	// Send, on a pooled connection first. The retry on a stale one is a
 	// loop rather than a second call, for the stack: this frame sits
 	// under every exchange.
-	var c *backendConn
-	closeAfter := false
 	for reuse := true; ; reuse = false {
 		now := time.Now()
 		var maxAge time.Duration
@@ -76,10 +111,10 @@ func (x *Exchange) RoundTrip(req *fasthttp.Request, resp *fasthttp.Response) (*B
 		}
 		nc, reused, err := x.Transport.get(now, now.Add(x.Timeout), maxAge, len(req.Body()) > smallWrite)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if x.Abort != nil && !x.attach(nc) {
-			return nil, &Error{Kind: ErrAborted, Err: errAborted}
+			return nil, false, &Error{Kind: ErrAborted, Err: errAborted}
 		}
 		err = writeRequest(nc.bw, req)
 		if err == nil {
@@ -101,7 +136,7 @@ func (x *Exchange) RoundTrip(req *fasthttp.Request, resp *fasthttp.Response) (*B
 			}
 			// Wait for the first byte on its own so that "closed before
 			// answering" can be told apart from a broken answer.
-			if _, err = nc.br.Peek(1); err == nil {
+			if err = x.waitFirst(nc, time.Time{}); err == nil {
 				c = nc
 				break
 			}
@@ -109,13 +144,56 @@ func (x *Exchange) RoundTrip(req *fasthttp.Request, resp *fasthttp.Response) (*B
 		nc.Close()
 		e := x.fail(kind, reused, err)
 		if e.Kind != ErrStale || !x.Replayable {
-			return nil, e
+			return nil, false, e
 		}
 		// The backend closed a pooled connection as it was reused: it
 		// never saw the request. Try once more on a new one (which
 		// cannot be stale).
 		resp.ResetBody()
 	}
+	return c, closeAfter, nil
+}
+
+// waitFirst waits for the first byte of an answer on c. With a Client it
+// wakes every watchInterval until the response timeout, from sent (or
+// from now when zero), to ask whether the client is still there.
+func (x *Exchange) waitFirst(c *backendConn, sent time.Time) error {
+	if x.Client == nil {
+		_, err := c.br.Peek(1)
+		return err
+	}
+	return x.watchFirst(c, sent)
+}
+
+//go:noinline
+func (x *Exchange) watchFirst(c *backendConn, sent time.Time) error {
+	if sent.IsZero() {
+		sent = time.Now()
+	}
+	deadline := sent.Add(x.Timeout)
+	for {
+		wake := time.Now().Add(watchInterval)
+		last := !wake.Before(deadline)
+		if last {
+			wake = deadline
+		}
+		if err := c.SetReadDeadline(wake); err != nil {
+			return err
+		}
+		_, err := c.br.Peek(1)
+		if err == nil || last || !isTimeout(err) {
+			return err
+		}
+		if x.Client.Gone() {
+			return &Error{Kind: ErrAborted, Err: errAborted}
+		}
+	}
+}
+
+// finish reads the response to req from c, on which req was sent whole
+// (or as much of it as the backend took before answering: then
+// closeAfter is set).
+func (x *Exchange) finish(req *fasthttp.Request, resp *fasthttp.Response, c *backendConn, closeAfter bool) (*Body, error) {
 	if err := readHead(c.br, &resp.Header); err != nil {
 		c.Close()
 		return nil, x.fail(ErrResponse, false, err)
@@ -225,6 +303,9 @@ func (x *Exchange) fail(kind ErrorKind, reused bool, err error) *Error {
 		return &Error{Kind: ErrTimeout, Err: err}
 	case reused && isClosed(err):
 		return &Error{Kind: ErrStale, Err: err}
+	}
+	if e, ok := err.(*Error); ok {
+		return e
 	}
 	return &Error{Kind: kind, Err: err}
 }

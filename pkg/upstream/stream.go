@@ -1,0 +1,244 @@
+package upstream
+
+import (
+	"errors"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// A streamed request body is sent by a goroutine of its own (the pump)
+// while the exchange's goroutine waits for the answer: a backend may
+// answer before it has read the whole body (a 401, a 413, a quota), and
+// that answer goes to the client at once, which a single goroutine
+// blocked writing a body the backend no longer reads could not do.
+//
+// The pump reads the body in pieces of streamChunk and writes each on
+// before it reads the next, so a request holds at most one piece in lb:
+// the client is read only as fast as the backend takes the bytes.
+const streamChunk = 16 << 10
+
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, streamChunk); return &b }}
+
+// Interrupter is what a streamed body may offer to stop a Read that
+// waits for its client: after Interrupt, Reads waiting and to come
+// return an error promptly. Interrupt may be called from any goroutine.
+// An exchange interrupts a body it stops sending (the backend answered
+// early, or failed) so that its pump can end.
+type Interrupter interface {
+	Interrupt()
+}
+
+// BodyError is a failure of the client's side of a streamed request body
+// (it broke off, passed its limit, stalled or broke its framing): the
+// exchange was cut for it, and the backend is not to blame. Err is the
+// body reader's error.
+type BodyError struct{ Err error }
+
+func (e *BodyError) Error() string { return "request body: " + e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *BodyError) Unwrap() error { return e.Err }
+
+// roundTripStream is RoundTrip for a request whose body streams from
+// x.Body. A connection is taken as for a request that may not be sent
+// twice, and nothing is retried once a byte is sent: the body read so far
+// is gone.
+//
+//go:noinline
+func (x *Exchange) roundTripStream(req *fasthttp.Request, resp *fasthttp.Response) (*Body, error) {
+	now := time.Now()
+	c, _, err := x.Transport.get(now, now.Add(x.Timeout), safeReuseAge, true)
+	if err != nil {
+		return nil, err
+	}
+	if x.Abort != nil && !x.attach(c) {
+		return nil, &Error{Kind: ErrAborted, Err: errAborted}
+	}
+	h := &req.Header
+	chunked := x.BodyLen < 0
+	if chunked {
+		h.SetContentLength(-1) // Transfer-Encoding: chunked
+	} else {
+		h.SetContentLength(int(x.BodyLen))
+	}
+	if err := h.Write(c.bw); err != nil {
+		c.Close()
+		return nil, x.fail(ErrSend, false, err)
+	}
+	// The head goes with the first piece of the body. Until the body is
+	// sent, the answer may take as long as the client takes to send it:
+	// the response timeout starts when the last byte is written.
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
+		c.Close()
+		return nil, x.fail(ErrSend, false, err)
+	}
+	p := &pump{c: c, body: x.Body, chunked: chunked, timeout: x.Timeout, wakeIn: x.Timeout, trailer: h, done: make(chan struct{})}
+	if x.Client != nil {
+		p.wakeIn = watchInterval
+	}
+	go p.run()
+
+	_, err = c.br.Peek(1)
+	if err != nil && isTimeout(err) && p.sentWhole() {
+		// The body went whole; the answer is late: the response
+		// timeout runs from the last byte sent, and the client, if
+		// watched, is asked about meanwhile.
+		err = x.waitFirst(c, p.sent)
+	}
+	select {
+	case <-p.done:
+	default:
+		// The backend answered (or failed) before the body was sent:
+		// stop sending. Its connection cannot carry another request.
+		p.stop(x.Body)
+		<-p.done
+		p.closeAfter = true
+	}
+	switch {
+	case p.readErr != nil && p.readErr != errStopped:
+		// The client's side broke: the backend is cut off mid-request.
+		c.Close()
+		if x.Abort.Fired() {
+			return nil, &Error{Kind: ErrAborted, Err: errAborted}
+		}
+		return nil, &BodyError{Err: p.readErr}
+	case err != nil:
+		c.Close()
+		kind := ErrResponse
+		if p.writeErr != nil && !p.stopped.Load() {
+			kind = ErrSend
+		}
+		return nil, x.fail(kind, false, err)
+	}
+	if err := c.SetReadDeadline(time.Now().Add(x.Timeout)); err != nil {
+		c.Close()
+		return nil, x.fail(ErrResponse, false, err)
+	}
+	return x.finish(req, resp, c, p.closeAfter)
+}
+
+// pump sends a streamed body to the backend. Its results are read once
+// done is closed.
+type pump struct {
+	c       *backendConn
+	body    io.Reader
+	chunked bool
+	timeout time.Duration
+	trailer *fasthttp.RequestHeader // where a chunked body's trailers are, once it ended
+	done    chan struct{}
+	stopped atomic.Bool // stop was called
+
+	wakeIn time.Duration // how soon to wake the exchange once the body is sent
+	sent   time.Time     // when the body was sent whole
+
+	readErr    error // the client's side failed
+	writeErr   error // the backend's side failed
+	closeAfter bool  // the connection cannot be reused
+}
+
+var errStopped = errors.New("stopped: the backend answered before the body was sent")
+
+func (p *pump) run() {
+	defer close(p.done)
+	bp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bp)
+	buf := *bp
+	var line [20]byte
+	for {
+		n, rerr := p.body.Read(buf)
+		if n > 0 {
+			if err := p.c.SetWriteDeadline(time.Now().Add(p.timeout)); err != nil {
+				p.writeErr = err
+				return
+			}
+			var err error
+			if p.chunked {
+				hdr := strconv.AppendInt(line[:0], int64(n), 16)
+				hdr = append(hdr, '\r', '\n')
+				_, err = p.c.bw.Write(hdr)
+				if err == nil {
+					_, err = p.c.bw.Write(buf[:n])
+				}
+				if err == nil {
+					_, err = p.c.bw.WriteString("\r\n")
+				}
+			} else {
+				_, err = p.c.bw.Write(buf[:n])
+			}
+			if err == nil {
+				err = p.c.bw.Flush()
+			}
+			if err != nil {
+				p.writeErr = err
+				p.wake()
+				return
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if p.stopped.Load() {
+				// The exchange stopped it to read an early answer.
+				p.readErr = errStopped
+				return
+			}
+			p.readErr = rerr
+			// Cut the backend off: a request that ends short must not
+			// look complete to it, and the exchange's wait ends.
+			_ = p.c.Conn.Close()
+			return
+		}
+	}
+	if p.chunked {
+		_, err := p.c.bw.WriteString("0\r\n")
+		if err == nil {
+			// The trailer fields and the blank line that ends them.
+			_, err = p.c.bw.Write(p.trailer.TrailerHeader())
+		}
+		if err == nil {
+			err = p.c.bw.Flush()
+		}
+		if err != nil {
+			p.writeErr = err
+			p.wake()
+			return
+		}
+	}
+	// Sent whole: the response timeout runs from now. A watched
+	// client is asked about within a second.
+	p.sent = time.Now()
+	_ = p.c.SetReadDeadline(p.sent.Add(min(p.timeout, p.wakeIn))) // an error shows on the read
+}
+
+// sentWhole reports whether the pump is done and sent the whole body.
+func (p *pump) sentWhole() bool {
+	select {
+	case <-p.done:
+		return p.readErr == nil && p.writeErr == nil
+	default:
+		return false
+	}
+}
+
+// wake bounds the exchange's wait for an answer once the body cannot be
+// sent: a backend that stopped reading may have answered, and is given a
+// moment for it; one that said nothing fails.
+func (p *pump) wake() {
+	_ = p.c.SetReadDeadline(time.Now().Add(min(p.timeout, time.Second))) // an error shows on the read
+}
+
+// stop makes a running pump end soon: writes to the backend fail at once,
+// and a Read waiting for the client is interrupted if the body allows it.
+func (p *pump) stop(body io.Reader) {
+	p.stopped.Store(true)
+	_ = p.c.SetWriteDeadline(time.Unix(1, 0)) // an error shows on the write
+	if i, ok := body.(Interrupter); ok {
+		i.Interrupt()
+	}
+}
