@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -521,3 +522,43 @@ func writePattern(path string, n int64) error {
 }
 
 var execLookPath = exec.LookPath
+
+// TestUploadTrailers: a chunked request's trailer fields reach the
+// backend, with a body that streams and one that is sent whole.
+func TestUploadTrailers(t *testing.T) {
+	dir := t.TempDir()
+	certs := writeCerts(t, dir)
+	ub := startUploadBackend(t, &uploadBackend{onBody: func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "%d %s %v", n, r.Trailer.Get("X-Checksum"), r.TransferEncoding)
+	}})
+	p := startLB(t, dir, bodyConfig("", ub.addr))
+	for _, size := range []int{1000, 200 << 10} {
+		c, err := tls.Dial("tcp", p.addrs["https"], &tls.Config{RootCAs: certs.pool(), ServerName: "localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var req bytes.Buffer
+		req.WriteString("POST /t HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n")
+		for left := size; left > 0; left -= 50 << 10 {
+			k := min(left, 50<<10)
+			fmt.Fprintf(&req, "%x\r\n%s\r\n", k, bytes.Repeat([]byte("t"), k))
+		}
+		req.WriteString("0\r\nX-Checksum: abc123\r\n\r\n")
+		go c.Write(req.Bytes())
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufioReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		c.Close()
+		// Streamed or sent whole, a body with trailers goes chunked.
+		want := fmt.Sprintf("%d abc123 [chunked]", size)
+		if string(b) != want {
+			t.Errorf("%d-byte chunked body: the backend saw %q, want %q", size, b, want)
+		}
+	}
+}
+
+func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }

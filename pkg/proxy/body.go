@@ -25,6 +25,15 @@ import (
 // defaultBodyBuffer is body_buffer's default.
 const defaultBodyBuffer = 64 << 10
 
+// maxReadAhead bounds the request-body bytes all requests of the process
+// hold read ahead together. Past it, a request's body streams from its
+// first byte (and is sent once) instead of growing lb: 4,096 requests
+// reading ahead 64 KiB each at once.
+const maxReadAhead = 256 << 20
+
+// readAhead counts the bytes of the read-ahead buffers requests hold.
+var readAhead atomic.Int64
+
 // errBodyTooLarge is a streamed body that passed max_request_body.
 var errBodyTooLarge = fasthttp.ErrBodyTooLarge
 
@@ -96,9 +105,17 @@ func (b *clientBody) Interrupt() {
 }
 
 func (b *clientBody) release() {
-	bodyBufs.Put(b.buf)
+	if b.buf != nil {
+		putBodyBuf(b.buf)
+	}
 	*b = clientBody{}
 	clientBodys.Put(b)
+}
+
+// putBodyBuf gives a read-ahead buffer back, and its bytes to readAhead.
+func putBodyBuf(bp *[]byte) {
+	readAhead.Add(-int64(cap(*bp)))
+	bodyBufs.Put(bp)
 }
 
 // takeBody reads the start of the request's body stream, if it has one:
@@ -119,12 +136,23 @@ func takeBody(ctx *fasthttp.RequestCtx, site *Site, h2 bool) (cb *clientBody, co
 	if site.MaxBody > 0 && site.MaxBody < int64(limit) {
 		limit = int(site.MaxBody)
 	}
+	src := req.BodyStream()
 	bp := bodyBufs.Get().(*[]byte)
 	if cap(*bp) < limit+1 {
 		*bp = make([]byte, 0, limit+1)
 	}
+	if readAhead.Add(int64(cap(*bp))) > maxReadAhead {
+		// The process holds all it may: stream from the first byte.
+		readAhead.Add(-int64(cap(*bp)))
+		bodyBufs.Put(bp)
+		cb = clientBodys.Get().(*clientBody)
+		*cb = clientBody{src: src, timeout: site.ReadTimeout, max: site.MaxBody, want: int64(cl)}
+		if !h2 {
+			cb.ctx = ctx
+		}
+		return cb, 0
+	}
 	buf := (*bp)[:0]
-	src := req.BodyStream()
 	for {
 		n, err := src.Read(buf[len(buf) : limit+1])
 		buf = buf[:len(buf)+n]
@@ -141,7 +169,7 @@ func takeBody(ctx *fasthttp.RequestCtx, site *Site, h2 bool) (cb *clientBody, co
 			return cb, 0
 		}
 		if err != nil && err != io.EOF {
-			bodyBufs.Put(bp)
+			putBodyBuf(bp)
 			return nil, bodyStatus(err)
 		}
 		if len(buf) > limit {
@@ -149,7 +177,7 @@ func takeBody(ctx *fasthttp.RequestCtx, site *Site, h2 bool) (cb *clientBody, co
 		}
 	}
 	if site.MaxBody > 0 && int64(len(buf)) > site.MaxBody {
-		bodyBufs.Put(bp)
+		putBodyBuf(bp)
 		return nil, fasthttp.StatusRequestEntityTooLarge
 	}
 	*bp = buf
