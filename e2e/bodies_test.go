@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -562,3 +563,128 @@ func TestUploadTrailers(t *testing.T) {
 }
 
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+// TestUploadStalls: a backend that stops reading mid-upload is cut after
+// response_timeout (504 to the client, which is not reset before it can
+// read it); a client that stops sending mid-upload is cut after
+// read_timeout (408 logged, the backend's read fails); clients trickling
+// bodies hold backend slots but leave other clients served.
+func TestUploadStalls(t *testing.T) {
+	dir := t.TempDir()
+	certs := writeCerts(t, dir)
+	ub := startUploadBackend(t, &uploadBackend{onBody: func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stop" {
+			io.CopyN(io.Discard, r.Body, 1<<20)
+			<-r.Context().Done() // reads no more
+			return
+		}
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+		}
+		fmt.Fprintf(w, "%d", n)
+	}})
+	cfg := strings.Replace(bodyConfig(`read_timeout = "2s"`, ub.addr), `response_timeout = "5s"`, `response_timeout = "2s"`, 1)
+	p := startLB(t, dir, cfg)
+	addr := p.addrs["https"]
+
+	t.Run("backend stops reading", func(t *testing.T) {
+		c := uploadClient(certs, addr, false)
+		req, _ := http.NewRequest("PUT", "https://localhost/stop", &patternReader{left: 256 << 20})
+		req.ContentLength = 256 << 20
+		start := time.Now()
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("no answer: %v", err)
+		}
+		resp.Body.Close()
+		took := time.Since(start)
+		t.Logf("%d after %v", resp.StatusCode, took.Round(time.Millisecond))
+		if resp.StatusCode != http.StatusGatewayTimeout || took < 2*time.Second || took > 5*time.Second {
+			t.Errorf("got %d after %v, want 504 after response_timeout (2 s)", resp.StatusCode, took)
+		}
+	})
+
+	t.Run("client stops sending", func(t *testing.T) {
+		before := ub.bodies.Load()
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: certs.pool(), ServerName: "localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n", 10<<20)
+		c.Write(bytes.Repeat([]byte("s"), 200<<10))
+		start := time.Now()
+		c.SetReadDeadline(time.Now().Add(6 * time.Second))
+		resp, err := http.ReadResponse(bufioReader(c), nil)
+		took := time.Since(start)
+		code := 0
+		if err == nil {
+			code = resp.StatusCode
+		}
+		t.Logf("after %v: %d %v", took.Round(time.Millisecond), code, err)
+		if ub.bodies.Load() == before {
+			t.Fatal("the upload never reached the backend")
+		}
+		if took < 2*time.Second || took > 4*time.Second {
+			t.Errorf("cut after %v, want after read_timeout (2 s)", took)
+		}
+		if !waitFor(2*time.Second, func() bool { return strings.Contains(p.stdout.String(), "uri=/up status=408") }) {
+			t.Errorf("no 408 in the access log:\n%s", tail(p.stdout.String(), 3))
+		}
+	})
+
+	t.Run("tricklers beside normal clients", func(t *testing.T) {
+		const tricklers = 50
+		var wg sync.WaitGroup
+		stop := make(chan struct{})
+		for range tricklers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: certs.pool(), ServerName: "localhost"})
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				fmt.Fprintf(c, "PUT /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n", 1<<20)
+				c.Write(bytes.Repeat([]byte("t"), 70<<10)) // past body_buffer: it streams
+				tick := time.NewTicker(500 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+						if _, err := c.Write([]byte("t")); err != nil {
+							return
+						}
+					}
+				}
+			}()
+		}
+		time.Sleep(time.Second)
+		c := uploadClient(certs, addr, false)
+		var worst time.Duration
+		ok := 0
+		for i := range 40 {
+			start := time.Now()
+			req, _ := http.NewRequest("POST", "https://localhost/n", strings.NewReader(strings.Repeat("n", i*100)))
+			resp, err := c.Do(req)
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 && string(b) == fmt.Sprint(i*100) {
+					ok++
+				}
+			}
+			worst = max(worst, time.Since(start))
+		}
+		close(stop)
+		wg.Wait()
+		t.Logf("%d tricklers: %d/40 normal requests served, the slowest in %v; lb's peak RSS %.1f MiB", tricklers, ok, worst.Round(time.Millisecond), peakRSS(t, p.cmd.Process.Pid))
+		if ok != 40 || worst > time.Second {
+			t.Errorf("normal clients: %d/40 served, slowest %v", ok, worst)
+		}
+	})
+}
