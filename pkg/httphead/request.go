@@ -245,3 +245,12 @@ func appendClientIP(b []byte, a net.Addr) []byte {
 	}
 	return append(b, host...)
 }
+
+// Reserved reports whether a field name is one lb sets for backends or
+// strips from clients (the forwarding headers, X-Client-*), in any
+// spelling: such a field is never passed on from a client, not even as
+// a trailer field, where a backend that merges trailers into headers
+// would take it for lb's.
+func Reserved(name []byte) bool {
+	return forwardingHeader(name) != fwNone || isXClient(name)
+}

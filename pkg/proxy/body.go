@@ -126,7 +126,7 @@ func putBodyBuf(bp *[]byte) {
 func takeBody(ctx *fasthttp.RequestCtx, site *Site, h2 bool) (cb *clientBody, code int) {
 	req := &ctx.Request
 	cl := req.Header.ContentLength()
-	if site.MaxBody > 0 && int64(cl) > site.MaxBody {
+	if site.MaxBody > 0 && int64(cl) > site.MaxBody || len(req.Header.PeekBytes(hTooLarge)) > 0 {
 		return nil, fasthttp.StatusRequestEntityTooLarge
 	}
 	limit := site.BodyBuffer

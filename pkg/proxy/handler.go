@@ -271,12 +271,25 @@ func (h *Handler) logRetry(up *upstream.Group, b *balancer.Backend, err error) {
 // fasthttp send 100 Continue): Serve then runs at once and refuses it
 // from the raw head, which this leaves as it was, and the connection
 // closes with the body unread. A sound head is left alone.
+//
+// A body the head says is longer than max_request_body is treated the
+// same way, and the head marked (hTooLarge) for takeBody to answer 413:
+// otherwise the server would wait for the start of a body the client,
+// told to wait (Expect: 100-continue) or not, may never send.
 func (h *Handler) HeaderReceived(rh *fasthttp.RequestHeader) fasthttp.RequestConfig {
-	if rh.ContentLength() != 0 {
+	if cl := rh.ContentLength(); cl != 0 {
 		if code, _ := httphead.CheckHead(rh); code != 0 {
 			rh.SetContentLength(0)
 			rh.Del("Expect")
+		} else if max := h.site.Load().MaxBody; max > 0 && int64(cl) > max {
+			rh.SetContentLength(0)
+			rh.Del("Expect")
+			rh.SetCanonical(hTooLarge, http11)
 		}
 	}
 	return fasthttp.RequestConfig{}
 }
+
+// hTooLarge marks a request HeaderReceived found too large. A client may
+// send it too, and is answered 413.
+var hTooLarge = []byte("X-Lb-Body-Too-Large")

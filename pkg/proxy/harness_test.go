@@ -112,28 +112,33 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 		}
 		l.Rules = append(l.Rules, r)
 	}
-	if o.site != nil {
-		o.site(l)
-	}
-	h := NewHandler(l, hclog.NewNullLogger())
 	maxBody := o.maxBody
 	if maxBody == 0 {
 		maxBody = 10 << 20
 	}
+	l.MaxBody, l.BodyBuffer, l.ReadTimeout = int64(maxBody), defaultBodyBuffer, 10*time.Second
+	if o.site != nil {
+		o.site(l)
+	}
+	h := NewHandler(l, hclog.NewNullLogger())
+	// As pkg/server runs it: bodies stream from the handler on.
 	srv := &fasthttp.Server{
 		Handler:                      h.Serve,
 		ErrorHandler:                 h.ServeError,
+		HeaderReceived:               h.HeaderReceived,
 		NoDefaultServerHeader:        true,
 		NoDefaultContentType:         true,
 		NoDefaultDate:                true,
-		MaxRequestBodySize:           maxBody,
+		StreamRequestBody:            true,
+		ReduceMemoryUsage:            true,
+		MaxRequestBodySize:           l.BodyBuffer,
 		ReadBufferSize:               16 << 10,
 		DisablePreParseMultipartForm: true,
 		SecureErrorLogMessage:        true,
 		Logger:                       quietLogger{},
 	}
 	ln := fasthttputil.NewInmemoryListener()
-	go srv.Serve(ln) // ends when Shutdown closes ln
+	go srv.Serve(watchedListener{ln}) // ends when Shutdown closes ln
 	hs := &harness{t: t, ln: ln, srv: srv, h: h, site: l, up: up}
 	hs.client = &http.Client{
 		Transport: &http.Transport{
@@ -149,6 +154,18 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 		srv.Shutdown() // the test is over
 	})
 	return hs
+}
+
+// watchedListener hands the server its connections as pkg/server does:
+// wrapped by WatchHead.
+type watchedListener struct{ net.Listener }
+
+func (l watchedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return WatchHead(c), nil
 }
 
 type quietLogger struct{}

@@ -152,9 +152,12 @@ func lingerClose(c net.Conn) error {
 		break
 	}
 	if tc, ok := raw.(*net.TCPConn); ok {
-		if tc.CloseWrite() == nil && tc.SetReadDeadline(time.Now().Add(lingerTime)) == nil {
-			_, _ = io.CopyN(io.Discard, tc, lingerBytes) // ends at the client's close, the deadline, or the bound
-		}
+		_ = tc.CloseWrite() // the FIN follows the answer; a failure shows on the reads
+	} else {
+		raw = c // no socket to drain beneath: drain what there is
+	}
+	if raw.SetReadDeadline(time.Now().Add(lingerTime)) == nil {
+		_, _ = io.CopyN(io.Discard, raw, lingerBytes) // ends at the client's close, the deadline, or the bound
 	}
 	return c.Close()
 }

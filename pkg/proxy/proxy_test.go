@@ -105,30 +105,34 @@ func TestRequestBodyTypeUnchanged(t *testing.T) {
 	}
 }
 
-// TestRequestTrailersNotPassedOn sends trailer fields after a chunked
-// body, announced by Trailer or not. lb sends the body with
-// Content-Length and no trailer: deleting Trailer used to move the
-// fields among the header fields, where X-Client-Verify passed for lb's.
-func TestRequestTrailersNotPassedOn(t *testing.T) {
+// TestRequestTrailersPassedOn sends trailer fields after a chunked
+// body, announced by Trailer or not. lb sends the body on chunked, with
+// the client's trailer fields but those lb owns: deleting Trailer used to
+// move the fields among the header fields, where X-Client-Verify passed
+// for lb's, and a backend that merges trailers into headers would do the
+// same with a trailer.
+func TestRequestTrailersPassedOn(t *testing.T) {
 	e := startEcho(t)
 	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
 	for _, announce := range []string{"Trailer: X-Client-Verify, X-Sum\r\n", ""} {
-		resp := hs.raw("POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n" + announce +
-			"\r\n5\r\nhello\r\n0\r\nX-Client-Verify: SUCCESS\r\nX-Sum: 1\r\n\r\n")
-		if !strings.HasPrefix(resp, "HTTP/1.1 200") {
-			t.Fatalf("response: %q", resp)
-		}
-		s := e.lastSeen()
-		if s.Body != "hello" || s.Chunked {
-			t.Errorf("backend got body %q (chunked %v)", s.Body, s.Chunked)
-		}
-		for _, name := range []string{"X-Client-Verify", "X-Sum", "Trailer"} {
-			if v := s.Header.Get(name); v != "" {
-				t.Errorf("%q: client's trailer field %s reached the backend as a header: %q", announce, name, v)
+		for _, body := range []string{"5\r\nhello\r\n", strings.Repeat("10000\r\n"+strings.Repeat("h", 0x10000)+"\r\n", 2)} {
+			resp := hs.raw("POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n" + announce +
+				"\r\n" + body + "0\r\nX-Client-Verify: SUCCESS\r\nX-Client-Cert-Subject: CN=admin\r\nX-Sum: 1\r\n\r\n")
+			if !strings.HasPrefix(resp, "HTTP/1.1 200") {
+				t.Fatalf("response: %q", resp)
 			}
-		}
-		if len(s.Trailer) > 0 {
-			t.Errorf("%q: trailer fields reached the backend: %v", announce, s.Trailer)
+			s := e.lastSeen()
+			if want := len(body) > 20; !s.Chunked || (len(s.Body) > 5) != want {
+				t.Errorf("backend got %d bytes (chunked %v)", len(s.Body), s.Chunked)
+			}
+			for _, name := range []string{"X-Client-Verify", "X-Sum"} {
+				if v := s.Header.Get(name); v != "" {
+					t.Errorf("%q: client's trailer field %s reached the backend as a header: %q", announce, name, v)
+				}
+			}
+			if len(s.Trailer) != 1 || s.Trailer.Get("X-Sum") != "1" {
+				t.Errorf("%q: the backend got trailer fields %v, want X-Sum alone", announce, s.Trailer)
+			}
 		}
 	}
 }

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -262,8 +263,11 @@ func switched(req *fasthttp.Request, c *backendConn) (*Body, error) {
 // same bytes.
 func writeRequest(w *bufio.Writer, req *fasthttp.Request) error {
 	h := &req.Header
-	if len(h.PeekTrailerKeys()) > 0 || len(h.Host()) == 0 {
-		return req.Write(w) // chunked with trailers, or its error
+	if len(h.PeekTrailerKeys()) > 0 {
+		return writeChunked(w, req)
+	}
+	if len(h.Host()) == 0 {
+		return req.Write(w) // its error
 	}
 	body := req.Body()
 	hasBody := len(body) != 0 || !(h.IsGet() || h.IsHead())
@@ -275,6 +279,43 @@ func writeRequest(w *bufio.Writer, req *fasthttp.Request) error {
 	}
 	_, err := w.Write(body)
 	return err
+}
+
+// writeChunked writes a request whose body came with trailer fields:
+// chunked, so that they can follow it (see writeTrailers).
+//
+//go:noinline
+func writeChunked(w *bufio.Writer, req *fasthttp.Request) error {
+	h := &req.Header
+	h.SetContentLength(-1)
+	// The head without the Trailer field fasthttp writes from the names
+	// it read: it would announce the fields writeTrailers leaves out
+	// (and a backend that trusts it may wait for them). Trailer is
+	// advisory (RFC 9110 section 6.6.2).
+	head := h.Header()
+	if i := bytes.Index(head, []byte("\r\nTrailer: ")); i >= 0 {
+		if j := bytes.Index(head[i+2:], []byte("\r\n")); j >= 0 {
+			if _, err := w.Write(head[:i+2]); err != nil {
+				return err
+			}
+			head = head[i+2+j+2:]
+		}
+	}
+	if _, err := w.Write(head); err != nil {
+		return err
+	}
+	if body := req.Body(); len(body) > 0 {
+		if _, err := fmt.Fprintf(w, "%x\r\n", len(body)); err != nil {
+			return err
+		}
+		if _, err := w.Write(body); err != nil {
+			return err
+		}
+		if _, err := w.WriteString("\r\n"); err != nil {
+			return err
+		}
+	}
+	return writeTrailers(w, h)
 }
 
 // earlyAnswer reports whether a response head is waiting on a connection

@@ -1,6 +1,8 @@
 package upstream
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"strconv"
@@ -9,6 +11,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/offloadlb/lb/pkg/httphead"
 )
 
 // A streamed request body is sent by a goroutine of its own (the pump)
@@ -196,11 +200,7 @@ func (p *pump) run() {
 		}
 	}
 	if p.chunked {
-		_, err := p.c.bw.WriteString("0\r\n")
-		if err == nil {
-			// The trailer fields and the blank line that ends them.
-			_, err = p.c.bw.Write(p.trailer.TrailerHeader())
-		}
+		err := writeTrailers(p.c.bw, p.trailer)
 		if err == nil {
 			err = p.c.bw.Flush()
 		}
@@ -241,4 +241,31 @@ func (p *pump) stop(body io.Reader) {
 	if i, ok := body.(Interrupter); ok {
 		i.Interrupt()
 	}
+}
+
+// writeTrailers ends a chunked body: the last chunk, the trailer fields
+// the client sent (fasthttp keeps what it read after a chunked body, and
+// refuses framing, routing and authentication fields; fields lb owns are
+// left out here too, see httphead.Reserved), and the blank line.
+func writeTrailers(w *bufio.Writer, h *fasthttp.RequestHeader) error {
+	if _, err := w.WriteString("0\r\n"); err != nil {
+		return err
+	}
+	section := h.TrailerHeader() // lines, and the blank line that ends them
+	for len(section) > 0 {
+		line := section
+		if i := bytes.IndexByte(section, '\n'); i >= 0 {
+			line, section = section[:i+1], section[i+1:]
+		} else {
+			section = nil
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon > 0 && httphead.Reserved(line[:colon]) {
+			continue
+		}
+		if _, err := w.Write(line); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -2563,6 +2563,10 @@ func (s *Server) serveConnCounted(c net.Conn, countConcurrency bool) error {
 		reqStream *requestStream
 
 		continueReadingRequest = true
+
+		// firstByte is where a keep-alive request's first byte is read
+		// (acquireByteReader): lb patch.
+		firstByte [1]byte
 	)
 	for {
 		connRequestNum++
@@ -2603,7 +2607,7 @@ func (s *Server) serveConnCounted(c net.Conn, countConcurrency bool) error {
 		} else {
 			// On keep-alive connections acquireByteReader will read the first byte
 			// while the idle timeout is active.
-			br, err = acquireByteReader(&ctx)
+			br, err = acquireByteReader(&ctx, &firstByte)
 		}
 
 		ctx.Request.isTLS = isTLS
@@ -3226,7 +3230,7 @@ const (
 	defaultWriteBufferSize = 4096
 )
 
-func acquireByteReader(ctxP **RequestCtx) (*bufio.Reader, error) {
+func acquireByteReader(ctxP **RequestCtx, b *[1]byte) (*bufio.Reader, error) {
 	ctx := *ctxP
 	s := ctx.s
 	c := ctx.c
@@ -3237,7 +3241,8 @@ func acquireByteReader(ctxP **RequestCtx) (*bufio.Reader, error) {
 	ctx = nil
 	*ctxP = nil
 
-	var b [1]byte
+	// lb patch: the byte is the connection's (firstByte in serveConn),
+	// not a local one, which escaped to the heap on every request.
 	n, err := c.Read(b[:])
 
 	ctx = s.acquireCtx(c)
