@@ -109,6 +109,14 @@ func (h *Handler) forwardBody(ctx *fasthttp.RequestCtx, site *Site, t *Dest, h2 
 		ctx.Request.SetBodyStream(cb, ctx.Request.Header.ContentLength())
 	}
 	out := h.forwardTo(ctx, site, t)
+	if out.Body.Sending(cb.release) {
+		// The backend answered while the body was still being sent,
+		// which goes on while the answer is passed on: the body's
+		// buffers are released when it ends, and the connection may
+		// be left with some of it unread.
+		lingerOnClose(ctx.Conn())
+		return out
+	}
 	if cb.streams() && !cb.eof {
 		// Answered before the body was all read: the connection closes
 		// (fasthttp will not read past a body left unread), gently.

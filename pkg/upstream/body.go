@@ -39,6 +39,11 @@ type Body struct {
 	// ahead is body already read off the connection (ReadAhead), given
 	// out before reading more.
 	ahead []byte
+	// pump, when set, is still sending the request's body (the backend
+	// answered before it had all of it); it is ended when the body
+	// closes, and then onDone runs.
+	pump   *pump
+	onDone func()
 
 	// How long lb waited for the backend's bytes (in reads) and for the
 	// client to take them (between reads), which decides whose fault a
@@ -54,6 +59,18 @@ var bodyPool = sync.Pool{New: func() any { return new(Body) }}
 // broke off (not the backend's fault when lb was waiting on the client
 // more than on the backend, see clientPaced).
 func (s *Body) EndOnClose(l balancer.Lease) { s.lease = l }
+
+// Sending reports whether the request's streamed body is still being
+// sent: the backend answered before it had all of it, and the body goes
+// on until this response body closes. Until then the request's body
+// stays in use; onDone runs once it is not.
+func (s *Body) Sending(onDone func()) bool {
+	if s == nil || s.pump == nil {
+		return false
+	}
+	s.onDone = onDone
+	return true
+}
 
 // Switched reports whether the backend switched protocols (101): the
 // Body then has no bytes, and its connection is taken with Tunnel.
@@ -347,6 +364,12 @@ func (s *Body) CloseWithError(writeErr error) error {
 		return nil // already closed
 	}
 	s.c = nil
+	if s.pump != nil {
+		s.pump.end()
+		if s.onDone != nil {
+			s.onDone()
+		}
+	}
 	if s.done && !s.closeAfter {
 		s.t.put(c)
 	} else {

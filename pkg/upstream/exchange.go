@@ -263,11 +263,11 @@ func switched(req *fasthttp.Request, c *backendConn) (*Body, error) {
 // same bytes.
 func writeRequest(w *bufio.Writer, req *fasthttp.Request) error {
 	h := &req.Header
-	if len(h.PeekTrailerKeys()) > 0 {
-		return writeChunked(w, req)
-	}
 	if len(h.Host()) == 0 {
 		return req.Write(w) // its error
+	}
+	if len(h.PeekTrailerKeys()) > 0 {
+		return writeChunked(w, req)
 	}
 	body := req.Body()
 	hasBody := len(body) != 0 || !(h.IsGet() || h.IsHead())

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/offloadlb/lb/pkg/httphead"
 )
 
 // FuzzWriteRequest checks writeRequest, which RoundTrip writes requests
@@ -73,8 +75,42 @@ func FuzzWriteRequest(f *testing.F) {
 		if (err == nil) != (refErr == nil) {
 			t.Fatalf("writeRequest: %v; Request.Write: %v", err, refErr)
 		}
+		if len(req.Header.PeekTrailerKeys()) > 0 {
+			// writeChunked: no Trailer announcement, no field lb owns
+			// among the trailer fields.
+			want = *bytes.NewBuffer(withoutOwnTrailers(want.Bytes()))
+		}
 		if err == nil && !bytes.Equal(out.Bytes(), want.Bytes()) {
 			t.Fatalf("writeRequest wrote\n%q\nRequest.Write writes\n%q", out.Bytes(), want.Bytes())
 		}
 	})
+}
+
+// withoutOwnTrailers is what Request.Write wrote for a chunked request
+// with trailers, less its Trailer field and the trailer fields
+// httphead.Reserved names.
+func withoutOwnTrailers(b []byte) []byte {
+	end := bytes.Index(b, []byte("\r\n\r\n"))
+	if end < 0 {
+		return b
+	}
+	head, rest := b[:end+2], b[end+2:]
+	var out []byte
+	for _, line := range bytes.SplitAfter(head, []byte("\r\n")) {
+		if !bytes.HasPrefix(line, []byte("Trailer: ")) {
+			out = append(out, line...)
+		}
+	}
+	last := bytes.LastIndex(rest, []byte("\r\n0\r\n"))
+	if last < 0 {
+		return append(out, rest...)
+	}
+	out = append(out, rest[:last+5]...)
+	for _, line := range bytes.SplitAfter(rest[last+5:], []byte("\r\n")) {
+		if i := bytes.IndexByte(line, ':'); i > 0 && httphead.Reserved(line[:i]) {
+			continue
+		}
+		out = append(out, line...)
+	}
+	return out
 }

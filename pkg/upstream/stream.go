@@ -94,36 +94,38 @@ func (x *Exchange) roundTripStream(req *fasthttp.Request, resp *fasthttp.Respons
 		// watched, is asked about meanwhile.
 		err = x.waitFirst(c, p.sent)
 	}
-	select {
-	case <-p.done:
-	default:
-		// The backend answered (or failed) before the body was sent:
-		// stop sending. Its connection cannot carry another request.
-		p.stop(x.Body)
-		<-p.done
-		p.closeAfter = true
-	}
-	switch {
-	case p.readErr != nil && p.readErr != errStopped:
-		// The client's side broke: the backend is cut off mid-request.
+	if err != nil {
+		// The backend failed, or the client's side did (the pump then
+		// closed the connection): stop sending, and say whose fault.
+		p.end()
 		c.Close()
-		if x.Abort.Fired() {
-			return nil, &Error{Kind: ErrAborted, Err: errAborted}
+		if p.readErr != nil && p.readErr != errStopped {
+			if x.Abort.Fired() {
+				return nil, &Error{Kind: ErrAborted, Err: errAborted}
+			}
+			return nil, &BodyError{Err: p.readErr}
 		}
-		return nil, &BodyError{Err: p.readErr}
-	case err != nil:
-		c.Close()
 		kind := ErrResponse
 		if p.writeErr != nil && !p.stopped.Load() {
 			kind = ErrSend
 		}
 		return nil, x.fail(kind, false, err)
 	}
-	if err := c.SetReadDeadline(time.Now().Add(x.Timeout)); err != nil {
-		c.Close()
-		return nil, x.fail(ErrResponse, false, err)
+	// An answer. If it came before the whole body was sent (a backend
+	// refusing it early, or one answering as it reads, an echo), the
+	// pump goes on sending while the answer is read and passed on: the
+	// backend decides when it has had enough. The connection carries
+	// nothing after such an exchange.
+	sending := p.answer(x.Timeout)
+	b, err := x.finish(req, resp, c, sending)
+	if sending && b != nil && !b.Switched() {
+		b.pump = p // stopped when the answer has been passed on
+		return b, nil
 	}
-	return x.finish(req, resp, c, p.closeAfter)
+	// The answer is in whole (or failed, or switched protocols: no body
+	// goes after that): the body is not wanted any more.
+	p.end()
+	return b, err
 }
 
 // pump sends a streamed body to the backend. Its results are read once
@@ -140,9 +142,14 @@ type pump struct {
 	wakeIn time.Duration // how soon to wake the exchange once the body is sent
 	sent   time.Time     // when the body was sent whole
 
-	readErr    error // the client's side failed
-	writeErr   error // the backend's side failed
-	closeAfter bool  // the connection cannot be reused
+	// mu orders the pump's and the exchange's settings of the
+	// connection's read deadline: once the answer came (answered), the
+	// exchange's reads set their own.
+	mu       sync.Mutex
+	answered bool
+
+	readErr  error // the client's side failed
+	writeErr error // the backend's side failed
 }
 
 var errStopped = errors.New("stopped: the backend answered before the body was sent")
@@ -213,7 +220,42 @@ func (p *pump) run() {
 	// Sent whole: the response timeout runs from now. A watched
 	// client is asked about within a second.
 	p.sent = time.Now()
-	_ = p.c.SetReadDeadline(p.sent.Add(min(p.timeout, p.wakeIn))) // an error shows on the read
+	p.setReadDeadline(p.sent.Add(min(p.timeout, p.wakeIn)))
+}
+
+// setReadDeadline sets the connection's read deadline, unless the answer
+// came meanwhile.
+func (p *pump) setReadDeadline(t time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.answered {
+		_ = p.c.SetReadDeadline(t) // an error shows on the read
+	}
+}
+
+// answer records that the answer came, gives its reads the response
+// timeout, and reports whether the pump is still sending the body.
+func (p *pump) answer(timeout time.Duration) (sending bool) {
+	p.mu.Lock()
+	p.answered = true
+	_ = p.c.SetReadDeadline(time.Now().Add(timeout)) // an error shows on the read
+	p.mu.Unlock()
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// end ends a pump that may still be sending, and waits for it.
+func (p *pump) end() {
+	select {
+	case <-p.done:
+	default:
+		p.stop()
+		<-p.done
+	}
 }
 
 // sentWhole reports whether the pump is done and sent the whole body.
@@ -230,15 +272,15 @@ func (p *pump) sentWhole() bool {
 // sent: a backend that stopped reading may have answered, and is given a
 // moment for it; one that said nothing fails.
 func (p *pump) wake() {
-	_ = p.c.SetReadDeadline(time.Now().Add(min(p.timeout, time.Second))) // an error shows on the read
+	p.setReadDeadline(time.Now().Add(min(p.timeout, time.Second)))
 }
 
 // stop makes a running pump end soon: writes to the backend fail at once,
 // and a Read waiting for the client is interrupted if the body allows it.
-func (p *pump) stop(body io.Reader) {
+func (p *pump) stop() {
 	p.stopped.Store(true)
 	_ = p.c.SetWriteDeadline(time.Unix(1, 0)) // an error shows on the write
-	if i, ok := body.(Interrupter); ok {
+	if i, ok := p.body.(Interrupter); ok {
 		i.Interrupt()
 	}
 }
