@@ -688,3 +688,62 @@ func TestUploadStalls(t *testing.T) {
 		}
 	})
 }
+
+// TestConcurrentUploadsMemory sends 200 uploads of 100 MiB at once
+// through lb over plain HTTP/1.1, to a backend that reads them at its
+// pace: every one arrives whole, and lb's peak RSS stays under 96 MiB
+// (each upload holds its read-ahead, one 16 KiB piece in flight and its
+// two connections' buffers). It moves 20 GiB, so it runs without -race
+// alone (.ci/run's run without the race detector), and not in -short.
+func TestConcurrentUploadsMemory(t *testing.T) {
+	if raceEnabled || testing.Short() {
+		t.Skip("20 GiB through lb: run without -race and -short (.ci/run does)")
+	}
+	const uploads, size = 200, 100 << 20
+	dir := t.TempDir()
+	ub := startUploadBackend(t, &uploadBackend{})
+	cfg := strings.Replace(bodyConfig("", ub.addr), "  [listener.tls]\n  cert = \"certs/site.pem\"\n  key = \"certs/site.key\"\n", "", 1)
+	// The backend is the bottleneck here, and a starved connection's
+	// write may wait longer than the 5 s the other tests use.
+	cfg = strings.Replace(cfg, `response_timeout = "5s"`, `response_timeout = "60s"`, 1)
+	p := startLB(t, dir, cfg)
+	tr := &http.Transport{MaxConnsPerHost: uploads, MaxIdleConnsPerHost: uploads}
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Minute}
+	defer tr.CloseIdleConnections()
+	var wg sync.WaitGroup
+	var ok, bad atomic.Int64
+	start := time.Now()
+	for range uploads {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sum := sha256.New()
+			req, _ := http.NewRequest("PUT", "http://"+p.addrs["https"]+"/up", &patternReader{left: size, sum: sum})
+			req.ContentLength = size
+			resp, err := c.Do(req)
+			if err != nil {
+				if bad.Add(1) == 1 {
+					t.Logf("first failure: %v", err)
+				}
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) == fmt.Sprintf("%d %s", size, hex.EncodeToString(sum.Sum(nil))) {
+				ok.Add(1)
+			} else if bad.Add(1) == 1 {
+				t.Logf("first failure: %d %q", resp.StatusCode, b)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	rss := peakRSS(t, p.cmd.Process.Pid)
+	t.Logf("%d uploads of %d MiB: %d intact, %d failed, in %v (%.0f MB/s); lb's peak RSS %.1f MiB", uploads, size>>20, ok.Load(), bad.Load(), elapsed.Round(time.Second), float64(uploads*size)/elapsed.Seconds()/1e6, rss)
+	if ok.Load() != uploads {
+		t.Errorf("%d of %d uploads arrived intact", ok.Load(), uploads)
+	}
+	if rss > 96 {
+		t.Errorf("lb's peak RSS %.1f MiB, want under 96 MiB", rss)
+	}
+}
