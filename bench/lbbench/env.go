@@ -23,10 +23,12 @@ type env struct {
 	comboFile  string // cert + key in one file, for HAProxy
 	backends   []string
 	tcpSinks   []string // backends of the tcp scenarios
+	bodyAddr   string   // backend of the uploads and downloads scenarios; "" if none
 	backendCmd []*exec.Cmd
 	contenders map[string]*contender
 	self       string // this program, for the load-generator subcommands
 	cache      bool   // the cache scenario runs: each proxy gets a cached route
+	notes      []string
 }
 
 // contender is one proxy under test.
@@ -35,7 +37,11 @@ type contender struct {
 	version string
 	port    int
 	tcpPort int // plain TCP listener for the tcp scenarios; 0 if none
-	start   func() (*exec.Cmd, error)
+	// bodyPort is the TLS listener of the uploads and downloads
+	// scenarios, 0 if none; tempDirs are where it may spool bodies.
+	bodyPort int
+	tempDirs []string
+	start    func() (*exec.Cmd, error)
 }
 
 func setup(o options, work string) (*env, error) {
@@ -100,6 +106,25 @@ func setup(o options, work string) (*env, error) {
 		}
 		logf("tcp backends: %s", strings.Join(e.tcpSinks, ", "))
 	}
+	if wantsBodies(o.scenarios) {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		cmd := exec.Command("taskset", "-c", o.loadCPU, e.self, "body-backend", "-addr", addr,
+			"-rate", formatSize(o.backendRate), "-sockbuf", formatSize(o.sockbuf))
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		e.backendCmd = append(e.backendCmd, cmd)
+		if err := waitHTTP(addr, false); err != nil {
+			return nil, fmt.Errorf("body backend %s: %w", addr, err)
+		}
+		e.bodyAddr = addr
+		logf("body backend: %s", addr)
+	}
 
 	for _, name := range o.contenders {
 		c, err := e.contender(name)
@@ -143,8 +168,13 @@ func (e *env) contender(name string) (*contender, error) {
 		return nil, err
 	}
 	c := &contender{name: name, port: port}
-	if len(e.tcpSinks) > 0 && name != "nginx" {
+	if len(e.tcpSinks) > 0 && !strings.HasPrefix(name, "nginx") {
 		if c.tcpPort, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	if e.bodyAddr != "" {
+		if c.bodyPort, err = freePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -153,7 +183,8 @@ func (e *env) contender(name string) (*contender, error) {
 	pin := func(env []string, args ...string) *exec.Cmd {
 		cmd := exec.Command("taskset", append([]string{"-c", e.o.proxyCPU}, args...)...)
 		cmd.Env = append(os.Environ(), env...)
-		f, _ := os.Create(filepath.Join(dir, "stderr.log"))
+		// Appended to, so that every start's log is kept (-keep).
+		f, _ := os.OpenFile(filepath.Join(dir, "stderr.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		cmd.Stdout, cmd.Stderr = f, f
 		return cmd
 	}
@@ -175,6 +206,13 @@ func (e *env) contender(name string) (*contender, error) {
 			for _, b := range e.tcpSinks {
 				text += fmt.Sprintf("  [[pool.backend]]\n  address = %q\n", b)
 			}
+		}
+		if c.bodyPort != 0 {
+			body, err := e.lbBodies(conf, text, c.bodyPort)
+			if err != nil {
+				return nil, err
+			}
+			text += body
 		}
 		writeFile(conf, text)
 		c.version = strings.TrimSpace(output(e.o.lbBin, "-version"))
@@ -199,13 +237,20 @@ func (e *env) contender(name string) (*contender, error) {
 				text += fmt.Sprintf("  server t%d %s check inter 2s\n", i, b)
 			}
 		}
+		if c.bodyPort != 0 {
+			// Room for the body scenarios' connections, as many as the
+			// open-file limit allows (HAProxy refuses to start with a
+			// maxconn it has no descriptors for: two per connection).
+			text = strings.Replace(text, "  maxconn 9000", fmt.Sprintf("  maxconn %d", min(50000, (e.o.nofile-100)/2)), 1)
+			text += fmt.Sprintf(haproxyBodies, c.bodyPort, e.comboFile, e.bodyAddr)
+		}
 		writeFile(conf, text)
 		c.version = firstLine(output("haproxy", "-v"))
 		c.start = func() (*exec.Cmd, error) {
 			cmd := pin(nil, "haproxy", "-db", "-f", conf)
 			return cmd, cmd.Start()
 		}
-	case "nginx":
+	case "nginx", "nginx-buffered":
 		conf := filepath.Join(dir, "nginx.conf")
 		var bs strings.Builder
 		for _, b := range e.backends {
@@ -219,6 +264,19 @@ func (e *env) contender(name string) (*contender, error) {
 `+nginxProxy+`    }
     location / {`, 1)
 		}
+		if c.bodyPort != 0 {
+			// Connections count both sides of a proxied request.
+			text = strings.Replace(text, "worker_rlimit_nofile 20000;", fmt.Sprintf("worker_rlimit_nofile %d;", e.o.nofile), 1)
+			text = strings.Replace(text, "worker_connections 9000;", fmt.Sprintf("worker_connections %d;", e.o.nofile), 1)
+			buffering := "off"
+			if name == "nginx-buffered" {
+				buffering = "on"
+			}
+			c.tempDirs = []string{filepath.Join(dir, "client_body_temp"), filepath.Join(dir, "proxy_temp")}
+			server := fmt.Sprintf(nginxBodies, e.bodyAddr, c.bodyPort, e.certFile, e.keyFile,
+				c.tempDirs[0], c.tempDirs[1], buffering)
+			text = strings.TrimSuffix(strings.TrimSpace(text), "}") + server + "}\n"
+		}
 		writeFile(conf, text)
 		c.version = strings.TrimSpace(output("nginx", "-v"))
 		c.start = func() (*exec.Cmd, error) {
@@ -226,7 +284,7 @@ func (e *env) contender(name string) (*contender, error) {
 			return cmd, cmd.Start()
 		}
 	default:
-		return nil, fmt.Errorf("unknown contender %q (lb, haproxy, nginx)", name)
+		return nil, fmt.Errorf("unknown contender %q (lb, haproxy, nginx, nginx-buffered)", name)
 	}
 	return c, nil
 }

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -36,6 +37,24 @@ type options struct {
 	out        string
 	maxNoise   float64
 	keep       bool
+
+	// The uploads and downloads scenarios (bodies.go).
+	uploads       int
+	uploadSize    int64
+	uploadChunked bool
+	backendRate   int64
+	downloads     int
+	downloadSize  int64
+	downloadRate  int64
+	bodyTimeout   time.Duration
+	checkEvery    int
+	sockbuf       int64
+	rssCap        int64
+	minFreeDisk   int64
+	lbMaxBody     string
+
+	args   []string // the command line, for the report
+	nofile int      // RLIMIT_NOFILE of the contenders
 }
 
 func main() {
@@ -49,6 +68,12 @@ func main() {
 			os.Exit(tcpSink(os.Args[2:]))
 		case "tcp-client":
 			os.Exit(tcpClient(os.Args[2:]))
+		case "body-backend":
+			os.Exit(bodyBackend(os.Args[2:]))
+		case "upload-client":
+			os.Exit(uploadClient(os.Args[2:]))
+		case "download-client":
+			os.Exit(downloadClient(os.Args[2:]))
 		}
 	}
 	var o options
@@ -56,8 +81,8 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; contenders are interleaved within each round")
 	flag.DurationVar(&o.duration, "d", 10*time.Second, "length of each measured run")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each run")
-	flag.StringVar(&scen, "scenarios", "keepalive,handshake,h2,idle", "scenarios to run: keepalive, handshake, h2, idle, cache, tcp-throughput, tcp-connrate")
-	flag.StringVar(&cont, "contenders", "lb,haproxy,nginx", "proxies to compare")
+	flag.StringVar(&scen, "scenarios", "keepalive,handshake,h2,idle", "scenarios to run: keepalive, handshake, h2, idle, cache, tcp-throughput, tcp-connrate, uploads, downloads")
+	flag.StringVar(&cont, "contenders", "lb,haproxy,nginx", "proxies to compare: lb, haproxy, nginx, nginx-buffered (NGINX's default request and response buffering on the uploads and downloads listener)")
 	flag.IntVar(&o.conns, "c", 64, "wrk connections for the keep-alive scenario")
 	flag.IntVar(&o.hsConns, "hs-c", 16, "concurrent connections for the handshake scenario")
 	flag.IntVar(&o.idleConns, "idle", 5000, "TLS connections held for the idle-memory scenario")
@@ -67,7 +92,26 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "also write the Markdown report to this file")
 	flag.Float64Var(&o.maxNoise, "max-noise", 10, "re-run a measurement once when other processes used more than this % of the proxy's core")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work folder (configs, logs)")
+	sizeVar := func(p *int64, name string, def int64, usage string) {
+		v := (*sizeValue)(p)
+		*v = sizeValue(def)
+		flag.Var(v, name, usage)
+	}
+	flag.IntVar(&o.uploads, "uploads", 1000, "uploads scenario: concurrent uploads, one TLS connection each")
+	sizeVar(&o.uploadSize, "upload-size", 10<<20, "uploads scenario: bytes per upload")
+	flag.BoolVar(&o.uploadChunked, "upload-chunked", false, "uploads scenario: send the bodies chunked rather than with Content-Length")
+	sizeVar(&o.backendRate, "backend-rate", 1<<20, "uploads scenario: bytes per second each backend connection reads a request body at (0: no limit)")
+	flag.IntVar(&o.downloads, "downloads", 10000, "downloads scenario: concurrent downloads, one TLS connection each")
+	sizeVar(&o.downloadSize, "download-size", 1<<20, "downloads scenario: bytes per download")
+	sizeVar(&o.downloadRate, "download-rate", 16<<10, "downloads scenario: bytes per second each client reads at (0: no limit)")
+	flag.DurationVar(&o.bodyTimeout, "body-timeout", 4*time.Minute, "uploads and downloads: the longest one contender's run may take; transfers not done by then fail")
+	flag.IntVar(&o.checkEvery, "check-every", 20, "uploads and downloads: compare the content of one body in this many (every byte count is checked)")
+	sizeVar(&o.sockbuf, "sockbuf", 64<<10, "uploads and downloads: socket buffer size of the clients' and backend's connections (0: the kernel's autotuning)")
+	sizeVar(&o.rssCap, "rss-cap", 12<<30, "uploads and downloads: stop a proxy whose RSS passes this")
+	sizeVar(&o.minFreeDisk, "min-free-disk", 8<<30, "uploads and downloads: stop a proxy when the work folder's file system has less free space than this")
+	flag.StringVar(&o.lbMaxBody, "lb-max-body", "0", "lb's max_request_body on the uploads and downloads listener (0: no limit; if lb -check refuses it, 200GiB)")
 	flag.Parse()
+	o.args = os.Args[1:]
 	o.scenarios = strings.Split(scen, ",")
 	o.contenders = strings.Split(cont, ",")
 
@@ -85,6 +129,25 @@ func run(o options) error {
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s is not installed (bench/run.sh installs what is missing)", tool)
+		}
+	}
+	var notes []string
+	if wantsBodies(o.scenarios) {
+		o.nofile = raiseFileLimit(200000)
+		// Each transfer holds two descriptors in the proxy, its client's
+		// and its backend's; leave some for listeners, logs and checks.
+		most := (o.nofile - 200) / 2
+		for _, t := range []struct {
+			n    *int
+			name string
+		}{{&o.downloads, "downloads"}, {&o.uploads, "uploads"}} {
+			if contains(o.scenarios, t.name) && *t.n > most {
+				n := fmt.Sprintf("-%s lowered from %d to %d: the open-file limit (RLIMIT_NOFILE) is %d and could not be raised, and each transfer holds two descriptors in the proxy.",
+					t.name, *t.n, most, o.nofile)
+				logf("%s", n)
+				notes = append(notes, n)
+				*t.n = most
+			}
 		}
 	}
 	work, err := os.MkdirTemp("", "lbbench-")
@@ -114,6 +177,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	env.notes = append(notes, env.notes...)
 	defer env.stop()
 
 	results := newResults()
@@ -155,6 +219,29 @@ func run(o options) error {
 		os.WriteFile(strings.TrimSuffix(o.out, ".md")+".json", raw, 0o644)
 	}
 	return nil
+}
+
+// raiseFileLimit lifts this process's RLIMIT_NOFILE, and so that of
+// everything it starts, to n descriptors, or as far as it is allowed
+// (raising the hard limit takes CAP_SYS_RESOURCE), and returns the
+// limit in force: a downloads run holds tens of thousands of sockets in
+// the proxy, the clients and the backend. (Once a program sets the limit
+// itself, Go no longer restores the original one in the processes it
+// starts.)
+func raiseFileLimit(n uint64) int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 1024
+	}
+	want := syscall.Rlimit{Cur: max(n, lim.Cur), Max: max(n, lim.Max)}
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want) == nil {
+		return int(want.Cur)
+	}
+	// Not allowed above the hard limit: go as far as it.
+	lim.Cur = lim.Max
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	logf("open files limited to %d (raising it to %d was refused)", lim.Max, n)
+	return int(lim.Cur)
 }
 
 func rotate(s []string, n int) []string {

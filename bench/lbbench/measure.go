@@ -22,9 +22,23 @@ type measurement struct {
 	ProxyCore float64 `json:"proxy_core"` // proxy CPU as a share of one core
 	noise     float64 // % of the proxy's core used by other processes
 	Noise     float64 `json:"noise_pct"`
+	// Body is the outcome of the uploads and downloads scenarios, nil
+	// for the others.
+	Body *bodyMeasure `json:"body,omitempty"`
 }
 
 func (m measurement) summary() string {
+	if b := m.Body; b != nil {
+		s := fmt.Sprintf("%d/%d done, %d failed, peak RSS %s (%.0f KB each), %.0f s", b.Completed, b.N, b.Failed,
+			mib(b.PeakRSS), b.PerConnKB, b.WallS)
+		if b.Stopped != "" {
+			s += "; stopped: " + b.Stopped
+		}
+		if len(b.Errors) > 0 {
+			s += fmt.Sprintf("; errors %v", b.Errors)
+		}
+		return s
+	}
 	if m.RSSPer > 0 {
 		return fmt.Sprintf("%.1f KB/conn", m.RSSPer)
 	}
@@ -41,7 +55,14 @@ func (e *env) measure(c *contender, scenario string) (measurement, error) {
 	if err != nil {
 		return measurement{}, err
 	}
-	defer stopProc(cmd)
+	defer func() {
+		stopProc(cmd)
+		// What NGINX spooled of bodies, if it was stopped before
+		// removing it.
+		for _, d := range c.tempDirs {
+			os.RemoveAll(d)
+		}
+	}()
 	addr := fmt.Sprintf("127.0.0.1:%d", c.port)
 	if err := waitHTTP(addr, true); err != nil {
 		return measurement{}, fmt.Errorf("%s did not come up: %w", c.name, err)
@@ -58,6 +79,8 @@ func (e *env) measure(c *contender, scenario string) (measurement, error) {
 		return e.tcpScenario(pid, tcpAddr, strings.TrimPrefix(scenario, "tcp-"))
 	}
 	switch scenario {
+	case "uploads", "downloads":
+		return e.bodies(c, pid, fmt.Sprintf("127.0.0.1:%d", c.bodyPort), scenario)
 	case "keepalive":
 		return e.keepalive(pid, addr, "/")
 	case "cache":
@@ -69,7 +92,7 @@ func (e *env) measure(c *contender, scenario string) (measurement, error) {
 	case "h2":
 		return e.h2(pid, addr)
 	}
-	return measurement{}, fmt.Errorf("unknown scenario %q (keepalive, handshake, h2, idle, cache, tcp-throughput, tcp-connrate)", scenario)
+	return measurement{}, fmt.Errorf("unknown scenario %q (keepalive, handshake, h2, idle, cache, tcp-throughput, tcp-connrate, uploads, downloads)", scenario)
 }
 
 // keepalive runs wrk over TLS keep-alive connections against path.

@@ -57,15 +57,19 @@ func treeCPU(pid int) float64 {
 }
 
 // treeRSS is the resident memory in bytes of pid and its descendants.
-func treeRSS(pid int) int64 {
+func treeRSS(pid int) int64 { return sumStatus(tree(pid), "VmRSS:") }
+
+// sumStatus sums a kB field of /proc/PID/status ("VmRSS:", "VmHWM:")
+// over pids, in bytes.
+func sumStatus(pids []int, field string) int64 {
 	var total int64
-	for _, p := range tree(pid) {
+	for _, p := range pids {
 		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
 		if err != nil {
 			continue
 		}
 		for _, line := range strings.Split(string(data), "\n") {
-			if strings.HasPrefix(line, "VmRSS:") {
+			if strings.HasPrefix(line, field) {
 				kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
 				total += kb << 10
 			}

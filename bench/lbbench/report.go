@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -75,23 +76,60 @@ func (r *results) markdown(o options, e *env) string {
 	var b strings.Builder
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, "## Side by side, %s\n\n", time.Now().UTC().Format("2006-01-02"))
-	fmt.Fprintf(&b, "Machine: %s, %d cores (%s), host %s. %d rounds of %s per scenario, contenders interleaved; proxy pinned to core %s with one worker, load generator and backends on core %s.\n\n",
-		cpuModel(), runtime.NumCPU(), runtime.GOARCH, host, o.rounds, o.duration, o.proxyCPU, o.loadCPU)
+	rounds := fmt.Sprintf("%d round", o.rounds)
+	if o.rounds != 1 {
+		rounds += "s"
+	}
+	if r.hasMetrics(o) {
+		rounds += fmt.Sprintf(" of %s", o.duration)
+	}
+	fmt.Fprintf(&b, "Machine: %s, %d cores (%s), host %s. %s per scenario, contenders interleaved; proxy pinned to core %s with one worker, load generator and backends on core %s.\n\n",
+		cpuModel(), runtime.NumCPU(), runtime.GOARCH, host, rounds, o.proxyCPU, o.loadCPU)
 	for _, c := range o.contenders {
 		if ct := e.contenders[c]; ct != nil {
 			fmt.Fprintf(&b, "- %s: %s\n", c, ct.version)
 		}
 	}
+	if len(o.args) > 0 {
+		fmt.Fprintf(&b, "\nCommand: `bench/run.sh %s`\n", strings.Join(o.args, " "))
+	}
+	for _, n := range e.notes {
+		fmt.Fprintf(&b, "\nNote: %s\n", n)
+	}
+	if r.hasMetrics(o) {
+		r.mainTable(&b, o)
+	}
+	for _, s := range []string{"uploads", "downloads"} {
+		if contains(o.scenarios, s) {
+			r.bodyTable(&b, o, s)
+		}
+	}
+	return b.String()
+}
+
+// hasMetrics reports whether a scenario of the main table ran.
+func (r *results) hasMetrics(o options) bool {
+	for _, m := range metrics {
+		if contains(o.scenarios, m.scenario) {
+			return true
+		}
+	}
+	return false
+}
+
+// mainTable writes the table of the throughput, CPU and idle-memory
+// scenarios.
+func (r *results) mainTable(b *strings.Builder, o options) {
 	b.WriteString("\nMedian (min–max) of the rounds. Ratios are lb ÷ the other, taken within each round (the contenders of a round run minutes apart at most) and then the median over rounds, which keeps a slow spell of a shared machine from landing on one side; for CPU, latency and memory lower is better.\n\n")
 	b.WriteString("| scenario |")
 	for _, c := range o.contenders {
-		fmt.Fprintf(&b, " %s |", c)
+		fmt.Fprintf(b, " %s |", c)
 	}
 	others := []string{}
 	for _, c := range o.contenders {
 		if c != "lb" {
 			others = append(others, c)
-			fmt.Fprintf(&b, " lb ÷ %s |", c)
+			fmt.Fprintf(b, " lb ÷ %s |", c)
 		}
 	}
 	b.WriteString("\n|---|")
@@ -103,7 +141,7 @@ func (r *results) markdown(o options, e *env) string {
 		if !contains(o.scenarios, m.scenario) {
 			continue
 		}
-		fmt.Fprintf(&b, "| %s |", m.label)
+		fmt.Fprintf(b, "| %s |", m.label)
 		med := map[string]float64{}
 		for _, c := range o.contenders {
 			v := r.values(c, m)
@@ -113,7 +151,7 @@ func (r *results) markdown(o options, e *env) string {
 			}
 			med[c] = median(v)
 			lo, hi := minMax(v)
-			fmt.Fprintf(&b, " "+m.format+" ("+m.format+"–"+m.format+") |", med[c], lo, hi)
+			fmt.Fprintf(b, " "+m.format+" ("+m.format+"–"+m.format+") |", med[c], lo, hi)
 		}
 		for _, c := range others {
 			lbv, ov := r.values("lb", m), r.values(c, m)
@@ -127,7 +165,7 @@ func (r *results) markdown(o options, e *env) string {
 				b.WriteString(" – |")
 				continue
 			}
-			fmt.Fprintf(&b, " %.2f× |", median(ratios))
+			fmt.Fprintf(b, " %.2f× |", median(ratios))
 		}
 		b.WriteString("\n")
 	}
@@ -137,7 +175,7 @@ func (r *results) markdown(o options, e *env) string {
 		var v []float64
 		for _, s := range o.scenarios {
 			for _, x := range r.raw[c][s] {
-				if x.RSSPer == 0 {
+				if x.RSSPer == 0 && x.Body == nil {
 					v = append(v, x.Noise)
 				}
 			}
@@ -148,7 +186,6 @@ func (r *results) markdown(o options, e *env) string {
 		}
 	}
 	b.WriteString(strings.Join(parts, "; ") + ".\n")
-	return b.String()
 }
 
 func minMax(v []float64) (float64, float64) {
@@ -181,3 +218,80 @@ func cpuModel() string {
 	}
 	return "unknown CPU"
 }
+
+// bodyTable writes the table of the uploads or downloads scenario: one
+// row per contender and round.
+func (r *results) bodyTable(b *strings.Builder, o options, scenario string) {
+	per := "upload"
+	if scenario == "uploads" {
+		framing := "Content-Length"
+		if o.uploadChunked {
+			framing = "chunked"
+		}
+		fmt.Fprintf(b, "\n### Uploads: %d × %s, TLS HTTP/1.1 POST (%s); the backend reads each at %s/s\n\n",
+			o.uploads, formatSize(o.uploadSize), framing, formatSize(o.backendRate))
+	} else {
+		per = "download"
+		fmt.Fprintf(b, "\n### Downloads: %d × %s, TLS HTTP/1.1 GET; each client reads at %s/s\n\n",
+			o.downloads, formatSize(o.downloadSize), formatSize(o.downloadRate))
+	}
+	fmt.Fprintf(b, "| proxy | completed | failed | peak RSS (MiB) | RSS per %s (KiB) | VmHWM (MiB) | wall time (s) | kernel TCP buffers (MiB) | disk (MiB) | contents checked |\n", per)
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
+	var stopped, errs, samples []string
+	for _, c := range o.contenders {
+		for i, m := range r.raw[c][scenario] {
+			x := m.Body
+			if x == nil {
+				continue
+			}
+			name := c
+			if o.rounds > 1 {
+				name = fmt.Sprintf("%s (round %d)", c, i+1)
+			}
+			hwm := "–"
+			if x.HWM > 0 {
+				hwm = fmt.Sprintf("%.0f", float64(x.HWM)/(1<<20))
+			}
+			failed := strconv.FormatInt(x.Failed, 10)
+			if x.Stopped != "" {
+				failed += " (stopped)"
+				stopped = append(stopped, fmt.Sprintf("%s: %s", name, x.Stopped))
+			}
+			if len(x.Errors) > 0 {
+				errs = append(errs, fmt.Sprintf("%s: %s", name, errorList(x.Errors)))
+			}
+			if len(samples) == 0 && len(x.Sample) > 0 {
+				samples = append(samples, fmt.Sprintf("%s: %s", name, strings.Join(x.Sample, "; ")))
+			}
+			fmt.Fprintf(b, "| %s | %d of %d | %s | %.0f | %.0f | %s | %.0f | %.0f | %.0f | %d, %d wrong |\n",
+				name, x.Completed, x.N, failed, float64(x.PeakRSS)/(1<<20), x.PerConnKB, hwm, x.WallS,
+				float64(x.TCPMem)/(1<<20), float64(x.Disk)/(1<<20), x.Checked, x.Mismatched)
+		}
+	}
+	b.WriteString("\nPeak RSS: the highest of the proxy's resident memory (VmRSS summed over its processes: NGINX's master and worker), sampled every 100 ms; per " + per + ": that peak less the RSS before the load, divided by their number. VmHWM: the processes' own high-water marks summed at the end (– when the bench stopped the proxy). Kernel TCP buffers: the growth of every TCP socket's buffers on the machine at their peak (/proc/net/sockstat), the proxy's and the load generators' alike. Disk: the growth of the used space of the work folder's file system at its peak, where NGINX spools bodies. Every byte count is checked; the contents of one body in " + strconv.Itoa(o.checkEvery) + " are compared.\n")
+	if len(stopped) > 0 {
+		b.WriteString("\nStopped by the bench: " + strings.Join(stopped, "; ") + ".\n")
+	}
+	if len(errs) > 0 {
+		b.WriteString("\nFailures by kind: " + strings.Join(errs, "; ") + ".\n")
+	}
+	if len(samples) > 0 {
+		b.WriteString("\nSample of checked transfers, " + samples[0] + ".\n")
+	}
+}
+
+func errorList(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return m[keys[i]] > m[keys[j]] })
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%d × %s", m[k], k)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// mib writes a byte count in MiB.
+func mib(n int64) string { return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20)) }
