@@ -110,7 +110,18 @@ func (x *Exchange) send(req *fasthttp.Request, resp *fasthttp.Response) (c *back
 		case reuse:
 			maxAge = safeReuseAge
 		}
-		nc, reused, err := x.Transport.get(now, now.Add(x.Timeout), maxAge, len(req.Body()) > smallWrite)
+		big := len(req.Body()) > smallWrite
+		deadline := now.Add(x.Timeout)
+		readBy := deadline
+		if x.Client != nil && !big {
+			// The first wake to ask about the client (see waitFirst),
+			// set with the connection's deadlines: none more per
+			// request.
+			if wake := now.Add(watchInterval); wake.Before(deadline) {
+				readBy = wake
+			}
+		}
+		nc, reused, err := x.Transport.get(now, readBy, maxAge, big)
 		if err != nil {
 			return nil, false, err
 		}
@@ -137,7 +148,7 @@ func (x *Exchange) send(req *fasthttp.Request, resp *fasthttp.Response) (c *back
 			}
 			// Wait for the first byte on its own so that "closed before
 			// answering" can be told apart from a broken answer.
-			if err = x.waitFirst(nc, time.Time{}); err == nil {
+			if err = x.waitFirst(nc, deadline); err == nil {
 				c = nc
 				break
 			}
@@ -155,38 +166,40 @@ func (x *Exchange) send(req *fasthttp.Request, resp *fasthttp.Response) (c *back
 	return c, closeAfter, nil
 }
 
-// waitFirst waits for the first byte of an answer on c. With a Client it
-// wakes every watchInterval until the response timeout, from sent (or
-// from now when zero), to ask whether the client is still there.
-func (x *Exchange) waitFirst(c *backendConn, sent time.Time) error {
-	if x.Client == nil {
-		_, err := c.br.Peek(1)
+// waitFirst waits for the first byte of an answer on c, until deadline
+// (the response timeout). With a Client the read deadline set on c is the
+// first wake: on each, the client is asked whether it is still there,
+// and the wait goes on, watchInterval at a time.
+func (x *Exchange) waitFirst(c *backendConn, deadline time.Time) error {
+	_, err := c.br.Peek(1)
+	if err == nil || x.Client == nil {
 		return err
 	}
-	return x.watchFirst(c, sent)
+	return x.watchFirst(c, deadline, err)
 }
 
 //go:noinline
-func (x *Exchange) watchFirst(c *backendConn, sent time.Time) error {
-	if sent.IsZero() {
-		sent = time.Now()
-	}
-	deadline := sent.Add(x.Timeout)
+func (x *Exchange) watchFirst(c *backendConn, deadline time.Time, err error) error {
 	for {
-		wake := time.Now().Add(watchInterval)
-		last := !wake.Before(deadline)
-		if last {
+		if !isTimeout(err) {
+			return err
+		}
+		now := time.Now()
+		if !now.Before(deadline) {
+			return err
+		}
+		if x.Client.Gone() {
+			return &Error{Kind: ErrAborted, Err: errAborted}
+		}
+		wake := now.Add(watchInterval)
+		if deadline.Before(wake) {
 			wake = deadline
 		}
 		if err := c.SetReadDeadline(wake); err != nil {
 			return err
 		}
-		_, err := c.br.Peek(1)
-		if err == nil || last || !isTimeout(err) {
-			return err
-		}
-		if x.Client.Gone() {
-			return &Error{Kind: ErrAborted, Err: errAborted}
+		if _, err = c.br.Peek(1); err == nil {
+			return nil
 		}
 	}
 }

@@ -92,7 +92,7 @@ func (x *Exchange) roundTripStream(req *fasthttp.Request, resp *fasthttp.Respons
 		// The body went whole; the answer is late: the response
 		// timeout runs from the last byte sent, and the client, if
 		// watched, is asked about meanwhile.
-		err = x.waitFirst(c, p.sent)
+		err = x.waitFirst(c, p.sent.Add(x.Timeout))
 	}
 	if err != nil {
 		// The backend failed, or the client's side did (the pump then
