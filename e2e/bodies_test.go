@@ -747,3 +747,86 @@ func TestConcurrentUploadsMemory(t *testing.T) {
 		t.Errorf("lb's peak RSS %.1f MiB, want under 96 MiB", rss)
 	}
 }
+
+// TestUploadBrokenOff covers what a streamed upload must not cost when
+// its backend breaks off: memory (the rest of the body is not read into
+// memory to find out whether there was one), the next request (the
+// backend connection, left mid-body, is not pooled), and a client that
+// went away gets no answer written (499 is for the log).
+func TestUploadBrokenOff(t *testing.T) {
+	dir := t.TempDir()
+	certs := writeCerts(t, dir)
+	ub := startUploadBackend(t, &uploadBackend{onBody: func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/drop": // reads a little, then drops the connection
+			io.CopyN(io.Discard, r.Body, 100<<10)
+			if hj, ok := w.(http.Hijacker); ok {
+				c, _, _ := hj.Hijack()
+				c.Close()
+			}
+		case "/late413": // answers late, keep-alive, without reading
+			time.Sleep(1300 * time.Millisecond)
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+		case "/slow":
+			select {
+			case <-r.Context().Done():
+			case <-time.After(3 * time.Second):
+			}
+		default:
+			io.Copy(io.Discard, r.Body)
+			io.WriteString(w, "ok")
+		}
+	}})
+	cfg := strings.Replace(bodyConfig("", ub.addr), `response_timeout = "5s"`, `response_timeout = "1s"`, 1)
+	p := startLB(t, dir, cfg)
+	c := uploadClient(certs, p.addrs["https"], false)
+	upload := func(path string, n int64) int {
+		req, _ := http.NewRequest("PUT", "https://localhost"+path, &patternReader{left: n})
+		req.ContentLength = n
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Logf("%s: %v", path, err)
+			return 0
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+
+	t.Run("backend drops mid-body", func(t *testing.T) {
+		if code := upload("/drop", 256<<20); code != http.StatusBadGateway && code != 0 {
+			t.Errorf("got %d, want 502 (or the connection closed)", code)
+		}
+		if rss := peakRSS(t, p.cmd.Process.Pid); !raceEnabled && rss > 64 {
+			t.Errorf("lb's peak RSS %.1f MiB after a 256 MiB upload its backend dropped", rss)
+		}
+	})
+	t.Run("backend answers without reading", func(t *testing.T) {
+		if code := upload("/late413", 80<<20); code != http.StatusRequestEntityTooLarge && code != http.StatusGatewayTimeout && code != 0 {
+			t.Errorf("got %d", code)
+		}
+		for range 3 {
+			if code, body, err := get(c, "https://localhost/next"); err != nil || code != 200 || body != "ok" {
+				t.Errorf("the next request: %d %q %v (a connection left mid-body was reused?)", code, body, err)
+			}
+		}
+	})
+	t.Run("a client gone gets no answer", func(t *testing.T) {
+		conn, err := tls.Dial("tcp", p.addrs["https"], &tls.Config{RootCAs: certs.pool(), ServerName: "localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		io.WriteString(conn, "GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+		conn.CloseWrite()                          // close_notify
+		conn.NetConn().(*net.TCPConn).CloseWrite() // and a FIN: half-closed, counted as gone, as NGINX does
+		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		b, _ := io.ReadAll(conn)
+		if len(b) > 0 {
+			t.Errorf("the client that went away was written %q", b)
+		}
+		if !waitFor(2*time.Second, func() bool { return strings.Contains(p.stdout.String(), "uri=/slow status=499") }) {
+			t.Errorf("no 499 logged:\n%s", tail(p.stdout.String(), 3))
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +65,11 @@ func (b *clientBody) Read(p []byte) (int, error) {
 	if len(b.ahead) > 0 {
 		n := copy(p, b.ahead)
 		b.ahead = b.ahead[n:]
+		if len(b.ahead) == 0 {
+			// Sent on: the buffer is not held for the rest of an upload.
+			putBodyBuf(b.buf)
+			b.buf, b.ahead = nil, nil
+		}
 		return n, nil
 	}
 	if b.interrupted.Load() {
@@ -200,7 +206,8 @@ func bodyStatus(err error) int {
 	switch {
 	case errors.Is(err, errBodyTooLarge):
 		return fasthttp.StatusRequestEntityTooLarge
-	case errors.As(err, &ne) && ne.Timeout():
+	case errors.As(err, &ne) && ne.Timeout(), strings.Contains(err.Error(), "i/o timeout"):
+		// (fasthttp's chunk parser wraps a read's timeout as text.)
 		return fasthttp.StatusRequestTimeout
 	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed),
 		errors.Is(err, errInterrupted), isReset(err):

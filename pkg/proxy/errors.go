@@ -102,4 +102,18 @@ var errBodyFailed = errors.New("request body failed")
 func bodyFailed(ctx *fasthttp.RequestCtx, code int) {
 	httpstatus.Answer(&ctx.Response, code)
 	ctx.SetConnectionClose()
+	if code == statusClientClosed {
+		abandon(ctx)
+	}
+}
+
+// abandon ends the connection of a request whose client went away
+// without writing it an answer: 499 is for the access log and counters
+// alone, and a client that half-closed could still read one. Over HTTP/2
+// the stream is reset already and nothing is written.
+func abandon(ctx *fasthttp.RequestCtx) {
+	if hc, ok := ctx.Conn().(*headConn); ok {
+		hc.linger = false
+		_ = hc.Conn.Close() // the server's writes then fail, and it closes too
+	}
 }

@@ -112,14 +112,17 @@ func (h *Handler) forwardBody(ctx *fasthttp.RequestCtx, site *Site, t *Dest, h2 
 	if out.Body.Sending(cb.release) {
 		// The backend answered while the body was still being sent,
 		// which goes on while the answer is passed on: the body's
-		// buffers are released when it ends, and the connection may
-		// be left with some of it unread.
+		// buffers are released when it ends. The connection carries
+		// nothing after (the server must not look at the request's
+		// stream while it is read elsewhere), and closes gently.
+		ctx.SetConnectionClose()
 		lingerOnClose(ctx.Conn())
 		return out
 	}
 	if cb.streams() && !cb.eof {
 		// Answered before the body was all read: the connection closes
 		// (fasthttp will not read past a body left unread), gently.
+		ctx.SetConnectionClose()
 		lingerOnClose(ctx.Conn())
 	}
 	// The request is done with its body (the response may still be on
@@ -230,7 +233,9 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 		if kind := errorKind(err); kind == upstream.ErrAborted || isBodyError(err) {
 			lease.Withdraw()
 		} else {
-			lease.End(err, kind != upstream.ErrSend || len(ctx.Request.Body()) == 0)
+			// (Body is not asked of a streamed body: it would read the
+			// rest of it into memory.)
+			lease.End(err, kind != upstream.ErrSend || !ctx.Request.IsBodyStream() && len(ctx.Request.Body()) == 0)
 		}
 		out.Err = err
 		if !retryable(err, idempotent) {
@@ -240,8 +245,11 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 			h.logRetry(up, lease.Backend, err)
 		}
 	}
-	httpstatus.Answer(&ctx.Response, statusFor(out.Err))
-	if isBodyError(out.Err) {
+	code := statusFor(out.Err)
+	httpstatus.Answer(&ctx.Response, code)
+	if code == statusClientClosed {
+		abandon(ctx)
+	} else if isBodyError(out.Err) {
 		ctx.SetConnectionClose() // the rest of the body is not read
 	}
 	return out
@@ -298,6 +306,8 @@ func (h *Handler) HeaderReceived(rh *fasthttp.RequestHeader) fasthttp.RequestCon
 	return fasthttp.RequestConfig{}
 }
 
-// hTooLarge marks a request HeaderReceived found too large. A client may
-// send it too, and is answered 413.
-var hTooLarge = []byte("X-Lb-Body-Too-Large")
+// hTooLarge marks a request HeaderReceived found too large. Its name has
+// spaces, which no field name a client sends may have (httphead.Check
+// refuses them), so it comes from HeaderReceived alone, and it goes
+// nowhere: the request is answered 413.
+var hTooLarge = []byte("Lb Body Too Large")

@@ -369,6 +369,11 @@ func (s *Body) CloseWithError(writeErr error) error {
 		if s.onDone != nil {
 			s.onDone()
 		}
+		if s.pump.clientFailed() && s.err != nil {
+			// The answer broke because the client's body did (the pump
+			// cut the connection): not the backend's failure.
+			s.err = &Error{Kind: ErrAborted, Err: s.pump.readErr}
+		}
 	}
 	if s.done && !s.closeAfter {
 		s.t.put(c)

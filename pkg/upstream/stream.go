@@ -117,7 +117,15 @@ func (x *Exchange) roundTripStream(req *fasthttp.Request, resp *fasthttp.Respons
 	// backend decides when it has had enough. The connection carries
 	// nothing after such an exchange.
 	sending := p.answer(x.Timeout)
-	b, err := x.finish(req, resp, c, sending)
+	if sending && x.BodyLen < 0 {
+		// A chunked body's trailers are read into the request's head
+		// as it ends, which the caller reads once this returns: such a
+		// body goes no further once an answer came.
+		p.end()
+		sending = false
+	}
+	// The connection goes back to the pool only after a body sent whole.
+	b, err := x.finish(req, resp, c, sending || !p.sentWhole())
 	if sending && b != nil && !b.Switched() {
 		b.pump = p // stopped when the answer has been passed on
 		return b, nil
@@ -257,6 +265,11 @@ func (p *pump) end() {
 		<-p.done
 	}
 }
+
+// clientFailed reports whether the pump, once done, stopped because the
+// client's side of the body failed (it went away, stalled, or broke its
+// framing), not because it was stopped.
+func (p *pump) clientFailed() bool { return p.readErr != nil && p.readErr != errStopped }
 
 // sentWhole reports whether the pump is done and sent the whole body.
 func (p *pump) sentWhole() bool {
