@@ -7,12 +7,14 @@ import (
 	"golang.org/x/net/http2"
 )
 
-// Request bodies are read whole before a request is served, so what an
-// HTTP/2 client sends is held in memory until its request finishes. What
-// lb lets clients make it hold is budgeted: flow-control credit for the
-// connection is given only while the bytes held stay within the
+// What an HTTP/2 client sends of request bodies is held in memory: a body
+// read whole (at most Options.BodyBuffer) until its request finishes, a
+// body that streams until the handler reads it (at most a stream window).
+// What lb lets clients make it hold is budgeted: flow-control credit for
+// the connection is given only while the bytes held stay within the
 // connection's budget and the process's, so a client that sends many
-// bodies and never ends them waits for credit instead of growing lb.
+// bodies and never ends them, or whose handlers do not read them, waits
+// for credit instead of growing lb.
 const (
 	// connBodyBudget is the least a connection may hold of request
 	// bodies; a connection may hold twice max_request_body if that is
@@ -54,6 +56,10 @@ func (b *bodyBudget) take(n, budget int64) bool {
 	}
 	return true
 }
+
+// add counts n more bytes held, within the limit or not: bytes already
+// credited to a client whose request is being served.
+func (b *bodyBudget) add(n int64) { b.used.Add(n) }
 
 // give releases n bytes and wakes the connections waiting for room.
 func (b *bodyBudget) give(n int64) {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -123,7 +124,9 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 	bodies.limit = limit
 	t.Cleanup(func() { bodies.limit = processBodyBudget })
 
-	addr, _ := serveTest(t, answer(nil), Options{MaxBody: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
+	// Bodies of 1 MiB are buffered whole, not streamed: their requests
+	// wait for the rest of them, holding what came.
+	addr, _ := serveTest(t, answer(nil), Options{MaxBody: 1 << 20, BodyBuffer: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
 
 	// poll waits for cond, checking all along that the process never
 	// holds more than the limit.
@@ -186,7 +189,7 @@ func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
 	bodies.limit = budget // one connection's worth
 	t.Cleanup(func() { bodies.limit = processBodyBudget })
 
-	addr, _ := serveTest(t, answer(nil), Options{MaxBody: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
+	addr, _ := serveTest(t, answer(nil), Options{MaxBody: 1 << 20, BodyBuffer: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
 	// A holds all but half a MiB of the process's budget (and less than
 	// its own).
 	a := newUploader(t, addr)
@@ -228,13 +231,29 @@ func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
 }
 
 // TestHTTP2UploadsShareBudget: uploads on one connection that together
-// pass its budget all go through, well within ReadTimeout: when none can
-// finish, the newest is refused (REFUSED_STREAM) and Go's client sends it
-// again once the others are in.
+// pass its budget all go through, well within ReadTimeout. Buffered whole
+// (body_buffer as large as they are): when none can finish, the newest is
+// refused (REFUSED_STREAM) and Go's client sends it again once the others
+// are in. Streamed: each holds at most its window, and none waits.
 func TestHTTP2UploadsShareBudget(t *testing.T) {
 	const size = 8 << 20 // max_request_body; the budget is twice that
-	count := answer(func(ctx *fasthttp.RequestCtx) { fmt.Fprint(ctx, len(ctx.Request.Body())) })
-	addr, _ := serveTest(t, count, Options{MaxBody: size, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute})
+	t.Run("whole", func(t *testing.T) { uploadsShareBudget(t, size, size) })
+	t.Run("streamed", func(t *testing.T) { uploadsShareBudget(t, size, 0) })
+}
+
+func uploadsShareBudget(t *testing.T, size, bodyBuffer int) {
+	count := answer(func(ctx *fasthttp.RequestCtx) {
+		if !ctx.Request.IsBodyStream() {
+			fmt.Fprint(ctx, len(ctx.Request.Body()))
+			return
+		}
+		n, err := io.Copy(io.Discard, ctx.Request.BodyStream())
+		if err != nil {
+			ctx.SetStatusCode(fasthttp.StatusBadRequest)
+		}
+		fmt.Fprint(ctx, n)
+	})
+	addr, _ := serveTest(t, count, Options{MaxBody: size, BodyBuffer: bodyBuffer, ReadTimeout: 30 * time.Second, IdleTimeout: time.Minute})
 	var protos http.Protocols
 	protos.SetHTTP2(true)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, Protocols: &protos}
@@ -243,6 +262,22 @@ func TestHTTP2UploadsShareBudget(t *testing.T) {
 
 	body := bytes.Repeat([]byte("x"), size)
 	start := time.Now()
+	var maxHeld atomic.Int64
+	sampled := make(chan struct{})
+	stop := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if n := bodies.used.Load(); n > maxHeld.Load() {
+				maxHeld.Store(n)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
 	var wg sync.WaitGroup
 	errs := make(chan error, 4)
 	for range 4 {
@@ -262,12 +297,17 @@ func TestHTTP2UploadsShareBudget(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	close(stop)
+	<-sampled
 	close(errs)
 	for err := range errs {
 		t.Error(err)
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("uploads took %s", d)
+	}
+	if limit := int64(4 * (streamWindow + frameSize)); bodyBuffer == 0 && maxHeld.Load() > limit {
+		t.Errorf("four streamed uploads held %d body bytes, over their windows (%d)", maxHeld.Load(), limit)
 	}
 	// Released as each request's handler finishes, just after its answer.
 	for deadline := time.Now().Add(5 * time.Second); bodies.used.Load() != 0; {

@@ -12,10 +12,24 @@ import (
 	"golang.org/x/net/http2"
 )
 
-// Flow-control windows lb offers a client for request bodies. Stream
-// credit is given back as data arrives, half a window at a time (a body is
-// bounded by MaxBody); connection credit as the body budget allows (see
-// budget.go).
+// Flow-control windows lb offers a client for request bodies.
+//
+// A body that streams (body.go) gets stream credit back as the handler
+// reads it, a quarter window at a time: streamWindow is what it may hold
+// unread in lb, and what its client may have in flight, so an upload
+// moves at most streamWindow per round trip. 1 MiB (Go's server offers
+// the same) keeps an upload at 20 MB/s over a 50 ms round trip, where a
+// smaller window would slow every large upload for memory the budgets
+// bound anyway: what many such streams hold together is bounded by the
+// connection's and the process's budgets, not by this window. A body
+// buffered whole (at most Options.BodyBuffer) gets stream credit back as
+// data arrives, half a window at a time.
+//
+// Connection credit is given as the body budgets allow (budget.go): up to
+// connWindow at once, while what the connection holds, read or not,
+// leaves room in its budget (16 MiB or more). A stream whose handler
+// stops reading holds at most streamWindow of it, so the connection's
+// other streams go on.
 const (
 	streamWindow = 1 << 20
 	connWindow   = 1 << 20
@@ -29,9 +43,10 @@ const (
 
 // conn is one HTTP/2 client connection. Its reader goroutine (serve)
 // reads and acts on every frame; a request runs on a worker of the
-// Server's pool once its last frame is in. Protocol state, the HPACK encoder and all
-// frame writes are under mu; writes go to a coalescingConn, so the
-// responses of many streams leave in one TLS record.
+// Server's pool once its last frame is in, or once its body streams.
+// Protocol state, the HPACK encoder, streamed bodies and all frame writes
+// are under mu; writes go to a coalescingConn, so the responses of many
+// streams leave in one TLS record.
 type conn struct {
 	srv *Server
 	nc  net.Conn // the client's, handed to the Handler as the request's
@@ -83,6 +98,10 @@ type stream struct {
 	// expires is when the request must be in whole (ReadTimeout after
 	// its head); zero once served, or without ReadTimeout.
 	expires time.Time
+
+	// body is the request body being read by the handler, when it
+	// streams; nil when it is read whole.
+	body *bodyReader
 
 	served     bool // its handler started
 	remoteDone bool // the client ended the stream
@@ -140,6 +159,9 @@ func (c *conn) serve() {
 				c.release(st)
 			case st.ctx != nil:
 				st.abort.Fire() // its answer has nowhere to go
+				if st.body != nil {
+					c.failBody(st, errBodyClosed)
+				}
 			}
 		}
 		c.mu.Unlock()
@@ -284,7 +306,7 @@ func (c *conn) handle(f http2.Frame) error {
 			if st.served && st.ctx != nil {
 				st.abort.Fire() // nobody is left to answer
 			}
-			c.forget(st)
+			c.forget(st, errBodyReset)
 			c.setDeadline()
 		}
 	case *http2.PingFrame:
@@ -317,7 +339,7 @@ func (c *conn) resetLocked(id uint32, code http2.ErrCode) {
 	}
 	_ = c.fr.WriteRSTStream(id, code) // write errors show on the next read
 	if st := c.streams[id]; st != nil {
-		c.forget(st)
+		c.forget(st, errBodyStreamReset)
 		c.resetByUs[c.resetNext%uint8(len(c.resetByUs))] = id
 		c.resetNext++
 	}
@@ -335,13 +357,17 @@ func (c *conn) wasResetByUs(id uint32) bool {
 	return false
 }
 
-// forget drops a reset stream; a handler serving it writes nothing more.
-func (c *conn) forget(st *stream) {
+// forget drops a reset stream; a handler serving it writes nothing more,
+// and reads of its streamed body fail with why.
+func (c *conn) forget(st *stream, why error) {
 	st.reset = true
 	delete(c.streams, st.id)
-	if !st.served {
+	switch {
+	case !st.served:
 		c.unserved--
 		c.release(st)
+	case st.body != nil:
+		c.failBody(st, why)
 	}
 	c.cond.Broadcast()
 }
@@ -354,7 +380,8 @@ func (c *conn) release(st *stream) {
 	st.ctx = nil
 }
 
-// dropBody drops the body st has received: it will not be forwarded.
+// dropBody drops the body st has received before it is served: it will
+// not be forwarded.
 func (c *conn) dropBody(st *stream) {
 	st.ctx.Request.ResetBody()
 	c.unhold(st)

@@ -36,13 +36,15 @@ func (c *conn) onHeaders(f *http2.HeadersFrame) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
 	if st := c.streams[id]; st != nil {
-		// Trailers: the end of a request body. They are not passed on.
+		// Trailers: the end of a request body, and fields for the
+		// request (RFC 9113 section 8.1).
 		switch {
 		case st.remoteDone:
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 		case !ended || c.hb.pseudo > 0:
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 		}
+		c.takeTrailers(st)
 		return c.endOfRequest(st)
 	}
 	if id <= c.maxClientID {
@@ -79,8 +81,15 @@ func (c *conn) onHeaders(f *http2.HeadersFrame) error {
 		}
 	case st.err != nil:
 		c.serveStream(st) // answered now; the body that follows is dropped
-	case hd.continue_:
-		c.writeInterim(id, fasthttp.StatusContinue)
+	case hd.continue_ || hd.declared > int64(c.srv.o.BodyBuffer):
+		// Served at once, its body streaming: it is larger than what
+		// is buffered, or the client waits for 100 Continue before
+		// sending it and must not wait for ReadTimeout.
+		if hd.continue_ {
+			c.writeInterim(id, fasthttp.StatusContinue)
+		}
+		c.streamBody(st)
+		c.serveStream(st)
 	}
 	if !st.served && c.srv.o.ReadTimeout > 0 {
 		c.expireAt(st, time.Now().Add(c.srv.o.ReadTimeout))
@@ -108,10 +117,11 @@ func (c *conn) expireAt(st *stream, t time.Time) {
 var errRequestTimeout = fmt.Errorf("HTTP/2 request not complete within read_timeout: %w", os.ErrDeadlineExceeded)
 
 // expire answers 408 to the streams whose requests did not come in
-// whole within ReadTimeout, as an HTTP/1.1 connection is answered: their
-// bodies are dropped and the client is told to stop sending them
-// (RST_STREAM NO_ERROR after the answer). Frames on the connection, empty
-// DATA among them, do not extend the time a request has.
+// whole within ReadTimeout, nor began to stream their bodies, as an
+// HTTP/1.1 connection is answered: their bodies are dropped and the
+// client is told to stop sending them (RST_STREAM NO_ERROR after the
+// answer). Frames on the connection, empty DATA among them, do not extend
+// the time a request has.
 func (c *conn) expire() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -144,6 +154,9 @@ func (c *conn) expire() {
 func (c *conn) endOfRequest(st *stream) error {
 	st.remoteDone = true
 	if st.served {
+		if st.body != nil && !st.body.dead() {
+			c.endBody(st)
+		}
 		if st.localDone {
 			delete(c.streams, st.id)
 		}
@@ -183,11 +196,19 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	data := f.Data()
 	st.got += int64(len(data))
 	if st.declared >= 0 && st.got > st.declared {
+		// Malformed (RFC 9113 section 8.1.1).
+		if st.body != nil {
+			c.malformedBody(st)
+			return nil
+		}
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
-	if !st.served {
+	switch {
+	case st.body != nil:
+		c.bodyData(st, data)
+	case !st.served:
 		switch {
-		case st.got > int64(c.srv.o.MaxBody):
+		case c.srv.o.MaxBody > 0 && st.got > int64(c.srv.o.MaxBody):
 			st.err = fasthttp.ErrBodyTooLarge
 			c.dropBody(st)
 			c.serveStream(st)
@@ -201,12 +222,24 @@ func (c *conn) onData(f *http2.DataFrame) error {
 			st.held += int64(len(data))
 			c.held += int64(len(data))
 			st.ctx.Request.AppendBody(data)
+			if !f.StreamEnded() && st.got > int64(c.srv.o.BodyBuffer) {
+				// More than is buffered: served now, the rest
+				// streaming to it.
+				c.streamBody(st)
+				c.serveStream(st)
+			}
 		}
 	}
 	if f.StreamEnded() {
 		err := c.endOfRequest(st)
 		c.setDeadline()
 		return err
+	}
+	if st.body != nil {
+		// Credit comes back as the body is read; here only for padding.
+		c.creditStream(st)
+		c.setDeadline()
+		return nil
 	}
 	st.unacked += n
 	if st.unacked >= streamWindow/2 {

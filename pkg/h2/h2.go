@@ -1,12 +1,13 @@
 // Package h2 is lb's HTTP/2 server. It reads frames with
 // golang.org/x/net/http2's Framer and HPACK decoder and keeps the
 // protocol's state itself: no goroutine per stream until a request is
-// complete, no channel round trip per frame, and the responses of many
-// streams share a TLS record.
+// complete (or its body is large enough to stream), no channel round
+// trip per frame, and the responses of many streams share a TLS record.
 //
-// Each complete request is written out as the HTTP/1.1 head it stands for
-// and parsed by fasthttp, exactly as a request read off an HTTP/1.1
-// connection is, and then handed to a Handler: the one that serves the
+// Each request is written out as the HTTP/1.1 head it stands for and
+// parsed by fasthttp, exactly as a request read off an HTTP/1.1
+// connection is, and then handed to a Handler, with its body whole or,
+// past Options.BodyBuffer, streaming (body.go): the one that serves the
 // listener's HTTP/1.1 clients. So routing, balancing, retries, header
 // rules, limits, metrics and the access log are the same code for both,
 // and backends speak HTTP/1.1.
@@ -31,9 +32,25 @@ import (
 // the Server's again once the call returns, and must not be kept.
 // ctx.Conn() is the connection given to ServeConn.
 type Handler interface {
-	// Serve answers the request in ctx.Request, whose body is in
-	// whole, by filling in ctx.Response. A body stream set on it is
-	// sent as it is read, and closed after.
+	// Serve answers the request in ctx.Request by filling in
+	// ctx.Response. A body stream set on the response is sent as it is
+	// read, and closed after.
+	//
+	// The request's body is in whole (ctx.Request.Body()) if it ended
+	// within Options.BodyBuffer. Otherwise it streams:
+	// ctx.Request.IsBodyStream() is true, ctx.Request.Header's
+	// ContentLength() is the client's content-length (-1 if none), and
+	// ctx.Request.BodyStream() reads the body as the client sends it.
+	// That reader also has Interrupt(), which makes its Reads fail at
+	// once, from any goroutine. Its Read fails with ErrBodyTooLarge past
+	// MaxBody, ErrBodyTimeout after ReadTimeout without data, and
+	// otherwise when the client resets the stream, the connection ends,
+	// or the body and its content-length disagree. It may be read by one
+	// goroutine at a time, the handler's or another, until the response
+	// is sent; what is left unread then is dropped. Trailers the client
+	// sends are in ctx.Request.Header as fasthttp's trailers: before
+	// Serve for a body in whole, once Read returned io.EOF for one that
+	// streams.
 	Serve(ctx *fasthttp.RequestCtx)
 	// ServeError answers, in ctx.Response, a request that is not
 	// served: err is ErrHeadTooLarge (431 is meant), fasthttp's
@@ -72,15 +89,24 @@ type Server struct {
 // Options are a listener's limits as its HTTP/2 side applies them. They
 // are read, never changed, once the Server is made.
 type Options struct {
-	// MaxBody bounds a request body (413 past it); MaxHead the request
-	// head written as HTTP/1.1 (431 past it).
+	// MaxBody bounds a request body (413 past it, or ErrBodyTooLarge
+	// for one that streams), none if 0; MaxHead the request head written
+	// as HTTP/1.1 (431 past it).
 	MaxBody, MaxHead int
+	// BodyBuffer is how much of a request body is read before the
+	// request is served (DefaultBodyBuffer if 0): a body that ends within
+	// it is served whole; a larger one, by its content-length or by what
+	// arrived, and that of a request with "expect: 100-continue", is
+	// served at once and streams to the handler.
+	BodyBuffer int
 	// MaxStreams is how many streams a client may have open at once;
 	// DefaultMaxStreams if 0.
 	MaxStreams uint32
 	// IdleTimeout closes a connection without streams for this long;
 	// ReadTimeout bounds the wait for the preface, and each request's
-	// head and body from its HEADERS frame on (408 past it);
+	// head and body from its HEADERS frame on (408 past it) until it is
+	// served; once a body streams, each wait of its reader for more
+	// (ErrBodyTimeout past it), however long the whole body takes;
 	// WriteTimeout each write to the client and the wait for
 	// flow-control credit. 0 for none.
 	IdleTimeout, ReadTimeout, WriteTimeout time.Duration
@@ -97,10 +123,19 @@ type Options struct {
 // open at once (HAProxy's default; NGINX allows 128).
 const DefaultMaxStreams = 100
 
+// DefaultBodyBuffer is how much of a request body is read before its
+// request is served, for Options whose BodyBuffer is 0: NGINX's
+// http2_body_preread_size, and enough for most API requests to be served
+// with their bodies whole.
+const DefaultBodyBuffer = 64 << 10
+
 // NewServer returns a server that hands requests to h, within o.
 func NewServer(h Handler, o Options) *Server {
 	if o.MaxStreams == 0 {
 		o.MaxStreams = DefaultMaxStreams
+	}
+	if o.BodyBuffer <= 0 {
+		o.BodyBuffer = DefaultBodyBuffer
 	}
 	s := &Server{h: h, o: o, conns: map[*conn]struct{}{}}
 	s.workers = workers.New(o.workerIdle, runJob)

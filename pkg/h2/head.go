@@ -268,7 +268,7 @@ func (b *headBlock) request(ctx *fasthttp.RequestCtx, s *Server) (headInfo, erro
 	if len(b.head) > s.o.MaxHead {
 		return b.hd, ErrHeadTooLarge
 	}
-	if b.hd.declared > int64(s.o.MaxBody) {
+	if s.o.MaxBody > 0 && b.hd.declared > int64(s.o.MaxBody) {
 		return b.hd, fasthttp.ErrBodyTooLarge
 	}
 	hr := s.readers.Get().(*headReader)
@@ -278,6 +278,19 @@ func (b *headBlock) request(ctx *fasthttp.RequestCtx, s *Server) (headInfo, erro
 	hr.r.Reset(nil)
 	s.readers.Put(hr)
 	return b.hd, err
+}
+
+// fieldLines returns the regular fields of the block decoded, as
+// "name: value\r\n" lines, for a block of trailers: those a request's
+// head takes apart (host, cookie, content-length, te, expect:
+// 100-continue) and the connection-specific ones are not among them,
+// nor could they be trailers. Valid until the next block.
+func (b *headBlock) fieldLines() []byte {
+	// What is written before the first field is the request line.
+	if i := bytes.IndexByte(b.head, '\n'); i >= 0 {
+		return b.head[i+1:]
+	}
+	return nil
 }
 
 // validWireName: a field name as HTTP/2 sends it, a token in lower case.

@@ -41,6 +41,14 @@ func (c *conn) run(st *stream) {
 		c.srv.h.Serve(ctx)
 	}
 	c.writeResponse(st, ctx)
+	if st.body != nil {
+		// The response is sent (and the stream reset if the client was
+		// still sending, see endLocal): what is left of the body is not
+		// read, and no longer held.
+		c.mu.Lock()
+		c.failBody(st, errBodyDone)
+		c.mu.Unlock()
+	}
 	ctx.Request.Reset()
 	ctx.Response.Reset() // closes a streamed body: frees the backend
 	ctx.ResetUserValues()
@@ -186,7 +194,9 @@ func (c *conn) writeData(st *stream, p []byte, end bool) bool {
 }
 
 // endLocal: lb ended st. A client still sending a body it no longer
-// needs (the answer was 413) is told to stop.
+// needs (the answer was 413, or the handler answered without reading the
+// body to its end) is told to stop: RST_STREAM NO_ERROR after a complete
+// response (RFC 9113 section 8.1).
 func (c *conn) endLocal(st *stream) {
 	st.localDone = true
 	if !st.remoteDone {
