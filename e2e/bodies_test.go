@@ -183,7 +183,7 @@ func TestUploadStreams(t *testing.T) {
 	if raceEnabled {
 		size = 64 << 20
 	}
-	for _, proto := range []string{"HTTP/1.1"} {
+	for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
 		t.Run(proto, func(t *testing.T) {
 			dir := t.TempDir()
 			certs := writeCerts(t, dir)
@@ -305,7 +305,7 @@ func TestUploadSmallRetriedLargeNot(t *testing.T) {
 // TestUploadCancel: a client that goes away mid-upload cuts the backend
 // request within a second, over HTTP/1.1 and HTTP/2.
 func TestUploadCancel(t *testing.T) {
-	for _, proto := range []string{"HTTP/1.1"} {
+	for _, proto := range []string{"HTTP/1.1", "HTTP/2"} {
 		t.Run(proto, func(t *testing.T) {
 			dir := t.TempDir()
 			certs := writeCerts(t, dir)
@@ -499,6 +499,17 @@ func TestUploadEarlyAnswer(t *testing.T) {
 	if took > 900*time.Millisecond {
 		t.Errorf("curl's upload took %v: it waited for a 100 Continue", took)
 	}
+	start = time.Now()
+	out, err = runCmd(t, 20*time.Second, curl, "-sS", "--http2", "--cacert", certs.dir+"/ca.pem", "--resolve", "localhost:"+portOf(p.addrs["https"])+":127.0.0.1",
+		"-H", "Expect: 100-continue", "-T", file, "https://localhost:"+portOf(p.addrs["https"])+"/upload")
+	took = time.Since(start)
+	if err != nil || strings.TrimSpace(out) != fmt.Sprint(3<<20) {
+		t.Fatalf("curl upload over HTTP/2: %v %q", err, out)
+	}
+	t.Logf("the same over HTTP/2 took %v", took.Round(time.Millisecond))
+	if took > 900*time.Millisecond {
+		t.Errorf("curl's HTTP/2 upload took %v: it waited for a 100 Continue", took)
+	}
 }
 
 type writerFunc func([]byte) (int, error)
@@ -558,6 +569,22 @@ func TestUploadTrailers(t *testing.T) {
 		want := fmt.Sprintf("%d abc123 [chunked]", size)
 		if string(b) != want {
 			t.Errorf("%d-byte chunked body: the backend saw %q, want %q", size, b, want)
+		}
+	}
+	// HTTP/2: trailers in a HEADERS frame after the body.
+	c := uploadClient(certs, p.addrs["https"], true)
+	for _, size := range []int64{1000, 200 << 10} {
+		req, _ := http.NewRequest("POST", "https://localhost/t", &patternReader{left: size})
+		req.ContentLength = -1
+		req.Trailer = http.Header{"X-Checksum": {"abc123"}, "X-Client-Verify": {"SUCCESS"}}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("%d abc123 [chunked]", size); string(b) != want {
+			t.Errorf("HTTP/2, %d-byte body: the backend saw %q, want %q", size, b, want)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -201,8 +202,9 @@ func rssMiB(t *testing.T, pid int) (now, peak float64) {
 // them of a body on each without ever ending it, and then keep the
 // streams alive with empty DATA frames, make lb hold no more than the
 // connection's body budget (16 MiB here), and every stream is answered
-// 408 once read_timeout has passed since its head, however many frames
-// came meanwhile, unless lb refused it before to make room.
+// 408 once read_timeout has passed without a byte of its body (the
+// bodies stream to a backend that wants them whole; empty frames do not
+// count), unless lb refused it before to make room.
 func TestHTTP2BodyFlood(t *testing.T) {
 	const (
 		conns     = 2
@@ -221,6 +223,9 @@ func TestHTTP2BodyFlood(t *testing.T) {
 	dir := t.TempDir()
 	writeCerts(t, dir)
 	b := startBackend(t, "b1")
+	// A backend that wants a body whole before it answers: a stream
+	// whose client stops sending bytes is lb's to end.
+	b.setHook(func(r *http.Request) { io.Copy(io.Discard, r.Body) })
 	cfg := strings.Replace(baseConfig(fastHealth, backendsTOML(b)), `pool = "web"`, `pool = "web"
 read_timeout = "2s"
 write_timeout = "5s"

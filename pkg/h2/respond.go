@@ -41,6 +41,10 @@ func (c *conn) run(st *stream) {
 		c.srv.h.Serve(ctx)
 	}
 	c.writeResponse(st, ctx)
+	// The response body first: closing it ends a request body still
+	// being sent to the backend (see upstream.Body.Sending), before the
+	// request it reads is failed and reset.
+	ctx.Response.Reset()
 	if st.body != nil {
 		// The response is sent (and the stream reset if the client was
 		// still sending, see endLocal): what is left of the body is not
@@ -50,7 +54,6 @@ func (c *conn) run(st *stream) {
 		c.mu.Unlock()
 	}
 	ctx.Request.Reset()
-	ctx.Response.Reset() // closes a streamed body: frees the backend
 	ctx.ResetUserValues()
 	c.srv.ctxs.Put(ctx)
 

@@ -79,7 +79,21 @@ func Check(ctx *fasthttp.RequestCtx) (code int, mask Mask) {
 		// overrides it with what CheckHead would refuse in Host.
 		return fasthttp.StatusBadRequest, mask
 	}
+	if t := h.RequestURI(); len(t) > 0 && t[0] != '/' && t[0] != '*' && userinfo(ctx) {
+		// "http://user:pass@host/": RFC 9110 section 4.2.4 has a
+		// recipient treat userinfo in an http(s) target as an error;
+		// passed on, it would become a backend's Authorization.
+		return fasthttp.StatusBadRequest, mask
+	}
 	return 0, mask
+}
+
+// userinfo reports whether the request's target has user information.
+//
+//go:noinline
+func userinfo(ctx *fasthttp.RequestCtx) bool {
+	u := ctx.Request.URI()
+	return len(u.Username()) > 0 || len(u.Password()) > 0
 }
 
 // CheckHead is the part of Check that needs the head alone, so

@@ -54,8 +54,8 @@ func Prepare(ctx *fasthttp.RequestCtx, mask Mask, c Client) {
 	h := &req.Header
 	if len(h.PeekTrailerKeys()) > 0 {
 		// Before Trailer goes with the hop-by-hop fields (see
-		// dropTrailers).
-		dropTrailers(h)
+		// keepTrailers).
+		mask = keepTrailers(h, mask)
 	}
 	if mask&hopMask != 0 {
 		var proto []byte
@@ -196,13 +196,11 @@ func isXClient(name []byte) bool {
 	return true
 }
 
-// dropTrailers removes the trailer fields that ended a chunked request
-// body (RFC 9112 section 7.1.2), as HTTP/2 trailers are: lb buffers the
-// body and sends it with Content-Length. They must go before Trailer
-// does: deleting Trailer moves fasthttp's trailer fields among the header
-// fields, past the check of the raw head, where a client's
-// "X-Client-Verify: SUCCESS" would pass for lb's own. A header field also
-// sent as a trailer field goes with it.
+// dropTrailers removes the trailer fields of a request (RFC 9112 section
+// 7.1.2) and Trailer. They must go before Trailer does: deleting Trailer
+// moves fasthttp's trailer fields among the header fields, past the check
+// of the raw head, where a client's "X-Client-Verify: SUCCESS" would pass
+// for lb's own. A header field also sent as a trailer field goes with it.
 func dropTrailers(h *fasthttp.RequestHeader) {
 	var tmp [4][]byte
 	names := tmp[:0]
@@ -213,6 +211,47 @@ func dropTrailers(h *fasthttp.RequestHeader) {
 		h.DelBytes(k)
 	}
 	h.Del("Trailer")
+}
+
+// keepTrailers keeps the trailer fields a request came with (an HTTP/2
+// body, or a chunked one read whole), but those lb owns (Reserved), for
+// the backend: it takes them out with dropTrailers, Trailer included, and
+// puts the others back as trailer fields. It returns mask without
+// Trailer, which is gone: deleting it again would move the trailer
+// fields among the header fields. Trailers of a body that streams arrive
+// after this, and are sent on the same way (pkg/upstream's
+// writeTrailers).
+//
+//go:noinline
+func keepTrailers(h *fasthttp.RequestHeader, mask Mask) Mask {
+	var keep []byte
+	section := h.TrailerHeader()
+	for len(section) > 0 {
+		line := section
+		if i := bytes.IndexByte(section, '\n'); i >= 0 {
+			line, section = section[:i+1], section[i+1:]
+		} else {
+			section = nil
+		}
+		if colon := bytes.IndexByte(line, ':'); colon > 0 && !Reserved(line[:colon]) {
+			keep = append(keep, line...)
+		}
+	}
+	dropTrailers(h)
+	for len(keep) > 0 {
+		line := keep
+		if i := bytes.IndexByte(keep, '\n'); i >= 0 {
+			line, keep = keep[:i+1], keep[i+1:]
+		} else {
+			keep = nil
+		}
+		colon := bytes.IndexByte(line, ':')
+		name, value := line[:colon], bytes.TrimSpace(line[colon+1:])
+		if h.AddTrailerBytes(name) == nil {
+			h.AddBytesKV(name, value)
+		}
+	}
+	return mask &^ hopTrailer
 }
 
 // removeXClient removes every X-Client-* header a client sent: backends

@@ -113,6 +113,16 @@ func FuzzPrepareRequest(f *testing.F) {
 			t.Fatal(err)
 		}
 		sent := out.Bytes()
+		if len(req.Header.PeekTrailerKeys()) > 0 {
+			// The transport writes a request with trailers without the
+			// Trailer field (upstream's writeChunked, which its
+			// FuzzWriteRequest checks against Request.Write).
+			if i := bytes.Index(sent, []byte("\r\nTrailer: ")); i >= 0 {
+				if j := bytes.Index(sent[i+2:], []byte("\r\n")); j >= 0 {
+					sent = append(sent[:i+2:i+2], sent[i+2+j+2:]...)
+				}
+			}
+		}
 		if got := string(req.Header.Host()) + " " + string(req.Header.RequestURI()) + " " + string(req.Header.Peek("Authorization")); got != prepared {
 			t.Fatalf("the transport would write host, target and authorization %q; Request.Write writes %q:\n%q", prepared, got, sent)
 		}
@@ -141,8 +151,10 @@ func FuzzPrepareRequest(f *testing.F) {
 		if got := string(back.Body()); got != body {
 			t.Fatalf("body %q reached the backend as %q:\n%q", body, got, sent)
 		}
-		if keys := back.Header.PeekTrailerKeys(); len(keys) > 0 {
-			t.Fatalf("trailer fields %q reached the backend:\n%q", keys, sent)
+		for _, k := range back.Header.PeekTrailerKeys() {
+			if httphead.Reserved(k) {
+				t.Fatalf("trailer field %q, lb's own, reached the backend:\n%q", k, sent)
+			}
 		}
 		checkSentHead(t, sent, method, connNamed, tls)
 	})

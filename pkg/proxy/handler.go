@@ -266,6 +266,7 @@ func streamBody(x *upstream.Exchange, req *fasthttp.Request) bool {
 		return false
 	}
 	x.Body, x.BodyLen = cb, int64(req.Header.ContentLength())
+	x.Duplex = cb.ctx != nil && x.BodyLen >= 0 // HTTP/1.1, no trailers
 	return true
 }
 

@@ -76,9 +76,8 @@ func (l *boundListener) newHTTPServer(cfg config.Listener) *httpServer {
 	srv.h2 = h2.NewServer(l.handler, h2.Options{
 		MaxBody: int(cfg.MaxRequestBody.Bytes),
 		// How much of a request body is read before the request is
-		// served, a larger one streaming to the handler: the default of
-		// a listener's body_buffer.
-		BodyBuffer:   64 << 10,
+		// served, a larger one streaming to the handler.
+		BodyBuffer:   int(cfg.BodyBuffer.Bytes),
 		MaxHead:      int(cfg.MaxHeaderBytes.Bytes),
 		IdleTimeout:  cfg.IdleTimeout.Duration,
 		ReadTimeout:  cfg.ReadTimeout.Duration,

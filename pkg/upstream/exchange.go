@@ -54,6 +54,12 @@ type Exchange struct {
 	// the backend's (an *Error) or the body's (a *BodyError).
 	Body    io.Reader
 	BodyLen int64
+	// Duplex is whether Body may go on being sent after the answer
+	// came, while the answer is passed on (see Body.Sending): only a
+	// body whose reading touches nothing the caller uses once RoundTrip
+	// returns (an HTTP/1.1 body of known length: a chunked one's
+	// trailers, and HTTP/2's, are read into the request's head).
+	Duplex bool
 	// Client, when set, is asked every watchInterval while the answer is
 	// awaited whether the client is still there (HTTP/1.1, whose
 	// clients' going away nothing else reports while their request is

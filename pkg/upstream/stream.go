@@ -117,10 +117,7 @@ func (x *Exchange) roundTripStream(req *fasthttp.Request, resp *fasthttp.Respons
 	// backend decides when it has had enough. The connection carries
 	// nothing after such an exchange.
 	sending := p.answer(x.Timeout)
-	if sending && x.BodyLen < 0 {
-		// A chunked body's trailers are read into the request's head
-		// as it ends, which the caller reads once this returns: such a
-		// body goes no further once an answer came.
+	if sending && !x.Duplex {
 		p.end()
 		sending = false
 	}
