@@ -946,6 +946,20 @@ func (ctx *RequestCtx) Conn() net.Conn {
 	return ctx.c
 }
 
+// streamReadsConn reports whether the request's body stream has more to
+// read from the connection than the bytes it prefetched: a chunked body,
+// or one longer than what was read ahead. lb patch: a request without
+// such a body (a GET, a small POST) gives its reader back at once, as it
+// would without StreamRequestBody, instead of holding it while the
+// response is written.
+func (req *Request) streamReadsConn() bool {
+	rs, ok := req.bodyStream.(*requestStream)
+	if !ok {
+		return false
+	}
+	return rs.contentLength < 0 || int(rs.prefetchedBytes.Size()) < rs.contentLength
+}
+
 // SetReadDeadline sets the read deadline on the underlying connection.
 func (ctx *RequestCtx) SetReadDeadline(deadline time.Time) error {
 	ctx.deadlineMu.Lock()
@@ -2710,7 +2724,7 @@ func (s *Server) serveConnCounted(c net.Conn, countConcurrency bool) error {
 			}
 			// When StreamRequestBody is set to true, we cannot safely release br.
 			// For example, when using chunked encoding, it's possible that br has only read the request headers.
-			if (!s.StreamRequestBody && s.ReduceMemoryUsage && br.Buffered() == 0) || err != nil {
+			if (s.ReduceMemoryUsage && br.Buffered() == 0 && (!s.StreamRequestBody || !ctx.Request.streamReadsConn())) || err != nil {
 				releaseReader(s, br)
 				br = nil
 			}
@@ -2798,7 +2812,7 @@ func (s *Server) serveConnCounted(c net.Conn, countConcurrency bool) error {
 				} else {
 					err = ctx.Request.ContinueReadBody(br, maxRequestBodySize, !s.DisablePreParseMultipartForm)
 				}
-				if (!s.StreamRequestBody && s.ReduceMemoryUsage && br.Buffered() == 0) || err != nil {
+				if (s.ReduceMemoryUsage && br.Buffered() == 0 && (!s.StreamRequestBody || !ctx.Request.streamReadsConn())) || err != nil {
 					releaseReader(s, br)
 					br = nil
 				}
