@@ -127,7 +127,8 @@ func putBodyBuf(bp *[]byte) {
 // takeBody reads the start of the request's body stream, if it has one:
 // a body that ends within the site's body buffer is set as the request's
 // body; a longer one is returned as a clientBody to stream, and is the
-// caller's to release. code is not 0 when the body failed: the status to
+// caller's to release. A body whose declared length is longer than the
+// buffer streams without being read ahead. code is not 0 when the body failed: the status to
 // log, and to answer unless it is 499 (the client went away).
 func takeBody(ctx *fasthttp.RequestCtx, site *Site, h2 bool) (cb *clientBody, code int) {
 	req := &ctx.Request
@@ -142,7 +143,13 @@ func takeBody(ctx *fasthttp.RequestCtx, site *Site, h2 bool) (cb *clientBody, co
 	if site.MaxBody > 0 && site.MaxBody < int64(limit) {
 		limit = int(site.MaxBody)
 	}
-	src := req.BodyStream()
+	if cl > limit {
+		// It will stream whatever is read ahead: stream it from its
+		// first byte, holding no buffer for it. (Nothing is read before
+		// a backend connection is open, so a connect failure still lets
+		// it go to another backend.)
+		return streamFrom(ctx, site, cl, h2), 0
+	}
 	bp := bodyBufs.Get().(*[]byte)
 	if cap(*bp) < limit+1 {
 		*bp = make([]byte, 0, limit+1)
@@ -151,14 +158,10 @@ func takeBody(ctx *fasthttp.RequestCtx, site *Site, h2 bool) (cb *clientBody, co
 		// The process holds all it may: stream from the first byte.
 		readAhead.Add(-int64(cap(*bp)))
 		bodyBufs.Put(bp)
-		cb = clientBodys.Get().(*clientBody)
-		*cb = clientBody{src: src, timeout: site.ReadTimeout, max: site.MaxBody, want: int64(cl)}
-		if !h2 {
-			cb.ctx = ctx
-		}
-		return cb, 0
+		return streamFrom(ctx, site, cl, h2), 0
 	}
 	buf := (*bp)[:0]
+	src := req.BodyStream()
 	for {
 		n, err := src.Read(buf[len(buf) : limit+1])
 		buf = buf[:len(buf)+n]
@@ -193,6 +196,17 @@ func takeBody(ctx *fasthttp.RequestCtx, site *Site, h2 bool) (cb *clientBody, co
 		cb.ctx = ctx
 	}
 	return cb, 0
+}
+
+// streamFrom is a clientBody that streams the request's body from its
+// first byte, with no read-ahead.
+func streamFrom(ctx *fasthttp.RequestCtx, site *Site, cl int, h2 bool) *clientBody {
+	cb := clientBodys.Get().(*clientBody)
+	*cb = clientBody{src: ctx.Request.BodyStream(), timeout: site.ReadTimeout, max: site.MaxBody, want: int64(cl)}
+	if !h2 {
+		cb.ctx = ctx
+	}
+	return cb
 }
 
 // streams reports whether cb is a body to stream rather than one taken

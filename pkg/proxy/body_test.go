@@ -49,6 +49,9 @@ func TestTakeBody(t *testing.T) {
 			if cb.streams() != c.streams {
 				t.Fatalf("streams %v, want %v", cb.streams(), c.streams)
 			}
+			if cb.streams() && c.cl >= 0 && len(cb.ahead) != 0 {
+				t.Errorf("a body declared longer than the buffer was read ahead (%d bytes)", len(cb.ahead))
+			}
 			var got []byte
 			if cb.streams() {
 				b, err := io.ReadAll(cb)
