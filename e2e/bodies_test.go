@@ -18,8 +18,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // Request bodies that stream (issue 16): large uploads go to the backend
@@ -158,18 +156,15 @@ response_timeout = "5s"
 func uploadClient(certs *testCerts, addr string, h2 bool) *http.Client {
 	d := &net.Dialer{Timeout: 2 * time.Second}
 	tc := &tls.Config{RootCAs: certs.pool(), ServerName: "localhost"}
-	if h2 {
-		return &http.Client{Timeout: 5 * time.Minute, Transport: &http2.Transport{
-			TLSClientConfig: tc,
-			DialTLSContext: func(ctx context.Context, _, _ string, cfg *tls.Config) (net.Conn, error) {
-				return (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, "tcp", addr)
-			},
-		}}
-	}
-	return &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{
+	tr := &http.Transport{
 		TLSClientConfig: tc,
 		DialContext:     func(ctx context.Context, _, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) },
-	}}
+	}
+	if h2 {
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetHTTP2(true)
+	}
+	return &http.Client{Timeout: 5 * time.Minute, Transport: tr}
 }
 
 // TestUploadStreams sends a large upload through lb over HTTP/1.1 and
@@ -204,6 +199,9 @@ func TestUploadStreams(t *testing.T) {
 			got, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			elapsed := time.Since(start)
+			if want := map[string]string{"HTTP/1.1": "HTTP/1.1", "HTTP/2": "HTTP/2.0"}[proto]; resp.Proto != want {
+				t.Fatalf("the client spoke %s", resp.Proto)
+			}
 			wantLine := fmt.Sprintf("%d %s", size, hex.EncodeToString(want.Sum(nil)))
 			if resp.StatusCode != 200 || string(got) != wantLine {
 				t.Fatalf("status %d, backend got %q, want %q\n%s", resp.StatusCode, got, wantLine, tail(p.stderr.String(), 20))
