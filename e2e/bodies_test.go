@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -478,35 +477,23 @@ func TestUploadEarlyAnswer(t *testing.T) {
 		t.Errorf("the early answer took %v", took)
 	}
 
-	curl, err := execLookPath("curl")
-	if err != nil {
-		t.Skip("curl is not installed (.ci/run installs it): the Expect: 100-continue half is not run")
-	}
+	curl := needTool(t, "curl") // the Expect: 100-continue half
 	file := dir + "/upload.bin"
 	if err := writePattern(file, 3<<20); err != nil {
 		t.Fatal(err)
 	}
-	start = time.Now()
-	out, err := runCmd(t, 20*time.Second, curl, "-sS", "--http1.1", "--cacert", certs.dir+"/ca.pem", "--resolve", "localhost:"+portOf(p.addrs["https"])+":127.0.0.1",
-		"-H", "Expect: 100-continue", "-T", file, "https://localhost:"+portOf(p.addrs["https"])+"/upload")
-	took = time.Since(start)
-	if err != nil || strings.TrimSpace(out) != fmt.Sprint(3<<20) {
-		t.Fatalf("curl upload: %v %q", err, out)
-	}
-	t.Logf("curl's Expect: 100-continue upload of 3 MiB took %v", took.Round(time.Millisecond))
-	if took > 900*time.Millisecond {
-		t.Errorf("curl's upload took %v: it waited for a 100 Continue", took)
-	}
-	start = time.Now()
-	out, err = runCmd(t, 20*time.Second, curl, "-sS", "--http2", "--cacert", certs.dir+"/ca.pem", "--resolve", "localhost:"+portOf(p.addrs["https"])+":127.0.0.1",
-		"-H", "Expect: 100-continue", "-T", file, "https://localhost:"+portOf(p.addrs["https"])+"/upload")
-	took = time.Since(start)
-	if err != nil || strings.TrimSpace(out) != fmt.Sprint(3<<20) {
-		t.Fatalf("curl upload over HTTP/2: %v %q", err, out)
-	}
-	t.Logf("the same over HTTP/2 took %v", took.Round(time.Millisecond))
-	if took > 900*time.Millisecond {
-		t.Errorf("curl's HTTP/2 upload took %v: it waited for a 100 Continue", took)
+	for _, proto := range []string{"--http1.1", "--http2"} {
+		start = time.Now()
+		out, err := runCmd(t, 20*time.Second, curl, "-sS", proto, "--cacert", certs.dir+"/ca.pem", "--resolve", "localhost:"+portOf(p.addrs["https"])+":127.0.0.1",
+			"-H", "Expect: 100-continue", "-T", file, "https://localhost:"+portOf(p.addrs["https"])+"/upload")
+		took = time.Since(start)
+		if err != nil || strings.TrimSpace(out) != fmt.Sprint(3<<20) {
+			t.Fatalf("curl %s upload: %v %q", proto, err, out)
+		}
+		t.Logf("curl %s: an Expect: 100-continue upload of 3 MiB took %v", proto, took.Round(time.Millisecond))
+		if took > 900*time.Millisecond {
+			t.Errorf("curl %s upload took %v: it waited for a 100 Continue", proto, took)
+		}
 	}
 }
 
@@ -530,8 +517,6 @@ func writePattern(path string, n int64) error {
 	}
 	return f.Close()
 }
-
-var execLookPath = exec.LookPath
 
 // TestUploadTrailers: a chunked request's trailer fields reach the
 // backend, with a body that streams and one that is sent whole.
@@ -557,7 +542,7 @@ func TestUploadTrailers(t *testing.T) {
 		req.WriteString("0\r\nX-Checksum: abc123\r\n\r\n")
 		go c.Write(req.Bytes())
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		resp, err := http.ReadResponse(bufioReader(c), nil)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -586,8 +571,6 @@ func TestUploadTrailers(t *testing.T) {
 		}
 	}
 }
-
-func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
 
 // TestUploadStalls: a backend that stops reading mid-upload is cut after
 // response_timeout (504 to the client, which is not reset before it can
@@ -641,7 +624,7 @@ func TestUploadStalls(t *testing.T) {
 		c.Write(bytes.Repeat([]byte("s"), 200<<10))
 		start := time.Now()
 		c.SetReadDeadline(time.Now().Add(6 * time.Second))
-		resp, err := http.ReadResponse(bufioReader(c), nil)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		took := time.Since(start)
 		code := 0
 		if err == nil {

@@ -224,19 +224,7 @@ func dropTrailers(h *fasthttp.RequestHeader) {
 //
 //go:noinline
 func keepTrailers(h *fasthttp.RequestHeader, mask Mask) Mask {
-	var keep []byte
-	section := h.TrailerHeader()
-	for len(section) > 0 {
-		line := section
-		if i := bytes.IndexByte(section, '\n'); i >= 0 {
-			line, section = section[:i+1], section[i+1:]
-		} else {
-			section = nil
-		}
-		if colon := bytes.IndexByte(line, ':'); colon > 0 && !Reserved(line[:colon]) {
-			keep = append(keep, line...)
-		}
-	}
+	keep := AppendTrailers(nil, h)
 	dropTrailers(h)
 	for len(keep) > 0 {
 		line := keep
@@ -245,13 +233,35 @@ func keepTrailers(h *fasthttp.RequestHeader, mask Mask) Mask {
 		} else {
 			keep = nil
 		}
-		colon := bytes.IndexByte(line, ':')
-		name, value := line[:colon], bytes.TrimSpace(line[colon+1:])
-		if h.AddTrailerBytes(name) == nil {
-			h.AddBytesKV(name, value)
+		if colon := bytes.IndexByte(line, ':'); colon > 0 { // not the blank line
+			name, value := line[:colon], bytes.TrimSpace(line[colon+1:])
+			if h.AddTrailerBytes(name) == nil {
+				h.AddBytesKV(name, value)
+			}
 		}
 	}
 	return mask &^ hopTrailer
+}
+
+// AppendTrailers appends to dst the trailer section of h as it goes to a
+// backend: fasthttp keeps what it read after a chunked body (and refuses
+// framing, routing and authentication fields); the fields lb owns
+// (Reserved) are left out. It ends with the blank line.
+func AppendTrailers(dst []byte, h *fasthttp.RequestHeader) []byte {
+	section := h.TrailerHeader() // lines, and the blank line that ends them
+	for len(section) > 0 {
+		line := section
+		if i := bytes.IndexByte(section, '\n'); i >= 0 {
+			line, section = section[:i+1], section[i+1:]
+		} else {
+			section = nil
+		}
+		if colon := bytes.IndexByte(line, ':'); colon > 0 && Reserved(line[:colon]) {
+			continue
+		}
+		dst = append(dst, line...)
+	}
+	return dst
 }
 
 // removeXClient removes every X-Client-* header a client sent: backends

@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"io"
 	"strconv"
@@ -296,28 +295,12 @@ func (p *pump) stop() {
 }
 
 // writeTrailers ends a chunked body: the last chunk, the trailer fields
-// the client sent (fasthttp keeps what it read after a chunked body, and
-// refuses framing, routing and authentication fields; fields lb owns are
-// left out here too, see httphead.Reserved), and the blank line.
+// the client sent less those lb owns (httphead.AppendTrailers), and the
+// blank line.
 func writeTrailers(w *bufio.Writer, h *fasthttp.RequestHeader) error {
 	if _, err := w.WriteString("0\r\n"); err != nil {
 		return err
 	}
-	section := h.TrailerHeader() // lines, and the blank line that ends them
-	for len(section) > 0 {
-		line := section
-		if i := bytes.IndexByte(section, '\n'); i >= 0 {
-			line, section = section[:i+1], section[i+1:]
-		} else {
-			section = nil
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon > 0 && httphead.Reserved(line[:colon]) {
-			continue
-		}
-		if _, err := w.Write(line); err != nil {
-			return err
-		}
-	}
-	return nil
+	_, err := w.Write(httphead.AppendTrailers(nil, h))
+	return err
 }
