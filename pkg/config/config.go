@@ -32,6 +32,10 @@ type Global struct {
 	Admin         string   `toml:"admin"`      // admin HTTP address; "" disables it
 	ShutdownGrace Duration `toml:"shutdown_grace"`
 	Watch         bool     `toml:"watch"`
+	// MaxBodyMemory bounds the request and response body bytes the
+	// process holds in memory at once (see internal/bodymem): past it,
+	// bodies stream instead of being read whole.
+	MaxBodyMemory Size `toml:"max_body_memory"`
 	// Pprof serves Go's profiler under /debug/pprof/ on the admin server.
 	Pprof bool `toml:"pprof"`
 	// AdminHosts are names, besides loopback names and IP addresses,
@@ -188,6 +192,7 @@ const (
 	DefaultIdleTimeout    = 60 * time.Second
 	DefaultMaxRequestBody = 10 << 20
 	DefaultBodyBuffer     = 64 << 10
+	DefaultMaxBodyMemory  = 256 << 20
 	// MaxBodyBuffer bounds body_buffer: what each request may hold in
 	// memory before it streams.
 	MaxBodyBuffer          = 16 << 20

@@ -68,7 +68,8 @@ func TestDefaults(t *testing.T) {
 	}
 	g := cfg.Global
 	if g.LogLevel != "info" || g.LogFormat != "text" || g.AccessLog != "stdout" ||
-		g.Admin != "127.0.0.1:9100" || g.ShutdownGrace.Duration != 30*time.Second || !g.Watch {
+		g.Admin != "127.0.0.1:9100" || g.ShutdownGrace.Duration != 30*time.Second || !g.Watch ||
+		g.MaxBodyMemory.Bytes != 256<<20 {
 		t.Errorf("global defaults: %+v", g)
 	}
 	l := cfg.Listeners[0]
@@ -232,6 +233,16 @@ on_client_abort = "ignore"`, 1)
 max_request_body = "10 parsecs"`, 1)
 		},
 		`:6: listener[0].max_request_body: "10 parsecs" is not a size`,
+	},
+	{
+		"body memory too small",
+		func(s string) string { return "[global]\nmax_body_memory = \"64KiB\"\n" + s },
+		`:2: global.max_body_memory: must be at least 1048576 bytes (got 65536)`,
+	},
+	{
+		"no body memory limit",
+		func(s string) string { return "[global]\nmax_body_memory = 0\n" + s },
+		`:2: global.max_body_memory: 0 would leave what clients can make lb hold unbounded`,
 	},
 	{
 		"wrong type",

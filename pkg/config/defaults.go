@@ -25,6 +25,7 @@ func (l *loader) applyDefaults() {
 	if !l.defined("global.watch") {
 		g.Watch = true
 	}
+	l.setSize(&g.MaxBodyMemory, "global.max_body_memory", DefaultMaxBodyMemory)
 
 	for i := range c.Listeners {
 		ln := &c.Listeners[i]

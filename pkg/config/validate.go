@@ -52,6 +52,11 @@ func (l *loader) validateGlobal() {
 		}
 	}
 	l.checkDur(g.ShutdownGrace, "global.shutdown_grace", true)
+	if g.MaxBodyMemory.err == nil && g.MaxBodyMemory.Bytes == 0 {
+		l.errorf("global.max_body_memory", "0 would leave what clients can make lb hold unbounded; set a size (the default is 256MiB)")
+	} else {
+		l.checkSize(g.MaxBodyMemory, "global.max_body_memory", 1<<20)
+	}
 	l.validateAdminAccess()
 }
 

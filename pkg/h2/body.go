@@ -13,6 +13,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http2"
 
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/offloadlb/lb/internal/httpstatus"
 )
 
@@ -198,7 +199,7 @@ func (c *conn) bodyData(st *stream, data []byte) {
 	// Not refused, unlike a body not yet served: part of it may be at a
 	// backend. The process holds at most the credit already given past
 	// its budget, and gives no more until it is back within it.
-	bodies.add(n)
+	bodymem.Add(n)
 	r.signal()
 }
 
@@ -207,7 +208,7 @@ func (c *conn) bodyData(st *stream, data []byte) {
 func (c *conn) consumed(st *stream, n int64) {
 	st.held -= n
 	c.held -= n
-	bodies.give(n)
+	bodymem.Give(n)
 	c.creditStream(st)
 	c.refill()
 }

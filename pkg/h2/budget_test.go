@@ -15,6 +15,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http2"
 
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/offloadlb/lb/internal/testutil"
 )
 
@@ -118,11 +119,11 @@ func (u *uploader) state() (sent, credit int64) {
 // as soon as another connection releases what it held.
 func TestHTTP2ProcessBodyBudget(t *testing.T) {
 	const limit = 16 << 20
-	if n := bodies.used.Load(); n != 0 {
+	if n := bodymem.Used(); n != 0 {
 		t.Fatalf("%d body bytes held before the test", n)
 	}
-	bodies.limit = limit
-	t.Cleanup(func() { bodies.limit = processBodyBudget })
+	bodymem.SetLimit(limit)
+	t.Cleanup(func() { bodymem.SetLimit(bodymem.DefaultLimit) })
 
 	// Bodies of 1 MiB are buffered whole, not streamed: their requests
 	// wait for the rest of them, holding what came.
@@ -133,11 +134,11 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 	poll := func(what string, cond func() bool) {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); !cond(); {
-			if n := bodies.used.Load(); n > limit {
+			if n := bodymem.Used(); n > limit {
 				t.Fatalf("the process holds %d body bytes, over its %d", n, limit)
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within 10s (held %d)", what, bodies.used.Load())
+				t.Fatalf("%s: not within 10s (held %d)", what, bodymem.Used())
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -148,7 +149,7 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 	// A sends 12 bodies of 1 MiB, never ended.
 	a := newUploader(t, addr)
 	a.upload(1, 12, 1<<20)
-	poll("first connection holds its bodies", func() bool { return bodies.used.Load() == each })
+	poll("first connection holds its bodies", func() bool { return bodymem.Used() == each })
 
 	// B gets only what is left in the process, and waits, though its
 	// own budget has room.
@@ -156,7 +157,7 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 	b.upload(1, 12, 1<<20)
 	poll("second connection fills the process's budget", func() bool {
 		sent, credit := b.state()
-		return bodies.used.Load() == limit && sent == limit-each && credit == 0
+		return bodymem.Used() == limit && sent == limit-each && credit == 0
 	})
 
 	// A's client gives up its uploads: B is given credit at once, and
@@ -168,7 +169,7 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 	a.mu.Unlock()
 	poll("second connection resumes", func() bool {
 		sent, _ := b.state()
-		return sent == each && bodies.used.Load() == each
+		return sent == each && bodymem.Used() == each
 	})
 	b.mu.Lock()
 	if len(b.resets) != 0 {
@@ -183,20 +184,20 @@ func TestHTTP2ProcessBodyBudget(t *testing.T) {
 // retry, and nothing more is held.
 func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
 	budget := connBudget(1 << 20)
-	if n := bodies.used.Load(); n != 0 {
+	if n := bodymem.Used(); n != 0 {
 		t.Fatalf("%d body bytes held before the test", n)
 	}
-	bodies.limit = budget // one connection's worth
-	t.Cleanup(func() { bodies.limit = processBodyBudget })
+	bodymem.SetLimit(budget) // one connection's worth
+	t.Cleanup(func() { bodymem.SetLimit(bodymem.DefaultLimit) })
 
 	addr, _ := serveTest(t, answer(nil), Options{MaxBody: 1 << 20, BodyBuffer: 1 << 20, ReadTimeout: time.Minute, IdleTimeout: time.Minute})
 	// A holds all but half a MiB of the process's budget (and less than
 	// its own).
 	a := newUploader(t, addr)
 	a.upload(1, 31, 512<<10)
-	for deadline := time.Now().Add(10 * time.Second); bodies.used.Load() != budget-512<<10; {
+	for deadline := time.Now().Add(10 * time.Second); bodymem.Used() != budget-512<<10; {
 		if time.Now().After(deadline) {
-			t.Fatalf("first connection holds %d, want %d", bodies.used.Load(), budget-512<<10)
+			t.Fatalf("first connection holds %d, want %d", bodymem.Used(), budget-512<<10)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -204,7 +205,7 @@ func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
 	b := newUploader(t, addr)
 	b.upload(1, 4, 1<<20)
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if n := bodies.used.Load(); n > budget {
+		if n := bodymem.Used(); n > budget {
 			t.Fatalf("the process holds %d, over its %d", n, budget)
 		}
 		b.mu.Lock()
@@ -225,7 +226,7 @@ func TestHTTP2ProcessBodyBudgetRefuses(t *testing.T) {
 		}
 	}
 	b.mu.Unlock()
-	if n := bodies.used.Load(); n > budget {
+	if n := bodymem.Used(); n > budget {
 		t.Errorf("the process holds %d, over its %d", n, budget)
 	}
 }
@@ -268,7 +269,7 @@ func uploadsShareBudget(t *testing.T, size, bodyBuffer int) {
 	go func() {
 		defer close(sampled)
 		for {
-			if n := bodies.used.Load(); n > maxHeld.Load() {
+			if n := bodymem.Used(); n > maxHeld.Load() {
 				maxHeld.Store(n)
 			}
 			select {
@@ -310,9 +311,9 @@ func uploadsShareBudget(t *testing.T, size, bodyBuffer int) {
 		t.Errorf("four streamed uploads held %d body bytes, over their windows (%d)", maxHeld.Load(), limit)
 	}
 	// Released as each request's handler finishes, just after its answer.
-	for deadline := time.Now().Add(5 * time.Second); bodies.used.Load() != 0; {
+	for deadline := time.Now().Add(5 * time.Second); bodymem.Used() != 0; {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d body bytes still held", bodies.used.Load())
+			t.Fatalf("%d body bytes still held", bodymem.Used())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

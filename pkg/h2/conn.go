@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/offloadlb/lb/internal/abort"
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http2"
 )
@@ -394,7 +395,7 @@ func (c *conn) unhold(st *stream) {
 		return
 	}
 	c.held -= st.held
-	bodies.give(st.held)
+	bodymem.Give(st.held)
 	st.held = 0
 	c.refill()
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/valyala/fasthttp"
 	"golang.org/x/net/http2"
 )
@@ -212,7 +213,7 @@ func (c *conn) onData(f *http2.DataFrame) error {
 			st.err = fasthttp.ErrBodyTooLarge
 			c.dropBody(st)
 			c.serveStream(st)
-		case !bodies.take(int64(len(data)), c.budget):
+		case !bodymem.TakeWithin(int64(len(data)), c.budget):
 			// The process holds all it may: credit other connections
 			// had already been given came in first. Not processed, so
 			// safe for the client to retry (RFC 9113 8.7).

@@ -21,15 +21,16 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/offloadlb/lb/internal/abort"
+	"github.com/offloadlb/lb/internal/bodymem"
 )
 
 // bodiesHeldNone waits until no request-body bytes are held, as between
 // tests, at most 5 s.
 func bodiesHeldNone(t *testing.T) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); bodies.used.Load() != 0; {
+	for deadline := time.Now().Add(5 * time.Second); bodymem.Used() != 0; {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d request-body bytes still held", bodies.used.Load())
+			t.Fatalf("%d request-body bytes still held", bodymem.Used())
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
@@ -140,7 +141,7 @@ func TestHTTP2StreamedBodyLarge(t *testing.T) {
 	)
 	sentAtFirst.Store(-1)
 	noteHeld := func() {
-		for n := bodies.used.Load(); n > maxHeld.Load(); {
+		for n := bodymem.Used(); n > maxHeld.Load(); {
 			if maxHeld.CompareAndSwap(maxHeld.Load(), n) {
 				return
 			}
@@ -170,7 +171,7 @@ func TestHTTP2StreamedBodyLarge(t *testing.T) {
 				if got > 0 {
 					full -= streamWindow / 4
 				}
-				for deadline := time.Now().Add(5 * time.Second); bodies.used.Load() < full && time.Now().Before(deadline); {
+				for deadline := time.Now().Add(5 * time.Second); bodymem.Used() < full && time.Now().Before(deadline); {
 					noteHeld()
 					time.Sleep(time.Millisecond)
 				}
@@ -311,7 +312,7 @@ func TestHTTP2StreamedBodyStuckHandler(t *testing.T) {
 	if sent, updates, _ := p.counts(1); sent != streamWindow || updates != 0 {
 		t.Errorf("the stuck stream sent %d bytes and got %d WINDOW_UPDATEs; want %d and none", sent, updates, streamWindow)
 	}
-	if n := bodies.used.Load(); n != streamWindow {
+	if n := bodymem.Used(); n != streamWindow {
 		t.Errorf("%d body bytes held with the stuck stream's window full, want %d", n, streamWindow)
 	}
 

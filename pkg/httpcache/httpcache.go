@@ -181,7 +181,7 @@ func (f *flow) keep(sent time.Time, fill *cache.Fill, stream *upstream.Body) (st
 			stored = e
 		}
 	case int64(resp.Header.ContentLength()) <= c.MaxObject():
-		body, whole := stream.ReadAhead(c.MaxObject())
+		body, whole := stream.ReadAhead(c.MaxObject(), &f.ctx.Request)
 		if !whole {
 			break
 		}
@@ -330,6 +330,8 @@ func (f *flow) revalidateBackground(e *cache.Entry, fill *cache.Fill) {
 		f.c.EndFill(f.key, fill, nil)
 	}
 	resp.Reset() // closes a stream: frees the backend
+	// and gives back the body memory a body read whole held
+	f.ctx.Request.Reset()
 }
 
 // result counts how the request was answered and says so in X-Cache.

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -257,10 +258,17 @@ var (
 		[]string{"listener", "pool", "backend", "direction"}, nil)
 	descDropped = prometheus.NewDesc("lb_access_log_dropped_total",
 		"Access log lines dropped because the log could not keep up.", nil, nil)
+	descBodyMemory = prometheus.NewDesc("lb_body_memory_bytes",
+		"Request and response body bytes held in memory (bodies read whole before they are sent on).", nil, nil)
+	descBodyMemoryLimit = prometheus.NewDesc("lb_body_memory_limit_bytes",
+		"global.max_body_memory: past it, bodies stream instead of being read whole.", nil, nil)
+	descBodyMemoryFull = prometheus.NewDesc("lb_body_memory_full_total",
+		"Times a body was not read whole (it streamed, or an HTTP/2 client waited for credit) because the process held global.max_body_memory.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descRefused, descExpiry, descCache, descCacheBytes, descCacheObjects, descDropped, descTCPConns, descTCPFailures, descTCPBytes} {
+	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descRefused, descExpiry, descCache, descCacheBytes, descCacheObjects, descDropped, descTCPConns, descTCPFailures, descTCPBytes,
+		descBodyMemory, descBodyMemoryLimit, descBodyMemoryFull} {
 		ch <- d
 	}
 }
@@ -287,6 +295,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	tcp := maps.Clone(c.r.tcp)
 	c.r.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(descBodyMemory, prometheus.GaugeValue, float64(bodymem.Used()))
+	ch <- prometheus.MustNewConstMetric(descBodyMemoryLimit, prometheus.GaugeValue, float64(bodymem.Limit()))
+	ch <- prometheus.MustNewConstMetric(descBodyMemoryFull, prometheus.CounterValue, float64(bodymem.Full()))
 	for k, v := range tcp {
 		ch <- prometheus.MustNewConstMetric(descTCPConns, prometheus.CounterValue, float64(v.Connections.Load()), k.Listener, k.Pool, k.Backend)
 		ch <- prometheus.MustNewConstMetric(descTCPFailures, prometheus.CounterValue, float64(v.Failures.Load()), k.Listener, k.Pool, k.Backend)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/offloadlb/lb/pkg/upstream"
 )
 
@@ -25,15 +26,6 @@ import (
 
 // defaultBodyBuffer is body_buffer's default.
 const defaultBodyBuffer = 64 << 10
-
-// maxReadAhead bounds the request-body bytes all requests of the process
-// hold read ahead together. Past it, a request's body streams from its
-// first byte (and is sent once) instead of growing lb: 4,096 requests
-// reading ahead 64 KiB each at once.
-const maxReadAhead = 256 << 20
-
-// readAhead counts the bytes of the read-ahead buffers requests hold.
-var readAhead atomic.Int64
 
 // errBodyTooLarge is a streamed body that passed max_request_body.
 var errBodyTooLarge = fasthttp.ErrBodyTooLarge
@@ -118,9 +110,10 @@ func (b *clientBody) release() {
 	clientBodys.Put(b)
 }
 
-// putBodyBuf gives a read-ahead buffer back, and its bytes to readAhead.
+// putBodyBuf gives a read-ahead buffer back, and its bytes to the
+// process's body memory.
 func putBodyBuf(bp *[]byte) {
-	readAhead.Add(-int64(cap(*bp)))
+	bodymem.Give(int64(cap(*bp)))
 	bodyBufs.Put(bp)
 }
 
@@ -154,9 +147,9 @@ func takeBody(ctx *fasthttp.RequestCtx, site *Site, h2 bool) (cb *clientBody, co
 	if cap(*bp) < limit+1 {
 		*bp = make([]byte, 0, limit+1)
 	}
-	if readAhead.Add(int64(cap(*bp))) > maxReadAhead {
-		// The process holds all it may: stream from the first byte.
-		readAhead.Add(-int64(cap(*bp)))
+	if !bodymem.Take(int64(cap(*bp))) {
+		// The process holds all the body memory it may
+		// (global.max_body_memory): stream from the first byte.
 		bodyBufs.Put(bp)
 		return streamFrom(ctx, site, cl, h2), 0
 	}

@@ -1,11 +1,17 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"io"
+	"net"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/valyala/fasthttp"
 )
 
@@ -67,13 +73,13 @@ func TestTakeBody(t *testing.T) {
 			}
 		})
 	}
-	if n := readAhead.Load(); n != 0 {
-		t.Errorf("%d bytes still counted read ahead", n)
+	if n := bodymem.Used(); n != 0 {
+		t.Errorf("%d bytes still counted in the body memory", n)
 	}
 }
 
 // TestTakeBodyLimits: a chunked body past max_request_body fails where it
-// passes it; with the process's read-ahead all taken, a body streams from
+// passes it; with no room left in the process's body memory, a body streams from
 // its first byte.
 func TestTakeBodyLimits(t *testing.T) {
 	site := &Site{BodyBuffer: 1024, MaxBody: 4096}
@@ -93,8 +99,8 @@ func TestTakeBodyLimits(t *testing.T) {
 	}
 	site.MaxBody = 0
 
-	readAhead.Add(maxReadAhead)
-	defer readAhead.Add(-maxReadAhead)
+	bodymem.SetLimit(0)
+	defer bodymem.SetLimit(bodymem.DefaultLimit)
 	ctx = bodyCtx("tiny", 4)
 	cb, code = takeBody(ctx, site, true)
 	if code != 0 || !cb.streams() || len(cb.ahead) != 0 {
@@ -125,5 +131,75 @@ func TestTakeBodyAllocatesNothing(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("%.1f allocations per body", allocs)
+	}
+}
+
+// TestResponsesWithinBodyMemory: a response body read whole is held until
+// its client has it, counted in the process's body memory; with clients
+// that do not read, what does not fit streams instead, the count never
+// passes the limit, every answer arrives intact once they read, and
+// nothing is left counted after.
+func TestResponsesWithinBodyMemory(t *testing.T) {
+	const size, clients, pipelined, limit = 60 << 10, 8, 8, 256 << 10
+	page := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	e := startEcho(t, func(w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Set("Content-Length", strconv.Itoa(len(page)))
+		w.Write(page)
+		return true
+	})
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}})
+	before, full := bodymem.Used(), bodymem.Full()
+	bodymem.SetLimit(before + limit)
+	defer bodymem.SetLimit(bodymem.DefaultLimit)
+
+	// In-memory connections take a few writes and then block, as a
+	// socket whose buffers are full.
+	conns := make([]net.Conn, clients)
+	for i := range conns {
+		c, err := hs.ln.Dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, strings.Repeat("GET /page HTTP/1.1\r\nHost: lb.test\r\n\r\n", pipelined)); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	// Until every connection is blocked on a write: no more requests
+	// reach the backend.
+	var peak int64
+	for last, still := int64(-1), time.Now(); time.Since(still) < 200*time.Millisecond; time.Sleep(time.Millisecond) {
+		peak = max(peak, bodymem.Used()-before)
+		if n := e.hits.Load(); n != last {
+			last, still = n, time.Now()
+		}
+	}
+	t.Logf("%d of %d answers fetched while no client reads; body memory peaked at %d KiB", e.hits.Load(), clients*pipelined, peak>>10)
+	if peak > limit || peak < size {
+		t.Errorf("body memory peaked at %d bytes, want at least one body's, within the %d limit", peak, limit)
+	}
+	if bodymem.Full() == full {
+		t.Errorf("%d connections not reading: the body memory never filled (peak %d)", clients, peak)
+	}
+	for i, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		for j := range pipelined {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("client %d, answer %d: %v", i, j, err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			if err != nil || !bytes.Equal(b, page) {
+				t.Errorf("client %d, answer %d: %d bytes (%v), not the page", i, j, len(b), err)
+			}
+		}
+		c.Close()
+	}
+	for deadline := time.Now().Add(5 * time.Second); bodymem.Used() != before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes still counted once every answer was read", bodymem.Used()-before)
+		}
 	}
 }

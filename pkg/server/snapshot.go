@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/offloadlb/lb/pkg/admin"
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
@@ -364,6 +365,11 @@ func backendCounters[C any](p *plan, listener, pool string, counter func(metrics
 func (s *Server) commit(p *plan, initial bool) {
 	old := s.snap
 	s.snap = p.snap
+	if n := p.cfg.Global.MaxBodyMemory.Bytes; n > 0 {
+		bodymem.SetLimit(n)
+	} else { // a config not from the loader
+		bodymem.SetLimit(bodymem.DefaultLimit)
+	}
 	oldListeners := s.listeners
 	s.listeners = map[string]*boundListener{}
 	for _, lp := range p.listeners {

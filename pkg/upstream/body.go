@@ -10,6 +10,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/offloadlb/lb/pkg/balancer"
 )
 
@@ -37,8 +40,10 @@ type Body struct {
 	// when it closes; zero for none.
 	lease balancer.Lease
 	// ahead is body already read off the connection (ReadAhead), given
-	// out before reading more.
+	// out before reading more; held is what it counts in the process's
+	// body memory, given back when the body closes.
 	ahead []byte
+	held  int64
 	// pump, when set, is still sending the request's body (the backend
 	// answered before it had all of it); it is ended when the body
 	// closes, and then onDone runs.
@@ -142,21 +147,35 @@ func (s *Body) Read(p []byte) (int, error) {
 }
 
 // ReadAhead reads the body into memory, up to max bytes, at the
-// backend's pace. whole reports that it ended within them, without
-// error, and body is then all of it; otherwise what was read is given out
-// first by Read, and the rest follows from the connection.
-func (s *Body) ReadAhead(max int64) (body []byte, whole bool) {
-	buf := make([]byte, 0, min(max+1, 16<<10))
+// backend's pace, as far as the process's body memory has room for it.
+// whole reports that it ended within them, without error, and body is
+// then all of it, counted in the body memory as held by holder until
+// holder is reset (see bodymem.HoldFor); otherwise what was read is
+// given out first by Read, and the rest follows from the connection.
+func (s *Body) ReadAhead(max int64, holder *fasthttp.Request) (body []byte, whole bool) {
+	size := min(max+1, 16<<10)
+	if !bodymem.Take(size) {
+		return nil, false
+	}
+	s.held = size
+	buf := make([]byte, 0, size)
 	for {
 		if len(buf) == cap(buf) {
 			if int64(len(buf)) > max {
 				break
 			}
-			buf = slices.Grow(buf, int(min(int64(2*cap(buf)), max+1))-len(buf))
+			size = min(int64(2*cap(buf)), max+1)
+			if !bodymem.Take(size - s.held) {
+				break
+			}
+			s.held = size
+			buf = slices.Grow(buf, int(size)-len(buf))
 		}
 		n, err := s.read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if err == io.EOF && int64(len(buf)) <= max {
+			bodymem.HoldFor(holder, s.held)
+			s.held = 0
 			return buf, true
 		}
 		if err != nil || int64(len(buf)) > max {
@@ -364,6 +383,9 @@ func (s *Body) CloseWithError(writeErr error) error {
 		return nil // already closed
 	}
 	s.c = nil
+	if s.held > 0 {
+		bodymem.Give(s.held)
+	}
 	if s.pump != nil {
 		s.pump.end()
 		if s.onDone != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/offloadlb/lb/internal/abort"
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/offloadlb/lb/internal/httpstatus"
 	"github.com/valyala/fasthttp"
 )
@@ -232,11 +233,19 @@ func (x *Exchange) finish(req *fasthttp.Request, resp *fasthttp.Response, c *bac
 		resp.SkipBody = req.Header.IsHead()
 		x.release(c, closeAfter)
 		return nil, nil
-	case cl >= 0 && cl <= x.MaxBuffered:
+	case cl == 0:
+		x.release(c, closeAfter)
+		return nil, nil
+	case cl > 0 && cl <= x.MaxBuffered && bodymem.Take(int64(cl)):
+		// Read whole, and held (counted in the process's body memory)
+		// until the client has it; when the process holds all it may,
+		// the body streams instead.
 		if err := resp.ReadBody(c.br, cl); err != nil {
+			bodymem.Give(int64(cl))
 			c.Close()
 			return nil, x.fail(ErrResponse, false, err)
 		}
+		bodymem.HoldFor(req, int64(cl))
 		x.release(c, closeAfter)
 		return nil, nil
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/valyala/fasthttp"
 )
 
@@ -160,4 +161,44 @@ func TestRoundTripAllocatesNothing(t *testing.T) {
 	if got := testing.AllocsPerRun(500, rt); got != 0 {
 		t.Errorf("%v allocations per round trip", got)
 	}
+}
+
+// TestBufferedBodyCountsInBodyMemory: a response body read whole counts in
+// the process's body memory until its request is reset (once the client
+// has it); with no room left, it streams instead, counting nothing.
+func TestBufferedBodyCountsInBodyMemory(t *testing.T) {
+	// (Other tests' requests, never reset, may hold some.)
+	held := bodymem.Used()
+	tr := NewTransport(startFastBackend(t), time.Second)
+	defer tr.Close()
+	x := Exchange{Transport: tr, Timeout: time.Second, MaxBuffered: 64 << 10, Replayable: true}
+	var req fasthttp.Request
+	var resp fasthttp.Response
+	if s, err := get(&x, &req, &resp); err != nil || s != nil {
+		t.Fatalf("round trip: %v, stream %v", err, s != nil)
+	}
+	if n := bodymem.Used() - held; n != 100 {
+		t.Errorf("%d bytes held while the response is written, want 100", n)
+	}
+	req.Reset()
+	if n := bodymem.Used() - held; n != 0 {
+		t.Errorf("%d bytes held once the request is reset, want 0", n)
+	}
+
+	bodymem.SetLimit(held + 50)
+	defer bodymem.SetLimit(bodymem.DefaultLimit)
+	resp.Reset()
+	s, err := get(&x, &req, &resp)
+	if err != nil || s == nil {
+		t.Fatalf("round trip with no room: %v, stream %v (want a stream)", err, s != nil)
+	}
+	if n := bodymem.Used() - held; n != 0 {
+		t.Errorf("%d bytes held by a streamed body", n)
+	}
+	b, err := io.ReadAll(s)
+	if err != nil || len(b) != 100 {
+		t.Errorf("streamed %d bytes, %v", len(b), err)
+	}
+	s.CloseWithError(nil)
+	req.Reset()
 }
