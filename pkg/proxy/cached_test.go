@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/offloadlb/lb/pkg/cache"
 )
 
@@ -605,5 +606,33 @@ func TestCacheDateAnd304Refresh(t *testing.T) {
 	}
 	if resp.Header.Get("Date") != date || date == first {
 		t.Errorf("Date %q on the hit, %q from the 304, %q first", resp.Header.Get("Date"), date, first)
+	}
+}
+
+// TestCacheWithoutBodyMemory: with no room left in the process's body
+// memory, a cacheable answer streams through, intact, and is not stored;
+// once there is room it is.
+func TestCacheWithoutBodyMemory(t *testing.T) {
+	page := strings.Repeat("x", 2000)
+	o := startOrigin(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=60")
+		fmt.Fprintf(w, "%s%d", page, n)
+	})
+	c := cache.New(1<<20, 64<<10, cache.Options{XCache: true})
+	hs := newHarness(t, harnessOpts{backends: []string{o.addr}, cache: c})
+	bodymem.SetLimit(bodymem.Used())
+	defer bodymem.SetLimit(bodymem.DefaultLimit)
+	for i := range 2 {
+		resp, body := hs.do("GET", "/p", nil)
+		if want := fmt.Sprintf("%s%d", page, i+1); body != want || resp.Header.Get("X-Cache") != "MISS" {
+			t.Errorf("with no body memory, request %d: X-Cache %q, %d bytes, want a MISS of %d", i+1, resp.Header.Get("X-Cache"), len(body), len(want))
+		}
+	}
+	bodymem.SetLimit(bodymem.DefaultLimit)
+	for i, want := range []string{"MISS", "HIT"} {
+		resp, body := hs.do("GET", "/p", nil)
+		if resp.Header.Get("X-Cache") != want || body != page+"3" {
+			t.Errorf("with room, request %d: X-Cache %q, %d bytes, want %s of the third answer", i+1, resp.Header.Get("X-Cache"), len(body), want)
+		}
 	}
 }
