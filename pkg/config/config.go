@@ -26,12 +26,15 @@ type Config struct {
 
 // Global holds process-wide settings.
 type Global struct {
-	LogLevel      string   `toml:"log_level"`  // trace | debug | info | warn | error
-	LogFormat     string   `toml:"log_format"` // text | json
-	AccessLog     string   `toml:"access_log"` // "" off | stdout | stderr | file path
-	Admin         string   `toml:"admin"`      // admin HTTP address; "" disables it
-	ShutdownGrace Duration `toml:"shutdown_grace"`
-	Watch         bool     `toml:"watch"`
+	LogLevel  string `toml:"log_level"`  // trace | debug | info | warn | error
+	LogFormat string `toml:"log_format"` // text | json
+	AccessLog string `toml:"access_log"` // "" off | stdout | stderr | file path
+	// AccessLogFormat is the access log's line format: text | json |
+	// combined; it follows LogFormat unless set.
+	AccessLogFormat string   `toml:"access_log_format"`
+	Admin           string   `toml:"admin"` // admin HTTP address; "" disables it
+	ShutdownGrace   Duration `toml:"shutdown_grace"`
+	Watch           bool     `toml:"watch"`
 	// MaxBodyMemory bounds the request and response body bytes the
 	// process holds in memory at once (see internal/bodymem): past it,
 	// bodies stream instead of being read whole.

@@ -13,6 +13,10 @@ func (l *loader) applyDefaults() {
 	g := &c.Global
 	setStr(&g.LogLevel, "info")
 	setStr(&g.LogFormat, "text")
+	if g.LogFormat == "json" {
+		setStr(&g.AccessLogFormat, "json")
+	}
+	setStr(&g.AccessLogFormat, "text")
 	if !l.defined("global.access_log") {
 		g.AccessLog = "stdout"
 	}

@@ -46,6 +46,11 @@ func (l *loader) validateGlobal() {
 	default:
 		l.errorf("global.log_format", "%q is not one of text, json", g.LogFormat)
 	}
+	switch g.AccessLogFormat {
+	case "text", "json", "combined":
+	default:
+		l.errorf("global.access_log_format", "%q is not one of text, json, combined", g.AccessLogFormat)
+	}
 	if g.Admin != "" {
 		if err := checkHostPort(g.Admin, true); err != nil {
 			l.errorf("global.admin", "%v", err)

@@ -3,9 +3,9 @@ package proxy
 import (
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/offloadlb/lb/pkg/accesslog"
 	"github.com/offloadlb/lb/pkg/httpcache"
 	"github.com/offloadlb/lb/pkg/tlsterm"
 	"github.com/offloadlb/lb/pkg/upstream"
@@ -13,15 +13,15 @@ import (
 
 // requestStart is when a request began: when its head was read, or for
 // one refused while its head was read (which fasthttp never timed), when
-// the connection's wait for it began.
-func requestStart(ctx *fasthttp.RequestCtx) time.Time {
+// the connection's wait for it began; now if neither is known.
+func requestStart(ctx *fasthttp.RequestCtx, now time.Time) time.Time {
 	if t := ctx.Time(); !t.IsZero() {
 		return t
 	}
 	if t := ctx.ConnTime(); !t.IsZero() {
 		return t
 	}
-	return time.Now()
+	return now
 }
 
 // account counts a finished request and writes its access log line. It
@@ -32,7 +32,8 @@ func requestStart(ctx *fasthttp.RequestCtx) time.Time {
 //go:noinline
 func (h *Handler) account(ctx *fasthttp.RequestCtx, site *Site, t *Dest, out upstream.Outcome, proto int) {
 	code := ctx.Response.StatusCode()
-	d := time.Since(requestStart(ctx))
+	now := time.Now()
+	d := now.Sub(requestStart(ctx, now))
 	b := out.Backend
 	switch {
 	case t == nil:
@@ -49,56 +50,52 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, site *Site, t *Dest, out ups
 		t.Duration.Observe(d.Seconds())
 	}
 	if site.Access != nil {
-		logAccess(site.Access, ctx, site, t, out, proto, d)
+		logAccess(site.Access, ctx, site, t, out, proto, now, d)
 	}
 }
 
 // logAccess writes one access log line: who asked what, who answered,
 // how, how long it took, over which TLS version. t is nil for a request
-// that reached no pool.
-func logAccess(log hclog.Logger, ctx *fasthttp.RequestCtx, site *Site, t *Dest, out upstream.Outcome, proto int, d time.Duration) {
-	pool, backend, tlsVersion := "", "", ""
+// that reached no pool. It allocates nothing (for a request without an
+// error): the line is built from the request's own buffers.
+func logAccess(log *accesslog.Log, ctx *fasthttp.RequestCtx, site *Site, t *Dest, out upstream.Outcome, proto int, now time.Time, d time.Duration) {
+	r := accesslog.Request{
+		Listener: site.Name,
+		Client:   ctx.RemoteAddr(),
+		Proto:    protoNames[proto],
+		Method:   ctx.Method(),
+		Host:     ctx.Host(),
+		URI:      ctx.Request.Header.RequestURI(),
+		Status:   ctx.Response.StatusCode(),
+		Bytes:    ctx.Response.Header.ContentLength(),
+		Attempts: out.Attempts,
+		Duration: d.Round(time.Microsecond),
+		Err:      out.Err,
+		Time:     now,
+	}
 	if t != nil {
-		pool = t.Up.Pool.Name
+		r.Pool = t.Up.Pool.Name
 	}
 	if out.Backend != nil {
-		backend = out.Backend.Address
+		r.Backend = out.Backend.Address
 	}
 	if c := tlsterm.ConnOf(ctx.Conn()); c != nil {
-		tlsVersion = tlsterm.VersionName(c.Version)
+		r.TLS = tlsterm.VersionName(c.Version)
 	}
-	method, host, uri := string(ctx.Method()), string(ctx.Host()), string(ctx.Request.Header.RequestURI())
 	if t == nil && out.Err != nil && len(ctx.Request.Header.RawHeaders()) == 0 {
 		// Refused before a head was read: what fasthttp holds are its
 		// defaults ("GET", "/"), not what the client sent.
-		method, host, uri = "", "", ""
-	}
-	args := []any{
-		"listener", site.Name,
-		"client", ctx.RemoteAddr().String(),
-		"tls", tlsVersion,
-		"proto", protoNames[proto],
-		"method", method,
-		"host", host,
-		"uri", uri,
-		"status", ctx.Response.StatusCode(),
-		"bytes", ctx.Response.Header.ContentLength(),
-		"pool", pool,
-		"backend", backend,
-		"attempts", out.Attempts,
-		"duration", d.Round(time.Microsecond).String(),
+		r.Method, r.Host, r.URI = nil, nil, nil
 	}
 	if t != nil && t.Cache != nil {
 		// How the cache answered (X-Cache, whether or not it is sent).
-		r, ok := httpcache.ResultOf(ctx)
-		result := ""
-		if ok {
-			result = r.String()
+		if res, ok := httpcache.ResultOf(ctx); ok {
+			r.Cache = res.String()
 		}
-		args = append(args, "cache", result)
+		r.CacheSet = true
 	}
-	if out.Err != nil {
-		args = append(args, "error", out.Err.Error())
+	if log.Format() == accesslog.Combined {
+		r.Referer, r.UserAgent = ctx.Request.Header.Referer(), ctx.Request.Header.UserAgent()
 	}
-	log.Info("request", args...)
+	log.Request(&r)
 }

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"io"
 	"net"
 	"testing"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/offloadlb/lb/pkg/accesslog"
 	"github.com/offloadlb/lb/pkg/cache"
 )
 
@@ -67,6 +69,29 @@ func benchRequests(b *testing.B, hs *harness) {
 	})
 }
 
+// BenchmarkProxyRequestLogged is BenchmarkProxyRequest with each request
+// written to an access log, in each format, that writes to nowhere.
+func BenchmarkProxyRequestLogged(b *testing.B) {
+	for _, f := range []struct {
+		name string
+		f    accesslog.Format
+	}{{"text", accesslog.Text}, {"json", accesslog.JSON}, {"combined", accesslog.Combined}} {
+		b.Run(f.name, func(b *testing.B) { benchRequests(b, loggedHarness(b, f.f)) })
+	}
+}
+
+// loggedHarness is a harness whose requests are written to an access log
+// in format f that writes to nowhere.
+func loggedHarness(tb testing.TB, f accesslog.Format) *harness {
+	w := accesslog.NewWriter(io.Discard, nil)
+	tb.Cleanup(w.Close)
+	t, _ := tb.(*testing.T)
+	if t == nil {
+		t = &testing.T{}
+	}
+	return newHarness(t, harnessOpts{backends: []string{startFastBackend(tb)}, site: func(l *Site) { l.Access = accesslog.New(f, w) }})
+}
+
 // BenchmarkCacheHit is BenchmarkProxyRequest answered from the pool's
 // cache: no backend exchange.
 func BenchmarkCacheHit(b *testing.B) {
@@ -108,6 +133,9 @@ func TestHotPathsAllocateNothing(t *testing.T) {
 		{"cache hit", func() func() {
 			return request(newHarness(t, harnessOpts{backends: []string{startFastBackend(t, "Cache-Control", "max-age=3600")}, cache: c}))
 		}, 0},
+		{"request through lb, logged as text", func() func() { return request(loggedHarness(t, accesslog.Text)) }, 0},
+		{"request through lb, logged as JSON", func() func() { return request(loggedHarness(t, accesslog.JSON)) }, 0},
+		{"request through lb, logged as combined", func() func() { return request(loggedHarness(t, accesslog.Combined)) }, 0},
 	} {
 		f := tc.loop()
 		for range 200 { // pools and buffers reach their steady size

@@ -11,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
 	"github.com/offloadlb/lb/internal/testutil"
+	"github.com/offloadlb/lb/pkg/accesslog"
 	"github.com/offloadlb/lb/pkg/balancer"
 )
 
@@ -283,14 +282,20 @@ func TestHTTP2Front(t *testing.T) {
 	})
 }
 
+// accessLogTo is an access log in lb's text format written to w; flush
+// writes what is waiting (and ends it).
+func accessLogTo(w io.Writer) (log *accesslog.Log, flush func()) {
+	aw := accesslog.NewWriter(w, nil)
+	return accesslog.New(accesslog.Text, aw), aw.Close
+}
+
 // TestHTTP2AccessLogProto: the access log says which protocol the client
 // spoke.
 func TestHTTP2AccessLogProto(t *testing.T) {
 	e := startEcho(t)
 	var buf testutil.SyncBuffer
-	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, site: func(l *Site) {
-		l.Access = hclog.New(&hclog.LoggerOptions{Output: &buf})
-	}})
+	access, flush := accessLogTo(&buf)
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, site: func(l *Site) { l.Access = access }})
 	hs.do("GET", "/one", nil)
 	client, url := h2Front(t, hs, 1<<20)
 	resp, err := client.Get(url + "/two")
@@ -298,6 +303,7 @@ func TestHTTP2AccessLogProto(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	flush()
 	log := buf.String()
 	if !strings.Contains(log, "proto=HTTP/1.1 method=GET host=lb.test uri=/one") || !strings.Contains(log, "proto=HTTP/2.0 method=GET") || !strings.Contains(log, "tls=1.3") {
 		t.Errorf("access log:\n%s", log)
@@ -309,9 +315,8 @@ func TestHTTP2AccessLogProto(t *testing.T) {
 func TestRejectedRequestDuration(t *testing.T) {
 	e := startEcho(t)
 	var buf testutil.SyncBuffer
-	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, site: func(l *Site) {
-		l.Access = hclog.New(&hclog.LoggerOptions{Output: &buf})
-	}})
+	access, flush := accessLogTo(&buf)
+	hs := newHarness(t, harnessOpts{backends: []string{e.addr}, site: func(l *Site) { l.Access = access }})
 	for _, req := range []string{
 		"GARBAGE\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + strings.Repeat("v", 20<<10) + "\r\n\r\n",
@@ -319,6 +324,7 @@ func TestRejectedRequestDuration(t *testing.T) {
 	} {
 		hs.raw(req)
 	}
+	flush()
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) < 4 {
 		t.Fatalf("access log:\n%s", buf.String())

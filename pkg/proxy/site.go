@@ -5,12 +5,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/valyala/fasthttp"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/offloadlb/lb/internal/httpstatus"
+	"github.com/offloadlb/lb/pkg/accesslog"
 	"github.com/offloadlb/lb/pkg/cache"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/httphead"
@@ -40,7 +40,7 @@ type Site struct {
 	// (malformed, redirected). Never nil.
 	Rejected *metrics.Codes
 	// Access receives one line per request; nil turns access logging off.
-	Access hclog.Logger
+	Access *accesslog.Log
 	// TunnelIdle ends a switched-protocol tunnel (a WebSocket) after this
 	// long without a byte either way; 0 for never.
 	TunnelIdle time.Duration

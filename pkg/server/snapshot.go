@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/offloadlb/lb/internal/bodymem"
+	"github.com/offloadlb/lb/pkg/accesslog"
 	"github.com/offloadlb/lb/pkg/admin"
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
@@ -239,19 +240,23 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 // share its counters), and its counters, each recorded in p.keep so that
 // the commit keeps its count.
 func (s *Server) handlerState(lc config.Listener, p *plan, tlsOn bool) (*proxy.Site, *l4.Service) {
-	var access hclog.Logger // nil: access logging is off
-	if p.access != nil {
-		access = p.access.log
-	}
 	if lc.Mode == "tcp" {
+		var access hclog.Logger // nil: access logging is off
+		if p.access != nil && p.access.conns != nil {
+			access = p.access.conns
+		}
 		return nil, s.tcpState(lc, p, tlsOn, access)
+	}
+	var access *accesslog.Log
+	if p.access != nil {
+		access = p.access.requests
 	}
 	return s.httpState(lc, p, tlsOn, access), nil
 }
 
 // httpState is handlerState's part for an http listener: routes by host
 // and path, request counters by status code, redirect and HSTS.
-func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access hclog.Logger) *proxy.Site {
+func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access *accesslog.Log) *proxy.Site {
 	st := &proxy.Site{
 		Name:         lc.Name,
 		TLS:          tlsOn,
