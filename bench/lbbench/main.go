@@ -111,6 +111,7 @@ func main() {
 	sizeVar(&o.minFreeDisk, "min-free-disk", 8<<30, "uploads and downloads: stop a proxy when the work folder's file system has less free space than this")
 	flag.StringVar(&o.lbMaxBody, "lb-max-body", "0", "lb's max_request_body on the uploads and downloads listener (0: no limit; if lb -check refuses it, 200GiB)")
 	flag.Parse()
+	pinSelf(o.loadCPU)
 	o.args = os.Args[1:]
 	o.scenarios = strings.Split(scen, ",")
 	o.contenders = strings.Split(cont, ",")
@@ -180,16 +181,22 @@ func run(o options) error {
 	env.notes = append(notes, env.notes...)
 	defer env.stop()
 
+	for _, name := range o.contenders {
+		if env.contenders[name] == nil {
+			return fmt.Errorf("unknown contender %q", name)
+		}
+	}
 	results := newResults()
 	for round := 1; round <= o.rounds; round++ {
 		// Rotate the order each round so no proxy always runs first.
 		order := rotate(o.contenders, round-1)
-		for _, name := range order {
-			c := env.contenders[name]
-			if c == nil {
-				return fmt.Errorf("unknown contender %q", name)
-			}
-			for _, s := range o.scenarios {
+		// Scenario by scenario, every contender in turn: the runs whose
+		// ratio is taken are then seconds apart, not the length of a
+		// contender's whole set of scenarios (minutes), in which a slow
+		// spell of a shared machine can come and go.
+		for _, s := range o.scenarios {
+			for _, name := range order {
+				c := env.contenders[name]
 				m, err := env.measure(c, s)
 				if errors.Is(err, errSkip) {
 					continue
@@ -201,6 +208,7 @@ func run(o options) error {
 				if err != nil {
 					return fmt.Errorf("round %d, %s, %s: %w", round, name, s, err)
 				}
+				m.Round = round
 				logf("round %d %-8s %-9s %s", round, name, s, m.summary())
 				results.add(name, s, m)
 			}
@@ -242,6 +250,39 @@ func raiseFileLimit(n uint64) int {
 	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 	logf("open files limited to %d (raising it to %d was refused)", lim.Max, n)
 	return int(lim.Cur)
+}
+
+// pinSelf runs this program again pinned to the load generator's core,
+// unless it already is, so that none of its own threads (reading /proc,
+// waiting for the load generators, Go's runtime) ever runs on the proxy's
+// core and is counted there as noise or slows the proxy.
+func pinSelf(core string) {
+	if os.Getenv("LBBENCH_PINNED") != "" || allowedCPUs() == core {
+		return
+	}
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		return // run() reports it
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return
+	}
+	args := append([]string{"taskset", "-c", core, self}, os.Args[1:]...)
+	err = syscall.Exec(taskset, args, append(os.Environ(), "LBBENCH_PINNED=1"))
+	logf("running on core %s: %v; staying where it is", core, err)
+}
+
+// allowedCPUs is the list of cores this process may run on, as
+// /proc/self/status writes it ("0-1", "1").
+func allowedCPUs() string {
+	data, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 func rotate(s []string, n int) []string {

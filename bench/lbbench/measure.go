@@ -14,6 +14,7 @@ import (
 
 // measurement is one scenario run of one contender.
 type measurement struct {
+	Round     int     `json:"round"`
 	Rate      float64 `json:"rate"`       // requests or handshakes per second
 	Count     float64 `json:"count"`      // requests or handshakes in the run
 	CPUPer    float64 `json:"cpu_per_us"` // proxy CPU µs per request or handshake

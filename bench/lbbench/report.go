@@ -71,6 +71,21 @@ func (r *results) values(contender string, m metric) []float64 {
 	return v
 }
 
+// ratios are a's value of m divided by b's, one for each round both ran.
+func (r *results) ratios(a, b string, m metric) []float64 {
+	byRound := map[int]float64{}
+	for _, x := range r.raw[b][m.scenario] {
+		byRound[x.Round] = m.get(x)
+	}
+	var out []float64
+	for _, x := range r.raw[a][m.scenario] {
+		if v, ok := byRound[x.Round]; ok && v > 0 {
+			out = append(out, m.get(x)/v)
+		}
+	}
+	return out
+}
+
 // markdown renders medians with min-max, and ratios of lb to the others.
 func (r *results) markdown(o options, e *env) string {
 	var b strings.Builder
@@ -120,7 +135,7 @@ func (r *results) hasMetrics(o options) bool {
 // mainTable writes the table of the throughput, CPU and idle-memory
 // scenarios.
 func (r *results) mainTable(b *strings.Builder, o options) {
-	b.WriteString("\nMedian (min–max) of the rounds. Ratios are lb ÷ the other, taken within each round (the contenders of a round run minutes apart at most) and then the median over rounds, which keeps a slow spell of a shared machine from landing on one side; for CPU, latency and memory lower is better.\n\n")
+	b.WriteString("\nMedian (min–max) of the rounds. Ratios are lb ÷ the other taken within each round, where the contenders run one after the other on the same scenario, seconds apart; the table gives the median of those per-round ratios and, in brackets, the lowest and highest, which is how far one round can be trusted on this machine. For CPU, latency and memory lower is better.\n\n")
 	b.WriteString("| scenario |")
 	for _, c := range o.contenders {
 		fmt.Fprintf(b, " %s |", c)
@@ -154,18 +169,13 @@ func (r *results) mainTable(b *strings.Builder, o options) {
 			fmt.Fprintf(b, " "+m.format+" ("+m.format+"–"+m.format+") |", med[c], lo, hi)
 		}
 		for _, c := range others {
-			lbv, ov := r.values("lb", m), r.values(c, m)
-			var ratios []float64
-			for i := 0; i < len(lbv) && i < len(ov); i++ {
-				if ov[i] > 0 {
-					ratios = append(ratios, lbv[i]/ov[i])
-				}
-			}
+			ratios := r.ratios("lb", c, m)
 			if len(ratios) == 0 {
 				b.WriteString(" – |")
 				continue
 			}
-			fmt.Fprintf(b, " %.2f× |", median(ratios))
+			lo, hi := minMax(ratios)
+			fmt.Fprintf(b, " %.2f× (%.2f–%.2f) |", median(ratios), lo, hi)
 		}
 		b.WriteString("\n")
 	}
