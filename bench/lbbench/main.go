@@ -37,6 +37,8 @@ type options struct {
 	out        string
 	maxNoise   float64
 	keep       bool
+	suites     string        // TLS 1.3 suites of HAProxy and NGINX: aes128 or native
+	idleSettle time.Duration // idle scenario: wait before memory is read
 
 	// The uploads and downloads scenarios (bodies.go).
 	uploads       int
@@ -81,7 +83,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; contenders are interleaved within each round")
 	flag.DurationVar(&o.duration, "d", 10*time.Second, "length of each measured run")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each run")
-	flag.StringVar(&scen, "scenarios", "keepalive,handshake,h2,idle", "scenarios to run: keepalive, handshake, h2, idle, cache, tcp-throughput, tcp-connrate, uploads, downloads")
+	flag.StringVar(&scen, "scenarios", "keepalive,handshake,h2,idle", "scenarios to run: "+strings.Join(allScenarios, ", ")+"; tcp for both tcp ones")
 	flag.StringVar(&cont, "contenders", "lb,haproxy,nginx", "proxies to compare: lb, haproxy, nginx, nginx-buffered (NGINX's default request and response buffering on the uploads and downloads listener)")
 	flag.IntVar(&o.conns, "c", 64, "wrk connections for the keep-alive scenario")
 	flag.IntVar(&o.hsConns, "hs-c", 16, "concurrent connections for the handshake scenario")
@@ -92,6 +94,8 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "also write the Markdown report to this file")
 	flag.Float64Var(&o.maxNoise, "max-noise", 10, "re-run a measurement once when other processes used more than this % of the proxy's core")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work folder (configs, logs)")
+	flag.StringVar(&o.suites, "suites", "aes128", "TLS 1.3 cipher suites of HAProxy and NGINX (but in the default scenario): aes128 prefers TLS_AES_128_GCM_SHA256, which lb picks; native leaves each to its own order (OpenSSL's: AES-256 first)")
+	flag.DurationVar(&o.idleSettle, "idle-settle", 5*time.Second, "idle scenario: how long after the last connection is open memory is read")
 	sizeVar := func(p *int64, name string, def int64, usage string) {
 		v := (*sizeValue)(p)
 		*v = sizeValue(def)
@@ -113,8 +117,16 @@ func main() {
 	flag.Parse()
 	pinSelf(o.loadCPU)
 	o.args = os.Args[1:]
-	o.scenarios = strings.Split(scen, ",")
+	var err error
+	if o.scenarios, err = parseScenarios(scen); err != nil {
+		fmt.Fprintln(os.Stderr, "lbbench:", err)
+		os.Exit(2)
+	}
 	o.contenders = strings.Split(cont, ",")
+	if o.suites != "aes128" && o.suites != "native" {
+		fmt.Fprintln(os.Stderr, "lbbench: -suites is aes128 or native")
+		os.Exit(2)
+	}
 
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "lbbench:", err)
@@ -250,6 +262,27 @@ func raiseFileLimit(n uint64) int {
 	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 	logf("open files limited to %d (raising it to %d was refused)", lim.Max, n)
 	return int(lim.Cur)
+}
+
+// parseScenarios reads -scenarios: known names, "tcp" for both tcp
+// scenarios, each once in the order given.
+func parseScenarios(list string) ([]string, error) {
+	var out []string
+	for _, s := range strings.Split(list, ",") {
+		s = strings.TrimSpace(s)
+		names := []string{s}
+		if s == "tcp" {
+			names = []string{"tcp-throughput", "tcp-connrate"}
+		} else if !contains(allScenarios, s) {
+			return nil, fmt.Errorf("unknown scenario %q (%s; tcp for both tcp ones)", s, strings.Join(allScenarios, ", "))
+		}
+		for _, n := range names {
+			if !contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	return out, nil
 }
 
 // pinSelf runs this program again pinned to the load generator's core,

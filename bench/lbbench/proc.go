@@ -61,7 +61,11 @@ func treeRSS(pid int) int64 { return sumStatus(tree(pid), "VmRSS:") }
 
 // sumStatus sums a kB field of /proc/PID/status ("VmRSS:", "VmHWM:")
 // over pids, in bytes.
-func sumStatus(pids []int, field string) int64 {
+func sumStatus(pids []int, field string) int64 { return statusTotal(pids, field) << 10 }
+
+// statusTotal sums a numeric field of /proc/PID/status over pids, in the
+// field's own unit.
+func statusTotal(pids []int, field string) int64 {
 	var total int64
 	for _, p := range pids {
 		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
@@ -70,8 +74,8 @@ func sumStatus(pids []int, field string) int64 {
 		}
 		for _, line := range strings.Split(string(data), "\n") {
 			if strings.HasPrefix(line, field) {
-				kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
-				total += kb << 10
+				v, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+				total += v
 			}
 		}
 	}
@@ -140,4 +144,9 @@ func coreTimes(core string) (busy, total float64) {
 		return (total - idle) / clkTck, total / clkTck
 	}
 	return 0, 0
+}
+
+// threads is the number of threads of pid and its descendants.
+func threads(pid int) int {
+	return int(statusTotal(tree(pid), "Threads:"))
 }

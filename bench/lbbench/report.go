@@ -37,6 +37,12 @@ var metrics = []metric{
 	{"keepalive", "TLS keep-alive HTTP/1.1 GET (wrk -t1 -c64): req/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
 	{"keepalive", "same: proxy CPU per request (µs)", func(m measurement) float64 { return m.CPUPer }, "%.1f", true},
 	{"keepalive", "same: p99 latency (ms)", func(m measurement) float64 { return m.P99 }, "%.2f", true},
+	{"logged", "same, every request logged to a file (lb combined, HAProxy option httplog, NGINX combined buffer=64k): req/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
+	{"logged", "same: proxy CPU per request (µs)", func(m measurement) float64 { return m.CPUPer }, "%.1f", true},
+	{"logged", "same: p99 latency (ms)", func(m measurement) float64 { return m.P99 }, "%.2f", true},
+	{"default", "same, each proxy's out-of-the-box config and an access log to a file: req/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
+	{"default", "same: proxy CPU per request (µs)", func(m measurement) float64 { return m.CPUPer }, "%.1f", true},
+	{"default", "same: p99 latency (ms)", func(m measurement) float64 { return m.P99 }, "%.2f", true},
 	{"handshake", "new TLS connection per request, full handshake: handshakes/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
 	{"handshake", "same: proxy CPU per handshake (µs)", func(m measurement) float64 { return m.CPUPer }, "%.0f", true},
 	{"h2", "HTTP/2 GET (h2load -c16 -m10): req/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
@@ -98,7 +104,7 @@ func (r *results) markdown(o options, e *env) string {
 	if r.hasMetrics(o) {
 		rounds += fmt.Sprintf(" of %s", o.duration)
 	}
-	fmt.Fprintf(&b, "Machine: %s, %d cores (%s), host %s. %s per scenario, contenders interleaved; proxy pinned to core %s with one worker, load generator and backends on core %s.\n\n",
+	fmt.Fprintf(&b, "Machine: %s, %d cores (%s), host %s. %s per scenario; in each round every scenario runs every contender in turn, the order rotated by one each round. Proxy pinned to core %s with one worker, load generator, backends and lbbench on core %s.\n\n",
 		cpuModel(), runtime.NumCPU(), runtime.GOARCH, host, rounds, o.proxyCPU, o.loadCPU)
 	for _, c := range o.contenders {
 		if ct := e.contenders[c]; ct != nil {
@@ -113,6 +119,7 @@ func (r *results) markdown(o options, e *env) string {
 	}
 	if r.hasMetrics(o) {
 		r.mainTable(&b, o)
+		r.setupNotes(&b, o, e)
 	}
 	for _, s := range []string{"uploads", "downloads"} {
 		if contains(o.scenarios, s) {
@@ -196,6 +203,69 @@ func (r *results) mainTable(b *strings.Builder, o options) {
 		}
 	}
 	b.WriteString(strings.Join(parts, "; ") + ".\n")
+}
+
+// setupNotes writes what the run found about the contenders besides the
+// numbers: the TLS they negotiated, how much of each request they
+// logged, and their processes and threads.
+func (r *results) setupNotes(b *strings.Builder, o options, e *env) {
+	suites := "HAProxy and NGINX were given TLS 1.3 suites with TLS_AES_128_GCM_SHA256 first (-suites aes128), as lb's Go TLS picks it"
+	if o.suites == "native" {
+		suites = "HAProxy and NGINX kept their own TLS 1.3 suite order (-suites native)"
+	}
+	fmt.Fprintf(b, "\nTLS: %s. What an OpenSSL client (wrk, h2load) negotiated, by openssl s_client:", suites)
+	for _, v := range []variant{tuned, defaults} {
+		var parts []string
+		for _, c := range o.contenders {
+			if ct := e.contenders[c]; ct != nil && ct.tls[v] != "" {
+				parts = append(parts, fmt.Sprintf("%s %s", c, ct.tls[v]))
+			}
+		}
+		if len(parts) > 0 {
+			name := "the tuned and logged configs"
+			if v == defaults {
+				name = "the default configs"
+			}
+			fmt.Fprintf(b, " %s: %s;", name, strings.Join(parts, ", "))
+		}
+	}
+	var hs []string
+	for _, c := range o.contenders {
+		if ms := r.raw[c]["handshake"]; len(ms) > 0 && ms[0].TLS != "" {
+			hs = append(hs, fmt.Sprintf("%s %s", c, ms[0].TLS))
+		}
+	}
+	if len(hs) > 0 {
+		fmt.Fprintf(b, " the handshake client (Go): %s", strings.Join(hs, ", "))
+	}
+	b.WriteString(".\n")
+	for _, s := range []string{"logged", "default"} {
+		var parts []string
+		for _, c := range o.contenders {
+			var lines, served float64
+			for _, m := range r.raw[c][s] {
+				lines += float64(m.LogLines)
+				served += m.Served
+			}
+			if served > 0 {
+				parts = append(parts, fmt.Sprintf("%s %.3f", c, lines/served))
+			}
+		}
+		if len(parts) > 0 {
+			fmt.Fprintf(b, "\nAccess log lines written per request served, %s scenario (warm-up included; the start-up check adds one): %s.\n", s, strings.Join(parts, ", "))
+		}
+	}
+	var pt []string
+	for _, s := range o.scenarios {
+		for _, c := range o.contenders {
+			if ms := r.raw[c][s]; len(ms) > 0 && ms[0].Procs > 0 && (s == "keepalive" || s == "default") {
+				pt = append(pt, fmt.Sprintf("%s %s %d/%d", c, s, ms[0].Procs, ms[0].Threads))
+			}
+		}
+	}
+	if len(pt) > 0 {
+		fmt.Fprintf(b, "\nProcesses/threads of each proxy, all on its one core: %s.\n", strings.Join(pt, ", "))
+	}
 }
 
 func minMax(v []float64) (float64, float64) {
