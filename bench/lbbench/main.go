@@ -39,6 +39,7 @@ type options struct {
 	keep       bool
 	suites     string        // TLS 1.3 suites of HAProxy and NGINX: aes128 or native
 	idleSettle time.Duration // idle scenario: wait before memory is read
+	h2RPS      int           // h2 scenario: requests per second per connection, 0 for as fast as it goes
 
 	// The uploads and downloads scenarios (bodies.go).
 	uploads       int
@@ -95,6 +96,7 @@ func main() {
 	flag.Float64Var(&o.maxNoise, "max-noise", 10, "re-run a measurement once when other processes used more than this % of the proxy's core")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work folder (configs, logs)")
 	flag.StringVar(&o.suites, "suites", "aes128", "TLS 1.3 cipher suites of HAProxy and NGINX (but in the default scenario): aes128 prefers TLS_AES_128_GCM_SHA256, which lb picks; native leaves each to its own order (OpenSSL's: AES-256 first)")
+	flag.IntVar(&o.h2RPS, "h2-rps", 0, "h2 scenario: requests per second of each of the 16 connections (h2load --rps), so that every proxy serves the same rate; 0: as fast as they go")
 	flag.DurationVar(&o.idleSettle, "idle-settle", 5*time.Second, "idle scenario: how long after the last connection is open memory is read")
 	sizeVar := func(p *int64, name string, def int64, usage string) {
 		v := (*sizeValue)(p)

@@ -180,8 +180,11 @@ func (e *env) keepalive(pid int, addr, path string) (measurement, error) {
 func (e *env) h2(pid int, addr string) (measurement, error) {
 	url := "https://" + addr + "/"
 	run := func(d time.Duration) (float64, error) {
-		out, err := outputErr("taskset", "-c", e.o.loadCPU, "h2load", "-c16", "-m10", "-t1",
-			"-D", strconv.Itoa(int(d.Seconds())), url)
+		args := []string{"-c", e.o.loadCPU, "h2load", "-c16", "-m10", "-t1", "-D", strconv.Itoa(int(d.Seconds()))}
+		if e.o.h2RPS > 0 {
+			args = append(args, "--rps", strconv.Itoa(e.o.h2RPS))
+		}
+		out, err := outputErr("taskset", append(args, url)...)
 		if err != nil {
 			return 0, fmt.Errorf("h2load: %v\n%s", err, out)
 		}

@@ -163,7 +163,11 @@ func (r *results) mainTable(b *strings.Builder, o options) {
 		if !contains(o.scenarios, m.scenario) {
 			continue
 		}
-		fmt.Fprintf(b, "| %s |", m.label)
+		label := m.label
+		if m.scenario == "h2" && o.h2RPS > 0 {
+			label = strings.Replace(label, "-m10)", fmt.Sprintf("-m10 --rps %d: %d req/s offered)", o.h2RPS, 16*o.h2RPS), 1)
+		}
+		fmt.Fprintf(b, "| %s |", label)
 		med := map[string]float64{}
 		for _, c := range o.contenders {
 			v := r.values(c, m)
