@@ -26,6 +26,15 @@ type measurement struct {
 	ProxyCore float64   `json:"proxy_core"` // proxy CPU as a share of one core
 	noise     float64   // % of the proxy's core used by other processes
 	Noise     float64   `json:"noise_pct"`
+	// NoiseLoad is the % of the load core other processes used (the
+	// busy time of both cores that was not lbbench's or its children's,
+	// less the proxy core's share).
+	NoiseLoad float64 `json:"noise_load_pct"`
+	// Runs is how many times this measurement was taken: more than one
+	// when others used a core; Noisy when the last was still over
+	// -max-noise.
+	Runs  int  `json:"runs"`
+	Noisy bool `json:"noisy,omitempty"`
 	// Served counts every request of the keep-alive scenarios, warm-up
 	// included; LogLines the lines of the access log once the proxy
 	// stopped (the logged and default scenarios).
@@ -57,7 +66,7 @@ func (m measurement) summary() string {
 	if m.RSSPer > 0 {
 		return fmt.Sprintf("%.1f KB/conn", m.RSSPer)
 	}
-	s := fmt.Sprintf("%8.0f/s  %6.1f µs CPU each  proxy %.0f%% of a core  others %.1f%%", m.Rate, m.CPUPer, m.ProxyCore*100, m.noise)
+	s := fmt.Sprintf("%8.0f/s  %6.1f µs CPU each  proxy %.0f%% of a core  others %.1f%% there, %.1f%% on the load core", m.Rate, m.CPUPer, m.ProxyCore*100, m.noise, m.NoiseLoad)
 	if m.P99 > 0 {
 		s += fmt.Sprintf("  p99 %.2f ms", m.P99)
 	}
@@ -154,9 +163,9 @@ func (e *env) keepalive(pid int, addr, path string) (measurement, error) {
 	if err != nil {
 		return measurement{}, err
 	}
-	before := sample(pid, e.o.proxyCPU)
+	before := e.sample(pid)
 	out, err := wrk(e.o.duration)
-	after := sample(pid, e.o.proxyCPU)
+	after := e.sample(pid)
 	if err != nil {
 		return measurement{}, fmt.Errorf("wrk: %v\n%s", err, out)
 	}
@@ -167,7 +176,7 @@ func (e *env) keepalive(pid int, addr, path string) (measurement, error) {
 	if w.errors > 0 {
 		return measurement{}, fmt.Errorf("wrk saw %d errors:\n%s", w.errors, out)
 	}
-	m := cpuMeasurement(before, after, w.requests)
+	m := e.cpuMeasurement(before, after, w.requests)
 	m.P99 = w.p99
 	m.Served = w.requests
 	if ww, err := parseWrk(warm); err == nil {
@@ -213,13 +222,13 @@ func (e *env) timed(pid int, run func(time.Duration) (float64, error)) (measurem
 	if _, err := run(e.o.warmup); err != nil {
 		return measurement{}, err
 	}
-	before := sample(pid, e.o.proxyCPU)
+	before := e.sample(pid)
 	n, err := run(e.o.duration)
-	after := sample(pid, e.o.proxyCPU)
+	after := e.sample(pid)
 	if err != nil {
 		return measurement{}, err
 	}
-	return cpuMeasurement(before, after, n), nil
+	return e.cpuMeasurement(before, after, n), nil
 }
 
 func (e *env) handshake(pid int, addr string) (measurement, error) {

@@ -105,7 +105,7 @@ func (r *results) markdown(o options, e *env) string {
 		rounds += fmt.Sprintf(" of %s", o.duration)
 	}
 	fmt.Fprintf(&b, "Machine: %s, %d cores (%s), host %s. %s per scenario; in each round every scenario runs every contender in turn, the order rotated by one each round. Proxy pinned to core %s with one worker, load generator, backends and lbbench on core %s.\n\n",
-		cpuModel(), runtime.NumCPU(), runtime.GOARCH, host, rounds, o.proxyCPU, o.loadCPU)
+		cpuModel(), numCores(), runtime.GOARCH, host, rounds, o.proxyCPU, o.loadCPU)
 	for _, c := range o.contenders {
 		if ct := e.contenders[c]; ct != nil {
 			fmt.Fprintf(&b, "- %s: %s\n", c, ct.version)
@@ -190,23 +190,46 @@ func (r *results) mainTable(b *strings.Builder, o options) {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("\nShare of the proxy's core used by other processes during each run (median, max): ")
-	var parts []string
+	for _, core := range []struct {
+		name string
+		get  func(measurement) float64
+	}{{"the proxy's core", func(x measurement) float64 { return x.Noise }}, {"the load core", func(x measurement) float64 { return x.NoiseLoad }}} {
+		var parts []string
+		for _, c := range o.contenders {
+			var v []float64
+			for _, s := range o.scenarios {
+				for _, x := range r.raw[c][s] {
+					if x.RSSPer == 0 && x.Body == nil {
+						v = append(v, core.get(x))
+					}
+				}
+			}
+			if len(v) > 0 {
+				_, hi := minMax(v)
+				parts = append(parts, fmt.Sprintf("%s %.1f%%, %.1f%%", c, median(v), hi))
+			}
+		}
+		fmt.Fprintf(b, "\nShare of %s used by other processes during each run (median, max): %s.\n", core.name, strings.Join(parts, "; "))
+	}
+	var again, noisy []string
 	for _, c := range o.contenders {
-		var v []float64
 		for _, s := range o.scenarios {
 			for _, x := range r.raw[c][s] {
-				if x.RSSPer == 0 && x.Body == nil {
-					v = append(v, x.Noise)
+				if x.Runs > 1 {
+					again = append(again, fmt.Sprintf("%s %s round %d (%d runs)", c, s, x.Round, x.Runs))
+				}
+				if x.Noisy {
+					noisy = append(noisy, fmt.Sprintf("%s %s round %d", c, s, x.Round))
 				}
 			}
 		}
-		if len(v) > 0 {
-			_, hi := minMax(v)
-			parts = append(parts, fmt.Sprintf("%s %.1f%%, %.1f%%", c, median(v), hi))
-		}
 	}
-	b.WriteString(strings.Join(parts, "; ") + ".\n")
+	if len(again) > 0 {
+		fmt.Fprintf(b, "\nRun again after waiting for the machine to quiet down, because others used more than %.0f%% of a core: %s.\n", o.maxNoise, strings.Join(again, ", "))
+	}
+	if len(noisy) > 0 {
+		fmt.Fprintf(b, "\nStill over %.0f%% when kept: %s.\n", o.maxNoise, strings.Join(noisy, ", "))
+	}
 }
 
 // setupNotes writes what the run found about the contenders besides the
