@@ -62,14 +62,20 @@ func (e *env) contender(name string) (*contender, error) {
 	}
 	dir := filepath.Join(e.work, name)
 	os.MkdirAll(dir, 0o755)
-	c := &contender{name: name, port: port, dir: dir, tls: map[variant]string{}}
+	c := &contender{name: name, kind: name, suites: e.o.suites, port: port, dir: dir, tls: map[variant]string{}}
+	// haproxy-native and nginx-native keep their own TLS 1.3 suite order
+	// whatever -suites says, to compare the two within one run.
+	if k, ok := strings.CutSuffix(name, "-native"); ok && (k == "haproxy" || k == "nginx") {
+		c.kind, c.suites = k, "native"
+	}
+	name = c.kind
 	tcp := len(e.tcpSinks) > 0 && (name == "lb" || name == "haproxy" ||
-		name == "nginx" && fileExists(nginxStreamModule))
+		c.name == "nginx" && fileExists(nginxStreamModule))
 	if tcp {
 		if c.tcpPort, err = freePort(); err != nil {
 			return nil, err
 		}
-	} else if len(e.tcpSinks) > 0 && name == "nginx" {
+	} else if len(e.tcpSinks) > 0 && c.name == "nginx" {
 		e.notes = append(e.notes, "NGINX sat out the tcp scenarios: its stream module ("+nginxStreamModule+", Debian's libnginx-mod-stream) is not installed.")
 	}
 	if e.bodyAddr != "" {
@@ -86,7 +92,7 @@ func (e *env) contender(name string) (*contender, error) {
 	case "nginx", "nginx-buffered":
 		e.nginxConfigs(c, configs)
 	default:
-		return nil, fmt.Errorf("unknown contender %q (lb, haproxy, nginx, nginx-buffered)", name)
+		return nil, fmt.Errorf("unknown contender %q (lb, haproxy, nginx, nginx-buffered, haproxy-native, nginx-native)", c.name)
 	}
 	if err != nil {
 		return nil, err
@@ -210,7 +216,7 @@ func (e *env) haproxyConfigs(c *contender, configs map[variant]string) {
 		fmt.Fprintf(&bs, "  server s%d %s check inter 2s\n", i, b)
 	}
 	text := fmt.Sprintf(haproxyConf, c.port, e.comboFile, bs.String())
-	if e.o.suites == "aes128" {
+	if c.suites == "aes128" {
 		text = strings.Replace(text, "global\n", "global\n  ssl-default-bind-ciphersuites "+tls13Suites+"\n", 1)
 	}
 	if e.cache {
@@ -247,7 +253,7 @@ func (e *env) nginxConfigs(c *contender, configs map[variant]string) {
 		fmt.Fprintf(&bs, "    server %s;\n", b)
 	}
 	text := fmt.Sprintf(nginxConf, c.dir, c.dir, bs.String(), c.port, e.certFile, e.keyFile)
-	if e.o.suites == "aes128" {
+	if c.suites == "aes128" {
 		text = strings.Replace(text, "  access_log off;\n", "  access_log off;\n  ssl_prefer_server_ciphers on;\n  ssl_conf_command Ciphersuites "+tls13Suites+";\n", 1)
 	}
 	if e.cache {

@@ -40,7 +40,7 @@ func TestConfigs(t *testing.T) {
 		t.Run(suites, func(t *testing.T) {
 			e := testEnv(t, options{scenarios: []string{"keepalive", "cache", "tcp-connrate"}, suites: suites, proxyCPU: "0", loadCPU: "1"})
 			for _, name := range []string{"lb", "haproxy", "nginx"} {
-				c := &contender{name: name, port: 8443, tcpPort: 8444, dir: filepath.Join(e.work, name), tls: map[variant]string{}}
+				c := &contender{name: name, kind: name, suites: suites, port: 8443, tcpPort: 8444, dir: filepath.Join(e.work, name), tls: map[variant]string{}}
 				os.MkdirAll(c.dir, 0o755)
 				configs := map[variant]string{}
 				switch name {

@@ -34,6 +34,8 @@ type env struct {
 // contender is one proxy under test.
 type contender struct {
 	name    string
+	kind    string // lb, haproxy, nginx or nginx-buffered: the name without -native
+	suites  string // TLS 1.3 suites of HAProxy and NGINX: aes128 or native (-suites)
 	version string
 	dir     string // its folder in the work folder: configs, logs
 	port    int

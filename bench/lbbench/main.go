@@ -86,7 +86,7 @@ func main() {
 	flag.DurationVar(&o.duration, "d", 10*time.Second, "length of each measured run")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load before each run")
 	flag.StringVar(&scen, "scenarios", "keepalive,handshake,h2,idle", "scenarios to run: "+strings.Join(allScenarios, ", ")+"; tcp for both tcp ones")
-	flag.StringVar(&cont, "contenders", "lb,haproxy,nginx", "proxies to compare: lb, haproxy, nginx, nginx-buffered (NGINX's default request and response buffering on the uploads and downloads listener)")
+	flag.StringVar(&cont, "contenders", "lb,haproxy,nginx", "proxies to compare: lb, haproxy, nginx; nginx-buffered (NGINX's default request and response buffering on the uploads and downloads listener); haproxy-native, nginx-native (their own TLS 1.3 suite order, whatever -suites says)")
 	flag.IntVar(&o.conns, "c", 64, "wrk connections for the keep-alive scenario")
 	flag.IntVar(&o.hsConns, "hs-c", 16, "concurrent connections for the handshake scenario")
 	flag.IntVar(&o.idleConns, "idle", 5000, "TLS connections held for the idle-memory scenario")

@@ -14,12 +14,13 @@ import (
 
 // measurement is one scenario run of one contender.
 type measurement struct {
-	Round  int     `json:"round"`
-	Rate   float64 `json:"rate"`       // requests or handshakes per second
-	Count  float64 `json:"count"`      // requests or handshakes in the run
-	CPUPer float64 `json:"cpu_per_us"` // proxy CPU µs per request or handshake
-	P99    float64 `json:"p99_ms"`
-	RSSPer float64 `json:"rss_per_kb"` // idle scenario: KB per connection
+	Round  int       `json:"round"`
+	At     time.Time `json:"at"`         // when its first run started
+	Rate   float64   `json:"rate"`       // requests or handshakes per second
+	Count  float64   `json:"count"`      // requests or handshakes in the run
+	CPUPer float64   `json:"cpu_per_us"` // proxy CPU µs per request or handshake
+	P99    float64   `json:"p99_ms"`
+	RSSPer float64   `json:"rss_per_kb"` // idle scenario: KB per connection
 	// RSSSettle is RSSPer 1, 2, ... seconds after the last connection
 	// opened, before the reading at -idle-settle.
 	RSSSettle []float64 `json:"rss_settle_kb,omitempty"`
@@ -79,6 +80,7 @@ func (e *env) measure(c *contender, scenario string) (measurement, error) {
 	if strings.HasPrefix(scenario, "tcp-") && c.tcpPort == 0 {
 		return measurement{}, errSkip
 	}
+	at := time.Now().UTC()
 	v := variantOf(scenario)
 	cmd, err := c.start(v)
 	if err != nil {
@@ -110,6 +112,7 @@ func (e *env) measure(c *contender, scenario string) (measurement, error) {
 	if err != nil {
 		return m, err
 	}
+	m.At = at
 	m.Procs, m.Threads = len(tree(pid)), threads(pid)
 	if f := c.accessLog(v); f != "" {
 		// Stopped first, so that buffered lines are written.
