@@ -130,6 +130,9 @@ func (e *env) contender(name string) (*contender, error) {
 		if !ok {
 			return nil, errSkip
 		}
+		if stopping.Load() {
+			return nil, errStopping
+		}
 		var env []string
 		args := []string{"-c", e.o.proxyCPU}
 		switch name {

@@ -16,8 +16,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -176,6 +178,20 @@ func run(o options) error {
 	} else {
 		logf("work folder: %s", work)
 	}
+	// Stopped from outside (^C, timeout): stop what this run started.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sigs
+		logf("%s: stopping the proxies, backends and load generators this run started", s)
+		stopping.Store(true) // nothing new starts
+		stopDescendants()
+		stopDescendants() // what was starting meanwhile
+		if !o.keep {
+			os.RemoveAll(work)
+		}
+		os.Exit(1)
+	}()
 	if o.lbBin == "" {
 		o.lbBin = filepath.Join(work, "lb-bin")
 		logf("building lb")
@@ -272,6 +288,28 @@ func raiseFileLimit(n uint64) int {
 	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 	logf("open files limited to %d (raising it to %d was refused)", lim.Max, n)
 	return int(lim.Cur)
+}
+
+// stopping is set once lbbench is told to stop: nothing new starts.
+var stopping atomic.Bool
+
+// errStopping is what starting something returns once stopping is set.
+var errStopping = errors.New("lbbench is stopping")
+
+// stopDescendants ends every process this one started, and theirs: a
+// SIGTERM, then a SIGKILL to those still there after 5 seconds.
+func stopDescendants() {
+	pids := tree(os.Getpid())[1:]
+	for _, p := range pids {
+		syscall.Kill(p, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, p := range pids {
+		for syscall.Kill(p, 0) == nil && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		syscall.Kill(p, syscall.SIGKILL)
+	}
 }
 
 // parseScenarios reads -scenarios: known names, "tcp" for both tcp

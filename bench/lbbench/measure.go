@@ -272,6 +272,9 @@ func (e *env) idle(pid int, addr string) (measurement, error) {
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = os.Stderr
+	if stopping.Load() {
+		return measurement{}, errStopping
+	}
 	if err := cmd.Start(); err != nil {
 		return measurement{}, err
 	}

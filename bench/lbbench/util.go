@@ -76,6 +76,9 @@ func output(name string, args ...string) string {
 }
 
 func outputErr(name string, args ...string) (string, error) {
+	if stopping.Load() {
+		return "", errStopping
+	}
 	out, err := exec.Command(name, args...).CombinedOutput()
 	return string(out), err
 }
