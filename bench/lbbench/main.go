@@ -229,23 +229,13 @@ func run(o options) error {
 		// spell of a shared machine can come and go.
 		for _, s := range o.scenarios {
 			for _, name := range order {
-				c := env.contenders[name]
-				m, err := env.measure(c, s)
+				m, err := env.measureQuiet(env.contenders[name], s, round)
 				if errors.Is(err, errSkip) {
 					continue
-				}
-				m.Runs = 1
-				for err == nil && m.noisy(o.maxNoise) && m.Runs < 4 {
-					logf("  %s %s: others used %.1f%% of the proxy's core and %.1f%% of the load core; waiting for quiet, then again", name, s, m.noise, m.NoiseLoad)
-					env.waitQuiet()
-					runs := m.Runs
-					m, err = env.measure(c, s)
-					m.Runs = runs + 1
 				}
 				if err != nil {
 					return fmt.Errorf("round %d, %s, %s: %w", round, name, s, err)
 				}
-				m.Noisy = m.noisy(o.maxNoise)
 				m.Round = round
 				logf("round %d %-8s %-9s %s", round, name, s, m.summary())
 				results.add(name, s, m)
