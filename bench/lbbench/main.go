@@ -98,7 +98,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "also write the Markdown report to this file")
 	flag.Float64Var(&o.maxNoise, "max-noise", 10, "run a measurement again (up to 3 times, each after waiting for quiet) when other processes used more than this % of the proxy's core or of the load core")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work folder (configs, logs)")
-	flag.DurationVar(&o.quietWait, "quiet-wait", 15*time.Minute, "longest wait for other processes to leave the cores before a run and before running a noisy measurement again")
+	flag.DurationVar(&o.quietWait, "quiet-wait", time.Hour, "longest wait for other processes to leave the cores before a run and before running a noisy measurement again")
 	flag.StringVar(&o.suites, "suites", "aes128", "TLS 1.3 cipher suites of HAProxy and NGINX (but in the default scenario): aes128 prefers TLS_AES_128_GCM_SHA256, which lb picks; native leaves each to its own order (OpenSSL's: AES-256 first)")
 	flag.IntVar(&o.h2RPS, "h2-rps", 0, "h2 scenario: requests per second of each of the 16 connections (h2load --rps), so that every proxy serves the same rate; 0: as fast as they go")
 	flag.DurationVar(&o.idleSettle, "idle-settle", 5*time.Second, "idle scenario: how long after the last connection is open memory is read")
@@ -295,11 +295,18 @@ func stopDescendants() {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for _, p := range pids {
-		for syscall.Kill(p, 0) == nil && time.Now().Before(deadline) {
+		for alive(p) && time.Now().Before(deadline) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		syscall.Kill(p, syscall.SIGKILL)
 	}
+}
+
+// alive reports whether process p is there and not a zombie waiting for
+// its parent.
+func alive(p int) bool {
+	f := statFields(p)
+	return len(f) > 2 && f[2] != "Z"
 }
 
 // parseScenarios reads -scenarios: known names, "tcp" for both tcp
