@@ -19,8 +19,12 @@ type measurement struct {
 	Rate   float64   `json:"rate"`       // requests or handshakes per second
 	Count  float64   `json:"count"`      // requests or handshakes in the run
 	CPUPer float64   `json:"cpu_per_us"` // proxy CPU µs per request or handshake
-	P99    float64   `json:"p99_ms"`
-	RSSPer float64   `json:"rss_per_kb"` // idle scenario: KB per connection
+	// CoreBusyPer is the busy time of the proxy's core per request (or
+	// handshake, MB): the proxy, the kernel threads working for it there,
+	// and anything else that ran there.
+	CoreBusyPer float64 `json:"core_busy_per_us"`
+	P99         float64 `json:"p99_ms"`
+	RSSPer      float64 `json:"rss_per_kb"` // idle scenario: KB per connection
 	// RSSSettle is RSSPer 1, 2, ... seconds after the last connection
 	// opened, before the reading at -idle-settle.
 	RSSSettle []float64 `json:"rss_settle_kb,omitempty"`
@@ -31,6 +35,9 @@ type measurement struct {
 	// busy time of both cores that was not lbbench's or its children's,
 	// less the proxy core's share).
 	NoiseLoad float64 `json:"noise_load_pct"`
+	// KernelThreads is the % of the proxy's core the kernel threads bound
+	// to it used (ksoftirqd, kworkers), not counted in Noise.
+	KernelThreads float64 `json:"kthreads_pct"`
 	// Runs is how many times this measurement was taken: more than one
 	// when others used a core; Noisy when the last was still over
 	// -max-noise.

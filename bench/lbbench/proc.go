@@ -16,22 +16,56 @@ import (
 // cpuSample is a proxy's CPU time, lbbench's own (with everything it
 // started), and the busy time of the proxy's and the load's cores.
 type cpuSample struct {
-	at    time.Time
-	proxy float64 // seconds of CPU, the proxy's whole process tree
-	own   float64 // seconds of CPU of lbbench and all it started, the proxy too
-	cores map[string]coreTime
+	at      time.Time
+	proxy   float64 // seconds of CPU, the proxy's whole process tree
+	own     float64 // seconds of CPU of lbbench and all it started, the proxy too
+	kthread float64 // seconds of CPU of the kernel threads bound to the proxy's core
+	kload   float64 // the same on the load core
+	cores   map[string]coreTime
 }
 
 func (e *env) sample(pid int) cpuSample {
-	return cpuSample{at: time.Now(), proxy: treeCPU(pid), own: ownCPU(), cores: coreTimes()}
+	return cpuSample{at: time.Now(), proxy: treeCPU(pid), own: ownCPU(),
+		kthread: kernelThreadsCPU(e.o.proxyCPU), kload: kernelThreadsCPU(e.o.loadCPU), cores: coreTimes()}
+}
+
+// kernelThreadsCPU is the CPU seconds of the kernel threads bound to core
+// (ksoftirqd/N, kworker/N:M, ...): the kernel's work there that no
+// process is charged for, much of it network processing for the proxy.
+func kernelThreadsCPU(core string) float64 {
+	total := 0.0
+	for _, p := range tree(2)[1:] { // kthreadd's children
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < open {
+			continue
+		}
+		comm := s[open+1 : end]
+		if !strings.HasSuffix(comm, "/"+core) && !strings.HasPrefix(comm, "kworker/"+core+":") {
+			continue
+		}
+		f := strings.Fields(s[end+1:])
+		if len(f) > 12 {
+			u, _ := strconv.ParseFloat(f[11], 64)
+			st, _ := strconv.ParseFloat(f[12], 64)
+			total += (u + st) / clkTck
+		}
+	}
+	return total
 }
 
 // cpuMeasurement is what happened between two samples in which count
 // requests (or handshakes, connections, MB) were served. Besides the
-// proxy's CPU it reports the share of a core other processes took: on the
-// proxy's core, the busy time that was not the proxy's; on the load core,
-// the busy time of both cores that was neither lbbench's nor that of
-// anything it started, less the first.
+// proxy's CPU it reports the busy time of its core, the share of that
+// core the kernel's threads there took, and the share of each core other
+// processes took: on the proxy's core, the busy time that was neither the
+// proxy's nor the kernel threads'; on the load core, the busy time of both
+// cores that was neither lbbench's, nor that of anything it started, nor
+// the kernel threads', less the first.
 func (e *env) cpuMeasurement(before, after cpuSample, count float64) measurement {
 	wall := after.at.Sub(before.at).Seconds()
 	cpu := after.proxy - before.proxy
@@ -42,9 +76,16 @@ func (e *env) cpuMeasurement(before, after cpuSample, count float64) measurement
 	p := after.cores[e.o.proxyCPU].sub(before.cores[e.o.proxyCPU])
 	l := after.cores[e.o.loadCPU].sub(before.cores[e.o.loadCPU])
 	if p.total > 0 && l.total > 0 {
-		onProxy := max(0, p.busy-cpu)
+		if count > 0 {
+			m.CoreBusyPer = max(p.busy, cpu) / count * 1e6
+		}
+		kt := after.kthread - before.kthread
+		m.KernelThreads = kt / p.total * 100
+		// Other processes: what is left of the core's busy time once the
+		// proxy and the kernel's threads there are counted.
+		onProxy := max(0, p.busy-cpu-kt)
 		m.noise = onProxy / p.total * 100
-		others := max(0, p.busy+l.busy-(after.own-before.own))
+		others := max(0, p.busy-kt+l.busy-(after.kload-before.kload)-(after.own-before.own))
 		m.NoiseLoad = max(0, others-onProxy) / l.total * 100
 	}
 	m.Noise = m.noise

@@ -77,6 +77,59 @@ func (r *results) values(contender string, m metric) []float64 {
 	return v
 }
 
+// table writes one table of rows: the median (min–max) of each
+// contender's values, and the median (min–max) of lb's per-round ratio to
+// each other contender.
+func (r *results) table(b *strings.Builder, o options, rows []metric) {
+	b.WriteString("| scenario |")
+	for _, c := range o.contenders {
+		fmt.Fprintf(b, " %s |", c)
+	}
+	others := []string{}
+	for _, c := range o.contenders {
+		if c != "lb" {
+			others = append(others, c)
+			fmt.Fprintf(b, " lb ÷ %s |", c)
+		}
+	}
+	b.WriteString("\n|---|")
+	for range len(o.contenders) + len(others) {
+		b.WriteString("---|")
+	}
+	b.WriteString("\n")
+	for _, m := range rows {
+		if !contains(o.scenarios, m.scenario) {
+			continue
+		}
+		label := m.label
+		if m.scenario == "h2" && o.h2RPS > 0 {
+			label = strings.Replace(label, "-m10)", fmt.Sprintf("-m10 --rps %d: %d req/s offered)", o.h2RPS, 16*o.h2RPS), 1)
+		}
+		fmt.Fprintf(b, "| %s |", label)
+		med := map[string]float64{}
+		for _, c := range o.contenders {
+			v := r.values(c, m)
+			if len(v) == 0 {
+				b.WriteString(" – |")
+				continue
+			}
+			med[c] = median(v)
+			lo, hi := minMax(v)
+			fmt.Fprintf(b, " "+m.format+" ("+m.format+"–"+m.format+") |", med[c], lo, hi)
+		}
+		for _, c := range others {
+			ratios := r.ratios("lb", c, m)
+			if len(ratios) == 0 {
+				b.WriteString(" – |")
+				continue
+			}
+			lo, hi := minMax(ratios)
+			fmt.Fprintf(b, " %.2f× (%.2f–%.2f) |", median(ratios), lo, hi)
+		}
+		b.WriteString("\n")
+	}
+}
+
 // ratios are a's value of m divided by b's, one for each round both ran.
 func (r *results) ratios(a, b string, m metric) []float64 {
 	byRound := map[int]float64{}
@@ -143,53 +196,17 @@ func (r *results) hasMetrics(o options) bool {
 // scenarios.
 func (r *results) mainTable(b *strings.Builder, o options) {
 	b.WriteString("\nMedian (min–max) of the rounds. Ratios are lb ÷ the other taken within each round, where the contenders run one after the other on the same scenario, seconds apart; the table gives the median of those per-round ratios and, in brackets, the lowest and highest, which is how far one round can be trusted on this machine. For CPU, latency and memory lower is better.\n\n")
-	b.WriteString("| scenario |")
-	for _, c := range o.contenders {
-		fmt.Fprintf(b, " %s |", c)
-	}
-	others := []string{}
-	for _, c := range o.contenders {
-		if c != "lb" {
-			others = append(others, c)
-			fmt.Fprintf(b, " lb ÷ %s |", c)
-		}
-	}
-	b.WriteString("\n|---|")
-	for range len(o.contenders) + len(others) {
-		b.WriteString("---|")
-	}
-	b.WriteString("\n")
+	r.table(b, o, metrics)
+	var busy []metric
 	for _, m := range metrics {
-		if !contains(o.scenarios, m.scenario) {
-			continue
+		if strings.Contains(m.label, "proxy CPU per") {
+			per := m.label[strings.Index(m.label, "proxy CPU per")+len("proxy CPU per"):]
+			busy = append(busy, metric{m.scenario, m.scenario + ": busy time of the proxy's core per" + per,
+				func(x measurement) float64 { return x.CoreBusyPer }, m.format, true})
 		}
-		label := m.label
-		if m.scenario == "h2" && o.h2RPS > 0 {
-			label = strings.Replace(label, "-m10)", fmt.Sprintf("-m10 --rps %d: %d req/s offered)", o.h2RPS, 16*o.h2RPS), 1)
-		}
-		fmt.Fprintf(b, "| %s |", label)
-		med := map[string]float64{}
-		for _, c := range o.contenders {
-			v := r.values(c, m)
-			if len(v) == 0 {
-				b.WriteString(" – |")
-				continue
-			}
-			med[c] = median(v)
-			lo, hi := minMax(v)
-			fmt.Fprintf(b, " "+m.format+" ("+m.format+"–"+m.format+") |", med[c], lo, hi)
-		}
-		for _, c := range others {
-			ratios := r.ratios("lb", c, m)
-			if len(ratios) == 0 {
-				b.WriteString(" – |")
-				continue
-			}
-			lo, hi := minMax(ratios)
-			fmt.Fprintf(b, " %.2f× (%.2f–%.2f) |", median(ratios), lo, hi)
-		}
-		b.WriteString("\n")
 	}
+	b.WriteString("\nThe same CPU rows counting everything that ran on the proxy's core, not only the proxy's processes: the kernel also works for the proxy in its own threads there (ksoftirqd, kworkers), which /proc does not charge to the proxy, and more so for some proxies than others (splice, many connections); other processes' time is in it too (see below).\n\n")
+	r.table(b, o, busy)
 	for _, core := range []struct {
 		name string
 		get  func(measurement) float64
