@@ -572,19 +572,33 @@ name = "web"
 }
 
 // TestACMELockHolderKilled: an lb killed with SIGKILL while it holds the
-// order lock of a name (its CA out of reach, it waits to retry) does not
-// block another lb sharing the storage for long: the lock, no longer
-// refreshed, goes stale and the other takes it and orders.
+// order lock of a name (its CA accepts connections and never answers, so
+// the order hangs) does not block another lb sharing the storage for
+// long: the lock, no longer refreshed, goes stale and the other takes it
+// and orders.
 func TestACMELockHolderKilled(t *testing.T) {
 	b := startBackend(t, "a")
 	portA, portB := freePortNum(t), freePortNum(t)
 	pb := startPebble(t, freePortNum(t), portB, time.Hour)
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, unanswered, until the test ends
+		}
+	}()
 	storage := filepath.Join(t.TempDir(), "shared")
-	holder := startLB(t, t.TempDir(), sharedConfig(b, pb, storage, portA, "locked.lb.test", fmt.Sprintf("https://127.0.0.1:%d/dir", freePortNum(t))))
-	holder.waitACME("https", "locked.lb.test", "failing", 30*time.Second)
+	holder := startLB(t, t.TempDir(), sharedConfig(b, pb, storage, portA, "locked.lb.test", "https://"+silent.Addr().String()+"/dir"))
 	lock := filepath.Join(storage, "locks", "issue_cert_locked.lb.test.lock")
-	if _, err := os.Stat(lock); err != nil {
-		t.Fatalf("the failing lb holds no lock file: %v", err)
+	if !waitFor(30*time.Second, func() bool { _, err := os.Stat(lock); return err == nil }) {
+		t.Fatalf("the lb whose CA does not answer took no lock")
 	}
 	holder.cmd.Process.Signal(syscall.SIGKILL)
 	<-holder.exited

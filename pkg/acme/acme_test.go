@@ -1,6 +1,9 @@
 package acme
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,4 +86,48 @@ func TestPlansKeepRunningNames(t *testing.T) {
 	if EmptyPlan().Set("https") != nil || !EmptyPlan().Empty() {
 		t.Error("the empty plan has names")
 	}
+}
+
+// TestUnwritableStorageRetried: a name whose storage lb cannot use (here
+// a file where the folder should be) shows failing with the error and a
+// next attempt, not obtaining for ever, and is tried again: once the
+// folder can be made, the next attempt gets as far as the CA.
+func TestUnwritableStorageRetried(t *testing.T) {
+	defer func(r []time.Duration) { retryIntervals = r }(retryIntervals)
+	retryIntervals = []time.Duration{100 * time.Millisecond}
+	m := New(hclog.NewNullLogger(), Options{CheckInterval: time.Hour})
+	defer m.Stop()
+	dir := t.TempDir()
+	storage := filepath.Join(dir, "acme")
+	if err := os.WriteFile(storage, []byte("not a folder"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := m.Prepare([]Spec{spec("https", storage, "a.example")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Commit(p)
+	status := func() Status { return p.Set("https").Status()[0] }
+	// (The CA cannot be reached: certmagic retries that itself, in the
+	// same goroutine, which the test ends with Stop.)
+	waitState := func(what string, ok func(Status) bool) Status {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if st := status(); ok(st) {
+				return st
+			} else if time.Now().After(deadline) {
+				t.Fatalf("%s: %+v", what, st)
+			}
+		}
+	}
+	st := waitState("failing on the storage", func(st Status) bool { return st.State == StateFailing && !st.NextAttempt.IsZero() })
+	if !strings.Contains(st.LastError, "not a directory") {
+		t.Errorf("last error %q does not say what is wrong with the storage", st.LastError)
+	}
+	if err := os.Remove(storage); err != nil {
+		t.Fatal(err)
+	}
+	waitState("tried again, as far as the CA", func(st Status) bool {
+		return st.State == StateFailing && st.LastError != "" && !strings.Contains(st.LastError, "not a directory")
+	})
 }

@@ -1,6 +1,8 @@
 package acme
 
 import (
+	"context"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -67,6 +69,11 @@ func (c *zapCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 		args = append(args, k, v)
 	}
 	switch {
+	case quiet(enc.Fields):
+		// An order lb cancelled (a name removed by a reload, a
+		// shutdown), or a validation handshake for a name with no
+		// challenge pending (anyone can send one): not errors of lb's.
+		c.log.Debug(e.Message, args...)
 	case e.Level >= zapcore.ErrorLevel:
 		c.log.Error(e.Message, args...)
 	case e.Level == zapcore.WarnLevel:
@@ -80,3 +87,18 @@ func (c *zapCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 }
 
 func (c *zapCore) Sync() error { return nil }
+
+// quiet reports whether certmagic's line is about a cancelled order or a
+// challenge nothing is pending for.
+func quiet(fields map[string]any) bool {
+	var msg string
+	switch e := fields["error"].(type) {
+	case string:
+		msg = e
+	case error:
+		msg = e.Error()
+	default:
+		return false
+	}
+	return strings.Contains(msg, context.Canceled.Error()) || strings.Contains(msg, "no information found")
+}

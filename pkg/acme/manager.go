@@ -14,12 +14,12 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,6 +78,7 @@ type Manager struct {
 	roots    map[string]*x509.CertPool         // directory_ca pools, by file
 	stop     chan struct{}
 	done     chan struct{}
+	wg       sync.WaitGroup // the names' goroutines (Name.start)
 	stopped  bool
 	current  atomic.Pointer[Plan]
 }
@@ -240,6 +241,7 @@ func (m *Manager) Stop() {
 	m.mu.Unlock()
 	close(m.stop)
 	<-m.done
+	m.wg.Wait() // no order writes to storage after Stop
 	m.cache.Stop()
 	certmagic.CleanUpOwnLocks(context.Background(), zapLogger(m.log, nil))
 }
@@ -325,50 +327,30 @@ func settingsKey(sp Spec) string {
 
 // HTTPChallenge answers an ACME http-01 validation request (a GET of
 // /.well-known/acme-challenge/TOKEN) for host, from this process's
-// pending challenges or, for another instance's, from storage. ok is
-// false when no pending challenge matches: the request is then served
-// as any other. The plan's names' issuers are asked, the one for host
-// first.
+// pending challenges or, for an order another instance sharing the
+// storage placed, from storage. ok is false when no pending challenge
+// matches: the request is then served as any other. Only the names of
+// the config are answered for: instances that share storage share their
+// names, and a request for any other host costs no look in storage.
 func (p *Plan) HTTPChallenge(host, path string) (keyAuth []byte, ok bool) {
 	h := host
 	if hh, _, err := net.SplitHostPort(host); err == nil {
 		h = hh
 	}
-	h = strings.ToLower(h)
-	var tries []*Name
-	if n := p.names[h]; n != nil {
-		tries = append(tries, n)
+	n := p.names[strings.TrimSuffix(strings.ToLower(h), ".")]
+	if n == nil {
+		return nil, false
 	}
-	// A challenge another instance started for a name this one does not
-	// manage is in storage: any issuer of the same storage finds it.
-	seen := map[string]bool{}
-	for _, n := range p.sorted() {
-		if !seen[n.storageDir] {
-			seen[n.storageDir] = true
-			tries = append(tries, n)
-		}
+	iss := n.issuer()
+	if iss.DisableHTTPChallenge {
+		return nil, false
 	}
-	req := &http.Request{Method: http.MethodGet, Host: host, URL: &url.URL{Path: path}, Header: http.Header{}}
-	for _, n := range tries {
-		iss := n.issuer()
-		if iss.DisableHTTPChallenge {
-			continue
-		}
-		rec := &recorder{header: http.Header{}}
-		if iss.HandleHTTPChallenge(rec, req.WithContext(context.Background())) {
-			return rec.body, true
-		}
+	req := &http.Request{Method: http.MethodGet, Host: h, URL: &url.URL{Path: path}, Header: http.Header{}}
+	rec := &recorder{header: http.Header{}}
+	if iss.HandleHTTPChallenge(rec, req.WithContext(context.Background())) {
+		return rec.body, true
 	}
 	return nil, false
-}
-
-func (p *Plan) sorted() []*Name {
-	ns := make([]*Name, 0, len(p.names))
-	for _, n := range p.names {
-		ns = append(ns, n)
-	}
-	sort.Slice(ns, func(i, j int) bool { return ns[i].Domain < ns[j].Domain })
-	return ns
 }
 
 // recorder is the http.ResponseWriter certmagic writes an http-01 answer
@@ -393,21 +375,29 @@ func (s *Set) Certificate(name string) *tls.Certificate {
 
 // Challenge answers a TLS-ALPN-01 validation handshake (RFC 8737): the
 // certificate that proves control of hello.ServerName, from this
-// process's pending challenges or another instance's in storage.
+// process's pending challenges or, for an order another instance sharing
+// the storage placed, from storage. Only the set's own names that use
+// tls-alpn-01 are answered for (HasChallenge tells which): another name
+// fails the handshake before anything looks in storage or logs.
 func (s *Set) Challenge(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	name := strings.ToLower(hello.ServerName)
-	n := s.names[name]
-	if n == nil {
-		n = s.plan.names[name]
-	}
-	if n == nil && len(s.order) > 0 {
-		n = s.order[0] // another instance's challenge, found in storage
-	}
-	if n == nil {
-		return nil, fmt.Errorf("acme: no ACME name %q", name)
+	n := s.names[strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))]
+	if n == nil || n.issuer().DisableTLSALPNChallenge {
+		return nil, errNoChallenge
 	}
 	return n.config().GetCertificate(hello)
 }
+
+// HasChallenge reports whether a TLS-ALPN-01 handshake for name
+// (lower-case, no final dot) may be answered: name is one of the set's
+// and uses tls-alpn-01.
+func (s *Set) HasChallenge(name string) bool {
+	n := s.names[name]
+	return n != nil && !n.issuer().DisableTLSALPNChallenge
+}
+
+// errNoChallenge fails a TLS-ALPN-01 handshake for a name lb does not
+// answer for.
+var errNoChallenge = errors.New("acme: no tls-alpn-01 challenge for this name")
 
 // Status describes one name as /status.json gives it.
 type Status struct {

@@ -145,10 +145,45 @@ func (n *Name) configFor(leaf *x509.Certificate) *certmagic.Config {
 	return actual.(*certmagic.Config)
 }
 
+// Attempts to get a name managed (its certificate loaded from storage
+// or ordered) are retried this long after a failure, then every last
+// interval, as certmagic spaces the retries of renewals.
+var retryIntervals = []time.Duration{time.Minute, 2 * time.Minute, 2 * time.Minute, 5 * time.Minute, 10 * time.Minute, 20 * time.Minute, 30 * time.Minute}
+
 // start loads the name's certificate from storage, so that it serves at
-// once, and hands the name to certmagic, which orders a certificate in the
-// background if there is none and renews it from then on.
+// once, and has it ordered in the background if there is none; from then
+// on certmagic renews it. The name's goroutine (counted in the manager's
+// wait group, which Stop waits for) retries what fails, with backoff,
+// until the name is managed or its context is cancelled: an order the CA
+// refused, a CA that cannot be reached, a storage folder lb cannot write
+// (which certmagic's own background orders give up on for good). Between
+// attempts it holds no lock in storage, so that another instance that
+// can reach the CA may order meanwhile.
 func (n *Name) start() {
+	n.load()
+	n.m.wg.Add(1)
+	go func() {
+		defer n.m.wg.Done()
+		for i := 0; ; i++ {
+			err := n.manage()
+			if err == nil || n.ctx.Err() != nil {
+				return
+			}
+			n.fail(err)
+			d := retryIntervals[min(i, len(retryIntervals)-1)]
+			n.retryIn(d)
+			n.log.Warn("cannot get the ACME certificate; retrying", "in", d, "error", err)
+			select {
+			case <-n.ctx.Done():
+				return
+			case <-time.After(d):
+			}
+		}
+	}()
+}
+
+// load serves the name's certificate from storage, if it is there.
+func (n *Name) load() {
 	c, err := n.cfg.CacheManagedCertificate(n.ctx, n.Domain)
 	switch {
 	case err == nil:
@@ -160,9 +195,29 @@ func (n *Name) start() {
 	default:
 		n.log.Warn("cannot load the ACME certificate from storage; ordering one", "error", err)
 	}
-	if err := n.cfg.ManageAsync(n.ctx, []string{n.Domain}); err != nil {
-		n.fail(err)
+}
+
+// manage has certmagic manage the name, which renews it from then on:
+// with no certificate yet, one is ordered first, with certmagic's own
+// retries, under the name's lock in storage. (Not certmagic's
+// synchronous ManageSync: without an email anywhere it asks for one on
+// the terminal.)
+func (n *Name) manage() error {
+	if n.cert.Load() == nil {
+		if err := n.cfg.ObtainCertAsync(n.ctx, n.Domain); err != nil {
+			return err
+		}
+		// Loaded as certmagic's own: what keeps it from being read is
+		// an error to retry (certmagic's ManageAsync only logs it).
+		if _, err := n.cfg.CacheManagedCertificate(n.ctx, n.Domain); err != nil {
+			return err
+		}
 	}
+	if err := n.cfg.ManageAsync(n.ctx, []string{n.Domain}); err != nil {
+		return err
+	}
+	n.refresh()
+	return nil
 }
 
 // refresh picks up the newest certificate certmagic holds for the name.

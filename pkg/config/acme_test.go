@@ -114,6 +114,8 @@ func TestACMEBadConfigs(t *testing.T) {
 			`:10: listener[0].tls.acme.profile: "short lived" is not a profile name`},
 		{"storage that is a file", `email = "ops@example.com"`, "email = \"ops@example.com\"\n  storage = \"certs/site.pem\"",
 			`:10: listener[0].tls.acme.storage: `},
+		{"storage under a file", `email = "ops@example.com"`, "email = \"ops@example.com\"\n  storage = \"certs/site.pem/acme\"",
+			`:10: listener[0].tls.acme.storage: `},
 		{"unknown key", `email = "ops@example.com"`, "email = \"ops@example.com\"\n  domain = [\"x.example\"]",
 			`listener[0].tls.acme.domain: unknown key (did you mean "domains"?)`},
 		{"cert without key", "  [listener.tls]\n", "  [listener.tls]\n  cert = \"certs/site.pem\"\n",

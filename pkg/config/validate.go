@@ -6,9 +6,11 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -506,8 +508,8 @@ func (l *loader) validateACME(p string, a *ACME) {
 			l.errorf(p+".directory_ca", "%v", err)
 		}
 	}
-	if fi, err := os.Stat(a.Storage); err == nil && !fi.IsDir() {
-		l.errorf(p+".storage", "%s is not a folder", a.Storage)
+	if err := checkStorage(a.Storage); err != nil {
+		l.errorf(p+".storage", "%v", err)
 	}
 	if len(a.Challenges) == 0 {
 		l.errorf(p+".challenges", "must name at least one of \"tls-alpn-01\", \"http-01\"")
@@ -597,4 +599,35 @@ func SameACME(a, b *ACME) bool {
 	return a.Email == b.Email && a.Directory == b.Directory && a.DirectoryCA == b.DirectoryCA &&
 		a.Storage == b.Storage && slices.Equal(a.Challenges, b.Challenges) && a.KeyType == b.KeyType &&
 		a.RenewBefore == b.RenewBefore && a.EABKID == b.EABKID && a.EABHMAC == b.EABHMAC && a.Profile == b.Profile
+}
+
+// checkStorage says why lb could not keep its ACME files in dir: it is
+// not a folder, or it cannot be reached or written, or (when it does not
+// exist yet) the folder it would be made in cannot be. Nothing is
+// created: lb -check leaves the disk as it is.
+func checkStorage(dir string) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case err == nil && !fi.IsDir():
+		return fmt.Errorf("%s is not a folder", dir)
+	case err == nil:
+		if err := writable(dir); err != nil {
+			return fmt.Errorf("%s cannot be written by lb's user: %v", dir, err)
+		}
+		return nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%s cannot be used: %v", dir, err)
+	}
+	// Made at start: the nearest folder that exists must let lb make it.
+	parent := filepath.Dir(dir)
+	for parent != filepath.Dir(parent) {
+		if _, err := os.Stat(parent); err == nil {
+			break
+		}
+		parent = filepath.Dir(parent)
+	}
+	if err := writable(parent); err != nil {
+		return fmt.Errorf("%s cannot be made: %s cannot be written by lb's user: %v", dir, parent, err)
+	}
+	return nil
 }

@@ -29,6 +29,8 @@ func (f *fakeAuto) Certificate(name string) *tls.Certificate {
 
 func (f *fakeAuto) Challenge(*tls.ClientHelloInfo) (*tls.Certificate, error) { return f.challenge, nil }
 
+func (f *fakeAuto) HasChallenge(name string) bool { return name == f.name }
+
 func tlsPair(t *testing.T, ca *certgen.Pair, names ...string) *tls.Certificate {
 	t.Helper()
 	p, err := certgen.New(certgen.Options{Names: names}, ca)
@@ -162,5 +164,10 @@ func TestTLSALPNChallenge(t *testing.T) {
 	case p := <-delivered:
 		t.Errorf("a second connection was delivered (%q): the validation's", p)
 	case <-time.After(200 * time.Millisecond):
+	}
+	// A validation handshake for a name that is not automatic fails
+	// without a challenge certificate.
+	if cs, err := handshake(ln.Addr().String(), &tls.Config{ServerName: "other.example.com", NextProtos: []string{ACMETLS1}, InsecureSkipVerify: true}); err == nil {
+		t.Errorf("acme-tls/1 for a name without ACME: protocol %q, certificate %v", cs.NegotiatedProtocol, cs.PeerCertificates[0].DNSNames)
 	}
 }

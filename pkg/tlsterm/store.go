@@ -33,6 +33,9 @@ type Automatic interface {
 	// Challenge answers a TLS-ALPN-01 validation handshake (RFC 8737):
 	// one whose only ALPN protocol is "acme-tls/1".
 	Challenge(hello *tls.ClientHelloInfo) (*tls.Certificate, error)
+	// HasChallenge reports whether a TLS-ALPN-01 handshake for name
+	// (lower-case, without a final dot) is one to answer.
+	HasChallenge(name string) bool
 }
 
 // ACMETLS1 is the ALPN protocol of TLS-ALPN-01 validation handshakes (RFC
@@ -129,10 +132,12 @@ func (s *Store) Get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 }
 
 // challengeConfig is the tls.Config's GetConfigForClient: it answers
-// TLS-ALPN-01 validation handshakes, which offer "acme-tls/1" only, with a
-// config that offers it too and serves the challenge's certificate; other
-// handshakes go on with the listener's config. It is nil without automatic
-// certificates.
+// TLS-ALPN-01 validation handshakes, which offer "acme-tls/1" only, for
+// a name that uses that challenge, with a config that offers it too and
+// serves the challenge's certificate; other handshakes go on with the
+// listener's config (one that offers only "acme-tls/1" for another name
+// fails there, for want of a common protocol, without a look in storage
+// or a log line). It is nil without automatic certificates.
 func (s *Store) challengeConfig() func(*tls.ClientHelloInfo) (*tls.Config, error) {
 	if s.auto == nil {
 		return nil
@@ -143,7 +148,8 @@ func (s *Store) challengeConfig() func(*tls.ClientHelloInfo) (*tls.Config, error
 		GetCertificate: s.auto.Challenge,
 	}
 	return func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		if len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == ACMETLS1 {
+		if len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == ACMETLS1 &&
+			s.auto.HasChallenge(strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))) {
 			return cfg, nil
 		}
 		return nil, nil // base, as it is
