@@ -88,6 +88,8 @@ func TestACMEBadConfigs(t *testing.T) {
 			`:8: listener[0].tls.acme.domains[0]: "*.example.com": a wildcard certificate needs the dns-01 challenge`},
 		{"ip address", `"www.example.com",`, `"192.0.2.1",`,
 			`listener[0].tls.acme.domains[0]: "192.0.2.1": lb gets certificates for DNS names`},
+		{"underscore", `"www.example.com",`, `"_dmarc.example.com",`,
+			`listener[0].tls.acme.domains[0]: "_dmarc.example.com": a certificate's host name may not contain "_"`},
 		{"duplicate", `"Example.COM."`, `"WWW.example.com"`,
 			`listener[0].tls.acme.domains[1]: duplicate name "www.example.com"`},
 		{"bad challenge", `email = "ops@example.com"`, "email = \"ops@example.com\"\n  challenges = [\"dns-01\"]",

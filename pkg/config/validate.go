@@ -491,6 +491,10 @@ func (l *loader) validateACME(p string, a *ACME) {
 			l.errorf(dp, "%q: lb gets certificates for DNS names, not IP addresses", d)
 		case !validHostname(d) || !strings.Contains(d, "."):
 			l.errorf(dp, "%q is not a DNS name such as \"www.example.com\"", d)
+		case strings.Contains(d, "_"):
+			// A label with "_" names a service record, never a host: CAs
+			// refuse it, and the order would fail only at the CA.
+			l.errorf(dp, "%q: a certificate's host name may not contain \"_\" (CAs refuse it)", d)
 		case seen[d] > 0:
 			l.errorf(dp, "duplicate name %q (also domains[%d])", d, seen[d]-1)
 		default:
