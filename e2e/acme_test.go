@@ -55,6 +55,13 @@ func freePortNum(t *testing.T) int {
 // shortLife.
 func startPebble(t *testing.T, httpPort, tlsPort int, shortLife time.Duration) *pebble {
 	t.Helper()
+	return startPebbleEAB(t, httpPort, tlsPort, shortLife, nil)
+}
+
+// startPebbleEAB is startPebble with External Account Binding required
+// when eabKeys (key ID to base64url HMAC key) is not nil.
+func startPebbleEAB(t *testing.T, httpPort, tlsPort int, shortLife time.Duration, eabKeys map[string]string) *pebble {
+	t.Helper()
 	pebbleBin := needGoTool(t, "pebble")
 	challBin := needGoTool(t, "pebble-challtestsrv")
 	dir := t.TempDir()
@@ -95,7 +102,8 @@ func startPebble(t *testing.T, httpPort, tlsPort int, shortLife time.Duration) *
 		"httpPort":                       httpPort,
 		"tlsPort":                        tlsPort,
 		"ocspResponderURL":               "",
-		"externalAccountBindingRequired": false,
+		"externalAccountBindingRequired": eabKeys != nil,
+		"externalAccountMACKeys":         eabKeys,
 		"retryAfter":                     map[string]int{"authz": 1, "order": 1},
 		"keyAlgorithm":                   "ecdsa",
 		"profiles": map[string]any{
@@ -514,6 +522,31 @@ func TestACMESharedStorage(t *testing.T) {
 	if n := strings.Count(pb.log.String(), "Issued certificate serial"); n > 1 {
 		t.Errorf("Pebble issued %d certificates", n)
 	}
+}
+
+// TestACMEExternalAccountBinding: with a CA that requires External Account
+// Binding, eab_kid and eab_hmac get the account and the certificate; a
+// wrong HMAC key gets the name failing with the CA's refusal.
+func TestACMEExternalAccountBinding(t *testing.T) {
+	b := startBackend(t, "a")
+	portA, portB := freePortNum(t), freePortNum(t)
+	const kid, hmac = "kid-lb", "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+	pb := startPebbleEAB(t, freePortNum(t), portA, time.Hour, map[string]string{kid: hmac})
+	withEAB := func(port int, name, key string) string {
+		return strings.Replace(sharedConfig(b, pb, filepath.Join(t.TempDir(), "acme"), port, name, ""),
+			`challenges = ["tls-alpn-01"]`, fmt.Sprintf("challenges = [\"tls-alpn-01\"]\n  eab_kid = %q\n  eab_hmac = %q", kid, key), 1)
+	}
+	good := startLB(t, t.TempDir(), withEAB(portA, "eab.lb.test", hmac))
+	st := good.waitACME("https", "eab.lb.test", "valid", 60*time.Second)
+	if leaf, err := served(t, fmt.Sprintf("127.0.0.1:%d", portA), "eab.lb.test", pb.roots); err != nil || serialOf(leaf) != st.Certificate.Serial {
+		t.Errorf("serves %v (%v), want serial %s", leaf, err, st.Certificate.Serial)
+	}
+	wrong := startLB(t, t.TempDir(), withEAB(portB, "wrong.lb.test", strings.Repeat("A", len(hmac))))
+	st = wrong.waitACME("https", "wrong.lb.test", "failing", 60*time.Second)
+	if st.LastError == "" {
+		t.Error("a wrong EAB key fails with no error shown")
+	}
+	t.Logf("with a wrong EAB key: %s", st.LastError)
 }
 
 // TestACMEUnreachableDirectory: with the CA out of reach, the static
