@@ -20,12 +20,24 @@ import (
 // that answer goes to the client at once, which a single goroutine
 // blocked writing a body the backend no longer reads could not do.
 //
-// The pump reads the body in pieces of streamChunk and writes each on
-// before it reads the next, so a request holds at most one piece in lb:
-// the client is read only as fast as the backend takes the bytes.
+// The pump takes the body a piece at a time and writes each on before it
+// takes the next, so a request holds at most one piece in lb: the client
+// is read only as fast as the backend takes the bytes. A body that is a
+// Nexter gives out its pieces where it has them (an HTTP/1.1 body: in the
+// client connection's read buffer), and the pump holds no buffer of its
+// own; another is read in pieces of streamChunk into a pooled buffer.
 const streamChunk = 16 << 10
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, streamChunk); return &b }}
+
+// Nexter is what a streamed body may offer so that it is sent straight
+// from the buffer it was read into: Next returns the body's next bytes,
+// which stay valid until the next call, and io.EOF with or after the
+// last of them, as Read would. The pump uses Next rather than Read when
+// the body has it.
+type Nexter interface {
+	Next() ([]byte, error)
+}
 
 // Interrupter is what a streamed body may offer to stop a Read that
 // waits for its client: after Interrupt, Reads waiting and to come
@@ -160,13 +172,25 @@ var errStopped = errors.New("stopped: the backend answered before the body was s
 
 func (p *pump) run() {
 	defer close(p.done)
-	bp := chunkPool.Get().(*[]byte)
-	defer chunkPool.Put(bp)
-	buf := *bp
+	nb, direct := p.body.(Nexter)
+	var buf []byte
+	if !direct {
+		bp := chunkPool.Get().(*[]byte)
+		defer chunkPool.Put(bp)
+		buf = *bp
+	}
 	var line [20]byte
 	for {
-		n, rerr := p.body.Read(buf)
-		if n > 0 {
+		var piece []byte
+		var rerr error
+		if direct {
+			piece, rerr = nb.Next()
+		} else {
+			var n int
+			n, rerr = p.body.Read(buf)
+			piece = buf[:n]
+		}
+		if n := len(piece); n > 0 {
 			if err := p.c.SetWriteDeadline(time.Now().Add(p.timeout)); err != nil {
 				p.writeErr = err
 				return
@@ -177,13 +201,13 @@ func (p *pump) run() {
 				hdr = append(hdr, '\r', '\n')
 				_, err = p.c.bw.Write(hdr)
 				if err == nil {
-					_, err = p.c.bw.Write(buf[:n])
+					_, err = p.c.bw.Write(piece)
 				}
 				if err == nil {
 					_, err = p.c.bw.WriteString("\r\n")
 				}
 			} else {
-				_, err = p.c.bw.Write(buf[:n])
+				_, err = p.c.bw.Write(piece)
 			}
 			if err == nil {
 				err = p.c.bw.Flush()
