@@ -86,7 +86,7 @@ func (h *Handshaker) run(j job) {
 		return
 	}
 	st := j.term.current()
-	tc := tls.Server(newRecordConn(j.c), st.tls) // see recordConn
+	tc := tls.Server(j.c, st.tls)
 	// A deadline rather than HandshakeContext, which starts a goroutine
 	// per handshake to watch its context.
 	err := j.c.SetDeadline(time.Now().Add(h.timeout.Load()))
