@@ -549,14 +549,11 @@ func TestACMEExternalAccountBinding(t *testing.T) {
 	t.Logf("with a wrong EAB key: %s", st.LastError)
 }
 
-// TestACMEUnreachableDirectory: with the CA out of reach, the static
-// certificate serves the name and /status.json shows the failure and
-// when it is tried again.
-func TestACMEUnreachableDirectory(t *testing.T) {
-	b := startBackend(t, "a")
-	dir := t.TempDir()
-	certs := writeCerts(t, dir)
-	cfg := fmt.Sprintf(`
+// unreachableACME is a config whose listener has a static certificate
+// (certs/site.pem, for www.example.com) and the same name in ACME, from a
+// CA nothing listens for.
+func unreachableACME(t *testing.T, b *backend) string {
+	return fmt.Sprintf(`
 [global]
 admin = "127.0.0.1:0"
 access_log = ""
@@ -576,7 +573,16 @@ pool = "web"
 [[pool]]
 name = "web"
 %s`, freePortNum(t), backendsTOML(b))
-	lb := startLB(t, dir, cfg)
+}
+
+// TestACMEUnreachableDirectory: with the CA out of reach, the static
+// certificate serves the name and /status.json shows the failure and
+// when it is tried again.
+func TestACMEUnreachableDirectory(t *testing.T) {
+	b := startBackend(t, "a")
+	dir := t.TempDir()
+	certs := writeCerts(t, dir)
+	lb := startLB(t, dir, unreachableACME(t, b))
 	a := lb.waitACME("https", "www.example.com", "failing", 30*time.Second)
 	if a.LastError == "" || !strings.Contains(a.LastError, "connect") {
 		t.Errorf("last error %q does not say the CA could not be reached", a.LastError)

@@ -70,26 +70,7 @@ func TestStatusPageShowsACME(t *testing.T) {
 	dir := t.TempDir()
 	writeCerts(t, dir)
 	b := startBackend(t, "a")
-	lb := startLB(t, dir, fmt.Sprintf(`
-[global]
-admin = "127.0.0.1:0"
-access_log = ""
-
-[[listener]]
-name = "https"
-bind = "127.0.0.1:0"
-pool = "web"
-  [listener.tls]
-  cert = "certs/site.pem"
-  key = "certs/site.key"
-  [listener.tls.acme]
-  domains = ["www.example.com"]
-  directory = "https://127.0.0.1:%d/dir"
-  storage = "acme"
-
-[[pool]]
-name = "web"
-%s`, freePortNum(t), backendsTOML(b)))
+	lb := startLB(t, dir, unreachableACME(t, b))
 	lb.waitACME("https", "www.example.com", "failing", 30*time.Second)
 	ctx := newBrowser(t, chrome, dir)
 	if _, err := chromedp.Run(ctx, chromedp.Navigate("http://"+lb.admin+"/status")); err != nil {
