@@ -64,6 +64,9 @@ func (e *env) bodies(c *contender, pid int, addr, scenario string) (measurement,
 
 	w := newMemWatch(pid, o, e.work)
 	start := time.Now()
+	if stopping.Load() {
+		return measurement{}, errStopping
+	}
 	if err := cmd.Start(); err != nil {
 		return measurement{}, err
 	}

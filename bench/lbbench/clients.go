@@ -42,13 +42,14 @@ func handshakeClient(args []string) int {
 	fs.Parse(args)
 
 	var hs, resumed atomic.Int64
+	var suite atomic.Value // string: what the last handshake negotiated
 	var errs errorTally
 	stop := time.Now().Add(*d)
 	cfg := clientTLS()
 	runWorkers(*conc, func() {
 		buf := make([]byte, 4096)
 		for time.Now().Before(stop) {
-			if err := oneHandshake(*addr, cfg, buf, &resumed); err != nil {
+			if err := oneHandshake(*addr, cfg, buf, &resumed, &suite); err != nil {
 				errs.add(err)
 				continue
 			}
@@ -56,6 +57,7 @@ func handshakeClient(args []string) int {
 		}
 	})
 	r := hsResult{Handshakes: int(hs.Load()), Resumed: int(resumed.Load()), Errors: int(errs.count()), LastError: errs.lastText()}
+	r.TLS, _ = suite.Load().(string)
 	json.NewEncoder(os.Stdout).Encode(r)
 	return 0
 }
@@ -95,7 +97,9 @@ func runWorkers(n int, work func()) {
 	wg.Wait()
 }
 
-func oneHandshake(addr string, cfg *tls.Config, buf []byte, resumed *atomic.Int64) error {
+// oneHandshake makes one full handshake and request; it counts a
+// resumed session in resumed and stores what was negotiated in suite.
+func oneHandshake(addr string, cfg *tls.Config, buf []byte, resumed *atomic.Int64, suite *atomic.Value) error {
 	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return err
@@ -106,9 +110,11 @@ func oneHandshake(addr string, cfg *tls.Config, buf []byte, resumed *atomic.Int6
 	if err := c.Handshake(); err != nil {
 		return err
 	}
-	if c.ConnectionState().DidResume {
+	st := c.ConnectionState()
+	if st.DidResume {
 		resumed.Add(1)
 	}
+	suite.Store(tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite) + " " + st.CurveID.String())
 	if _, err := io.WriteString(c, oneRequest); err != nil {
 		return err
 	}

@@ -37,6 +37,12 @@ var metrics = []metric{
 	{"keepalive", "TLS keep-alive HTTP/1.1 GET (wrk -t1 -c64): req/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
 	{"keepalive", "same: proxy CPU per request (µs)", func(m measurement) float64 { return m.CPUPer }, "%.1f", true},
 	{"keepalive", "same: p99 latency (ms)", func(m measurement) float64 { return m.P99 }, "%.2f", true},
+	{"logged", "same, every request logged to a file (lb combined, HAProxy option httplog, NGINX combined buffer=64k): req/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
+	{"logged", "same: proxy CPU per request (µs)", func(m measurement) float64 { return m.CPUPer }, "%.1f", true},
+	{"logged", "same: p99 latency (ms)", func(m measurement) float64 { return m.P99 }, "%.2f", true},
+	{"default", "same, each proxy's out-of-the-box config and an access log to a file: req/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
+	{"default", "same: proxy CPU per request (µs)", func(m measurement) float64 { return m.CPUPer }, "%.1f", true},
+	{"default", "same: p99 latency (ms)", func(m measurement) float64 { return m.P99 }, "%.2f", true},
 	{"handshake", "new TLS connection per request, full handshake: handshakes/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
 	{"handshake", "same: proxy CPU per handshake (µs)", func(m measurement) float64 { return m.CPUPer }, "%.0f", true},
 	{"h2", "HTTP/2 GET (h2load -c16 -m10): req/s", func(m measurement) float64 { return m.Rate }, "%.0f", false},
@@ -71,6 +77,21 @@ func (r *results) values(contender string, m metric) []float64 {
 	return v
 }
 
+// ratios are a's value of m divided by b's, one for each round both ran.
+func (r *results) ratios(a, b string, m metric) []float64 {
+	byRound := map[int]float64{}
+	for _, x := range r.raw[b][m.scenario] {
+		byRound[x.Round] = m.get(x)
+	}
+	var out []float64
+	for _, x := range r.raw[a][m.scenario] {
+		if v, ok := byRound[x.Round]; ok && v > 0 {
+			out = append(out, m.get(x)/v)
+		}
+	}
+	return out
+}
+
 // markdown renders medians with min-max, and ratios of lb to the others.
 func (r *results) markdown(o options, e *env) string {
 	var b strings.Builder
@@ -83,8 +104,8 @@ func (r *results) markdown(o options, e *env) string {
 	if r.hasMetrics(o) {
 		rounds += fmt.Sprintf(" of %s", o.duration)
 	}
-	fmt.Fprintf(&b, "Machine: %s, %d cores (%s), host %s. %s per scenario, contenders interleaved; proxy pinned to core %s with one worker, load generator and backends on core %s.\n\n",
-		cpuModel(), runtime.NumCPU(), runtime.GOARCH, host, rounds, o.proxyCPU, o.loadCPU)
+	fmt.Fprintf(&b, "Machine: %s, %d cores (%s), host %s. %s per scenario; in each round every scenario runs every contender in turn, the order rotated by one each round. Proxy pinned to core %s with one worker, load generator, backends and lbbench on core %s.\n\n",
+		cpuModel(), numCores(), runtime.GOARCH, host, rounds, o.proxyCPU, o.loadCPU)
 	for _, c := range o.contenders {
 		if ct := e.contenders[c]; ct != nil {
 			fmt.Fprintf(&b, "- %s: %s\n", c, ct.version)
@@ -98,6 +119,7 @@ func (r *results) markdown(o options, e *env) string {
 	}
 	if r.hasMetrics(o) {
 		r.mainTable(&b, o)
+		r.setupNotes(&b, o, e)
 	}
 	for _, s := range []string{"uploads", "downloads"} {
 		if contains(o.scenarios, s) {
@@ -120,7 +142,7 @@ func (r *results) hasMetrics(o options) bool {
 // mainTable writes the table of the throughput, CPU and idle-memory
 // scenarios.
 func (r *results) mainTable(b *strings.Builder, o options) {
-	b.WriteString("\nMedian (min–max) of the rounds. Ratios are lb ÷ the other, taken within each round (the contenders of a round run minutes apart at most) and then the median over rounds, which keeps a slow spell of a shared machine from landing on one side; for CPU, latency and memory lower is better.\n\n")
+	b.WriteString("\nMedian (min–max) of the rounds. Ratios are lb ÷ the other taken within each round, where the contenders run one after the other on the same scenario, seconds apart; the table gives the median of those per-round ratios and, in brackets, the lowest and highest, which is how far one round can be trusted on this machine. For CPU, latency and memory lower is better.\n\n")
 	b.WriteString("| scenario |")
 	for _, c := range o.contenders {
 		fmt.Fprintf(b, " %s |", c)
@@ -141,7 +163,11 @@ func (r *results) mainTable(b *strings.Builder, o options) {
 		if !contains(o.scenarios, m.scenario) {
 			continue
 		}
-		fmt.Fprintf(b, "| %s |", m.label)
+		label := m.label
+		if m.scenario == "h2" && o.h2RPS > 0 {
+			label = strings.Replace(label, "-m10)", fmt.Sprintf("-m10 --rps %d: %d req/s offered)", o.h2RPS, 16*o.h2RPS), 1)
+		}
+		fmt.Fprintf(b, "| %s |", label)
 		med := map[string]float64{}
 		for _, c := range o.contenders {
 			v := r.values(c, m)
@@ -154,38 +180,119 @@ func (r *results) mainTable(b *strings.Builder, o options) {
 			fmt.Fprintf(b, " "+m.format+" ("+m.format+"–"+m.format+") |", med[c], lo, hi)
 		}
 		for _, c := range others {
-			lbv, ov := r.values("lb", m), r.values(c, m)
-			var ratios []float64
-			for i := 0; i < len(lbv) && i < len(ov); i++ {
-				if ov[i] > 0 {
-					ratios = append(ratios, lbv[i]/ov[i])
-				}
-			}
+			ratios := r.ratios("lb", c, m)
 			if len(ratios) == 0 {
 				b.WriteString(" – |")
 				continue
 			}
-			fmt.Fprintf(b, " %.2f× |", median(ratios))
+			lo, hi := minMax(ratios)
+			fmt.Fprintf(b, " %.2f× (%.2f–%.2f) |", median(ratios), lo, hi)
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("\nShare of the proxy's core used by other processes during each run (median, max): ")
-	var parts []string
+	for _, core := range []struct {
+		name string
+		get  func(measurement) float64
+	}{{"the proxy's core", func(x measurement) float64 { return x.Noise }}, {"the load core", func(x measurement) float64 { return x.NoiseLoad }}} {
+		var parts []string
+		for _, c := range o.contenders {
+			var v []float64
+			for _, s := range o.scenarios {
+				for _, x := range r.raw[c][s] {
+					if x.RSSPer == 0 && x.Body == nil {
+						v = append(v, core.get(x))
+					}
+				}
+			}
+			if len(v) > 0 {
+				_, hi := minMax(v)
+				parts = append(parts, fmt.Sprintf("%s %.1f%%, %.1f%%", c, median(v), hi))
+			}
+		}
+		fmt.Fprintf(b, "\nShare of %s used by other processes during each run (median, max): %s.\n", core.name, strings.Join(parts, "; "))
+	}
+	var again, noisy []string
 	for _, c := range o.contenders {
-		var v []float64
 		for _, s := range o.scenarios {
 			for _, x := range r.raw[c][s] {
-				if x.RSSPer == 0 && x.Body == nil {
-					v = append(v, x.Noise)
+				if x.Runs > 1 {
+					again = append(again, fmt.Sprintf("%s %s round %d (%d runs)", c, s, x.Round, x.Runs))
+				}
+				if x.Noisy {
+					noisy = append(noisy, fmt.Sprintf("%s %s round %d", c, s, x.Round))
 				}
 			}
 		}
-		if len(v) > 0 {
-			_, hi := minMax(v)
-			parts = append(parts, fmt.Sprintf("%s %.1f%%, %.1f%%", c, median(v), hi))
+	}
+	if len(again) > 0 {
+		fmt.Fprintf(b, "\nRun again after waiting for the machine to quiet down, because others used more than %.0f%% of a core: %s.\n", o.maxNoise, strings.Join(again, ", "))
+	}
+	if len(noisy) > 0 {
+		fmt.Fprintf(b, "\nStill over %.0f%% when kept: %s.\n", o.maxNoise, strings.Join(noisy, ", "))
+	}
+}
+
+// setupNotes writes what the run found about the contenders besides the
+// numbers: the TLS they negotiated, how much of each request they
+// logged, and their processes and threads.
+func (r *results) setupNotes(b *strings.Builder, o options, e *env) {
+	suites := "HAProxy and NGINX were given TLS 1.3 suites with TLS_AES_128_GCM_SHA256 first (-suites aes128), as lb's Go TLS picks it"
+	if o.suites == "native" {
+		suites = "HAProxy and NGINX kept their own TLS 1.3 suite order (-suites native)"
+	}
+	fmt.Fprintf(b, "\nTLS: %s. What an OpenSSL client (wrk, h2load) negotiated, by openssl s_client:", suites)
+	for _, v := range []variant{tuned, defaults} {
+		var parts []string
+		for _, c := range o.contenders {
+			if ct := e.contenders[c]; ct != nil && ct.tls[v] != "" {
+				parts = append(parts, fmt.Sprintf("%s %s", c, ct.tls[v]))
+			}
+		}
+		if len(parts) > 0 {
+			name := "the tuned and logged configs"
+			if v == defaults {
+				name = "the default configs"
+			}
+			fmt.Fprintf(b, " %s: %s;", name, strings.Join(parts, ", "))
 		}
 	}
-	b.WriteString(strings.Join(parts, "; ") + ".\n")
+	var hs []string
+	for _, c := range o.contenders {
+		if ms := r.raw[c]["handshake"]; len(ms) > 0 && ms[0].TLS != "" {
+			hs = append(hs, fmt.Sprintf("%s %s", c, ms[0].TLS))
+		}
+	}
+	if len(hs) > 0 {
+		fmt.Fprintf(b, " the handshake client (Go): %s", strings.Join(hs, ", "))
+	}
+	b.WriteString(".\n")
+	for _, s := range []string{"logged", "default"} {
+		var parts []string
+		for _, c := range o.contenders {
+			var lines, served float64
+			for _, m := range r.raw[c][s] {
+				lines += float64(m.LogLines)
+				served += m.Served
+			}
+			if served > 0 {
+				parts = append(parts, fmt.Sprintf("%s %.3f", c, lines/served))
+			}
+		}
+		if len(parts) > 0 {
+			fmt.Fprintf(b, "\nAccess log lines written per request served, %s scenario (warm-up included; the start-up check adds one): %s.\n", s, strings.Join(parts, ", "))
+		}
+	}
+	var pt []string
+	for _, s := range o.scenarios {
+		for _, c := range o.contenders {
+			if ms := r.raw[c][s]; len(ms) > 0 && ms[0].Procs > 0 && (s == "keepalive" || s == "default") {
+				pt = append(pt, fmt.Sprintf("%s %s %d/%d", c, s, ms[0].Procs, ms[0].Threads))
+			}
+		}
+	}
+	if len(pt) > 0 {
+		fmt.Fprintf(b, "\nProcesses/threads of each proxy, all on its one core: %s.\n", strings.Join(pt, ", "))
+	}
 }
 
 func minMax(v []float64) (float64, float64) {

@@ -2,10 +2,13 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -73,6 +76,9 @@ func output(name string, args ...string) string {
 }
 
 func outputErr(name string, args ...string) (string, error) {
+	if stopping.Load() {
+		return "", errStopping
+	}
 	out, err := exec.Command(name, args...).CombinedOutput()
 	return string(out), err
 }
@@ -131,4 +137,49 @@ func parseLatency(s string) float64 {
 func jsonLast(out string, v any) error {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	return jsonUnmarshal([]byte(lines[len(lines)-1]), v)
+}
+
+// tlsProbe connects to addr with openssl s_client, an OpenSSL 3.0 client
+// like wrk and h2load with their default offer, and returns what was
+// negotiated: "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519"; "" without
+// openssl.
+func (e *env) tlsProbe(addr string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "taskset", "-c", e.o.loadCPU, "openssl", "s_client",
+		"-connect", addr, "-servername", "localhost", "-brief")
+	out, _ := cmd.CombinedOutput()
+	var parts []string
+	for _, line := range strings.Split(string(out), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "Protocol version", "Ciphersuite":
+			parts = append(parts, strings.TrimSpace(v))
+		case "Server Temp Key":
+			g, _, _ := strings.Cut(strings.TrimSpace(v), ",")
+			parts = append(parts, g)
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// countLines counts the lines of a file, -1 if it cannot be read.
+func countLines(path string) int64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	var n int64
+	buf := make([]byte, 1<<20)
+	for {
+		m, err := f.Read(buf)
+		n += int64(bytes.Count(buf[:m], []byte{'\n'}))
+		if err != nil {
+			return n
+		}
+	}
 }
