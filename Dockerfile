@@ -15,10 +15,14 @@ ARG COMMIT=unknown
 RUN CGO_ENABLED=0 go build -trimpath \
       -ldflags "-s -w -X github.com/offloadlb/lb/internal/version.Version=${VERSION} -X github.com/offloadlb/lb/internal/version.Commit=${COMMIT}" \
       -o /out/lb ./cmd/lb
+# The default folder for ACME storage, owned by the nonroot user: a named
+# volume mounted on it starts with that owner (docs/acme.md).
+RUN mkdir -p /out/acme
 
 # Final stage: the binary, CA certificates and a nonroot user, nothing else.
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/lb /usr/local/bin/lb
+COPY --from=build --chown=65532:65532 /out/acme /var/lib/lb/acme
 ENV LB_CONFIG=/etc/lb/lb.toml
 # Listeners as in the examples (HTTPS 8443, HTTP 8080) and the admin server.
 EXPOSE 8443 8080 9100

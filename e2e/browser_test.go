@@ -39,6 +39,61 @@ func findChromium(t *testing.T) string {
 	return ""
 }
 
+// newBrowser starts headless Chromium (its profile under dir) for the
+// test, which ends it; what is done in the returned context must finish
+// within a minute.
+func newBrowser(t *testing.T, chrome, dir string) context.Context {
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chrome),
+		chromedp.NoSandbox,
+		chromedp.Headless,
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(filepath.Join(dir, "chromium")),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.WindowSize(1300, 760),
+	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx)
+	ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(func() { cancelTimeout(); cancel(); cancelAlloc() })
+	return ctx
+}
+
+// TestStatusPageShowsACME: a listener whose ACME CA cannot be reached
+// shows its name failing, with the error, on the status page, beside the
+// backends.
+func TestStatusPageShowsACME(t *testing.T) {
+	chrome := findChromium(t)
+	dir := t.TempDir()
+	writeCerts(t, dir)
+	b := startBackend(t, "a")
+	lb := startLB(t, dir, unreachableACME(t, b))
+	lb.waitACME("https", "www.example.com", "failing", 30*time.Second)
+	ctx := newBrowser(t, chrome, dir)
+	if _, err := chromedp.Run(ctx, chromedp.Navigate("http://"+lb.admin+"/status")); err != nil {
+		t.Fatalf("loading the status page: %v", err)
+	}
+	js := `(function(){const c=document.getElementById("acme-card");const r=document.querySelector("#acme tr");` +
+		`const b=document.querySelector("tr[data-backend]");return (c&&!c.hidden?"shown":"hidden")+"|"+(r?r.textContent:"")+"|"+(b?b.dataset.state:"")})()`
+	var got string
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+		if err != nil {
+			t.Fatalf("reading the page: %v", err)
+		}
+		if got = s; strings.HasPrefix(got, "shown|") && strings.Contains(got, "www.example.com") &&
+			strings.Contains(got, "failing") && strings.HasSuffix(got, "|up") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the page shows %q, want the ACME card with www.example.com failing, and the backend up", got)
+		}
+	}
+}
+
 // TestStatusPageShowsABackendGoingDown loads the status page in headless
 // Chromium, stops a backend, and waits for the page to show it down.
 func TestStatusPageShowsABackendGoingDown(t *testing.T) {
@@ -65,24 +120,7 @@ func TestStatusPageShowsABackendGoingDown(t *testing.T) {
 		}
 	}()
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chrome),
-		chromedp.NoSandbox,
-		chromedp.Headless,
-		chromedp.DisableGPU,
-		chromedp.UserDataDir(filepath.Join(dir, "chromium")),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.WindowSize(1300, 760),
-	)
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
-	defer cancelTimeout()
+	ctx := newBrowser(t, chrome, dir)
 
 	stateOf := func(addr string) string {
 		js := fmt.Sprintf(`(function(){const r=document.querySelector('tr[data-backend=%q]');return r?r.dataset.state+"|"+r.querySelector(".state").textContent:""})()`, addr)
@@ -143,22 +181,7 @@ func TestStatusPageAsksForTheToken(t *testing.T) {
 		"[global]\n", "[global]\nadmin_token = \"env:LB_E2E_ADMIN_TOKEN\"\n", 1)
 	lb := startLBEnv(t, dir, cfg, []string{"LB_E2E_ADMIN_TOKEN=" + token})
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chrome),
-		chromedp.NoSandbox,
-		chromedp.Headless,
-		chromedp.DisableGPU,
-		chromedp.UserDataDir(filepath.Join(dir, "chromium")),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-	)
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
-	defer cancelTimeout()
+	ctx := newBrowser(t, chrome, dir)
 	eval := func(js string) string {
 		t.Helper()
 		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))

@@ -329,7 +329,10 @@ func TestHTTP2WithCurlAndH2load(t *testing.T) {
 		if !strings.HasPrefix(out, "HTTP/1.1 200") || !strings.Contains(strings.ToLower(out), "strict-transport-security: max-age=31536000; includesubdomains") {
 			t.Errorf("curl --http1.1:\n%s", out)
 		}
-		if !strings.Contains(lb.stdout.String(), "proto=HTTP/2.0 method=POST host=www.example.com:"+port+" uri=/upload status=200") {
+		// (The access log writes its lines within 100 ms.)
+		if !waitFor(3*time.Second, func() bool {
+			return strings.Contains(lb.stdout.String(), "proto=HTTP/2.0 method=POST host=www.example.com:"+port+" uri=/upload status=200")
+		}) {
 			t.Errorf("access log has no h2 upload line:\n%s", tail(lb.stdout.String(), 5))
 		}
 	})
@@ -465,6 +468,8 @@ func TestWebSocket(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	// (The access log writes its lines within 100 ms.)
+	waitFor(3*time.Second, func() bool { return strings.Count(lb.stdout.String(), "status=101") >= 4 })
 	if n := strings.Count(lb.stdout.String(), "status=101"); n != 4 {
 		t.Errorf("%d access log lines with status 101, want 4", n)
 	}

@@ -120,9 +120,9 @@ func appendText(b []byte, now time.Time, r *Request) []byte {
 	b = quoteText(b, start)
 	b = textField(b, "tls", r.TLS)
 	b = textField(b, "proto", r.Proto)
-	b = textBytes(b, "method", r.Method)
-	b = textBytes(b, "host", r.Host)
-	b = textBytes(b, "uri", r.URI)
+	b = textField(b, "method", r.Method)
+	b = textField(b, "host", r.Host)
+	b = textField(b, "uri", r.URI)
 	b = append(b, " status="...)
 	b = strconv.AppendInt(b, int64(r.Status), 10)
 	b = append(b, " bytes="...)
@@ -142,18 +142,9 @@ func appendText(b []byte, now time.Time, r *Request) []byte {
 	return append(b, '\n')
 }
 
-// textField appends " key=value", the value quoted as hclog quotes it:
-// "" when empty, in double quotes when it holds anything but - through ~.
-func textField(b []byte, key, v string) []byte {
-	b = append(b, ' ')
-	b = append(b, key...)
-	b = append(b, '=')
-	start := len(b)
-	b = append(b, v...)
-	return quoteText(b, start)
-}
-
-func textBytes(b []byte, key string, v []byte) []byte {
+// textField appends " key=value", the value quoted as hclog quotes it
+// (see quoteText).
+func textField[S string | []byte](b []byte, key string, v S) []byte {
 	b = append(b, ' ')
 	b = append(b, key...)
 	b = append(b, '=')
@@ -240,27 +231,20 @@ func appendJSON(b []byte, now time.Time, r *Request) []byte {
 	if r.Err != nil {
 		b = jsonField(b, "error", r.Err.Error())
 	}
-	b = jsonBytes(b, "host", r.Host)
+	b = jsonField(b, "host", r.Host)
 	b = jsonField(b, "listener", r.Listener)
-	b = jsonBytes(b, "method", r.Method)
+	b = jsonField(b, "method", r.Method)
 	b = jsonField(b, "pool", r.Pool)
 	b = jsonField(b, "proto", r.Proto)
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(r.Status), 10)
 	b = jsonField(b, "tls", r.TLS)
-	b = jsonBytes(b, "uri", r.URI)
+	b = jsonField(b, "uri", r.URI)
 	return append(b, "}\n"...)
 }
 
-func jsonField(b []byte, key, v string) []byte {
-	b = append(b, `,"`...)
-	b = append(b, key...)
-	b = append(b, `":"`...)
-	b = appendJSONString(b, v)
-	return append(b, '"')
-}
-
-func jsonBytes(b []byte, key string, v []byte) []byte {
+// jsonField appends ,"key":"value", the value escaped for JSON.
+func jsonField[S string | []byte](b []byte, key string, v S) []byte {
 	b = append(b, `,"`...)
 	b = append(b, key...)
 	b = append(b, `":"`...)

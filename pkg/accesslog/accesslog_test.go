@@ -393,3 +393,63 @@ func TestTimesAsFormatted(t *testing.T) {
 		}
 	}
 }
+
+// countingWriter counts writes.
+type countingWriter struct {
+	mu     sync.Mutex
+	writes int
+	buf    bytes.Buffer
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writes++
+	return w.buf.Write(p)
+}
+
+func (w *countingWriter) state() (int, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes, w.buf.Len()
+}
+
+// TestWriterBatches: lines that come fast share writes of batchSize; a
+// lone line is written within flushDelay.
+func TestWriterBatches(t *testing.T) {
+	out := &countingWriter{}
+	w := NewWriter(out, nil)
+	line := strings.Repeat("z", 99) + "\n"
+	const lines = 20000 // 2 MB: about 31 batches
+	for i := range lines {
+		w.Write([]byte(line))
+		if i%1000 == 0 {
+			time.Sleep(time.Millisecond) // as a busy server would, not all at once
+		}
+	}
+	w.Close()
+	writes, n := out.state()
+	if n+int(w.Dropped())*len(line) != lines*len(line) {
+		t.Fatalf("%d bytes written, %d lines dropped, of %d lines", n, w.Dropped(), lines)
+	}
+	if writes > 2*lines*len(line)/batchSize+5 {
+		t.Errorf("%d writes for %d lines of %d bytes, want about %d", writes, lines, len(line), lines*len(line)/batchSize)
+	}
+	t.Logf("%d writes, %d lines dropped", writes, w.Dropped())
+
+	out = &countingWriter{}
+	w = NewWriter(out, nil)
+	defer w.Close()
+	start := time.Now()
+	w.Write([]byte(line))
+	for {
+		if _, n := out.state(); n == len(line) {
+			break
+		}
+		if time.Since(start) > 5*flushDelay {
+			t.Fatalf("a lone line not written after %s", time.Since(start))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("a lone line was written after %s", time.Since(start).Round(time.Millisecond))
+}

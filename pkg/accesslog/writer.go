@@ -4,20 +4,30 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// maxPending is how many bytes of lines may wait to be written (about
-// 5,000 lines of 200 bytes); past it lines are dropped and counted.
-const maxPending = 1 << 20
+const (
+	// maxPending is how many bytes of lines may wait to be written (about
+	// 5,000 lines of 200 bytes); past it lines are dropped and counted.
+	maxPending = 1 << 20
+	// batchSize is how much makes a write at once: the lines that have
+	// gathered are written as soon as they reach it.
+	batchSize = 64 << 10
+	// flushDelay is the longest a line waits for others to share its
+	// write.
+	flushDelay = 100 * time.Millisecond
+)
 
-// Writer collects lines and writes them on its own goroutine, as many
-// as have gathered in one write: one write per line while the output
-// keeps up, fewer and larger ones under load (as NGINX's buffer= does,
-// without its wait before a lone line appears). A line is never waited
-// for: when maxPending bytes are waiting (a slow disk, a blocked
-// stdout), it is dropped and counted instead, since losing a log line is
-// better than holding a request. Lines are written whole and in the
-// order they were added.
+// Writer collects lines and writes them on its own goroutine, many in
+// one write, as NGINX's access_log buffer= does: lines are written once
+// batchSize bytes of them have gathered, or flushDelay after the first
+// of them, whichever comes first (so that a quiet log still shows each
+// line at once, to a person). A line is never waited for: when
+// maxPending bytes are waiting (a slow disk, a blocked stdout), it is
+// dropped and counted instead, since losing a log line is better than
+// holding a request. Lines are written whole and in the order they were
+// added.
 type Writer struct {
 	out    io.Writer
 	closer io.Closer
@@ -26,7 +36,9 @@ type Writer struct {
 	pending []byte // lines not yet taken by the writing goroutine
 	closed  bool
 
-	wake    chan struct{} // pending has lines; capacity 1
+	first   chan struct{} // pending has its first line; capacity 1
+	full    chan struct{} // pending has batchSize bytes; capacity 1
+	closing chan struct{} // closed by Close
 	done    chan struct{}
 	dropped atomic.Uint64
 }
@@ -37,8 +49,10 @@ func NewWriter(out io.Writer, closer io.Closer) *Writer {
 	w := &Writer{
 		out:     out,
 		closer:  closer,
-		pending: make([]byte, 0, 64<<10),
-		wake:    make(chan struct{}, 1),
+		pending: make([]byte, 0, batchSize),
+		first:   make(chan struct{}, 1),
+		full:    make(chan struct{}, 1),
+		closing: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	go w.loop()
@@ -50,18 +64,29 @@ func NewWriter(out io.Writer, closer io.Closer) *Writer {
 // dropped is counted in Dropped.
 func (w *Writer) Write(p []byte) (int, error) {
 	w.mu.Lock()
-	if w.closed || len(w.pending)+len(p) > maxPending {
+	n := len(w.pending)
+	if w.closed || n+len(p) > maxPending {
 		w.mu.Unlock()
 		w.dropped.Add(1)
 		return len(p), nil
 	}
 	w.pending = append(w.pending, p...)
 	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default: // already woken: the writer takes this line with the others
+	switch {
+	case n == 0:
+		signal(w.first)
+	case n < batchSize && n+len(p) >= batchSize:
+		signal(w.full)
 	}
 	return len(p), nil
+}
+
+// signal wakes the writer through c, unless it is already woken.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 // Dropped is the number of lines dropped because the output fell behind.
@@ -70,11 +95,26 @@ func (w *Writer) Dropped() uint64 { return w.dropped.Load() }
 func (w *Writer) loop() {
 	defer close(w.done)
 	var out []byte // the buffer being written; swapped with pending
-	for range w.wake {
+	t := time.NewTimer(flushDelay)
+	t.Stop()
+	for {
+		select {
+		case <-w.first:
+		case <-w.closing:
+		}
+		t.Reset(flushDelay)
+		select {
+		case <-w.full:
+		case <-t.C:
+		case <-w.closing:
+		}
+		t.Stop()
 		w.mu.Lock()
 		out, w.pending = w.pending, out[:0]
 		closed := w.closed
 		w.mu.Unlock()
+		// (A line added after the swap, before this write, signalled
+		// first again: it gets a write of its own.)
 		if len(out) > 0 {
 			// A failing access log has nowhere to report to: lb's own
 			// log is not for a line per request.
@@ -96,12 +136,9 @@ func (w *Writer) Close() {
 	}
 	w.closed = true
 	w.mu.Unlock()
-	// The writer sees closed at its next wake: this one, or one already
-	// waiting.
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
+	// The writer, waiting for a first line or for its batch to fill,
+	// stops waiting: what is pending is written, and it ends.
+	close(w.closing)
 	<-w.done
 	if w.closer != nil {
 		w.closer.Close()

@@ -37,6 +37,24 @@ type ListenerStatus struct {
 	Requests          uint64 `json:"requests"`
 	// Certificates are those the listener serves, default first.
 	Certificates []CertificateStatus `json:"certificates,omitempty"`
+	// ACME lists the names of [listener.tls.acme], in config order.
+	ACME []ACMEStatus `json:"acme,omitempty"`
+}
+
+// ACMEStatus describes one name whose certificate lb gets from an ACME CA.
+type ACMEStatus struct {
+	Domain string `json:"domain"`
+	// State is valid, obtaining, renewing or failing.
+	State string `json:"state"`
+	// Certificate is the one served, nil while there is none.
+	Certificate *CertificateStatus `json:"certificate,omitempty"`
+	// LastError is the last failed order's error (the CA's problem
+	// document where it sent one); "" after a success.
+	LastError string `json:"last_error,omitempty"`
+	// NextAttempt is when the next order is due: the retry of a failed
+	// one, or the renewal of a valid certificate; nil while an order is
+	// under way.
+	NextAttempt *time.Time `json:"next_attempt,omitempty"`
 }
 
 // CertificateStatus describes one served certificate.

@@ -109,12 +109,53 @@ type TLS struct {
 	// TicketKeys is a file of session ticket keys shared with other lb
 	// processes (see ReadTicketKeys); empty for keys lb makes itself.
 	TicketKeys string `toml:"ticket_keys"`
+	// ACME, when set, obtains and renews certificates for its domains
+	// from an ACME CA; Cert and Key are then optional.
+	ACME *ACME `toml:"acme"`
 
 	// CertPEM and KeyPEM, when set, are used instead of reading Cert and
 	// Key from disk (the demo's certificate is made in memory).
 	CertPEM []byte `toml:"-"`
 	KeyPEM  []byte `toml:"-"`
 }
+
+// ACME configures automatic certificates (RFC 8555) on a TLS listener.
+type ACME struct {
+	Domains []string `toml:"domains"` // one certificate per name
+	Email   string   `toml:"email"`
+	// Directory is the CA's ACME directory URL (Let's Encrypt's by
+	// default).
+	Directory string `toml:"directory"`
+	// DirectoryCA is a PEM bundle of the CAs behind the directory's own
+	// HTTPS, for private CAs; "" for the system roots.
+	DirectoryCA string `toml:"directory_ca"`
+	// Storage is the folder of the account, keys, certificates, locks and
+	// pending challenge answers, which several lb processes may share.
+	Storage    string   `toml:"storage"`
+	Challenges []string `toml:"challenges"` // tls-alpn-01 | http-01
+	KeyType    string   `toml:"key_type"`   // ecdsa-p256 | rsa-2048
+	// RenewBefore is how long before expiry to renew: "" for when a
+	// third of the certificate's life is left, or a duration (clamped to
+	// the certificate's life). RenewBeforeDur is it parsed.
+	RenewBefore    string        `toml:"renew_before"`
+	RenewBeforeDur time.Duration `toml:"-"`
+	EABKID         string        `toml:"eab_kid"`
+	EABHMAC        string        `toml:"eab_hmac"`
+	Profile        string        `toml:"profile"` // "" | an ACME profile the CA offers
+}
+
+// ACME challenge types lb answers.
+const (
+	ChallengeTLSALPN = "tls-alpn-01"
+	ChallengeHTTP    = "http-01"
+)
+
+// Defaults of [listener.tls.acme].
+const (
+	DefaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
+	DefaultACMEStorage   = "acme"
+	DefaultACMEKeyType   = "ecdsa-p256"
+)
 
 // Cert is one extra certificate chosen by SNI.
 type Cert struct {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -52,6 +53,19 @@ func (l *loader) applyDefaults() {
 			t.TicketKeys = l.resolvePath(t.TicketKeys)
 			for j := range t.SNI {
 				t.SNI[j].Cert, t.SNI[j].Key = l.resolvePath(t.SNI[j].Cert), l.resolvePath(t.SNI[j].Key)
+			}
+			if a := t.ACME; a != nil {
+				setStr(&a.Directory, DefaultACMEDirectory)
+				setStr(&a.Storage, DefaultACMEStorage)
+				a.Storage = l.resolvePath(a.Storage)
+				a.DirectoryCA = l.resolvePath(a.DirectoryCA)
+				setStr(&a.KeyType, DefaultACMEKeyType)
+				if !l.defined(p + ".tls.acme.challenges") {
+					a.Challenges = []string{ChallengeTLSALPN, ChallengeHTTP}
+				}
+				for j, d := range a.Domains {
+					a.Domains[j] = strings.ToLower(strings.TrimSuffix(d, "."))
+				}
 			}
 			setStr(&t.MinVersion, "1.2")
 			setStr(&t.ClientAuth, "none")

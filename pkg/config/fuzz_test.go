@@ -212,13 +212,21 @@ func checkConfig(t *testing.T, c *Config, file string) {
 			fail("listener[%d] sizes %v, %v, max_connections %d", i, l.MaxRequestBody, l.MaxHeaderBytes, l.MaxConnections)
 		}
 		if t := l.TLS; t != nil {
-			if t.Cert == "" || t.Key == "" || !oneOf(t.MinVersion, "1.2", "1.3") ||
+			// Only ACME makes a static certificate optional.
+			static := t.ACME == nil || t.Cert != "" || t.Key != ""
+			if static && (t.Cert == "" || t.Key == "") || !oneOf(t.MinVersion, "1.2", "1.3") ||
 				!oneOf(t.ClientAuth, "none", "request", "require") || t.ClientAuth != "none" && t.ClientCA == "" ||
 				strings.ContainsAny(t.HSTS, "\r\n") {
 				fail("listener[%d] tls %+v", i, t)
 			}
-			if !filepath.IsAbs(t.Cert) || !filepath.IsAbs(t.Key) {
+			if static && (!filepath.IsAbs(t.Cert) || !filepath.IsAbs(t.Key)) {
 				fail("listener[%d] certificate paths %q, %q not resolved against the config's folder", i, t.Cert, t.Key)
+			}
+			if a := t.ACME; a != nil {
+				if len(a.Domains) == 0 || !filepath.IsAbs(a.Storage) || len(a.Challenges) == 0 ||
+					!oneOf(a.KeyType, "ecdsa-p256", "rsa-2048") || !strings.HasPrefix(a.Directory, "https://") {
+					fail("listener[%d] acme %+v", i, a)
+				}
 			}
 			if t.TicketKeys != "" {
 				if !filepath.IsAbs(t.TicketKeys) {

@@ -3,12 +3,18 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"net/url"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // validate checks every field and records every problem; it never stops at
@@ -32,6 +38,7 @@ func (l *loader) validate() {
 	for i := range c.Listeners {
 		l.validateListener(i, names, binds, pools)
 	}
+	l.validateACMEAcrossListeners()
 }
 
 func (l *loader) validateGlobal() {
@@ -140,8 +147,15 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 }
 
 func (l *loader) validateTLS(p string, t *TLS, tcp bool) {
+	if t.ACME != nil {
+		l.validateACME(p+".acme", t.ACME)
+	}
 	if t.CertPEM == nil {
-		l.checkKeyPair(p, t.Cert, t.Key)
+		// With [listener.tls.acme], a static certificate is optional: it
+		// serves names whose automatic certificate is not there yet.
+		if t.ACME == nil || t.Cert != "" || t.Key != "" {
+			l.checkKeyPair(p, t.Cert, t.Key)
+		}
 	} else if _, err := tls.X509KeyPair(t.CertPEM, t.KeyPEM); err != nil {
 		l.errorf(p+".cert", "cannot load the certificate held in memory: %v", err)
 	}
@@ -457,6 +471,167 @@ func checkHostPattern(h string) error {
 	name := strings.TrimPrefix(h, "*.")
 	if strings.Contains(name, "*") || !validHostname(name) {
 		return fmt.Errorf("%q is not a host name or a \"*.example.com\" wildcard", h)
+	}
+	return nil
+}
+
+// validateACME checks a [listener.tls.acme] table. It reads local files
+// (directory_ca) but never contacts the CA: lb -check works offline.
+func (l *loader) validateACME(p string, a *ACME) {
+	if len(a.Domains) == 0 {
+		l.missing(p+".domains", "(the names to get certificates for, such as [\"example.com\"])")
+	}
+	seen := map[string]int{}
+	for j, d := range a.Domains {
+		dp := fmt.Sprintf("%s.domains[%d]", p, j)
+		switch {
+		case strings.HasPrefix(d, "*."):
+			l.errorf(dp, "%q: a wildcard certificate needs the dns-01 challenge, which lb does not answer; list each name", d)
+		case net.ParseIP(d) != nil:
+			l.errorf(dp, "%q: lb gets certificates for DNS names, not IP addresses", d)
+		case !validHostname(d) || !strings.Contains(d, "."):
+			l.errorf(dp, "%q is not a DNS name such as \"www.example.com\"", d)
+		case strings.Contains(d, "_"):
+			// A label with "_" names a service record, never a host: CAs
+			// refuse it, and the order would fail only at the CA.
+			l.errorf(dp, "%q: a certificate's host name may not contain \"_\" (CAs refuse it)", d)
+		case seen[d] > 0:
+			l.errorf(dp, "duplicate name %q (also domains[%d])", d, seen[d]-1)
+		default:
+			seen[d] = j + 1
+		}
+	}
+	if a.Email != "" && (!strings.Contains(a.Email, "@") || strings.ContainsAny(a.Email, " \r\n<>")) {
+		l.errorf(p+".email", "%q is not an email address", a.Email)
+	}
+	if u, err := url.Parse(a.Directory); err != nil || u.Scheme != "https" || u.Host == "" {
+		l.errorf(p+".directory", "%q is not an https:// URL (RFC 8555 requires HTTPS)", a.Directory)
+	}
+	if a.DirectoryCA != "" {
+		if err := checkCAs(a.DirectoryCA); err != nil {
+			l.errorf(p+".directory_ca", "%v", err)
+		}
+	}
+	if err := checkStorage(a.Storage); err != nil {
+		l.errorf(p+".storage", "%v", err)
+	}
+	if len(a.Challenges) == 0 {
+		l.errorf(p+".challenges", "must name at least one of \"tls-alpn-01\", \"http-01\"")
+	}
+	chal := map[string]bool{}
+	for j, c := range a.Challenges {
+		cp := fmt.Sprintf("%s.challenges[%d]", p, j)
+		switch {
+		case c != ChallengeTLSALPN && c != ChallengeHTTP:
+			l.errorf(cp, "%q is not one of \"tls-alpn-01\", \"http-01\" (lb does not answer dns-01)", c)
+		case chal[c]:
+			l.errorf(cp, "%q is listed twice", c)
+		}
+		chal[c] = true
+	}
+	switch a.KeyType {
+	case "ecdsa-p256", "rsa-2048":
+	default:
+		l.errorf(p+".key_type", "%q is not one of ecdsa-p256, rsa-2048", a.KeyType)
+	}
+	if a.RenewBefore != "" {
+		d, err := time.ParseDuration(strings.TrimSpace(a.RenewBefore))
+		switch {
+		case err != nil:
+			l.errorf(p+".renew_before", "%q is not a duration (write it like \"720h\" for 30 days, or \"\" for a third of the certificate's life)", a.RenewBefore)
+		case d <= 0:
+			l.errorf(p+".renew_before", "must be greater than 0 (got %s); \"\" renews when a third of the certificate's life is left", d)
+		default:
+			a.RenewBeforeDur = d
+		}
+	}
+	switch {
+	case a.EABKID == "" && a.EABHMAC != "":
+		l.missing(p+".eab_kid", "(the key identifier the CA gave with eab_hmac)")
+	case a.EABKID != "" && a.EABHMAC == "":
+		l.missing(p+".eab_hmac", "(the MAC key the CA gave with eab_kid)")
+	case a.EABHMAC != "":
+		if _, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(a.EABHMAC, "=")); err != nil {
+			l.errorf(p+".eab_hmac", "is not base64url, as CAs give it")
+		}
+	}
+	for _, c := range a.Profile {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			l.errorf(p+".profile", "%q is not a profile name such as \"tlsserver\" or \"shortlived\"", a.Profile)
+			break
+		}
+	}
+}
+
+// validateACMEAcrossListeners checks what ties [listener.tls.acme] tables
+// together: a name is managed under one set of settings, and http-01 needs
+// a plaintext http listener to be answered on.
+func (l *loader) validateACMEAcrossListeners() {
+	type owner struct {
+		i int
+		a *ACME
+	}
+	byName := map[string]owner{}
+	plainHTTP := false
+	for _, ln := range l.cfg.Listeners {
+		if ln.TLS == nil && ln.Mode == "http" {
+			plainHTTP = true
+		}
+	}
+	for i, ln := range l.cfg.Listeners {
+		if ln.TLS == nil || ln.TLS.ACME == nil {
+			continue
+		}
+		a := ln.TLS.ACME
+		p := fmt.Sprintf("listener[%d].tls.acme", i)
+		for j, d := range a.Domains {
+			if o, ok := byName[d]; ok && o.i != i && !SameACME(o.a, a) {
+				l.errorf(fmt.Sprintf("%s.domains[%d]", p, j), "%q is also in listener[%d].tls.acme with other settings; a name has one certificate, so give both tables the same settings", d, o.i)
+			} else if !ok {
+				byName[d] = owner{i, a}
+			}
+		}
+		if slices.Contains(a.Challenges, ChallengeHTTP) && !plainHTTP && l.defined(p+".challenges") {
+			l.warnf(p+".challenges", "http-01 is answered on plaintext http listeners, and this config has none (the CA connects to port 80); only tls-alpn-01 can succeed here unless another lb sharing storage serves port 80")
+		}
+	}
+}
+
+// SameACME reports whether two [listener.tls.acme] tables ask for the
+// same certificates in the same way (domains aside).
+func SameACME(a, b *ACME) bool {
+	return a.Email == b.Email && a.Directory == b.Directory && a.DirectoryCA == b.DirectoryCA &&
+		a.Storage == b.Storage && slices.Equal(a.Challenges, b.Challenges) && a.KeyType == b.KeyType &&
+		a.RenewBefore == b.RenewBefore && a.EABKID == b.EABKID && a.EABHMAC == b.EABHMAC && a.Profile == b.Profile
+}
+
+// checkStorage says why lb could not keep its ACME files in dir: it is
+// not a folder, or it cannot be reached or written, or (when it does not
+// exist yet) the folder it would be made in cannot be. Nothing is
+// created: lb -check leaves the disk as it is.
+func checkStorage(dir string) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case err == nil && !fi.IsDir():
+		return fmt.Errorf("%s is not a folder", dir)
+	case err == nil:
+		if err := writable(dir); err != nil {
+			return fmt.Errorf("%s cannot be written by lb's user: %v", dir, err)
+		}
+		return nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%s cannot be used: %v", dir, err)
+	}
+	// Made at start: the nearest folder that exists must let lb make it.
+	parent := filepath.Dir(dir)
+	for parent != filepath.Dir(parent) {
+		if _, err := os.Stat(parent); err == nil {
+			break
+		}
+		parent = filepath.Dir(parent)
+	}
+	if err := writable(parent); err != nil {
+		return fmt.Errorf("%s cannot be made: %s cannot be written by lb's user: %v", dir, parent, err)
 	}
 	return nil
 }

@@ -85,8 +85,11 @@ type Gauges struct {
 	ConnectionsRefused func(listener, reason string, n uint64)
 	CertificateExpiry  func(listener, subject string, notAfter time.Time)
 	CacheRequests      func(pool, result string, n uint64)
-	CacheSize          func(pool string, bytes int64, objects int)
-	AccessLogDropped   func(n uint64)
+	// ACMECertificate gives an ACME name's state: 1 for the state it is
+	// in, 0 for the others (pkg/acme's States).
+	ACMECertificate  func(listener, domain, state string, current bool)
+	CacheSize        func(pool string, bytes int64, objects int)
+	AccessLogDropped func(n uint64)
 }
 
 // Registry owns every lb metric. Request counters survive reloads: a
@@ -105,6 +108,7 @@ type Registry struct {
 	tcpDuration *prometheus.HistogramVec
 	handshakes  *prometheus.CounterVec
 	reloads     *prometheus.CounterVec
+	acmeOrders  *prometheus.CounterVec
 }
 
 // DurationBuckets are the request duration histogram's buckets, in
@@ -137,9 +141,15 @@ func New(src Source) *Registry {
 			Help: "Configuration reloads by result (success, failure).",
 		}, []string{"result"}),
 	}
+	r.acmeOrders = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "lb_acme_orders_total",
+		Help: "ACME certificate orders (first certificates and renewals) by result (success, failure); an order another instance sharing storage placed is not counted.",
+	}, []string{"result"})
 	r.reloads.WithLabelValues("success")
 	r.reloads.WithLabelValues("failure")
-	r.reg.MustRegister(r.duration, r.tcpDuration, r.handshakes, r.reloads, &collector{r: r},
+	r.acmeOrders.WithLabelValues("success")
+	r.acmeOrders.WithLabelValues("failure")
+	r.reg.MustRegister(r.duration, r.tcpDuration, r.handshakes, r.reloads, r.acmeOrders, &collector{r: r},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return r
 }
@@ -214,6 +224,12 @@ func (r *Registry) Handshake(listener, version, result string) {
 	r.handshakes.WithLabelValues(listener, version, result).Inc()
 }
 
+// ACMEOrder counts one finished ACME order: result is "success" or
+// "failure".
+func (r *Registry) ACMEOrder(result string) {
+	r.acmeOrders.WithLabelValues(result).Inc()
+}
+
 // Reload counts one configuration reload.
 func (r *Registry) Reload(ok bool) {
 	if ok {
@@ -256,6 +272,9 @@ var (
 	descTCPBytes = prometheus.NewDesc("lb_tcp_bytes_total",
 		"Bytes tcp listeners moved, by direction: in (from clients) and out (to clients).",
 		[]string{"listener", "pool", "backend", "direction"}, nil)
+	descACME = prometheus.NewDesc("lb_acme_certificates",
+		"1 for the state each ACME name is in (valid, obtaining, renewing, failing), 0 for the others.",
+		[]string{"listener", "domain", "state"}, nil)
 	descDropped = prometheus.NewDesc("lb_access_log_dropped_total",
 		"Access log lines dropped because the log could not keep up.", nil, nil)
 	descBodyMemory = prometheus.NewDesc("lb_body_memory_bytes",
@@ -267,7 +286,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descRefused, descExpiry, descCache, descCacheBytes, descCacheObjects, descDropped, descTCPConns, descTCPFailures, descTCPBytes,
+	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descRefused, descExpiry, descCache, descCacheBytes, descCacheObjects, descACME, descDropped, descTCPConns, descTCPFailures, descTCPBytes,
 		descBodyMemory, descBodyMemoryLimit, descBodyMemoryFull} {
 		ch <- d
 	}
@@ -340,6 +359,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		CacheSize: func(pool string, bytes int64, objects int) {
 			ch <- prometheus.MustNewConstMetric(descCacheBytes, prometheus.GaugeValue, float64(bytes), pool)
 			ch <- prometheus.MustNewConstMetric(descCacheObjects, prometheus.GaugeValue, float64(objects), pool)
+		},
+		ACMECertificate: func(listener, domain, state string, current bool) {
+			v := 0.0
+			if current {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descACME, prometheus.GaugeValue, v, listener, domain, state)
 		},
 		AccessLogDropped: func(n uint64) {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n))

@@ -37,6 +37,12 @@ type clientBody struct {
 	buf   *[]byte // pooled; ahead is in it
 	ahead []byte
 	src   io.Reader
+	// next is src's Next, when it has one (fasthttp's stream of an
+	// HTTP/1.1 body): Next then gives out the bytes where src has them,
+	// in the connection's read buffer, rather than copying them into
+	// chunk.
+	next  upstream.Nexter
+	chunk *[]byte // pooled; what Next reads into from a src without Next
 	// ctx, for HTTP/1.1, is whose connection each read is given
 	// ReadTimeout on, and Interrupt cuts; nil for HTTP/2, whose stream
 	// keeps its own time and can be interrupted itself.
@@ -48,9 +54,14 @@ type clientBody struct {
 	interrupted atomic.Bool
 }
 
+// streamChunk is the size of the buffer Next reads a body into whose
+// source has no Next of its own (an HTTP/2 stream).
+const streamChunk = 16 << 10
+
 var (
 	bodyBufs    = sync.Pool{New: func() any { b := make([]byte, 0, defaultBodyBuffer+1); return &b }}
 	clientBodys = sync.Pool{New: func() any { return new(clientBody) }}
+	chunkBufs   = sync.Pool{New: func() any { b := make([]byte, streamChunk); return &b }}
 )
 
 func (b *clientBody) Read(p []byte) (int, error) {
@@ -64,21 +75,69 @@ func (b *clientBody) Read(p []byte) (int, error) {
 		}
 		return n, nil
 	}
+	if err := b.ready(); err != nil {
+		return 0, err
+	}
+	n, err := b.src.Read(p)
+	return n, b.count(n, err)
+}
+
+// Next implements upstream.Nexter: it returns the body's next bytes,
+// valid until the next call, without a buffer of the caller's. The part
+// read ahead comes first, whole; then what src has, straight from the
+// connection's read buffer for HTTP/1.1. A body streamed this way holds
+// no buffer of lb's own while it streams, only the connection's.
+func (b *clientBody) Next() ([]byte, error) {
+	if b.buf != nil && b.src != nil {
+		if len(b.ahead) > 0 {
+			p := b.ahead
+			b.ahead = b.ahead[len(p):]
+			return p, nil
+		}
+		// The part read ahead has been sent on (the caller is done with
+		// it, as it asks for more): the buffer is not held for the rest
+		// of an upload.
+		putBodyBuf(b.buf)
+		b.buf, b.ahead = nil, nil
+	}
+	if err := b.ready(); err != nil {
+		return nil, err
+	}
+	if b.next != nil {
+		p, err := b.next.Next()
+		return p, b.count(len(p), err)
+	}
+	if b.chunk == nil {
+		b.chunk = chunkBufs.Get().(*[]byte)
+	}
+	n, err := b.src.Read(*b.chunk)
+	return (*b.chunk)[:n], b.count(n, err)
+}
+
+// ready readies a read from src: it fails once the body is
+// interrupted, and gives an HTTP/1.1 connection its read timeout.
+func (b *clientBody) ready() error {
 	if b.interrupted.Load() {
-		return 0, errInterrupted
+		return errInterrupted
 	}
 	if b.ctx != nil && b.timeout > 0 {
 		if err := b.ctx.SetReadDeadline(time.Now().Add(b.timeout)); err != nil {
-			return 0, err
+			return err
 		}
 		if b.interrupted.Load() { // Interrupt's deadline may have been overwritten
-			return 0, errInterrupted
+			return errInterrupted
 		}
 	}
-	n, err := b.src.Read(p)
+	return nil
+}
+
+// count counts n bytes read from src with err, and returns the error
+// to give out: errBodyTooLarge past max_request_body, and a body that
+// ended short of its length as io.ErrUnexpectedEOF.
+func (b *clientBody) count(n int, err error) error {
 	b.n += int64(n)
 	if b.max > 0 && b.n > b.max {
-		return n, errBodyTooLarge
+		return errBodyTooLarge
 	}
 	if err == io.EOF && b.want >= 0 && b.n != b.want {
 		// fasthttp's stream ends a fixed-length body the client cut
@@ -86,7 +145,7 @@ func (b *clientBody) Read(p []byte) (int, error) {
 		err = io.ErrUnexpectedEOF
 	}
 	b.eof = err == io.EOF
-	return n, err
+	return err
 }
 
 var errInterrupted = errors.New("request body no longer read")
@@ -105,6 +164,9 @@ func (b *clientBody) Interrupt() {
 func (b *clientBody) release() {
 	if b.buf != nil {
 		putBodyBuf(b.buf)
+	}
+	if b.chunk != nil {
+		chunkBufs.Put(b.chunk)
 	}
 	*b = clientBody{}
 	clientBodys.Put(b)
@@ -185,6 +247,7 @@ func takeBody(ctx *fasthttp.RequestCtx, site *Site, h2 bool) (cb *clientBody, co
 	*bp = buf
 	cb = clientBodys.Get().(*clientBody)
 	*cb = clientBody{buf: bp, ahead: buf, src: src, timeout: site.ReadTimeout, max: site.MaxBody, n: int64(len(buf)), want: int64(cl)}
+	cb.next, _ = src.(upstream.Nexter)
 	if !h2 {
 		cb.ctx = ctx
 	}
@@ -196,6 +259,7 @@ func takeBody(ctx *fasthttp.RequestCtx, site *Site, h2 bool) (cb *clientBody, co
 func streamFrom(ctx *fasthttp.RequestCtx, site *Site, cl int, h2 bool) *clientBody {
 	cb := clientBodys.Get().(*clientBody)
 	*cb = clientBody{src: ctx.Request.BodyStream(), timeout: site.ReadTimeout, max: site.MaxBody, want: int64(cl)}
+	cb.next, _ = cb.src.(upstream.Nexter)
 	if !h2 {
 		cb.ctx = ctx
 	}

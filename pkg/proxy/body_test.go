@@ -3,6 +3,8 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
 )
 
 // bodyCtx is a request whose body is a stream of body, declared as cl
@@ -202,4 +205,102 @@ func TestResponsesWithinBodyMemory(t *testing.T) {
 			t.Fatalf("%d bytes still counted once every answer was read", bodymem.Used()-before)
 		}
 	}
+}
+
+// readNext reads cb to its end through Next, as the pump sends it.
+func readNext(cb *clientBody) ([]byte, error) {
+	var got []byte
+	for {
+		p, err := cb.Next()
+		got = append(got, p...)
+		if err == io.EOF {
+			return got, nil
+		}
+		if err != nil {
+			return got, err
+		}
+	}
+}
+
+// TestClientBodyNext: a streamed body read through Next, as the pump
+// sends it, is the body the client sent: from fasthttp's stream of an
+// HTTP/1.1 connection (whose Next gives out its read buffer), of known
+// length or chunked in pieces of every size, past the read-ahead or
+// streamed from its first byte; and from a stream without Next (HTTP/2).
+func TestClientBodyNext(t *testing.T) {
+	body := make([]byte, 200<<10)
+	for i := range body {
+		body[i] = byte(i * 7 / 5)
+	}
+	chunked := func() string {
+		var b strings.Builder
+		for off, n := 0, 1; off < len(body); n = n*3 + 1 {
+			n = min(n%40000+1, len(body)-off)
+			fmt.Fprintf(&b, "%x\r\n%s\r\n", n, body[off:off+n])
+			off += n
+		}
+		b.WriteString("0\r\n\r\n")
+		return b.String()
+	}()
+	cases := []struct {
+		name, framing, body string
+	}{
+		{"known length", fmt.Sprintf("Content-Length: %d\r\n", len(body)), string(body)},
+		{"chunked", "Transfer-Encoding: chunked\r\n", chunked},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			site := &Site{BodyBuffer: 1024}
+			result := make(chan error, 1)
+			srv := &fasthttp.Server{
+				StreamRequestBody:  true,
+				MaxRequestBodySize: site.BodyBuffer,
+				ReduceMemoryUsage:  true,
+				Handler: func(ctx *fasthttp.RequestCtx) {
+					cb, code := takeBody(ctx, site, false)
+					if code != 0 || !cb.streams() {
+						result <- fmt.Errorf("status %d, streams %v", code, cb.streams())
+						return
+					}
+					defer cb.release()
+					if cb.next == nil {
+						result <- errors.New("fasthttp's stream has no Next")
+						return
+					}
+					got, err := readNext(cb)
+					switch {
+					case err != nil:
+						result <- err
+					case !bytes.Equal(got, body):
+						result <- fmt.Errorf("%d bytes through Next, not the %d sent", len(got), len(body))
+					default:
+						result <- nil
+					}
+				},
+			}
+			ln := fasthttputil.NewInmemoryListener()
+			go srv.Serve(ln) // ends when ln closes
+			defer ln.Close()
+			conn, err := ln.Dial()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			go io.WriteString(conn, "POST / HTTP/1.1\r\nHost: a\r\n"+c.framing+"\r\n"+c.body) // the handler says how it went
+			if err := <-result; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("without Next", func(t *testing.T) {
+		cb, code := takeBody(bodyCtx(string(body), -1), &Site{BodyBuffer: 1024}, true)
+		if code != 0 || !cb.streams() || cb.next != nil {
+			t.Fatalf("status %d, streams %v, next %v", code, cb.streams(), cb.next)
+		}
+		defer cb.release()
+		got, err := readNext(cb)
+		if err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("%d bytes through Next (%v), not the %d sent", len(got), err, len(body))
+		}
+	})
 }

@@ -63,6 +63,9 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		// bad Host) must not be answered as if it were sound.
 		httpstatus.Answer(&ctx.Response, code)
 		ctx.SetConnectionClose()
+	} else if site.ACME != nil && serveChallenge(ctx, site.ACME) {
+		// An ACME http-01 validation, answered here on a redirecting
+		// listener too: the CA fetches the answer over plain HTTP.
 	} else if site.Redirect != nil {
 		redirect(ctx, site.Redirect)
 	} else if t = site.route(ctx.Host(), ctx.Path()); t == nil {

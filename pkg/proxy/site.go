@@ -18,6 +18,35 @@ import (
 	"github.com/offloadlb/lb/pkg/upstream"
 )
 
+// Challenges answers ACME http-01 validation requests (RFC 8555 section
+// 8.3). It is called concurrently.
+type Challenges interface {
+	// HTTPChallenge returns the key authorization to answer a GET of path
+	// on host with, ok false when no pending challenge matches.
+	HTTPChallenge(host, path string) (keyAuth []byte, ok bool)
+}
+
+// acmeChallengePath is where ACME CAs fetch http-01 answers.
+var acmeChallengePath = []byte("/.well-known/acme-challenge/")
+
+// serveChallenge answers an ACME http-01 validation request, reporting
+// whether it did: a request for the path that no pending challenge
+// matches goes on as any other.
+func serveChallenge(ctx *fasthttp.RequestCtx, c Challenges) bool {
+	path := ctx.Path()
+	if !bytes.HasPrefix(path, acmeChallengePath) || !ctx.IsGet() {
+		return false
+	}
+	keyAuth, ok := c.HTTPChallenge(string(ctx.Host()), string(path))
+	if !ok {
+		return false
+	}
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetContentType("text/plain")
+	ctx.SetBody(keyAuth)
+	return true
+}
+
 // Site is what one http listener serves: its rules and where they send
 // requests, its redirect, HSTS, access log and timeouts. It is immutable
 // once published, and goroutines may share it; Handler.Update swaps in a
@@ -34,8 +63,13 @@ type Site struct {
 	// HSTS, when set, is sent as Strict-Transport-Security on every
 	// response.
 	HSTS []byte
-	// Redirect, when set, answers every request with a 308 to HTTPS.
+	// Redirect, when set, answers every request with a 308 to HTTPS
+	// (an ACME http-01 validation aside).
 	Redirect *config.Redirect
+	// ACME, when set, answers ACME http-01 validation requests (GET
+	// /.well-known/acme-challenge/TOKEN) that it has a pending challenge
+	// for, before any redirect or route.
+	ACME Challenges
 	// Rejected counts responses to requests that reached no pool
 	// (malformed, redirected). Never nil.
 	Rejected *metrics.Codes

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/offloadlb/lb/pkg/acme"
 	"github.com/offloadlb/lb/pkg/admin"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/metrics"
@@ -32,6 +33,10 @@ type Server struct {
 	listeners map[string]*boundListener // by bind address
 	admin     *admin.Server
 	access    *accessLog
+	// acme gets and renews ACME certificates; nil until a config has
+	// [listener.tls.acme]. It outlives reloads.
+	acme      *acme.Manager
+	acmePlan  *acme.Plan // the committed one; nil before the first
 	started   time.Time
 	reloadAt  time.Time
 	reloadErr string
@@ -208,6 +213,11 @@ func (s *Server) shutdown(ctx context.Context) error {
 		pl.monitor.Stop()
 		pl.upstream.Close()
 	}
+	if s.acme != nil {
+		// Releases the locks held in storage, so that an instance
+		// sharing it takes over at once.
+		s.acme.Stop()
+	}
 	if s.admin != nil {
 		s.admin.Close()
 	}
@@ -289,12 +299,13 @@ func (s *Server) PurgeCache(pool, url string) (int, error) {
 	return n, nil
 }
 
-// terminatorFor builds a listener's TLS side, nil for plaintext.
-func terminatorFor(lc config.Listener, tickets *tlsterm.TicketKeys) (*tlsterm.Terminator, error) {
+// terminatorFor builds a listener's TLS side, nil for plaintext; auto
+// serves its ACME certificates (nil: none).
+func terminatorFor(lc config.Listener, tickets *tlsterm.TicketKeys, auto tlsterm.Automatic) (*tlsterm.Terminator, error) {
 	if lc.TLS == nil {
 		return nil, nil
 	}
-	t, err := tlsterm.New(lc.TLS, lc.Mode, tickets)
+	t, err := tlsterm.New(lc.TLS, lc.Mode, tickets, auto)
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
 	}

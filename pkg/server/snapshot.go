@@ -10,6 +10,7 @@ import (
 
 	"github.com/offloadlb/lb/internal/bodymem"
 	"github.com/offloadlb/lb/pkg/accesslog"
+	"github.com/offloadlb/lb/pkg/acme"
 	"github.com/offloadlb/lb/pkg/admin"
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
@@ -51,6 +52,7 @@ type plan struct {
 	access    *accessLog
 	newAccess bool
 	keep      map[metrics.Key]bool
+	acme      *acme.Plan // never nil; empty without [listener.tls.acme]
 }
 
 // listenerPlan is one listener of a plan: the socket it serves on
@@ -108,11 +110,23 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 			lp.listener, lp.fresh = l, true
 		}
 		claimed[lc.Bind] = true
-		if lp.term, err = terminatorFor(lc, lp.listener.tickets); err != nil {
+		p.listeners = append(p.listeners, lp)
+	}
+	// ACME names are planned once every listener is bound: challenges
+	// are answered on the listeners' own ports.
+	if p.acme, err = s.planACME(p); err != nil {
+		return p, err
+	}
+	for i := range p.listeners {
+		lp := &p.listeners[i]
+		var auto tlsterm.Automatic
+		if set := p.acme.Set(lp.cfg.Name); set != nil {
+			auto = set
+		}
+		if lp.term, err = terminatorFor(lp.cfg, lp.listener.tickets, auto); err != nil {
 			return p, err
 		}
-		lp.http, lp.tcp = s.handlerState(lc, p, lp.term != nil)
-		p.listeners = append(p.listeners, lp)
+		lp.http, lp.tcp = s.handlerState(lp.cfg, p, lp.term != nil)
 	}
 
 	p.admin = s.admin
@@ -289,6 +303,11 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access *acce
 	if lc.TLS != nil && lc.TLS.HSTS != "" {
 		st.HSTS = []byte(lc.TLS.HSTS)
 	}
+	if !tlsOn && !p.acme.Empty() {
+		// Every plaintext http listener answers http-01: the CA
+		// connects to port 80, whichever listener has it.
+		st.ACME = p.acme
+	}
 	return st
 }
 
@@ -370,6 +389,12 @@ func backendCounters[C any](p *plan, listener, pool string, counter func(metrics
 func (s *Server) commit(p *plan, initial bool) {
 	old := s.snap
 	s.snap = p.snap
+	if s.acme != nil {
+		// Before the listeners take the new terminators: certificates
+		// in storage are loaded here, so that they serve at once.
+		s.acme.Commit(p.acme)
+	}
+	s.acmePlan = p.acme
 	if n := p.cfg.Global.MaxBodyMemory.Bytes; n > 0 {
 		bodymem.SetLimit(n)
 	} else { // a config not from the loader
@@ -458,4 +483,31 @@ func (s *Server) commit(p *plan, initial bool) {
 		}
 		s.log.Info("config reloaded", "listeners", len(p.listeners), "pools", len(p.snap.pools), "backends", nb)
 	}
+}
+
+// planACME plans the ACME names of p's config. The process's manager is
+// made with the first config that has any, and stays to the end; with
+// none, the plan is empty.
+func (s *Server) planACME(p *plan) (*acme.Plan, error) {
+	var specs []acme.Spec
+	httpAddr := ""
+	for _, lp := range p.listeners {
+		if lp.cfg.TLS == nil && lp.cfg.Mode == "http" && httpAddr == "" {
+			httpAddr = lp.listener.sock.Addr().String()
+		}
+	}
+	for _, lp := range p.listeners {
+		if lp.cfg.TLS == nil || lp.cfg.TLS.ACME == nil {
+			continue
+		}
+		specs = append(specs, acme.Spec{Listener: lp.cfg.Name, ACME: lp.cfg.TLS.ACME,
+			TLSALPN: lp.listener.sock.Addr().String(), HTTP: httpAddr})
+	}
+	if len(specs) > 0 && s.acme == nil {
+		s.acme = acme.New(s.log.Named("acme"), acme.Options{Orders: s.metrics.ACMEOrder})
+	}
+	if s.acme == nil {
+		return acme.EmptyPlan(), nil
+	}
+	return s.acme.Prepare(specs)
 }

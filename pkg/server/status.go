@@ -1,11 +1,13 @@
 package server
 
 import (
+	"crypto/x509"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/offloadlb/lb/internal/version"
+	"github.com/offloadlb/lb/pkg/acme"
 	"github.com/offloadlb/lb/pkg/admin"
 	"github.com/offloadlb/lb/pkg/metrics"
 	"github.com/offloadlb/lb/pkg/tlsterm"
@@ -37,14 +39,21 @@ func (s *Server) Status() admin.Status {
 		}
 		if term := l.term.Load(); term != nil {
 			for _, c := range term.Store().Certificates() {
-				ls.Certificates = append(ls.Certificates, admin.CertificateStatus{
-					Subject:   c.Leaf.Subject.String(),
-					Names:     tlsterm.Names(c.Leaf),
-					Issuer:    c.Leaf.Issuer.String(),
-					Serial:    strings.ToUpper(c.Leaf.SerialNumber.Text(16)),
-					NotAfter:  c.Leaf.NotAfter,
-					ExpiresIn: c.Leaf.NotAfter.Sub(now).Seconds(),
-				})
+				ls.Certificates = append(ls.Certificates, certStatus(c.Leaf, now))
+			}
+		}
+		if set := s.acmeSet(lc.Name); set != nil {
+			for _, a := range set.Status() {
+				as := admin.ACMEStatus{Domain: a.Domain, State: a.State, LastError: a.LastError}
+				if a.Cert != nil {
+					cs := certStatus(a.Cert.Leaf, now)
+					as.Certificate = &cs
+				}
+				if !a.NextAttempt.IsZero() {
+					t := a.NextAttempt
+					as.NextAttempt = &t
+				}
+				ls.ACME = append(ls.ACME, as)
 			}
 		}
 		st.Listeners = append(st.Listeners, ls)
@@ -90,6 +99,26 @@ func (s *Server) Status() admin.Status {
 	return st
 }
 
+func certStatus(leaf *x509.Certificate, now time.Time) admin.CertificateStatus {
+	return admin.CertificateStatus{
+		Subject:   leaf.Subject.String(),
+		Names:     tlsterm.Names(leaf),
+		Issuer:    leaf.Issuer.String(),
+		Serial:    strings.ToUpper(leaf.SerialNumber.Text(16)),
+		NotAfter:  leaf.NotAfter,
+		ExpiresIn: leaf.NotAfter.Sub(now).Seconds(),
+	}
+}
+
+// acmeSet returns the ACME names a listener serves, nil for none. s.mu
+// is held.
+func (s *Server) acmeSet(listener string) *acme.Set {
+	if s.acmePlan == nil {
+		return nil
+	}
+	return s.acmePlan.Set(listener)
+}
+
 // sortedListeners returns the listeners in config order. s.mu is held.
 func (s *Server) sortedListeners() []*boundListener {
 	ls := make([]*boundListener, 0, len(s.listeners))
@@ -128,6 +157,23 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 		if term := l.term.Load(); term != nil {
 			for _, c := range term.Store().Certificates() {
 				g.CertificateExpiry(lc.Name, c.Leaf.Subject.String(), c.Leaf.NotAfter)
+			}
+		}
+		if set := s.acmeSet(lc.Name); set != nil {
+			for _, a := range set.Status() {
+				for _, state := range acme.States {
+					g.ACMECertificate(lc.Name, a.Domain, state, state == a.State)
+				}
+				// The served certificate, which follows every renewal.
+				if a.Cert != nil {
+					// ACME certificates often have no subject: the
+					// name stands for it then.
+					subject := a.Cert.Leaf.Subject.String()
+					if subject == "" {
+						subject = a.Domain
+					}
+					g.CertificateExpiry(lc.Name, subject, a.Cert.Leaf.NotAfter)
+				}
 			}
 		}
 	}

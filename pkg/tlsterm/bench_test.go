@@ -21,7 +21,7 @@ func BenchmarkHandshake(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	term, err := New(&config.TLS{Cert: cert, Key: key}, "http", nil)
+	term, err := New(&config.TLS{Cert: cert, Key: key}, "http", nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

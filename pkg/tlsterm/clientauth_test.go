@@ -151,7 +151,7 @@ func TestClientAuth(t *testing.T) {
 	}
 
 	t.Run("none", func(t *testing.T) {
-		term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, ClientAuth: "none"}, "http", nil)
+		term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, ClientAuth: "none"}, "http", nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -165,7 +165,7 @@ func TestClientAuth(t *testing.T) {
 	})
 
 	t.Run("request", func(t *testing.T) {
-		term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, ClientAuth: "request", ClientCA: cc.caFile}, "http", nil)
+		term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, ClientAuth: "request", ClientCA: cc.caFile}, "http", nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -194,7 +194,7 @@ func TestClientAuth(t *testing.T) {
 	})
 
 	t.Run("require", func(t *testing.T) {
-		term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, ClientAuth: "require", ClientCA: cc.caFile}, "http", nil)
+		term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, ClientAuth: "require", ClientCA: cc.caFile}, "http", nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -220,7 +220,7 @@ func TestClientAuth(t *testing.T) {
 	t.Run("client CA list", func(t *testing.T) {
 		// The CertificateRequest names the accepted CAs, so that clients
 		// (browsers) offer a matching certificate.
-		term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, ClientAuth: "require", ClientCA: cc.caFile}, "http", nil)
+		term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, ClientAuth: "require", ClientCA: cc.caFile}, "http", nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -297,7 +297,7 @@ func TestResumption(t *testing.T) {
 	var now atomic.Int64 // read by handshakes on other goroutines
 	now.Store(time.Now().UnixNano())
 	keys.now = func() time.Time { return time.Unix(0, now.Load()) }
-	term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey}, "http", keys)
+	term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey}, "http", keys, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +333,7 @@ func TestWatch(t *testing.T) {
 	cert, key := filepath.Join(dir, "site.pem"), filepath.Join(dir, "site.key")
 	copyFile(t, c.siteFile, cert)
 	copyFile(t, c.siteKey, key)
-	term, err := New(&config.TLS{Cert: cert, Key: key}, "http", nil)
+	term, err := New(&config.TLS{Cert: cert, Key: key}, "http", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +421,7 @@ func TestSharedTicketKeys(t *testing.T) {
 		if shared {
 			cfg.TicketKeys = keyFile
 		}
-		term, err := New(cfg, "http", NewTicketKeys())
+		term, err := New(cfg, "http", NewTicketKeys(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

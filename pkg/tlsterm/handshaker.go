@@ -107,7 +107,9 @@ func (h *Handshaker) run(j job) {
 		}
 		h.Done(r)
 	}
-	if err != nil {
+	if err != nil || cs.NegotiatedProtocol == ACMETLS1 {
+		// A TLS-ALPN-01 validation ends with its handshake (RFC 8737
+		// section 3): nothing is served on it.
 		j.c.Close()
 		return
 	}

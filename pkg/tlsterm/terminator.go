@@ -37,6 +37,7 @@ var supportedALPN = map[string]bool{"h2": true, "http/1.1": true}
 // the zero value is not usable. Its methods are safe for concurrent use.
 type Terminator struct {
 	cfg     config.TLS
+	auto    Automatic // nil: no [listener.tls.acme]
 	http    bool
 	protos  []string
 	tickets *TicketKeys
@@ -61,12 +62,13 @@ type state struct {
 // tls.Config. An http listener offers the ALPN protocols lb serves; a tcp
 // listener offers those configured as they are, for its backends to
 // speak. tickets are the listener's session ticket keys (nil: a set of
-// its own).
-func New(c *config.TLS, mode string, tickets *TicketKeys) (*Terminator, error) {
+// its own). auto, if not nil, serves the listener's ACME certificates and
+// answers TLS-ALPN-01 validation.
+func New(c *config.TLS, mode string, tickets *TicketKeys, auto Automatic) (*Terminator, error) {
 	if tickets == nil {
 		tickets = NewTicketKeys()
 	}
-	t := &Terminator{cfg: *c, http: mode != "tcp", tickets: tickets}
+	t := &Terminator{cfg: *c, http: mode != "tcp", tickets: tickets, auto: auto}
 	if mode == "tcp" {
 		t.protos = c.ALPN
 	} else {
@@ -102,11 +104,14 @@ func (t *Terminator) Store() *Store { return t.cur.Load().store }
 // load, makes new handshakes use them; on error the ones in use stay.
 func (t *Terminator) Reload() error {
 	var certs []*tls.Certificate
-	first, err := load(t.cfg.Cert, t.cfg.Key, t.cfg.CertPEM, t.cfg.KeyPEM)
-	if err != nil {
-		return err
+	// With ACME, the static certificate is optional.
+	if t.auto == nil || t.cfg.Cert != "" || t.cfg.CertPEM != nil {
+		first, err := load(t.cfg.Cert, t.cfg.Key, t.cfg.CertPEM, t.cfg.KeyPEM)
+		if err != nil {
+			return err
+		}
+		certs = append(certs, first)
 	}
-	certs = append(certs, first)
 	for _, s := range t.cfg.SNI {
 		c, err := load(s.Cert, s.Key, nil, nil)
 		if err != nil {
@@ -114,7 +119,7 @@ func (t *Terminator) Reload() error {
 		}
 		certs = append(certs, c)
 	}
-	store, err := NewStore(certs)
+	store, err := NewStore(certs, t.auto)
 	if err != nil {
 		return err
 	}
@@ -145,6 +150,7 @@ func (t *Terminator) Reload() error {
 		ClientAuth:     clientAuth,
 		ClientCAs:      st.roots,
 	}
+	st.tls.GetConfigForClient = store.challengeConfig()
 	if t.cfg.TicketKeys != "" {
 		keys, err := config.ReadTicketKeys(t.cfg.TicketKeys)
 		if err != nil {
@@ -174,7 +180,7 @@ func LoadCAs(path string) (*x509.CertPool, error) {
 // read from.
 func (t *Terminator) Files() []string {
 	var files []string
-	if t.cfg.CertPEM == nil {
+	if t.cfg.CertPEM == nil && t.cfg.Cert != "" {
 		files = append(files, t.cfg.Cert, t.cfg.Key)
 	}
 	for _, s := range t.cfg.SNI {

@@ -87,7 +87,7 @@ func TestSNISelection(t *testing.T) {
 	term, err := New(&config.TLS{
 		Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2",
 		SNI: []config.Cert{{Cert: c.apiFile, Key: c.apiKey}, {Cert: c.wildFile, Key: c.wildKey}},
-	}, "http", nil)
+	}, "http", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestRSAAndECDSAForOneName(t *testing.T) {
 	term, err := New(&config.TLS{
 		Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2",
 		SNI: []config.Cert{{Cert: c.apiFile, Key: c.apiKey}, {Cert: c.rsaFile, Key: c.rsaKey}},
-	}, "http", nil)
+	}, "http", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestRSAAndECDSAForOneName(t *testing.T) {
 
 func TestVersionsAndSuites(t *testing.T) {
 	c := makeCerts(t)
-	term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2"}, "http", nil)
+	term, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2"}, "http", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestVersionsAndSuites(t *testing.T) {
 	if st.NegotiatedProtocol != "http/1.1" {
 		t.Errorf("ALPN %q, want http/1.1 (only it is configured)", st.NegotiatedProtocol)
 	}
-	termH2, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2", ALPN: []string{"h2", "http/1.1"}}, "http", nil)
+	termH2, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.2", ALPN: []string{"h2", "http/1.1"}}, "http", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func TestVersionsAndSuites(t *testing.T) {
 		}
 	}
 
-	term13, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.3"}, "http", nil)
+	term13, err := New(&config.TLS{Cert: c.siteFile, Key: c.siteKey, MinVersion: "1.3"}, "http", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestReloadKeepsOldOnError(t *testing.T) {
 	cert, key := filepath.Join(dir, "c.pem"), filepath.Join(dir, "c.key")
 	copyFile(t, c.siteFile, cert)
 	copyFile(t, c.siteKey, key)
-	term, err := New(&config.TLS{Cert: cert, Key: key}, "http", nil)
+	term, err := New(&config.TLS{Cert: cert, Key: key}, "http", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

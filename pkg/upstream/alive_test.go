@@ -52,7 +52,7 @@ func TestAlive(t *testing.T) {
 	if !eventually(func() bool { return !c.alive() }) {
 		t.Fatal("a connection with unread bytes is alive")
 	}
-	if b, err := c.br.Peek(1); err != nil || b[0] != 'x' {
+	if b, err := c.reader().Peek(1); err != nil || b[0] != 'x' {
 		t.Fatalf("the peek took the byte: %q %v", b, err)
 	}
 

@@ -17,9 +17,10 @@ import (
 // of a pooled connection, so it allocates nothing: the RawConn and the
 // function it calls are made once, with the connection.
 type probe struct {
-	raw  syscall.RawConn  // nil when the connection is not a socket
-	peek func(fd uintptr) // p.recv, kept: a method value made per call would allocate
-	buf  [1]byte
+	raw   syscall.RawConn       // nil when the connection is not a socket
+	peek  func(fd uintptr)      // p.recv, kept: a method value made per call would allocate
+	ready func(fd uintptr) bool // p.readable, kept likewise
+	buf   [1]byte
 	// quiet is what the last peek found: nothing to read, and no close.
 	quiet bool
 }
@@ -34,7 +35,7 @@ func (p *probe) init(nc net.Conn) {
 	if err != nil {
 		return
 	}
-	p.raw, p.peek = raw, p.recv
+	p.raw, p.peek, p.ready = raw, p.recv, p.readable
 }
 
 // recv is the peek itself, run by RawConn.Control: not Read, which would
@@ -60,4 +61,26 @@ func (p *probe) idle() bool {
 		return false
 	}
 	return p.quiet
+}
+
+// wait waits until the socket has bytes to read or the backend has closed
+// it, without reading anything, and so without a buffer to read into:
+// an exchange waits so for the answer while its request body streams,
+// which may take as long as the upload does. It ends early, with its
+// error, when the connection's read deadline passes or the connection
+// is closed. Where the connection is not a socket it returns at once,
+// and the read that follows waits instead.
+func (p *probe) wait() error {
+	if p.raw == nil {
+		return nil
+	}
+	return p.raw.Read(p.ready)
+}
+
+// readable is wait's question, asked by RawConn.Read until it is true
+// (between asks, the runtime's poller waits for the socket to turn
+// readable): is there anything to read, or a close or error to find.
+func (p *probe) readable(fd uintptr) bool {
+	_, _, err := syscall.Recvfrom(int(fd), p.buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	return err != unix.EAGAIN
 }

@@ -135,9 +135,11 @@ func (x *Exchange) send(req *fasthttp.Request, resp *fasthttp.Response) (c *back
 		if x.Abort != nil && !x.attach(nc) {
 			return nil, false, &Error{Kind: ErrAborted, Err: errAborted}
 		}
-		err = writeRequest(nc.bw, req)
+		nc.reader() // for the answer
+		bw := nc.writer()
+		err = writeRequest(bw, req)
 		if err == nil {
-			err = nc.bw.Flush()
+			err = bw.Flush()
 		}
 		kind := ErrResponse
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"io"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -20,12 +21,24 @@ import (
 // that answer goes to the client at once, which a single goroutine
 // blocked writing a body the backend no longer reads could not do.
 //
-// The pump reads the body in pieces of streamChunk and writes each on
-// before it reads the next, so a request holds at most one piece in lb:
-// the client is read only as fast as the backend takes the bytes.
+// The pump takes the body a piece at a time and writes each on before it
+// takes the next, so a request holds at most one piece in lb: the client
+// is read only as fast as the backend takes the bytes. A body that is a
+// Nexter gives out its pieces where it has them (an HTTP/1.1 body: in the
+// client connection's read buffer), and the pump holds no buffer of its
+// own; another is read in pieces of streamChunk into a pooled buffer.
 const streamChunk = 16 << 10
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, streamChunk); return &b }}
+
+// Nexter is what a streamed body may offer so that it is sent straight
+// from the buffer it was read into: Next returns the body's next bytes,
+// which stay valid until the next call, and io.EOF with or after the
+// last of them, as Read would. The pump uses Next rather than Read when
+// the body has it.
+type Nexter interface {
+	Next() ([]byte, error)
+}
 
 // Interrupter is what a streamed body may offer to stop a Read that
 // waits for its client: after Interrupt, Reads waiting and to come
@@ -69,10 +82,6 @@ func (x *Exchange) roundTripStream(req *fasthttp.Request, resp *fasthttp.Respons
 	} else {
 		h.SetContentLength(int(x.BodyLen))
 	}
-	if err := h.Write(c.bw); err != nil {
-		c.Close()
-		return nil, x.fail(ErrSend, false, err)
-	}
 	// The head goes with the first piece of the body. Until the body is
 	// sent, the answer may take as long as the client takes to send it:
 	// the response timeout starts when the last byte is written.
@@ -81,16 +90,23 @@ func (x *Exchange) roundTripStream(req *fasthttp.Request, resp *fasthttp.Respons
 		return nil, x.fail(ErrSend, false, err)
 	}
 	p := &pump{c: c, body: x.Body, chunked: chunked, timeout: x.Timeout, wakeIn: x.Timeout, trailer: h, done: make(chan struct{})}
+	p.head = h.Header()
 	if x.Client != nil {
 		p.wakeIn = watchInterval
 	}
 	go p.run()
 
-	_, err = c.br.Peek(1)
+	// The answer is awaited on the socket, with no read buffer until it
+	// comes: an upload's exchange waits as long as the upload takes.
+	err = c.probe.wait()
+	if err == nil {
+		_, err = c.reader().Peek(1)
+	}
 	if err != nil && isTimeout(err) && p.sentWhole() {
 		// The body went whole; the answer is late: the response
 		// timeout runs from the last byte sent, and the client, if
 		// watched, is asked about meanwhile.
+		c.reader()
 		err = x.waitFirst(c, p.sent.Add(x.Timeout))
 	}
 	if err != nil {
@@ -143,6 +159,16 @@ type pump struct {
 	done    chan struct{}
 	stopped atomic.Bool // stop was called
 
+	// The pump writes to the socket itself, with no write buffer: head
+	// is the request head, sent with the first piece of the body in one
+	// writev of vec (its bytes are the header's own buffer, which the
+	// trailers are later written into: see writeEnd); line is a chunk's
+	// size line.
+	head []byte
+	vec  net.Buffers
+	iov  [4][]byte
+	line [20]byte
+
 	wakeIn time.Duration // how soon to wake the exchange once the body is sent
 	sent   time.Time     // when the body was sent whole
 
@@ -160,35 +186,29 @@ var errStopped = errors.New("stopped: the backend answered before the body was s
 
 func (p *pump) run() {
 	defer close(p.done)
-	bp := chunkPool.Get().(*[]byte)
-	defer chunkPool.Put(bp)
-	buf := *bp
-	var line [20]byte
+	nb, direct := p.body.(Nexter)
+	var buf []byte
+	if !direct {
+		bp := chunkPool.Get().(*[]byte)
+		defer chunkPool.Put(bp)
+		buf = *bp
+	}
 	for {
-		n, rerr := p.body.Read(buf)
-		if n > 0 {
+		var piece []byte
+		var rerr error
+		if direct {
+			piece, rerr = nb.Next()
+		} else {
+			var n int
+			n, rerr = p.body.Read(buf)
+			piece = buf[:n]
+		}
+		if len(piece) > 0 {
 			if err := p.c.SetWriteDeadline(time.Now().Add(p.timeout)); err != nil {
 				p.writeErr = err
 				return
 			}
-			var err error
-			if p.chunked {
-				hdr := strconv.AppendInt(line[:0], int64(n), 16)
-				hdr = append(hdr, '\r', '\n')
-				_, err = p.c.bw.Write(hdr)
-				if err == nil {
-					_, err = p.c.bw.Write(buf[:n])
-				}
-				if err == nil {
-					_, err = p.c.bw.WriteString("\r\n")
-				}
-			} else {
-				_, err = p.c.bw.Write(buf[:n])
-			}
-			if err == nil {
-				err = p.c.bw.Flush()
-			}
-			if err != nil {
+			if err := p.write(piece); err != nil {
 				p.writeErr = err
 				p.wake()
 				return
@@ -210,22 +230,59 @@ func (p *pump) run() {
 			return
 		}
 	}
-	if p.chunked {
-		err := writeTrailers(p.c.bw, p.trailer)
-		if err == nil {
-			err = p.c.bw.Flush()
-		}
-		if err != nil {
-			p.writeErr = err
-			p.wake()
-			return
-		}
+	if err := p.writeEnd(); err != nil {
+		p.writeErr = err
+		p.wake()
+		return
 	}
 	// Sent whole: the response timeout runs from now. A watched
 	// client is asked about within a second.
 	p.sent = time.Now()
 	p.setReadDeadline(p.sent.Add(min(p.timeout, p.wakeIn)))
 }
+
+// write sends a piece of the body, framed as a chunk if the body is
+// chunked, and the head before it if it has not gone yet: one writev.
+func (p *pump) write(piece []byte) error {
+	p.vec = p.iov[:0]
+	if p.head != nil {
+		p.vec = append(p.vec, p.head)
+		p.head = nil
+	}
+	if p.chunked {
+		line := strconv.AppendInt(p.line[:0], int64(len(piece)), 16)
+		p.vec = append(p.vec, append(line, '\r', '\n'), piece, crlf)
+	} else {
+		p.vec = append(p.vec, piece)
+	}
+	_, err := p.vec.WriteTo(p.c.Conn)
+	return err
+}
+
+var crlf = []byte("\r\n")
+
+// writeEnd sends what follows the last piece of the body: the head, if
+// no piece carried it (an empty chunked body), and for a chunked body the
+// last chunk and the trailers (see writeTrailers). The head goes first,
+// on its own: its bytes are the header's, which the trailers are written
+// into.
+func (p *pump) writeEnd() error {
+	if p.head != nil {
+		head := p.head
+		p.head = nil
+		if _, err := p.c.Conn.Write(head); err != nil {
+			return err
+		}
+	}
+	if !p.chunked {
+		return nil
+	}
+	p.vec = append(p.iov[:0], lastChunk, httphead.AppendTrailers(nil, p.trailer))
+	_, err := p.vec.WriteTo(p.c.Conn)
+	return err
+}
+
+var lastChunk = []byte("0\r\n")
 
 // setReadDeadline sets the connection's read deadline, unless the answer
 // came meanwhile.

@@ -68,6 +68,10 @@ func (t *Transport) SetConnectTimeout(d time.Duration) { t.connectTimeout.Store(
 
 type backendConn struct {
 	net.Conn
+	// br and bw are made on first use (reader, writer): a connection
+	// that has only carried a streamed request body so far has neither,
+	// as the body goes from the client's buffer to the socket and the
+	// answer is awaited on the socket itself (see roundTripStream).
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
@@ -90,13 +94,45 @@ func (c *backendConn) Close() error {
 }
 
 func newBackendConn(nc net.Conn) *backendConn {
-	c := &backendConn{
-		Conn: nc,
-		br:   bufio.NewReaderSize(nc, backendReadBuffer),
-		bw:   bufio.NewWriterSize(nc, backendWriteBuffer),
-	}
+	c := &backendConn{Conn: nc}
 	c.probe.init(nc)
 	return c
+}
+
+// reader returns the connection's read buffer, made on first use.
+func (c *backendConn) reader() *bufio.Reader {
+	if c.br == nil {
+		c.makeReader()
+	}
+	return c.br
+}
+
+// writer returns the connection's write buffer, made on first use.
+func (c *backendConn) writer() *bufio.Writer {
+	if c.bw == nil {
+		c.makeWriter()
+	}
+	return c.bw
+}
+
+// makeReader and makeWriter are kept out of reader and writer, which
+// are inlined into Exchange.send: its frame sits under every exchange,
+// on the client connection's goroutine, whose stack stays at 4 KiB while
+// it idles only if the deepest request path fits in it (pkg/server's
+// TestIdleConnectionStack).
+//
+//go:noinline
+func (c *backendConn) makeReader() { c.br = bufio.NewReaderSize(c.Conn, backendReadBuffer) }
+
+//go:noinline
+func (c *backendConn) makeWriter() { c.bw = bufio.NewWriterSize(c.Conn, backendWriteBuffer) }
+
+// buffered reports how many bytes wait in the read buffer.
+func (c *backendConn) buffered() int {
+	if c.br == nil {
+		return 0
+	}
+	return c.br.Buffered()
 }
 
 // alive reports whether a pooled connection can carry a request: the
@@ -104,7 +140,7 @@ func newBackendConn(nc net.Conn) *backendConn {
 // (which would be taken for the next response). The connection must be
 // open and owned by the caller.
 func (c *backendConn) alive() bool {
-	return c.br.Buffered() == 0 && c.probe.idle()
+	return c.buffered() == 0 && c.probe.idle()
 }
 
 // setDeadlines arms the exchange's deadlines: reading always; writing
@@ -214,7 +250,7 @@ func (t *Transport) put(c *backendConn) {
 			return
 		}
 	}
-	if c.br.Buffered() > 0 {
+	if c.buffered() > 0 {
 		c.Close()
 		return
 	}

@@ -3276,6 +3276,14 @@ func readBodyWithStreaming(r *bufio.Reader, contentLength, maxBodySize int, dst 
 
 	dst = dst[:0]
 
+	if contentLength > maxBodySize {
+		// lb patch: a body longer than maxBodySize streams to the handler
+		// whatever is read of it here, so nothing is read ahead: the bytes
+		// would only be copied out of the connection's read buffer into a
+		// body buffer the request then holds for as long as it streams
+		// (8 KiB for each upload in flight).
+		return dst, ErrBodyTooLarge
+	}
 	readN := min(maxBodySize, contentLength)
 	readN = min(readN, 8*1024)
 
@@ -3285,14 +3293,7 @@ func readBodyWithStreaming(r *bufio.Reader, contentLength, maxBodySize int, dst 
 	// in the br buffer, if there is one. The original two branches can
 	// be handled with this single branch. by the way,
 	// fix issue: https://github.com/valyala/fasthttp/issues/1816
-	b, err = appendBodyFixedSize(r, dst, readN)
-	if err != nil {
-		return b, err
-	}
-	if contentLength > maxBodySize {
-		return b, ErrBodyTooLarge
-	}
-	return b, nil
+	return appendBodyFixedSize(r, dst, readN)
 }
 
 func readBodyIdentity(r *bufio.Reader, maxBodySize int, dst []byte) ([]byte, error) {

@@ -38,6 +38,11 @@ type requestStream struct {
 	// The server loop owns the stream, so a handler resetting the request
 	// can't clear it.
 	failed bool
+	// prefetched is what prefetchedBytes reads, for Next (lb patch).
+	prefetched []byte
+	// crlf is set when Next gave out the end of a chunk whose CRLF is
+	// still to be read (lb patch).
+	crlf bool
 }
 
 func (rs *requestStream) Read(p []byte) (int, error) {
@@ -46,6 +51,107 @@ func (rs *requestStream) Read(p []byte) (int, error) {
 		rs.failed = true
 	}
 	return n, err
+}
+
+// Next returns the next bytes of the body and counts them as read, as
+// Read would, but without copying them: they are the stream's prefetched
+// bytes, or the connection's read buffer itself, which Next fills with a
+// single read when it holds none of the body. They are valid only until
+// the next call of Next or Read. With the last bytes of the body it
+// returns io.EOF, as Read does.
+//
+// lb patch: a handler that sends the body on (a proxy) can then write it
+// straight from the buffer it was read into, instead of holding a buffer
+// of its own for the copy as long as the body streams.
+func (rs *requestStream) Next() ([]byte, error) {
+	b, err := rs.next()
+	if err != nil && err != io.EOF {
+		rs.failed = true
+	}
+	return b, err
+}
+
+func (rs *requestStream) next() ([]byte, error) {
+	if rs.reader == nil {
+		panic("BUG: reading released body stream")
+	}
+	if rs.eof {
+		return nil, io.EOF
+	}
+	if rs.crlf {
+		// Read only now: it could refill the buffer, whose bytes the
+		// caller was still using until this call.
+		if err := readCrLf(rs.reader); err != nil {
+			return nil, err
+		}
+		rs.crlf = false
+	}
+	if rs.contentLength == -1 {
+		if rs.chunkLeft == 0 {
+			chunkSize, err := parseChunkSize(rs.reader)
+			if err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return nil, err
+			}
+			if chunkSize == 0 {
+				if err := rs.header.ReadTrailer(rs.reader); err != nil {
+					if err == io.EOF {
+						return nil, ErrBrokenChunk{error: io.ErrUnexpectedEOF}
+					}
+					return nil, err
+				}
+				rs.eof = true
+				return nil, io.EOF
+			}
+			rs.chunkLeft = chunkSize
+		}
+		b, err := rs.buffered(rs.chunkLeft)
+		rs.totalBytesRead += len(b)
+		rs.chunkLeft -= len(b)
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		rs.crlf = err == nil && rs.chunkLeft == 0
+		return b, err
+	}
+	if rs.totalBytesRead == rs.contentLength {
+		rs.eof = true
+		return nil, io.EOF
+	}
+	var b []byte
+	var err error
+	if prefetched := len(rs.prefetched); prefetched > rs.totalBytesRead {
+		b = rs.prefetched[rs.totalBytesRead:]
+		_, _ = rs.prefetchedBytes.Seek(0, io.SeekEnd) // given out; Read goes on after it
+	} else {
+		b, err = rs.buffered(rs.contentLength - rs.totalBytesRead)
+	}
+	rs.totalBytesRead += len(b)
+	switch {
+	case err == io.EOF:
+		rs.eof = true
+	case err == nil && rs.totalBytesRead == rs.contentLength:
+		rs.eof = true
+		err = io.EOF
+	}
+	return b, err
+}
+
+// buffered takes up to limit bytes out of the reader's buffer, filling
+// it with one read first if it is empty.
+func (rs *requestStream) buffered(limit int) ([]byte, error) {
+	r := rs.reader
+	if r.Buffered() == 0 {
+		if _, err := r.Peek(1); err != nil {
+			return nil, err
+		}
+	}
+	n := min(r.Buffered(), limit)
+	b, _ := r.Peek(n) // buffered: no read, no error
+	_, _ = r.Discard(n)
+	return b, nil
 }
 
 func (rs *requestStream) read(p []byte) (int, error) {
@@ -61,6 +167,13 @@ func (rs *requestStream) read(p []byte) (int, error) {
 	// common case - would park a goroutine and never release the connection.
 	if rs.eof {
 		return 0, io.EOF
+	}
+	if rs.crlf {
+		// The end of a chunk Next gave out (lb patch).
+		if err := readCrLf(rs.reader); err != nil {
+			return 0, err
+		}
+		rs.crlf = false
 	}
 
 	var (
@@ -175,6 +288,7 @@ func (rs *requestStream) clonePrefetchedBytes() {
 		_, _ = rs.prefetchedBytes.ReadAt(prefetched, 0)
 		currOff, _ := rs.prefetchedBytes.Seek(0, io.SeekCurrent)
 		rs.prefetchedBytes.Reset(prefetched)
+		rs.prefetched = prefetched
 		if currOff > 0 {
 			_, _ = rs.prefetchedBytes.Seek(currOff, io.SeekStart)
 		}
@@ -184,6 +298,7 @@ func (rs *requestStream) clonePrefetchedBytes() {
 func acquireRequestStream(b *bytebufferpool.ByteBuffer, r *bufio.Reader, h bodyStreamHeader) *requestStream {
 	rs := requestStreamPool.Get().(*requestStream) //nolint:forcetypeassert
 	rs.prefetchedBytes.Reset(b.B)
+	rs.prefetched = b.B
 	rs.reader = r
 	rs.header = h
 	rs.contentLength = h.ContentLength()
@@ -199,6 +314,8 @@ func acquireResponseStream(b *bytebufferpool.ByteBuffer, r *bufio.Reader, h body
 
 func releaseRequestStream(rs *requestStream) {
 	rs.prefetchedBytes.Reset(nil)
+	rs.prefetched = nil
+	rs.crlf = false
 	if rs.body != nil {
 		requestBodyPool.Put(rs.body)
 		rs.body = nil
