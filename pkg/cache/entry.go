@@ -1,9 +1,7 @@
 package cache
 
 import (
-	"bufio"
 	"bytes"
-	"fmt"
 	"slices"
 	"strconv"
 	"time"
@@ -53,7 +51,7 @@ func NewEntry(req *fasthttp.RequestHeader, h *fasthttp.ResponseHeader, body []by
 	if len(e.Header.Peek("Date")) == 0 {
 		// RFC 9110 section 6.6.1: a cache stores the time it received a
 		// response without Date.
-		_ = SetDate(&e.Header, responseTime) // a head fasthttp wrote reads back
+		SetDate(&e.Header, responseTime)
 	}
 	e.readHead(h)
 	// Every Vary line names headers (RFC 9110 section 5.3), and a
@@ -124,7 +122,7 @@ func (e *Entry) Refreshed(h *fasthttp.ResponseHeader, rc RequestControl, o Optio
 	if httpDate(date).IsZero() {
 		date = fasthttp.AppendHTTPDate(nil, responseTime)
 	}
-	_ = SetDateValue(&n.Header, date) // a head fasthttp wrote reads back
+	SetDateValue(&n.Header, date)
 	n.readHead(h)
 	n.Fresh = Evaluate(rc, &n.Header, responseTime, o)
 	n.size = e.size
@@ -144,36 +142,15 @@ func ageValue(v []byte) time.Duration {
 }
 
 // SetDate sets the Date of h to t.
-func SetDate(h *fasthttp.ResponseHeader, t time.Time) error {
+func SetDate(h *fasthttp.ResponseHeader, t time.Time) {
 	var buf [32]byte
-	return SetDateValue(h, fasthttp.AppendHTTPDate(buf[:0], t))
+	h.SetDateBytes(fasthttp.AppendHTTPDate(buf[:0], t))
 }
 
-// SetDateValue sets the Date of h to date. fasthttp's setters ignore
-// Date (its server writes the current time in its place unless told
-// not to), so the head is written out with the new Date and read back:
-// this allocates, and is for heads that lack or must change their Date.
-func SetDateValue(h *fasthttp.ResponseHeader, date []byte) error {
-	raw := h.Header()
-	end := bytes.Index(raw, []byte("\r\n"))
-	if end < 0 {
-		return fmt.Errorf("cache: response head without a status line")
-	}
-	b := make([]byte, 0, len(raw)+len(date)+8)
-	b = append(b, raw[:end+2]...)
-	b = append(append(append(b, "Date: "...), date...), "\r\n"...)
-	for rest := raw[end+2:]; len(rest) > 0; {
-		line, after, _ := bytes.Cut(rest, []byte("\n"))
-		rest = after
-		if len(line) >= 5 && bytes.EqualFold(line[:5], []byte("date:")) {
-			continue
-		}
-		b = append(append(b, line...), '\n')
-	}
-	if err := h.Read(bufio.NewReader(bytes.NewReader(b))); err != nil {
-		return fmt.Errorf("cache: setting Date: %w", err)
-	}
-	return nil
+// SetDateValue sets the Date of h to date. (fasthttp's setters ignore
+// Date, which its server writes itself unless told not to, as lb's is.)
+func SetDateValue(h *fasthttp.ResponseHeader, date []byte) {
+	h.SetDateBytes(date)
 }
 
 // CurrentAge is the entry's age at now.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -170,14 +171,19 @@ func clientOf(ctx *fasthttp.RequestCtx, tls bool) httphead.Client {
 // ctx; it never asks a cache. It is safe for concurrent use, one ctx per
 // call, and makes h an httpcache.Forwarder.
 func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out upstream.Outcome) {
+	// What is kept while backends are tried is pooled rather than on
+	// the stack, where it would sit under every backend exchange and
+	// take from what keeps an idle connection's goroutine at 4 KiB
+	// (TestIdleConnectionStack).
+	st := forwardStates.Get().(*forwardState)
+	defer st.release()
+	x, tried := &st.x, &st.tried
 	idempotent := httphead.Idempotent(&ctx.Request.Header)
-	x := upstream.Exchange{
-		Timeout:     up.ResponseTimeout,
-		MaxBuffered: maxBufferedBody,
-		Replayable:  idempotent,
-		Yield:       protoOf(ctx) == protoHTTP2,
-	}
-	if ctx.Request.IsBodyStream() && streamBody(&x, &ctx.Request) {
+	x.Timeout = up.ResponseTimeout
+	x.MaxBuffered = maxBufferedBody
+	x.Replayable = idempotent
+	x.Yield = protoOf(ctx) == protoHTTP2
+	if ctx.Request.IsBodyStream() && streamBody(x, &ctx.Request) {
 		// Sent once: after a connect failure alone (nothing sent) it
 		// goes to another backend.
 		idempotent = false
@@ -193,59 +199,26 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 			x.Client, _ = ctx.Conn().(upstream.Client)
 		}
 	}
-	var tried balancer.Tried
 	for out.Attempts <= up.Retries {
-		lease, err := up.Lease(&tried)
-		if err != nil {
+		var err error
+		if st.lease, err = up.Lease(tried); err != nil {
 			if out.Err == nil {
 				out.Err = err
 			}
 			break
 		}
-		out.Backend = lease.Backend
+		out.Backend = st.lease.Backend
 		out.Attempts++
-		x.Transport = up.Transports[lease.Backend.Index]
+		x.Transport = up.Transports[st.lease.Backend.Index]
 		stream, err := x.RoundTrip(&ctx.Request, &ctx.Response)
 		if err == nil {
 			out.Err = nil
-			if stream != nil && stream.Switched() {
-				h.tunnel(ctx, up, lease, stream.Tunnel())
-				return out
-			}
-			if stream != nil {
-				stream.EndOnClose(lease)
-			} else {
-				lease.End(nil, true)
-			}
-			httphead.CleanResponse(&ctx.Response.Header)
-			if len(ctx.Response.Header.Peek("Date")) == 0 {
-				// The backend's Date is passed on (the server does not
-				// write its own, see pkg/server); a response without one
-				// gets the time it arrived (RFC 9110 section 6.6.1).
-				_ = cache.SetDate(&ctx.Response.Header, time.Now()) // a head fasthttp wrote reads back
-			}
-			if !ctx.Response.Header.IsHTTP11() {
-				ctx.Response.Header.SetProtocol(http11)
-			}
-			out.Body = stream
+			out.Body = h.passOn(ctx, up, &st.lease, stream)
 			return out
 		}
-		// A backend that broke off while a request body was being sent
-		// may simply have refused the body; one whose exchange was cut
-		// because the client went away said nothing of its health.
-		if kind := errorKind(err); kind == upstream.ErrAborted || isBodyError(err) {
-			lease.Withdraw()
-		} else {
-			// (Body is not asked of a streamed body: it would read the
-			// rest of it into memory.)
-			lease.End(err, kind != upstream.ErrSend || !ctx.Request.IsBodyStream() && len(ctx.Request.Body()) == 0)
-		}
 		out.Err = err
-		if !retryable(err, idempotent) {
+		if !h.attemptFailed(ctx, up, &st.lease, err, idempotent) {
 			break
-		}
-		if h.log.IsDebug() {
-			h.logRetry(up, lease.Backend, err)
 		}
 	}
 	code := statusFor(out.Err)
@@ -256,6 +229,73 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 		ctx.SetConnectionClose() // the rest of the body is not read
 	}
 	return out
+}
+
+// forwardState is what Forward keeps while it tries backends.
+type forwardState struct {
+	x     upstream.Exchange
+	tried balancer.Tried
+	lease balancer.Lease
+}
+
+// passOn readies a backend's answer, which came on lease, for the
+// client, and returns its body to stream if there is one. It is kept out
+// of Forward, whose stack frame sits under every backend exchange.
+//
+//go:noinline
+func (h *Handler) passOn(ctx *fasthttp.RequestCtx, up *upstream.Group, lease *balancer.Lease, stream *upstream.Body) *upstream.Body {
+	if stream != nil && stream.Switched() {
+		h.tunnel(ctx, up, *lease, stream.Tunnel())
+		return nil
+	}
+	if stream != nil {
+		stream.EndOnClose(*lease)
+	} else {
+		lease.End(nil, true)
+	}
+	httphead.CleanResponse(&ctx.Response.Header)
+	if len(ctx.Response.Header.Peek("Date")) == 0 {
+		// The backend's Date is passed on (the server does not write
+		// its own, see pkg/server); a response without one gets the
+		// time it arrived (RFC 9110 section 6.6.1).
+		cache.SetDate(&ctx.Response.Header, time.Now())
+	}
+	if !ctx.Response.Header.IsHTTP11() {
+		ctx.Response.Header.SetProtocol(http11)
+	}
+	return stream
+}
+
+// attemptFailed settles lease after its exchange failed with err and
+// reports whether the request may go to another backend. It is kept out
+// of Forward, whose stack frame sits under every backend exchange.
+//
+//go:noinline
+func (h *Handler) attemptFailed(ctx *fasthttp.RequestCtx, up *upstream.Group, lease *balancer.Lease, err error, idempotent bool) bool {
+	// A backend that broke off while a request body was being sent may
+	// simply have refused the body; one whose exchange was cut because
+	// the client went away said nothing of its health.
+	if kind := errorKind(err); kind == upstream.ErrAborted || isBodyError(err) {
+		lease.Withdraw()
+	} else {
+		// (Body is not asked of a streamed body: it would read the
+		// rest of it into memory.)
+		lease.End(err, kind != upstream.ErrSend || !ctx.Request.IsBodyStream() && len(ctx.Request.Body()) == 0)
+	}
+	if !retryable(err, idempotent) {
+		return false
+	}
+	if h.log.IsDebug() {
+		h.logRetry(up, lease.Backend, err)
+	}
+	return true
+}
+
+var forwardStates = sync.Pool{New: func() any { return new(forwardState) }}
+
+func (st *forwardState) release() {
+	*st = forwardState{}
+	forwardStates.Put(st)
 }
 
 // streamBody makes x stream req's body if it is one takeBody left to

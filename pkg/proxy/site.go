@@ -188,5 +188,5 @@ func redirect(ctx *fasthttp.RequestCtx, r *config.Redirect) {
 	ctx.SetStatusCode(fasthttp.StatusPermanentRedirect)
 	// lb answers this itself, as an origin would: it sends the Date that
 	// the server no longer writes by default (RFC 9110 section 6.6.1).
-	_ = cache.SetDate(&ctx.Response.Header, time.Now()) // a head fasthttp wrote reads back
+	cache.SetDate(&ctx.Response.Header, time.Now())
 }

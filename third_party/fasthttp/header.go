@@ -2452,6 +2452,14 @@ func (h *ResponseHeader) PeekBytes(key []byte) []byte {
 	return h.peek(h.bufK)
 }
 
+// SetDateBytes sets the Date field to value, as a parsed head holds it.
+// The setters ignore Date, which the server writes itself unless
+// NoDefaultDate is set; a head written with NoDefaultDate sends this one.
+// (lb patch.)
+func (h *ResponseHeader) SetDateBytes(value []byte) {
+	h.h = setArgBytes(h.h, strDate, value, argsHasValue)
+}
+
 // PeekCanonical returns header value for the given key without normalizing it.
 // The key must match the canonical form used with SetCanonical.
 //
@@ -3697,6 +3705,16 @@ func (h *ResponseHeader) parseHeaders(buf []byte) (int, error) {
 				continue
 			}
 			if caseInsensitiveCompare(s.key, strConnection) {
+				// lb patch: the two common values without the value
+				// scanner, whose frame is the deepest on a proxy's path.
+				if caseInsensitiveCompare(s.value, strKeepAlive) {
+					h.h = appendArgNormalized(h.h, s.key, s.value, disableNormalizing)
+					continue
+				}
+				if caseInsensitiveCompare(s.value, strClose) {
+					h.connectionClose = true
+					continue
+				}
 				if hasHeaderValue(s.value, strClose) {
 					h.connectionClose = true
 					if hasOtherHeaderValue(s.value, strClose) {
@@ -3888,6 +3906,16 @@ func (h *RequestHeader) parseHeaders(buf []byte) (headersLen, rawSaved int, err 
 				continue
 			}
 			if caseInsensitiveCompare(s.key, strConnection) {
+				// lb patch: the two common values without the value
+				// scanner, whose frame is the deepest on a proxy's path.
+				if caseInsensitiveCompare(s.value, strKeepAlive) {
+					h.h = appendArgNormalized(h.h, s.key, s.value, disableNormalizing)
+					continue
+				}
+				if caseInsensitiveCompare(s.value, strClose) {
+					h.connectionClose = true
+					continue
+				}
 				if hasHeaderValue(s.value, strClose) {
 					h.connectionClose = true
 					if hasOtherHeaderValue(s.value, strClose) {
