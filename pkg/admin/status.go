@@ -69,10 +69,19 @@ type CertificateStatus struct {
 
 // PoolStatus describes one pool and its backends.
 type PoolStatus struct {
-	Name      string          `json:"name"`
-	Algorithm string          `json:"algorithm"`
-	Usable    int             `json:"usable"`
-	Backends  []BackendStatus `json:"backends"`
+	Name      string `json:"name"`
+	Algorithm string `json:"algorithm"`
+	// HashKey and HashBalance are algorithm hash's key and load bound.
+	HashKey     string  `json:"hash_key,omitempty"`
+	HashBalance float64 `json:"hash_balance,omitempty"`
+	// StickyCookie is the name of the pool's sticky-session cookie, if
+	// it has one.
+	StickyCookie string `json:"sticky_cookie,omitempty"`
+	// BackupsServing is set while the pool's backups take its requests,
+	// no other backend being usable.
+	BackupsServing bool            `json:"backups_serving"`
+	Usable         int             `json:"usable"`
+	Backends       []BackendStatus `json:"backends"`
 	// Cache is the pool's response cache, if it has one.
 	Cache *cache.Stats `json:"cache,omitempty"`
 }
@@ -82,6 +91,8 @@ type BackendStatus struct {
 	Address           string  `json:"address"`
 	Weight            int     `json:"weight"`
 	EffectiveWeight   int     `json:"effective_weight"`
+	// Backup backends serve only while no other backend is usable.
+	Backup bool `json:"backup"`
 	State             string  `json:"state"` // up | down | draining (drained, requests in flight) | drained
 	Up                bool    `json:"up"`
 	SlowStart         bool    `json:"slow_start"`
@@ -89,6 +100,12 @@ type BackendStatus struct {
 	Requests          uint64  `json:"requests"`
 	Failures          uint64  `json:"failures"`
 	LatencySeconds    float64 `json:"latency_seconds_total"`
+	// Share is the backend's part of the requests its pool has sent
+	// since lb started (0 to 1).
+	Share float64 `json:"share"`
+	// LatencyEWMA is the peak-EWMA response time algorithm least_time
+	// weighs, in seconds (0 before the first answer).
+	LatencyEWMA float64 `json:"latency_ewma_seconds"`
 	LastError         string  `json:"last_error"`
 	// LastCheck is when the last active check finished; absent before the
 	// first.

@@ -23,6 +23,9 @@ import (
 type Backend struct {
 	Address string
 	Weight  int
+	// Backup backends take requests only while no other backend of the
+	// pool is usable (up and not drained).
+	Backup bool
 	// Index is the backend's position in its pool's Backends.
 	Index int
 	*State
@@ -43,7 +46,11 @@ type State struct {
 	requests atomic.Uint64
 	failures atomic.Uint64
 	latency  atomic.Uint64 // nanoseconds, summed over answered requests
-	_        [64]byte
+	// The peak-EWMA of response times (least_time): a float64's bits, in
+	// nanoseconds, and when it was last moved (unix nanoseconds).
+	ewma   atomic.Uint64
+	ewmaAt atomic.Int64
+	_      [64]byte
 
 	// Slow start: when the ramp began (unix nanoseconds, 0 for none) and
 	// how long it lasts.
@@ -137,11 +144,53 @@ func (s *State) CountRequest(failed bool) {
 	}
 }
 
-// ObserveLatency adds the duration of one answered request.
-func (s *State) ObserveLatency(d time.Duration) {
+// ObserveLatency adds the duration of one answered request, which ended
+// at now, to the backend's total and to its peak-EWMA.
+func (s *State) ObserveLatency(d time.Duration, now time.Time) {
 	if d > 0 {
 		s.latency.Add(uint64(d))
+		s.observeEWMA(float64(d), now.UnixNano())
 	}
+}
+
+// ewmaDecay is how fast the peak-EWMA forgets: an observation's weight
+// falls to 1/e after this long (Finagle's and Linkerd's default). A
+// response slower than the average raises it at once (the peak); faster
+// ones bring it down with this decay.
+const ewmaDecay = 10 * time.Second
+
+// observeEWMA moves the peak-EWMA toward rtt (nanoseconds) seen at now.
+func (s *State) observeEWMA(rtt float64, now int64) {
+	for {
+		old := s.ewma.Load()
+		cost := math.Float64frombits(old)
+		next := rtt
+		if rtt < cost {
+			w := math.Exp(-float64(max(0, now-s.ewmaAt.Load())) / float64(ewmaDecay))
+			next = cost*w + rtt*(1-w)
+		}
+		if s.ewma.CompareAndSwap(old, math.Float64bits(next)) {
+			s.ewmaAt.Store(now)
+			return
+		}
+	}
+}
+
+// LatencyEWMA is the backend's peak-EWMA response time at now (decayed
+// since the last answer), 0 before its first answer.
+func (s *State) LatencyEWMA(now time.Time) time.Duration {
+	return time.Duration(s.ewmaCost(now.UnixNano()))
+}
+
+// ewmaCost is the peak-EWMA decayed toward zero for the time since the
+// last answer, so that a backend that was slow and then got no requests
+// is tried again in time (as Finagle's does).
+func (s *State) ewmaCost(now int64) float64 {
+	cost := math.Float64frombits(s.ewma.Load())
+	if cost == 0 {
+		return 0
+	}
+	return cost * math.Exp(-float64(max(0, now-s.ewmaAt.Load()))/float64(ewmaDecay))
 }
 
 // LatencySum is the total duration of answered requests; divided by the

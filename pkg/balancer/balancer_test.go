@@ -262,10 +262,16 @@ func TestConcurrentPicksNeverExceedMaxConns(t *testing.T) {
 // TestPickAllocatesNothing keeps what BenchmarkPick measures free of
 // allocations: a pick by either algorithm, counted and released.
 func TestPickAllocatesNothing(t *testing.T) {
-	for _, algo := range []string{RoundRobin, LeastConn} {
+	for _, algo := range []string{RoundRobin, LeastConn, RandomTwo, LeastTime, Hash} {
 		p := newTestPool(t, algo, 512, 5, 1, 1, 3, 2, 1, 1, 4)
+		p.HashBalance = 1.25
+		var tried Tried
+		i := uint64(0)
 		got := testing.AllocsPerRun(1000, func() {
-			be, err := p.Acquire(nil, 0)
+			tried = Tried{}
+			i++
+			tried.SetKey(HashKey([]byte{byte(i), byte(i >> 8)}))
+			be, err := p.Acquire(&tried, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -278,13 +284,20 @@ func TestPickAllocatesNothing(t *testing.T) {
 }
 
 func BenchmarkPick(b *testing.B) {
-	for _, algo := range []string{RoundRobin, LeastConn} {
+	for _, algo := range []string{RoundRobin, LeastConn, RandomTwo, LeastTime, Hash} {
 		b.Run(algo, func(b *testing.B) {
 			p := newTestPool(b, algo, 512, 5, 1, 1, 3, 2, 1, 1, 4)
+			p.HashBalance = 1.25
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
+				var tried Tried
+				k := uint64(0)
 				for pb.Next() {
-					be, err := p.Acquire(nil, 0)
+					// A new key each request, as many clients make.
+					k++
+					tried = Tried{}
+					tried.SetKey(k * 0x9e3779b97f4a7c15)
+					be, err := p.Acquire(&tried, 0)
 					if err != nil {
 						b.Error(err)
 						return

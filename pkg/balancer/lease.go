@@ -76,3 +76,60 @@ func (l Lease) Withdraw() {
 	l.pool.Release(l.Backend)
 	l.Backend.CountRequest(false)
 }
+
+// LeaseOn takes a slot on b, the backend a request asks for by name (a
+// sticky session's), as Lease does for a backend it picks, and adds b
+// to tried. b must be up, untried, of weight above zero, and among the
+// backends serving (a backup only while no other backend is usable); a
+// drained backend still takes the requests that ask for it. When b is at
+// MaxConns the request waits up to wait for one of its slots, as HAProxy
+// queues a persistent request on its server. It fails with ErrNoBackend
+// when b may not take it (the caller picks another), and with
+// ErrQueueTimeout when no slot freed in time.
+func (p *Pool) LeaseOn(b *Backend, tried *Tried, wait time.Duration, r Reporter) (Lease, error) {
+	if !p.mayTake(b, tried) {
+		return Lease{}, ErrNoBackend
+	}
+	if !b.tryAcquire(p.MaxConns) {
+		if err := p.queueOn(b, tried, wait); err != nil {
+			return Lease{}, err
+		}
+	}
+	if tried != nil {
+		tried.Add(b)
+	}
+	return Lease{Backend: b, pool: p, report: r}, nil
+}
+
+// mayTake reports whether b may take a request that asks for it.
+func (p *Pool) mayTake(b *Backend, tried *Tried) bool {
+	return b.Up() && b.Weight > 0 && p.inTier(b) && !tried.Has(b)
+}
+
+// queueOn waits up to wait for a slot on b and takes it.
+func (p *Pool) queueOn(b *Backend, tried *Tried, wait time.Duration) error {
+	if wait <= 0 {
+		return ErrQueueTimeout
+	}
+	q := p.q
+	q.waiting.Inc()
+	defer q.waiting.Dec()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		q.mu.Lock()
+		freed := q.freed
+		q.mu.Unlock()
+		if b.tryAcquire(p.MaxConns) {
+			return nil
+		}
+		if !p.mayTake(b, tried) {
+			return ErrNoBackend
+		}
+		select {
+		case <-freed:
+		case <-timer.C:
+			return ErrQueueTimeout
+		}
+	}
+}

@@ -26,7 +26,7 @@ func (*leastConn) next(p *Pool, tried *Tried) *Backend {
 			i = 0
 		}
 		// candidate, with active loaded once for both uses.
-		if b.Weight <= 0 || !b.Usable() {
+		if b.Weight <= 0 || !b.Usable() || !p.inTier(b) {
 			continue
 		}
 		a := b.active.Load()

@@ -23,6 +23,26 @@ var (
 const (
 	RoundRobin = "round_robin"
 	LeastConn  = "least_conn"
+	// RandomTwo picks two backends at random (by weight) and takes the
+	// one with fewer requests in flight per unit of weight.
+	RandomTwo = "random_two"
+	// LeastTime takes the backend with the lowest peak-EWMA response
+	// time times requests in flight, per unit of weight.
+	LeastTime = "least_time"
+	// Hash maps each request's key (Tried.SetKey) onto a consistent-hash
+	// ring; requests without a key go round robin.
+	Hash = "hash"
+)
+
+// algorithm is Pool.Algorithm as a number, for the switch on every pick.
+type algorithm uint8
+
+const (
+	algRoundRobin algorithm = iota
+	algLeastConn
+	algRandomTwo
+	algLeastTime
+	algHash
 )
 
 // Pool is a set of backends and the policy that picks among them. A Pool is
@@ -35,12 +55,28 @@ type Pool struct {
 	Backends  []*Backend
 	// MaxConns is the limit of requests in flight per backend, 0 for none.
 	MaxConns int64
+	// HashBalance bounds the load of algorithm hash (consistent hashing
+	// with bounded loads): a backend above HashBalance times the mean
+	// requests in flight per unit of weight passes its keys on along the
+	// ring. 0 is no bound. Set before the pool serves.
+	HashBalance float64
 
-	// Exactly one selector is set. They are concrete types, not an
-	// interface, so that a *Tried on the caller's stack stays there.
-	rr *roundRobin
-	lc *leastConn
-	q  *waitQueue
+	// The round-robin table is always kept: round robin picks from it,
+	// random_two draws from it, and hash falls back on it for requests
+	// without a key. The other selectors are set for their algorithm.
+	// They are concrete types, not an interface, so that a *Tried on the
+	// caller's stack stays there.
+	alg  algorithm
+	rr   *roundRobin
+	lc   *leastConn
+	lt   *leastTime
+	ring *hashRing
+	q    *waitQueue
+
+	// hasBackup is set when some backend is a backup; backupTier while
+	// no other backend is usable, so that backups serve (Refresh keeps it).
+	hasBackup  bool
+	backupTier atomic.Bool
 }
 
 // waitQueue is where requests wait for a backend slot. Pools of successive
@@ -70,12 +106,18 @@ func NewPool(name, algorithm string, backends []*Backend, maxConns int) (*Pool, 
 		MaxConns:  int64(maxConns),
 		q:         &waitQueue{freed: make(chan struct{})},
 	}
+	p.rr = &roundRobin{}
 	switch algorithm {
 	case RoundRobin, "":
 		p.Algorithm = RoundRobin
-		p.rr = &roundRobin{}
 	case LeastConn:
-		p.lc = &leastConn{}
+		p.alg, p.lc = algLeastConn, &leastConn{}
+	case RandomTwo:
+		p.alg = algRandomTwo
+	case LeastTime:
+		p.alg, p.lt = algLeastTime, &leastTime{}
+	case Hash:
+		p.alg = algHash
 	default:
 		return nil, fmt.Errorf("balancer: unknown algorithm %q", algorithm)
 	}
@@ -84,6 +126,10 @@ func NewPool(name, algorithm string, backends []*Backend, maxConns int) (*Pool, 
 		if b.State == nil {
 			b.State = NewState()
 		}
+		p.hasBackup = p.hasBackup || b.Backup
+	}
+	if p.alg == algHash {
+		p.ring = newHashRing(backends)
 	}
 	p.Refresh()
 	return p, nil
@@ -98,18 +144,48 @@ func (p *Pool) ShareQueue(old *Pool) { p.q = old.q }
 // Refresh must be called after a backend of the pool goes up or down or is
 // drained or enabled, so that precomputed selection tables follow.
 func (p *Pool) Refresh() {
-	if p.rr != nil {
-		p.rr.refresh(p)
+	if p.hasBackup {
+		primary := false
+		for _, b := range p.Backends {
+			if !b.Backup && b.Usable() && b.Weight > 0 {
+				primary = true
+				break
+			}
+		}
+		p.backupTier.Store(!primary)
 	}
+	p.rr.refresh(p)
+}
+
+// HasBackups reports whether some backend of the pool is a backup.
+func (p *Pool) HasBackups() bool { return p.hasBackup }
+
+// BackupsServing reports whether the pool's backups are taking requests,
+// no other backend being usable.
+func (p *Pool) BackupsServing() bool { return p.hasBackup && p.backupTier.Load() }
+
+// inTier reports whether b belongs to the backends now serving: the
+// backups while no other backend is usable, the others otherwise.
+func (p *Pool) inTier(b *Backend) bool {
+	return !p.hasBackup || b.Backup == p.backupTier.Load()
 }
 
 // next picks a candidate: a usable, untried backend under the connection
 // limit, or nil. It does not count the pick; Acquire does.
 func (p *Pool) next(tried *Tried) *Backend {
-	if p.rr != nil {
-		return p.rr.next(p, tried)
+	switch p.alg {
+	case algLeastConn:
+		return p.lc.next(p, tried)
+	case algRandomTwo:
+		return randomTwo(p, tried)
+	case algLeastTime:
+		return p.lt.next(p, tried)
+	case algHash:
+		if tried != nil && tried.keyed {
+			return p.ring.next(p, tried)
+		}
 	}
-	return p.lc.next(p, tried)
+	return p.rr.next(p, tried)
 }
 
 // Usable is the number of backends that are up and not drained.
@@ -145,7 +221,7 @@ func (p *Pool) Backend(addr string) *Backend {
 
 // candidate reports whether b may take a new request now.
 func (p *Pool) candidate(b *Backend, tried *Tried) bool {
-	return b.Usable() && b.Weight > 0 &&
+	return b.Usable() && b.Weight > 0 && p.inTier(b) &&
 		(p.MaxConns <= 0 || b.active.Load() < p.MaxConns) &&
 		!tried.Has(b)
 }
@@ -183,7 +259,7 @@ func (p *Pool) tryAcquire(tried *Tried) *Backend {
 // it had a free slot.
 func (p *Pool) anyUsable(tried *Tried) bool {
 	for _, b := range p.Backends {
-		if b.Usable() && b.Weight > 0 && !tried.Has(b) {
+		if b.Usable() && b.Weight > 0 && p.inTier(b) && !tried.Has(b) {
 			return true
 		}
 	}
@@ -242,7 +318,15 @@ const MaxTried = 17
 type Tried struct {
 	n   int
 	idx [MaxTried]int32
+	// The request's key for algorithm hash, when it has one.
+	key   uint64
+	keyed bool
 }
+
+// SetKey gives the request its key for algorithm hash (a hash of its
+// client address, URI, header or cookie; see HashKey). A request without
+// one goes round robin.
+func (t *Tried) SetKey(key uint64) { t.key, t.keyed = key, true }
 
 // Add records b as tried. Beyond MaxTried entries it records nothing.
 func (t *Tried) Add(b *Backend) {

@@ -60,7 +60,7 @@ func (r *roundRobin) refresh(p *Pool) {
 	weights := make([]int, len(p.Backends))
 	now := time.Now()
 	for i, b := range p.Backends {
-		if b.Usable() {
+		if b.Usable() && p.inTier(b) {
 			weights[i] = int(b.scaledWeight(now))
 		}
 	}

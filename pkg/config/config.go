@@ -94,6 +94,18 @@ type Listener struct {
 	RedirectHTTPS           string  `toml:"redirect_https"`
 	TLS                     *TLS    `toml:"tls"`
 	Routes                  []Route `toml:"route"`
+	// ErrorPages maps a status lb answers itself ("502", "503", "504",
+	// ...) to a file sent in place of lb's short text.
+	ErrorPages map[string]string `toml:"error_pages"`
+	// Pages is ErrorPages loaded by validation: status to page.
+	Pages map[int]ErrorPage `toml:"-"`
+}
+
+// ErrorPage is an operator's page for a status lb answers itself.
+type ErrorPage struct {
+	File        string
+	ContentType string
+	Body        []byte
 }
 
 // TLS configures termination on a listener. A nil *TLS means plaintext.
@@ -174,7 +186,17 @@ type Route struct {
 // Pool is a named group of backends with one balancing policy.
 type Pool struct {
 	Name               string    `toml:"name"`
-	Algorithm          string    `toml:"algorithm"` // round_robin | least_conn
+	Algorithm          string    `toml:"algorithm"` // round_robin | least_conn | random_two | least_time | hash
+	// HashKey is what algorithm hash hashes: client_ip | uri |
+	// header:NAME | cookie:NAME.
+	HashKey string `toml:"hash_key"`
+	// Key is HashKey parsed by validation.
+	Key HashKey `toml:"-"`
+	// HashBalance bounds a hashed backend's requests in flight to this
+	// times the mean (per unit of weight); 0 for no bound.
+	HashBalance float64 `toml:"hash_balance"`
+	// Sticky, when set, keeps each client on one backend with a cookie.
+	Sticky *Sticky `toml:"sticky"`
 	Retries            int       `toml:"retries"`
 	ConnectTimeout     Duration  `toml:"connect_timeout"`
 	ResponseTimeout    Duration  `toml:"response_timeout"`
@@ -220,10 +242,30 @@ type Cache struct {
 	XCache bool `toml:"x_cache"`
 }
 
+// Sticky is a pool's cookie persistence.
+type Sticky struct {
+	Cookie   string   `toml:"cookie"`
+	MaxAge   Duration `toml:"max_age"` // 0: a session cookie
+	Secure   *bool    `toml:"secure"`  // unset: when the request came over TLS
+	HTTPOnly *bool    `toml:"http_only"`
+	SameSite string   `toml:"same_site"` // lax | strict | none
+	Domain   string   `toml:"domain"`
+	Path     string   `toml:"path"`
+	// SecretFile holds the secret the cookie's HMAC is made with, so that
+	// several lb instances (and restarts) agree; empty for a secret the
+	// process makes at start.
+	SecretFile string `toml:"secret_file"`
+	// Secret is SecretFile's content, read by validation.
+	Secret []byte `toml:"-"`
+}
+
 // Backend is one server in a pool.
 type Backend struct {
 	Address string `toml:"address"`
 	Weight  int    `toml:"weight"`
+	// Backup backends serve only while no other backend of the pool is
+	// usable.
+	Backup bool `toml:"backup"`
 }
 
 // Defaults of the keys a config leaves out, filled in by applyDefaults.
@@ -254,6 +296,7 @@ const (
 	DefaultExpectStatus    = "200-399"
 	DefaultPassiveFailures = 5
 	DefaultWeight          = 1
+	DefaultStickyCookie    = "lb_srv"
 	DefaultCacheMaxSize    = 256 << 20
 	DefaultCacheMaxObject  = 1 << 20
 

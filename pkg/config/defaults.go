@@ -108,6 +108,16 @@ func (l *loader) applyDefaults() {
 		if !l.defined(hp + ".passive_failures") {
 			h.PassiveFailures = DefaultPassiveFailures
 		}
+		if st := pl.Sticky; st != nil {
+			setStr(&st.Cookie, DefaultStickyCookie)
+			setStr(&st.SameSite, "lax")
+			setStr(&st.Path, "/")
+			if st.HTTPOnly == nil {
+				t := true
+				st.HTTPOnly = &t
+			}
+			st.SecretFile = l.resolvePath(st.SecretFile)
+		}
 		if pl.Cache != nil {
 			l.setSize(&pl.Cache.MaxSize, p+".cache.max_size", DefaultCacheMaxSize)
 			l.setSize(&pl.Cache.MaxObject, p+".cache.max_object", DefaultCacheMaxObject)

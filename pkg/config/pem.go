@@ -18,6 +18,16 @@ const MaxPEMFile = 4 << 20
 // ReadPEM reads a certificate, key or CA file: a regular file (or a link
 // to one) of at most MaxPEMFile bytes. Errors name the path.
 func ReadPEM(path string) ([]byte, error) {
+	return readSmallFile(path, MaxPEMFile, "a certificate, key or CA bundle")
+}
+
+// MaxPageFile is the largest error page lb loads.
+const MaxPageFile = 1 << 20
+
+// readSmallFile reads a regular file (or a link to one) of at most max
+// bytes; what says what it should be, for the error when it is larger.
+// Errors name the path.
+func readSmallFile(path string, max int64, what string) ([]byte, error) {
 	// Non-blocking, so that opening a named pipe returns at once (to be
 	// refused below) instead of waiting for a writer.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
@@ -32,14 +42,22 @@ func ReadPEM(path string) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
-	b, err := io.ReadAll(io.LimitReader(f, MaxPEMFile+1))
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
 		return nil, fmt.Errorf("cannot read %s: %v", path, unwrapPathError(err))
 	}
-	if len(b) > MaxPEMFile {
-		return nil, fmt.Errorf("%s is larger than %d MiB; it cannot be a certificate, key or CA bundle", path, MaxPEMFile>>20)
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s is larger than %s; it cannot be %s", path, sizeName(max), what)
 	}
 	return b, nil
+}
+
+// sizeName writes a power-of-two size in MiB or KiB.
+func sizeName(n int64) string {
+	if n >= 1<<20 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d KiB", n>>10)
 }
 
 // MaxTicketKeys is the most keys a ticket_keys file may hold.

@@ -1,12 +1,15 @@
 package config
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
+	"mime"
 	"net"
 	"net/url"
 	"os"
@@ -95,7 +98,8 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 	}
 	// A listener that only redirects to HTTPS needs no pool, nor does a
 	// tcp listener whose routes cover every server name it serves.
-	l.checkPoolRef(p+".pool", ln.Pool, pools, ln.RedirectHTTPS == "" && !(tcp && len(ln.Routes) > 0))
+	l.checkPoolRef(p+".pool", ln.Pool, pools, ln.RedirectHTTPS == "" && !(tcp && len(ln.Routes) > 0), tcp)
+	l.loadErrorPages(p, ln, tcp)
 
 	l.checkDur(ln.ReadTimeout, p+".read_timeout", false)
 	l.checkDur(ln.WriteTimeout, p+".write_timeout", false)
@@ -244,7 +248,7 @@ func (l *loader) checkKeyPair(p, cert, key string) {
 }
 
 func (l *loader) validateRoute(p string, r *Route, pools map[string]int, tcp bool) {
-	l.checkPoolRef(p+".pool", r.Pool, pools, true)
+	l.checkPoolRef(p+".pool", r.Pool, pools, true, tcp)
 	if tcp {
 		switch {
 		case r.Host != "" || r.PathPrefix != "":
@@ -274,15 +278,30 @@ func (l *loader) validateRoute(p string, r *Route, pools map[string]int, tcp boo
 	}
 }
 
-func (l *loader) checkPoolRef(path, name string, pools map[string]int, required bool) {
+// checkPoolRef checks a listener's or route's pool name; tcp is whether
+// the listener is a tcp one, whose connections carry no HTTP to take a
+// cookie or a header from.
+func (l *loader) checkPoolRef(path, name string, pools map[string]int, required, tcp bool) {
 	if name == "" {
 		if required {
 			l.missing(path, "(the name of a [[pool]])")
 		}
 		return
 	}
-	if pools[name] == 0 {
+	i := pools[name]
+	if i == 0 {
 		l.errorf(path, "no pool named %q%s", name, poolHint(l.cfg, name))
+		return
+	}
+	pl := &l.cfg.Pools[i-1]
+	if !tcp {
+		return
+	}
+	if pl.Sticky != nil {
+		l.errorf(path, "pool %q has [pool.sticky], which needs HTTP; a tcp listener can keep clients on a backend with algorithm = \"hash\" and hash_key = \"client_ip\"", name)
+	}
+	if pl.HashKey != "" && pl.HashKey != "client_ip" {
+		l.errorf(path, "pool %q hashes by %s, which needs HTTP; a tcp listener's pool can hash only by client_ip", name, pl.HashKey)
 	}
 }
 
@@ -318,9 +337,30 @@ func (l *loader) validatePool(i int, pools map[string]int) {
 	p := fmt.Sprintf("pool[%d]", i)
 	l.uniqueName(p, "pool", pl.Name, i, pools)
 	switch pl.Algorithm {
-	case "round_robin", "least_conn":
+	case "round_robin", "least_conn", "random_two", "least_time", "hash":
 	default:
-		l.errorf(p+".algorithm", "%q is not one of round_robin, least_conn", pl.Algorithm)
+		l.errorf(p+".algorithm", "%q is not one of round_robin, least_conn, random_two, least_time, hash", pl.Algorithm)
+	}
+	switch {
+	case pl.Algorithm == "hash" && pl.HashKey == "":
+		l.missing(p+".hash_key", "(algorithm hash needs one of client_ip, uri, header:NAME, cookie:NAME)")
+	case pl.HashKey != "" && pl.Algorithm != "hash":
+		l.errorf(p+".hash_key", "is set but algorithm is %q: hash_key is what algorithm \"hash\" hashes", pl.Algorithm)
+	case pl.HashKey != "":
+		k, err := ParseHashKey(pl.HashKey)
+		if err != nil {
+			l.errorf(p+".hash_key", "%v", err)
+		}
+		pl.Key = k
+	}
+	switch {
+	case pl.HashBalance != 0 && pl.Algorithm != "hash":
+		l.errorf(p+".hash_balance", "is set but algorithm is %q: it bounds algorithm \"hash\"", pl.Algorithm)
+	case pl.HashBalance < 0 || pl.HashBalance > 0 && pl.HashBalance <= 1 || pl.HashBalance > 100:
+		l.errorf(p+".hash_balance", "%v is out of range: 0 (no bound), or more than 1 (a backend may take that times the mean load; 1.25 is usual) up to 100", pl.HashBalance)
+	}
+	if st := pl.Sticky; st != nil {
+		l.validateSticky(p+".sticky", st)
 	}
 	switch pl.OnClientAbort {
 	case "cancel", "finish":
@@ -348,6 +388,8 @@ func (l *loader) validatePool(i int, pools map[string]int) {
 	}
 	if len(pl.Backends) == 0 {
 		l.errorf(p, "pool %q has no [[pool.backend]]", pl.Name)
+	} else if backups := countBackups(pl.Backends); backups == len(pl.Backends) {
+		l.errorf(p, "every backend of pool %q is a backup: backups serve only while some other backend is down", pl.Name)
 	}
 	addrs := map[string]int{}
 	for j := range pl.Backends {
@@ -369,6 +411,124 @@ func (l *loader) validatePool(i int, pools map[string]int) {
 			l.errorf(bp+".weight", "%d is out of range 0-%d", b.Weight, MaxWeight)
 		}
 	}
+}
+
+// loadErrorPages reads a listener's error_pages into its Pages.
+func (l *loader) loadErrorPages(p string, ln *Listener, tcp bool) {
+	if len(ln.ErrorPages) == 0 {
+		return
+	}
+	if tcp {
+		l.errorf(p+".error_pages", "are for http listeners: a tcp listener answers nothing itself")
+		return
+	}
+	ln.Pages = make(map[int]ErrorPage, len(ln.ErrorPages))
+	for _, code := range slices.Sorted(maps.Keys(ln.ErrorPages)) {
+		kp := p + ".error_pages." + code
+		n, err := strconv.Atoi(code)
+		if err != nil || n < 400 || n > 599 || strconv.Itoa(n) != code {
+			l.errorf(kp, "%q is not a status: error pages are for the 4xx and 5xx answers lb makes itself", code)
+			continue
+		}
+		file := l.resolvePath(ln.ErrorPages[code])
+		if ln.ErrorPages[code] == "" {
+			l.missing(kp, "(the file to send)")
+			continue
+		}
+		b, err := readSmallFile(file, MaxPageFile, "an error page")
+		if err != nil {
+			l.errorf(kp, "%v", err)
+			continue
+		}
+		ct := mime.TypeByExtension(filepath.Ext(file))
+		if ct == "" {
+			ct = "text/plain; charset=utf-8"
+		}
+		ln.Pages[n] = ErrorPage{File: file, ContentType: ct, Body: b}
+	}
+}
+
+func countBackups(bs []Backend) int {
+	n := 0
+	for _, b := range bs {
+		if b.Backup {
+			n++
+		}
+	}
+	return n
+}
+
+// MinStickySecret is the shortest secret a sticky secret_file may hold.
+const MinStickySecret = 16
+
+func (l *loader) validateSticky(p string, st *Sticky) {
+	if !isCookieName(st.Cookie) {
+		l.errorf(p+".cookie", "%q is not a cookie name (letters, digits and !#$%%&'*+-.^_`|~)", st.Cookie)
+	}
+	l.checkDur(st.MaxAge, p+".max_age", true)
+	switch st.SameSite {
+	case "lax", "strict":
+	case "none":
+		if st.Secure != nil && !*st.Secure {
+			l.errorf(p+".same_site", "\"none\" needs secure = true: browsers drop SameSite=None cookies that are not Secure")
+		}
+	default:
+		l.errorf(p+".same_site", "%q is not one of lax, strict, none", st.SameSite)
+	}
+	if strings.ContainsAny(st.Domain, " ;,\r\n\t") {
+		l.errorf(p+".domain", "%q is not a domain", st.Domain)
+	}
+	if st.Path == "" || st.Path[0] != '/' || strings.ContainsAny(st.Path, " ;,\r\n\t") {
+		l.errorf(p+".path", "%q must be a path starting with \"/\"", st.Path)
+	}
+	if st.SecretFile != "" {
+		b, err := ReadPEM(st.SecretFile)
+		switch {
+		case err != nil:
+			l.errorf(p+".secret_file", "%v", err)
+		case len(bytes.TrimSpace(b)) < MinStickySecret:
+			l.errorf(p+".secret_file", "%s holds %d bytes; a secret needs at least %d (`openssl rand -base64 32 > %s`)", st.SecretFile, len(bytes.TrimSpace(b)), MinStickySecret, st.SecretFile)
+		default:
+			st.Secret = bytes.TrimSpace(b)
+			if fi, err := os.Stat(st.SecretFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+				l.warnf(p+".secret_file", "%s can be read by other users (mode %v): whoever reads it can make cookies that pick a backend; chmod 600 it", st.SecretFile, fi.Mode().Perm())
+			}
+		}
+	}
+}
+
+// HashKey is a pool's hash_key, parsed: Kind is client_ip, uri, header or
+// cookie, and Name the header's or cookie's name.
+type HashKey struct {
+	Kind, Name string
+}
+
+// ParseHashKey parses a hash_key value: client_ip, uri, header:NAME or
+// cookie:NAME.
+func ParseHashKey(s string) (HashKey, error) {
+	if s == "client_ip" || s == "uri" {
+		return HashKey{Kind: s}, nil
+	}
+	kind, name, ok := strings.Cut(s, ":")
+	if !ok || kind != "header" && kind != "cookie" {
+		return HashKey{}, fmt.Errorf("%q is not one of client_ip, uri, header:NAME, cookie:NAME", s)
+	}
+	if !isCookieName(name) {
+		return HashKey{}, fmt.Errorf("%q: %q is not a %s name", s, name, kind)
+	}
+	return HashKey{Kind: kind, Name: name}, nil
+}
+
+// isCookieName reports whether s is a cookie name: an HTTP token, as
+// header names are too.
+func isCookieName(s string) bool {
+	for i := range len(s) {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+			return false
+		}
+	}
+	return s != ""
 }
 
 func (l *loader) validateHealth(p string, h *Health) {

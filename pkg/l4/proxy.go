@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/offloadlb/lb/pkg/affinity"
+
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -85,6 +87,10 @@ type Upstream struct {
 	// when every backend is at its limit (0: a connect has only the
 	// system's bound, and no connection waits for a slot).
 	ConnectTimeout time.Duration
+	// HashClient gives each connection its client's address as its key,
+	// for a pool whose algorithm is "hash" (by client_ip, the one key a
+	// tcp listener has).
+	HashClient bool
 	// Stats count connections and bytes, by backend index: one for
 	// each of Pool's backends, none nil.
 	Stats []*metrics.TCP
@@ -233,6 +239,11 @@ func (s *session) peekSNI() {
 func (s *session) connect() bool {
 	u := s.upstream
 	var tried balancer.Tried
+	if u.HashClient {
+		if k, ok := affinity.ClientKey(s.client.RemoteAddr()); ok {
+			tried.SetKey(k)
+		}
+	}
 	var last error
 	for attempt := 0; attempt <= u.Retries; attempt++ {
 		lease, err := u.Pool.Lease(&tried, u.ConnectTimeout, u.Health)

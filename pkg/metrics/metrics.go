@@ -90,6 +90,15 @@ type Gauges struct {
 	ACMECertificate  func(listener, domain, state string, current bool)
 	CacheSize        func(pool string, bytes int64, objects int)
 	AccessLogDropped func(n uint64)
+	// PoolBackupsServing: whether a pool with backups has them serving
+	// (no other backend usable).
+	PoolBackupsServing func(pool string, serving bool)
+	// BackendLatencyEWMA: the peak-EWMA response time least_time weighs.
+	BackendLatencyEWMA func(pool, backend string, seconds float64)
+	// StickyCookies: sticky cookies given by reason ("new": the client had
+	// none, or one naming no backend of the pool; "moved": its backend
+	// could not take the request).
+	StickyCookies func(pool, reason string, n uint64)
 }
 
 // Registry owns every lb metric. Request counters survive reloads: a
@@ -281,13 +290,20 @@ var (
 		"Request and response body bytes held in memory (bodies read whole before they are sent on).", nil, nil)
 	descBodyMemoryLimit = prometheus.NewDesc("lb_body_memory_limit_bytes",
 		"global.max_body_memory: past it, bodies stream instead of being read whole.", nil, nil)
+	descBackupsServing = prometheus.NewDesc("lb_pool_backups_serving",
+		"1 while a pool's backup backends take its requests (no other backend is usable), else 0; only pools with backups.", []string{"pool"}, nil)
+	descLatencyEWMA = prometheus.NewDesc("lb_backend_latency_ewma_seconds",
+		"The peak-EWMA response time algorithm least_time weighs each backend by; only least_time pools.", []string{"pool", "backend"}, nil)
+	descSticky = prometheus.NewDesc("lb_sticky_cookies_total",
+		"Sticky-session cookies given to clients, by reason: new (the client had none, or one that names no backend of the pool) or moved (its backend was down, gone from rotation as a backup, or full).",
+		[]string{"pool", "reason"}, nil)
 	descBodyMemoryFull = prometheus.NewDesc("lb_body_memory_full_total",
 		"Times a body was not read whole (it streamed, or an HTTP/2 client waited for credit) because the process held global.max_body_memory.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descRefused, descExpiry, descCache, descCacheBytes, descCacheObjects, descACME, descDropped, descTCPConns, descTCPFailures, descTCPBytes,
-		descBodyMemory, descBodyMemoryLimit, descBodyMemoryFull} {
+		descBodyMemory, descBodyMemoryLimit, descBodyMemoryFull, descBackupsServing, descLatencyEWMA, descSticky} {
 		ch <- d
 	}
 }
@@ -369,6 +385,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		},
 		AccessLogDropped: func(n uint64) {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n))
+		},
+		PoolBackupsServing: func(pool string, serving bool) {
+			v := 0.0
+			if serving {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descBackupsServing, prometheus.GaugeValue, v, pool)
+		},
+		BackendLatencyEWMA: func(pool, backend string, seconds float64) {
+			ch <- prometheus.MustNewConstMetric(descLatencyEWMA, prometheus.GaugeValue, seconds, pool, backend)
+		},
+		StickyCookies: func(pool, reason string, n uint64) {
+			ch <- prometheus.MustNewConstMetric(descSticky, prometheus.CounterValue, float64(n), pool, reason)
 		},
 	})
 }

@@ -5,6 +5,9 @@ import (
 	"net"
 	"testing"
 
+	"github.com/offloadlb/lb/pkg/affinity"
+	"github.com/offloadlb/lb/pkg/balancer"
+
 	"github.com/valyala/fasthttp"
 
 	"github.com/offloadlb/lb/pkg/accesslog"
@@ -136,6 +139,8 @@ func TestHotPathsAllocateNothing(t *testing.T) {
 		{"request through lb, logged as text", func() func() { return request(loggedHarness(t, accesslog.Text)) }, 0},
 		{"request through lb, logged as JSON", func() func() { return request(loggedHarness(t, accesslog.JSON)) }, 0},
 		{"request through lb, logged as combined", func() func() { return request(loggedHarness(t, accesslog.Combined)) }, 0},
+		{"request to a sticky pool hashed by cookie, with its cookie", func() func() { return affinityRequest(t, true) }, 0},
+		{"request to a sticky pool hashed by cookie, given a cookie", func() func() { return affinityRequest(t, false) }, 0},
 	} {
 		f := tc.loop()
 		for range 200 { // pools and buffers reach their steady size
@@ -145,6 +150,31 @@ func TestHotPathsAllocateNothing(t *testing.T) {
 		// collection) does not count.
 		if got := testing.AllocsPerRun(500, f); got != tc.want {
 			t.Errorf("%s: %v allocations per run, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// affinityRequest is a request to a pool hashed by a cookie and sticky,
+// that has the sticky cookie or is given one each time.
+func affinityRequest(t *testing.T, withCookie bool) func() {
+	hs := newHarness(t, harnessOpts{backends: []string{startFastBackend(t), startFastBackend(t)}, algorithm: balancer.Hash})
+	hs.up.Key = affinity.NewKey("cookie", "user")
+	hs.up.Sticky = affinity.NewSticky(affinity.StickyConfig{Cookie: "lb_srv", HTTPOnly: true, SameSite: "lax"}, "web", hs.up.Pool.Backends, []byte("0123456789abcdef"), nil)
+	client := lbClient(hs)
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	cookie := "user=alice"
+	if withCookie {
+		cookie += "; lb_srv=" + hs.up.Sticky.TokenOf(1)
+	}
+	return func() {
+		req.Reset()
+		req.SetRequestURI("http://lb.test/bench?x=1")
+		req.Header.Set("Cookie", cookie)
+		if err := client.Do(req, resp); err != nil || resp.StatusCode() != 200 {
+			t.Fatalf("status %d: %v", resp.StatusCode(), err)
+		}
+		if set := len(resp.Header.PeekCookie("lb_srv")) > 0; set == withCookie {
+			t.Fatalf("with cookie %v: Set-Cookie %v", withCookie, set)
 		}
 	}
 }

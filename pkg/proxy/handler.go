@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/offloadlb/lb/pkg/affinity"
+
 	"github.com/hashicorp/go-hclog"
 	"github.com/valyala/fasthttp"
 
@@ -58,6 +60,7 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		out upstream.Outcome
 	)
 	proto := protoOf(ctx)
+	own := true // lb answers the request itself, unless a backend or cache does
 	if code, mask := httphead.Check(ctx); code != 0 {
 		// Before a redirect too: a redirect listener answers every
 		// request, and what is refused elsewhere (an ambiguous length, a
@@ -78,14 +81,31 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		} else {
 			out = h.forwardTo(ctx, site, t)
 		}
+		own = out.Err != nil && !(t.Cache != nil && httpcache.Answered(ctx))
 		if out.Body != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
 			closeDelimited(ctx, site.WriteTimeout)
 		}
+	}
+	if own && site.Pages != nil {
+		errorPage(ctx, site)
 	}
 	if site.HSTS != nil {
 		ctx.Response.Header.SetCanonical(hSTS, site.HSTS)
 	}
 	h.account(ctx, site, t, out, proto)
+}
+
+// errorPage puts the operator's page for the status of an answer lb
+// made itself in place of lb's short text, if there is one.
+//
+//go:noinline
+func errorPage(ctx *fasthttp.RequestCtx, site *Site) {
+	pg, ok := site.Pages[ctx.Response.StatusCode()]
+	if !ok {
+		return
+	}
+	ctx.Response.Header.SetContentType(pg.ContentType)
+	ctx.Response.SetBodyRaw(pg.Body)
 }
 
 // forwardTo sends the request to t's pool, through its cache if it has
@@ -199,9 +219,29 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 			x.Client, _ = ctx.Conn().(upstream.Client)
 		}
 	}
+	if up.Key.Kind != affinity.KeyNone {
+		if k, ok := up.Key.Of(&ctx.Request.Header, ctx.RemoteAddr()); ok {
+			tried.SetKey(k)
+		}
+	}
+	sticky := -1
+	if up.Sticky != nil {
+		sticky = up.Sticky.Backend(&ctx.Request.Header)
+	}
 	for out.Attempts <= up.Retries {
 		var err error
-		if st.lease, err = up.Lease(tried); err != nil {
+		if sticky >= 0 && out.Attempts == 0 {
+			// The backend the client's cookie names, while it may take
+			// the request (up, drained or not); otherwise a pick, and the
+			// answer gives the client a new cookie.
+			st.lease, err = up.Pool.LeaseOn(up.Pool.Backends[sticky], tried, up.QueueTimeout, up.Health)
+			if err != nil {
+				st.lease, err = up.Lease(tried)
+			}
+		} else {
+			st.lease, err = up.Lease(tried)
+		}
+		if err != nil {
 			if out.Err == nil {
 				out.Err = err
 			}
@@ -213,7 +253,7 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 		stream, err := x.RoundTrip(&ctx.Request, &ctx.Response)
 		if err == nil {
 			out.Err = nil
-			out.Body = h.passOn(ctx, up, &st.lease, stream)
+			out.Body = h.passOn(ctx, up, &st.lease, stream, sticky)
 			return out
 		}
 		out.Err = err
@@ -239,11 +279,17 @@ type forwardState struct {
 }
 
 // passOn readies a backend's answer, which came on lease, for the
-// client, and returns its body to stream if there is one. It is kept out
+// client, and returns its body to stream if there is one; sticky is the
+// Index of the backend the client's sticky cookie named (-1 for none). It is kept out
 // of Forward, whose stack frame sits under every backend exchange.
 //
 //go:noinline
-func (h *Handler) passOn(ctx *fasthttp.RequestCtx, up *upstream.Group, lease *balancer.Lease, stream *upstream.Body) *upstream.Body {
+func (h *Handler) passOn(ctx *fasthttp.RequestCtx, up *upstream.Group, lease *balancer.Lease, stream *upstream.Body, sticky int) *upstream.Body {
+	if up.Sticky != nil && lease.Backend.Index != sticky {
+		// No cookie, or one for a backend that could not take the
+		// request: the client is now this backend's.
+		up.Sticky.Set(&ctx.Response.Header, lease.Backend.Index, tlsterm.ConnOf(ctx.Conn()) != nil, sticky >= 0)
+	}
 	if stream != nil && stream.Switched() {
 		h.tunnel(ctx, up, *lease, stream.Tunnel())
 		return nil

@@ -63,6 +63,9 @@ type Site struct {
 	// HSTS, when set, is sent as Strict-Transport-Security on every
 	// response.
 	HSTS []byte
+	// Pages are the operator's pages for statuses lb answers itself
+	// (listener.error_pages), by status; nil for none.
+	Pages map[int]config.ErrorPage
 	// Redirect, when set, answers every request with a 308 to HTTPS
 	// (an ACME http-01 validation aside).
 	Redirect *config.Redirect

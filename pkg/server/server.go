@@ -4,6 +4,7 @@
 package server
 
 import (
+	"crypto/rand"
 	"context"
 	"errors"
 	"fmt"
@@ -53,6 +54,9 @@ type Server struct {
 	// return its result.
 	shutdownOnce sync.Once
 	shutdownErr  error
+	// stickySecret signs the sticky cookies of pools without a
+	// secret_file: made at start, kept across reloads.
+	stickySecret []byte
 }
 
 // New builds everything a config describes and binds every listening
@@ -60,10 +64,12 @@ type Server struct {
 // serves until Start.
 func New(cfg *config.Config, log hclog.Logger) (*Server, error) {
 	s := &Server{
-		log:       log,
-		listeners: map[string]*boundListener{},
-		stop:      make(chan struct{}),
+		log:          log,
+		listeners:    map[string]*boundListener{},
+		stop:         make(chan struct{}),
+		stickySecret: make([]byte, 32),
 	}
+	rand.Read(s.stickySecret)
 	s.metrics = metrics.New(s)
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/offloadlb/lb/pkg/affinity"
+
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/offloadlb/lb/internal/bodymem"
@@ -190,7 +192,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	transports := make([]*upstream.Transport, len(pc.Backends))
 	var added []*balancer.Backend
 	for i, bc := range pc.Backends {
-		b := &balancer.Backend{Address: bc.Address, Weight: bc.Weight}
+		b := &balancer.Backend{Address: bc.Address, Weight: bc.Weight, Backup: bc.Backup}
 		if old != nil {
 			if ob := old.upstream.Pool.Backend(bc.Address); ob != nil {
 				b.State = ob.State
@@ -210,10 +212,26 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 	if err != nil {
 		return nil, err
 	}
+	bp.HashBalance = pc.HashBalance
 	if old != nil {
 		// Requests of the old config still hold slots of the backends
 		// that stay: their releases must wake requests queued here.
 		bp.ShareQueue(old.upstream.Pool)
+	}
+	var sticky *affinity.Sticky
+	if sc := pc.Sticky; sc != nil {
+		secret := sc.Secret
+		if secret == nil {
+			secret = s.stickySecret
+		}
+		var stats *affinity.StickyStats
+		if old != nil && old.upstream.Sticky != nil {
+			stats = old.upstream.Sticky.Stats
+		}
+		sticky = affinity.NewSticky(affinity.StickyConfig{
+			Cookie: sc.Cookie, MaxAge: sc.MaxAge.Duration, Secure: sc.Secure, HTTPOnly: *sc.HTTPOnly,
+			SameSite: sc.SameSite, Domain: sc.Domain, Path: sc.Path,
+		}, pc.Name, backends, secret, stats)
 	}
 	mon := health.NewMonitor(bp, pc.Health, s.log)
 	var c *cache.Cache
@@ -242,6 +260,8 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 			QueueTimeout:    pc.ConnectTimeout.Duration,
 			FinishAborted:   pc.OnClientAbort == "finish",
 			ResponseTimeout: pc.ResponseTimeout.Duration,
+			Key:             affinity.NewKey(pc.Key.Kind, pc.Key.Name),
+			Sticky:          sticky,
 		},
 	}, nil
 }
@@ -280,6 +300,7 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access *acce
 		ReadTimeout:  lc.ReadTimeout.Duration,
 		MaxBody:      lc.MaxRequestBody.Bytes,
 		BodyBuffer:   int(lc.BodyBuffer.Bytes),
+		Pages:        lc.Pages,
 		Rejected:     kept(p, metrics.Key{Listener: lc.Name}, s.metrics.Codes),
 	}
 	def, routes := resolvePools(lc, func(pool string) *proxy.Dest {
@@ -332,6 +353,7 @@ func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.
 			Health:         pl.monitor,
 			Retries:        pl.cfg.Retries,
 			ConnectTimeout: pl.cfg.ConnectTimeout.Duration,
+			HashClient:     pl.cfg.Algorithm == balancer.Hash,
 			Stats:          backendCounters(p, lc.Name, pool, s.metrics.TCP),
 			Duration:       s.metrics.TCPDuration(lc.Name, pool),
 		}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/offloadlb/lb/pkg/balancer"
+
 	"github.com/offloadlb/lb/internal/version"
 	"github.com/offloadlb/lb/pkg/acme"
 	"github.com/offloadlb/lb/pkg/admin"
@@ -59,8 +61,19 @@ func (s *Server) Status() admin.Status {
 		st.Listeners = append(st.Listeners, ls)
 	}
 	for _, name := range s.snap.order {
-		p := s.snap.pools[name].upstream.Pool
-		ps := admin.PoolStatus{Name: p.Name, Algorithm: p.Algorithm, Usable: p.Usable()}
+		up := s.snap.pools[name].upstream
+		p := up.Pool
+		ps := admin.PoolStatus{
+			Name: p.Name, Algorithm: p.Algorithm, Usable: p.Usable(),
+			HashKey: up.Key.String(), HashBalance: p.HashBalance, BackupsServing: p.BackupsServing(),
+		}
+		if up.Sticky != nil {
+			ps.StickyCookie = up.Sticky.Cookie
+		}
+		var total uint64
+		for _, b := range p.Backends {
+			total += b.Requests()
+		}
 		if c := s.snap.pools[name].cache; c != nil {
 			st := c.Stats()
 			ps.Cache = &st
@@ -76,6 +89,8 @@ func (s *Server) Status() admin.Status {
 				Requests:          b.Requests(),
 				Failures:          b.Failures(),
 				LatencySeconds:    b.LatencySum().Seconds(),
+				LatencyEWMA:       b.LatencyEWMA(now).Seconds(),
+				Backup:            b.Backup,
 				LastError:         b.LastError(),
 				Since:             b.Changed(),
 			}
@@ -91,6 +106,9 @@ func (s *Server) Status() admin.Status {
 			}
 			if t := b.LastCheck(); !t.IsZero() {
 				bs.LastCheck = &t
+			}
+			if total > 0 {
+				bs.Share = float64(b.Requests()) / float64(total)
 			}
 			ps.Backends = append(ps.Backends, bs)
 		}
@@ -138,9 +156,21 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, name := range s.snap.order {
-		for _, b := range s.snap.pools[name].upstream.Pool.Backends {
+		up := s.snap.pools[name].upstream
+		now := time.Now()
+		for _, b := range up.Pool.Backends {
 			g.BackendUp(name, b.Address, b.Up())
 			g.BackendActive(name, b.Address, b.Active())
+			if up.Pool.Algorithm == balancer.LeastTime {
+				g.BackendLatencyEWMA(name, b.Address, b.LatencyEWMA(now).Seconds())
+			}
+		}
+		if up.Pool.HasBackups() {
+			g.PoolBackupsServing(name, up.Pool.BackupsServing())
+		}
+		if st := up.Sticky; st != nil {
+			g.StickyCookies(name, "new", st.Stats.New.Load())
+			g.StickyCookies(name, "moved", st.Stats.Moved.Load())
 		}
 		if c := s.snap.pools[name].cache; c != nil {
 			st := c.Stats()

@@ -8,6 +8,8 @@ package upstream
 import (
 	"time"
 
+	"github.com/offloadlb/lb/pkg/affinity"
+
 	"github.com/offloadlb/lb/pkg/balancer"
 )
 
@@ -36,6 +38,11 @@ type Group struct {
 	// backend until the backend answers (on_client_abort = "finish");
 	// false cuts the exchange at once.
 	FinishAborted bool
+	// Key is what of a request algorithm "hash" hashes (Kind KeyNone
+	// when the pool does not hash).
+	Key affinity.Key
+	// Sticky is the pool's cookie persistence; nil for none.
+	Sticky *affinity.Sticky
 }
 
 // Outcome is how forwarding one request to a Group went: the backend
