@@ -88,11 +88,11 @@ type PoolStatus struct {
 
 // BackendStatus describes one backend.
 type BackendStatus struct {
-	Address           string  `json:"address"`
-	Weight            int     `json:"weight"`
-	EffectiveWeight   int     `json:"effective_weight"`
+	Address         string `json:"address"`
+	Weight          int    `json:"weight"`
+	EffectiveWeight int    `json:"effective_weight"`
 	// Backup backends serve only while no other backend is usable.
-	Backup bool `json:"backup"`
+	Backup            bool    `json:"backup"`
 	State             string  `json:"state"` // up | down | draining (drained, requests in flight) | drained
 	Up                bool    `json:"up"`
 	SlowStart         bool    `json:"slow_start"`
@@ -106,7 +106,7 @@ type BackendStatus struct {
 	// LatencyEWMA is the peak-EWMA response time algorithm least_time
 	// weighs, in seconds (0 before the first answer).
 	LatencyEWMA float64 `json:"latency_ewma_seconds"`
-	LastError         string  `json:"last_error"`
+	LastError   string  `json:"last_error"`
 	// LastCheck is when the last active check finished; absent before the
 	// first.
 	LastCheck *time.Time `json:"last_check,omitempty"`

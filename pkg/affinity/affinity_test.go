@@ -55,8 +55,8 @@ func TestStickyTokens(t *testing.T) {
 		{"", -1},
 		{"lb_srv=" + tok, 1},
 		{"session=abc; lb_srv=" + s.TokenOf(0) + "; theme=dark", 0},
-		{"lb_srv=" + forged, -1}, // forged: one character changed
-		{"lb_srv=10.0.0.2:8080", -1},     // an address is no token
+		{"lb_srv=" + forged, -1},     // forged: one character changed
+		{"lb_srv=10.0.0.2:8080", -1}, // an address is no token
 		{"other=" + tok, -1},
 	} {
 		if got := s.Backend(request(tc.cookie)); got != tc.want {

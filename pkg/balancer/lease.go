@@ -108,28 +108,11 @@ func (p *Pool) mayTake(b *Backend, tried *Tried) bool {
 
 // queueOn waits up to wait for a slot on b and takes it.
 func (p *Pool) queueOn(b *Backend, tried *Tried, wait time.Duration) error {
-	if wait <= 0 {
-		return ErrQueueTimeout
-	}
-	q := p.q
-	q.waiting.Inc()
-	defer q.waiting.Dec()
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	for {
-		q.mu.Lock()
-		freed := q.freed
-		q.mu.Unlock()
+	_, err := p.waitFor(wait, func() (*Backend, bool) {
 		if b.tryAcquire(p.MaxConns) {
-			return nil
+			return b, true
 		}
-		if !p.mayTake(b, tried) {
-			return ErrNoBackend
-		}
-		select {
-		case <-freed:
-		case <-timer.C:
-			return ErrQueueTimeout
-		}
-	}
+		return nil, p.mayTake(b, tried)
+	})
+	return err
 }

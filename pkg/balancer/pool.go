@@ -267,6 +267,18 @@ func (p *Pool) anyUsable(tried *Tried) bool {
 }
 
 func (p *Pool) queue(tried *Tried, wait time.Duration) (*Backend, error) {
+	return p.waitFor(wait, func() (*Backend, bool) {
+		if b := p.tryAcquire(tried); b != nil {
+			return b, true
+		}
+		return nil, p.anyUsable(tried)
+	})
+}
+
+// waitFor waits up to wait for a slot: take tries to take one, and
+// returns the backend it took it on, or nil and whether a freed slot
+// could still be of use (false ends the wait with ErrNoBackend).
+func (p *Pool) waitFor(wait time.Duration, take func() (*Backend, bool)) (*Backend, error) {
 	if wait <= 0 {
 		return nil, ErrQueueTimeout
 	}
@@ -281,10 +293,11 @@ func (p *Pool) queue(tried *Tried, wait time.Duration) (*Backend, error) {
 		q.mu.Lock()
 		freed := q.freed
 		q.mu.Unlock()
-		if b := p.tryAcquire(tried); b != nil {
+		b, ok := take()
+		if b != nil {
 			return b, nil
 		}
-		if !p.anyUsable(tried) {
+		if !ok {
 			return nil, ErrNoBackend
 		}
 		select {

@@ -185,8 +185,8 @@ type Route struct {
 
 // Pool is a named group of backends with one balancing policy.
 type Pool struct {
-	Name               string    `toml:"name"`
-	Algorithm          string    `toml:"algorithm"` // round_robin | least_conn | random_two | least_time | hash
+	Name      string `toml:"name"`
+	Algorithm string `toml:"algorithm"` // round_robin | least_conn | random_two | least_time | hash
 	// HashKey is what algorithm hash hashes: client_ip | uri |
 	// header:NAME | cookie:NAME.
 	HashKey string `toml:"hash_key"`
@@ -196,7 +196,7 @@ type Pool struct {
 	// times the mean (per unit of weight); 0 for no bound.
 	HashBalance float64 `toml:"hash_balance"`
 	// Sticky, when set, keeps each client on one backend with a cookie.
-	Sticky *Sticky `toml:"sticky"`
+	Sticky             *Sticky   `toml:"sticky"`
 	Retries            int       `toml:"retries"`
 	ConnectTimeout     Duration  `toml:"connect_timeout"`
 	ResponseTimeout    Duration  `toml:"response_timeout"`

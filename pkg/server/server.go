@@ -4,8 +4,8 @@
 package server
 
 import (
-	"crypto/rand"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sync"
