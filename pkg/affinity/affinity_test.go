@@ -1,6 +1,7 @@
 package affinity
 
 import (
+	"bufio"
 	"net"
 	"strings"
 	"testing"
@@ -19,11 +20,16 @@ func backends(addrs ...string) []*balancer.Backend {
 	return bs
 }
 
+// request is the head of a request with that Cookie field, read as the
+// server reads one.
 func request(cookie string) *fasthttp.RequestHeader {
-	var h fasthttp.RequestHeader
-	h.SetRequestURI("/a?b=c")
+	raw := "GET /a?b=c HTTP/1.1\r\nHost: www.example.com\r\n"
 	if cookie != "" {
-		h.Set("Cookie", cookie)
+		raw += "Cookie: " + cookie + "\r\n"
+	}
+	var h fasthttp.RequestHeader
+	if err := h.Read(bufio.NewReader(strings.NewReader(raw + "\r\n"))); err != nil {
+		panic(err)
 	}
 	return &h
 }
@@ -156,5 +162,26 @@ func TestKeys(t *testing.T) {
 	h.Set("X-Tenant", "globex")
 	if b, _ := NewKey("header", "X-Tenant").Of(h, client); a == b {
 		t.Error("two tenants have the same key")
+	}
+}
+
+// TestCookieLeavesTheHeadAlone: reading a cookie does not change the
+// Cookie fields the backend gets.
+func TestCookieLeavesTheHeadAlone(t *testing.T) {
+	var h fasthttp.RequestHeader
+	raw := "GET / HTTP/1.1\r\nHost: a\r\nCookie: sess=\"a\\054b\"; pref=dark\r\nCookie: x=\"quoted\"; lb_srv=tok; =odd\r\n\r\n"
+	if err := h.Read(bufio.NewReader(strings.NewReader(raw))); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"lb_srv": "tok", "pref": "dark", "sess": `"a\054b"`, "x": `"quoted"`, "none": ""} {
+		if got := string(Cookie(&h, name)); got != want {
+			t.Errorf("cookie %s: %q, want %q", name, got, want)
+		}
+	}
+	s := NewSticky(StickyConfig{Cookie: "lb_srv"}, "web", backends("a:1"), []byte("0123456789abcdef"), nil)
+	s.Backend(&h)
+	NewKey("cookie", "sess").Of(&h, nil)
+	if got := string(h.Header()); !strings.Contains(got, "Cookie: sess=\"a\\054b\"; pref=dark\r\nCookie: x=\"quoted\"; lb_srv=tok; =odd\r\n") {
+		t.Errorf("the head after reading cookies:\n%s", got)
 	}
 }

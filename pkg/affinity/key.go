@@ -6,6 +6,7 @@
 package affinity
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
 
@@ -82,7 +83,7 @@ func (k Key) Of(h *fasthttp.RequestHeader, client net.Addr) (uint64, bool) {
 			return balancer.HashKey(v), true
 		}
 	case KeyCookie:
-		if v := h.Cookie(k.Name); len(v) > 0 {
+		if v := Cookie(h, k.Name); len(v) > 0 {
 			return balancer.HashKey(v), true
 		}
 	}
@@ -111,3 +112,25 @@ func ClientKey(a net.Addr) (uint64, bool) {
 	b := ip.Unmap().As16()
 	return balancer.HashKey(b[:]), true
 }
+
+// Cookie returns the value of the request's cookie name, as sent, or
+// nil. It reads the Cookie fields without fasthttp's RequestHeader.Cookie,
+// which parses them and from then on writes the head out from its parse:
+// that would change what the backend gets (cookies with a backslash or a
+// quote inside dropped, quotes around values removed, several Cookie
+// fields merged). It allocates nothing.
+func Cookie(h *fasthttp.RequestHeader, name string) []byte {
+	for _, field := range h.PeekAll("Cookie") {
+		for len(field) > 0 {
+			var pair []byte
+			pair, field, _ = bytes.Cut(field, semicolon)
+			k, v, ok := bytes.Cut(pair, equals)
+			if ok && string(bytes.TrimSpace(k)) == name {
+				return bytes.TrimSpace(v)
+			}
+		}
+	}
+	return nil
+}
+
+var semicolon, equals = []byte{';'}, []byte{'='}

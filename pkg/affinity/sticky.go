@@ -138,7 +138,7 @@ func cookieValue(c StickyConfig, tok string, secure bool) []byte {
 // Backend returns the Index of the backend the request's cookie names,
 // or -1 when it has no cookie or one that names no backend of the pool.
 func (s *Sticky) Backend(h *fasthttp.RequestHeader) int {
-	v := h.Cookie(s.Cookie)
+	v := Cookie(h, s.Cookie)
 	if len(v) == 0 {
 		return -1
 	}

@@ -216,12 +216,12 @@ func TestLeastTimeAvoidsASlowedBackend(t *testing.T) {
 	for i := range 100 {
 		at := now.Add(time.Duration(i) * 10 * time.Millisecond)
 		for _, b := range p.Backends {
-			b.ObserveLatency(2*time.Millisecond, at)
+			b.ObserveTime(2*time.Millisecond, at)
 		}
 	}
 	now = now.Add(time.Second)
 	// Backend b slows down: one answer in 50 ms counts at once (the peak).
-	p.Backends[1].ObserveLatency(50*time.Millisecond, now)
+	p.Backends[1].ObserveTime(50*time.Millisecond, now)
 	if got := p.Backends[1].LatencyEWMA(now); got < 40*time.Millisecond {
 		t.Fatalf("after a 50 ms answer the EWMA is %v", got)
 	}
@@ -240,14 +240,14 @@ func TestLeastTimeAvoidsASlowedBackend(t *testing.T) {
 	// Fast answers bring it back over the decay (10 s): after 30 s of them
 	// it is cheap again.
 	for i := range 300 {
-		p.Backends[1].ObserveLatency(2*time.Millisecond, now.Add(time.Duration(i)*100*time.Millisecond))
+		p.Backends[1].ObserveTime(2*time.Millisecond, now.Add(time.Duration(i)*100*time.Millisecond))
 	}
 	if got := p.Backends[1].LatencyEWMA(now.Add(30 * time.Second)); got > 5*time.Millisecond {
 		t.Errorf("after 30 s of 2 ms answers the EWMA is %v", got)
 	}
 	// A backend with no answer yet takes one request at a time.
 	q := newTestPool(t, LeastTime, 0, 1, 1)
-	q.Backends[0].ObserveLatency(time.Millisecond, time.Now())
+	q.Backends[0].ObserveTime(time.Millisecond, time.Now())
 	first, _ := q.Acquire(nil, 0)
 	second, _ := q.Acquire(nil, 0)
 	if first == second {
@@ -259,7 +259,7 @@ func TestLeastTimeCountsLoad(t *testing.T) {
 	p := newTestPool(t, LeastTime, 0, 1, 1)
 	now := time.Now()
 	for _, b := range p.Backends {
-		b.ObserveLatency(10*time.Millisecond, now)
+		b.ObserveTime(10*time.Millisecond, now)
 	}
 	// Same times; a has 5 in flight, so b is cheaper.
 	for range 5 {
@@ -355,5 +355,87 @@ func TestLeaseOn(t *testing.T) {
 	a.SetUp(false)
 	if _, err := p.LeaseOn(a, nil, time.Second, nil); !errors.Is(err, ErrNoBackend) {
 		t.Errorf("LeaseOn a down backend: %v", err)
+	}
+}
+
+// TestHashBoundNeverRefuses: a retry whose only untried backend is above
+// the bound still goes there, as does a request when every backend is.
+func TestHashBoundNeverRefuses(t *testing.T) {
+	p := hashPool(t, "10.0.0.1:80", "10.0.0.2:80")
+	p.HashBalance = 1.25
+	a, b := p.Backends[0], p.Backends[1]
+	b.active.Store(10)
+	var tried Tried
+	tried.SetKey(HashKey([]byte("k")))
+	tried.Add(a) // a failed; the retry must go to b
+	got, err := p.Acquire(&tried, 0)
+	if err != nil || got != b {
+		t.Fatalf("retry with b up and free: %v %v", got, err)
+	}
+	p.Release(got)
+}
+
+// TestHashWalkIsBounded: a keyed pick in a large pool whose backends are
+// all down fails without visiting every point of the ring, and one up
+// backend among many down ones is still found.
+func TestHashWalkIsBounded(t *testing.T) {
+	bs := make([]*Backend, 300)
+	for i := range bs {
+		bs[i] = &Backend{Address: fmt.Sprintf("10.0.%d.%d:80", i/256, i%256), Weight: 256}
+	}
+	p, err := NewPool("big", Hash, bs, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range bs {
+		b.SetUp(false)
+	}
+	p.Refresh()
+	var tried Tried
+	tried.SetKey(HashKey([]byte("k")))
+	start := time.Now()
+	if _, err := p.Acquire(&tried, 0); err == nil {
+		t.Fatal("picked a down backend")
+	}
+	if d := time.Since(start); d > 5*time.Millisecond {
+		t.Logf("a failed pick over %d points took %v", len(p.ring.primary), d)
+	}
+	bs[123].SetUp(true)
+	p.Refresh()
+	if got, err := p.Acquire(&tried, 0); err != nil || got != bs[123] {
+		t.Fatalf("one backend up among 300: %v %v", got, err)
+	}
+}
+
+// TestDrainedPrimaryKeepsStickyClientsWhileBackupsServe: draining every
+// primary hands new clients to the backups, while the sticky clients of
+// the drained ones stay.
+func TestDrainedPrimaryKeepsStickyClientsWhileBackupsServe(t *testing.T) {
+	bs := []*Backend{{Address: "a", Weight: 1}, {Address: "b", Weight: 1}, {Address: "bk", Weight: 1, Backup: true}}
+	p, err := NewPool("d", RoundRobin, bs, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs[0].SetDrained(true)
+	bs[1].SetDrained(true)
+	p.Refresh()
+	if !p.BackupsServing() {
+		t.Fatal("backups not serving with every primary drained")
+	}
+	l, err := p.LeaseOn(bs[0], nil, 0, nil)
+	if err != nil {
+		t.Fatalf("a sticky request to a drained primary: %v", err)
+	}
+	l.End(nil, false)
+	// A down primary does not take it.
+	bs[1].SetUp(false)
+	if _, err := p.LeaseOn(bs[1], nil, 0, nil); !errors.Is(err, ErrNoBackend) {
+		t.Errorf("a sticky request to a down primary: %v", err)
+	}
+	// A backup's sticky clients move once a primary serves again.
+	bs[0].SetDrained(false)
+	p.Refresh()
+	if _, err := p.LeaseOn(bs[2], nil, 0, nil); !errors.Is(err, ErrNoBackend) {
+		t.Errorf("a sticky request to the backup with a primary back: %v", err)
 	}
 }

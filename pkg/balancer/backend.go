@@ -144,11 +144,18 @@ func (s *State) CountRequest(failed bool) {
 	}
 }
 
-// ObserveLatency adds the duration of one answered request, which ended
-// at now, to the backend's total and to its peak-EWMA.
-func (s *State) ObserveLatency(d time.Duration, now time.Time) {
+// ObserveLatency adds the duration of one answered request to the
+// backend's total.
+func (s *State) ObserveLatency(d time.Duration) {
 	if d > 0 {
 		s.latency.Add(uint64(d))
+	}
+}
+
+// ObserveTime moves the backend's peak-EWMA (algorithm least_time) with
+// the time one attempt on it took, which ended at now.
+func (s *State) ObserveTime(d time.Duration, now time.Time) {
+	if d > 0 {
 		s.observeEWMA(float64(d), now.UnixNano())
 	}
 }

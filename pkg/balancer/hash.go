@@ -37,9 +37,9 @@ type ringPoint struct {
 	idx  int32
 }
 
-// pointsPerWeight is how many points a backend has per unit of weight:
-// with 160, as NGINX, a backend's share of the keys is within a few
-// percent of its weight's share.
+// pointsPerWeight is how many points a backend has per unit of weight
+// (NGINX places 160): the more, the closer a backend's share of the keys
+// comes to its weight's share (within about 6% of it with 256).
 const pointsPerWeight = 256
 
 // maxRingPoints bounds a ring's size (16 bytes a point); past it, every
@@ -93,7 +93,10 @@ func buildRing(backends []*Backend, backup bool) []ringPoint {
 func HashKey(k []byte) uint64 { return xxhash.Sum64(k) }
 
 // next returns the candidate that owns tried's key, passing over
-// backends that are not candidates or are above the load bound.
+// backends that are not candidates or are above the load bound. When
+// every candidate is above the bound (a retry whose untried backends are
+// all busy, say) the first of them on the ring takes the request: the
+// bound spreads load, and never refuses a request a backend can take.
 func (r *hashRing) next(p *Pool, tried *Tried) *Backend {
 	pts := r.primary
 	if p.hasBackup && p.backupTier.Load() {
@@ -113,20 +116,45 @@ func (r *hashRing) next(p *Pool, tried *Tried) *Backend {
 		return 0
 	})
 	bound := p.loadBound()
+	var over *Backend // the first candidate passed over for the bound
 	// Backends already passed over, for the pools small enough to track
-	// them on the stack: a point of one of those is skipped at once.
+	// them on the stack: a point of one of those is skipped at once, and
+	// the walk ends when every backend has been passed over. In larger
+	// pools the walk is cut after a few points per backend.
 	var passed [4]uint64
-	for j := range n {
+	tracked := len(p.Backends) <= 256
+	left := len(p.Backends)
+	steps := n
+	if !tracked {
+		steps = min(n, 16*len(p.Backends))
+	}
+	for j := range steps {
 		b := p.Backends[pts[(start+j)%n].idx]
-		if b.Index < 256 && passed[b.Index>>6]&(1<<(b.Index&63)) != 0 {
-			continue
+		if tracked {
+			bit := uint64(1) << (b.Index & 63)
+			if passed[b.Index>>6]&bit != 0 {
+				continue
+			}
+			passed[b.Index>>6] |= bit
+			left--
 		}
-		if p.candidate(b, tried) && (bound == 0 || float64(b.active.Load()+1) <= math.Ceil(bound*float64(b.Weight))) {
-			return b
+		if p.candidate(b, tried) {
+			if bound == 0 || float64(b.active.Load()+1) <= math.Ceil(bound*float64(b.Weight)) {
+				return b
+			}
+			if over == nil {
+				over = b
+			}
 		}
-		if b.Index < 256 {
-			passed[b.Index>>6] |= 1 << (b.Index & 63)
+		if tracked && left == 0 {
+			break
 		}
+	}
+	if over != nil {
+		return over
+	}
+	if !tracked {
+		return scan(p, tried)
 	}
 	return nil
 }

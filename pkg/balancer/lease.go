@@ -81,7 +81,8 @@ func (l Lease) Withdraw() {
 // sticky session's), as Lease does for a backend it picks, and adds b
 // to tried. b must be up, untried, of weight above zero, and among the
 // backends serving (a backup only while no other backend is usable); a
-// drained backend still takes the requests that ask for it. When b is at
+// drained backend still takes the requests that ask for it, even while
+// backups serve because every other backend is drained too. When b is at
 // MaxConns the request waits up to wait for one of its slots, as HAProxy
 // queues a persistent request on its server. It fails with ErrNoBackend
 // when b may not take it (the caller picks another), and with
@@ -101,9 +102,12 @@ func (p *Pool) LeaseOn(b *Backend, tried *Tried, wait time.Duration, r Reporter)
 	return Lease{Backend: b, pool: p, report: r}, nil
 }
 
-// mayTake reports whether b may take a request that asks for it.
+// mayTake reports whether b may take a request that asks for it: up,
+// among the backends serving, or a drained one that is not a backup (its
+// sessions stay while backups take the new clients of a pool whose every
+// other backend is drained).
 func (p *Pool) mayTake(b *Backend, tried *Tried) bool {
-	return b.Up() && b.Weight > 0 && p.inTier(b) && !tried.Has(b)
+	return b.Up() && b.Weight > 0 && (p.inTier(b) || !b.Backup && b.Drained()) && !tried.Has(b)
 }
 
 // queueOn waits up to wait for a slot on b and takes it.

@@ -144,17 +144,25 @@ func (p *Pool) ShareQueue(old *Pool) { p.q = old.q }
 // Refresh must be called after a backend of the pool goes up or down or is
 // drained or enabled, so that precomputed selection tables follow.
 func (p *Pool) Refresh() {
-	if p.hasBackup {
-		primary := false
-		for _, b := range p.Backends {
-			if !b.Backup && b.Usable() && b.Weight > 0 {
-				primary = true
-				break
-			}
-		}
-		p.backupTier.Store(!primary)
-	}
 	p.rr.refresh(p)
+}
+
+// refreshTier sets which backends serve: the backups while no other
+// backend is usable. The round-robin refresh calls it under its lock, so
+// that refreshes racing on different goroutines (health checks, drains,
+// slow starts) store the tier in the order they store the table.
+func (p *Pool) refreshTier() {
+	if !p.hasBackup {
+		return
+	}
+	primary := false
+	for _, b := range p.Backends {
+		if !b.Backup && b.Usable() && b.Weight > 0 {
+			primary = true
+			break
+		}
+	}
+	p.backupTier.Store(!primary)
 }
 
 // HasBackups reports whether some backend of the pool is a backup.

@@ -57,6 +57,7 @@ func scan(p *Pool, tried *Tried) *Backend {
 func (r *roundRobin) refresh(p *Pool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	p.refreshTier()
 	weights := make([]int, len(p.Backends))
 	now := time.Now()
 	for i, b := range p.Backends {

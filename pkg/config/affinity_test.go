@@ -73,6 +73,8 @@ hash_balance = 0.9`, "", `pool[0].hash_balance: 0.9 is out of range`},
 		{"same_site none without secure", `  [pool.sticky]
   same_site = "none"
   secure = false`, "", `pool[0].sticky.same_site: "none" needs secure = true`},
+		{"same_site none, secure unset", `  [pool.sticky]
+  same_site = "none"`, "", `pool[0].sticky.same_site: "none" needs secure = true`},
 		{"missing secret file", `  [pool.sticky]
   secret_file = "nowhere.key"`, "", `pool[0].sticky.secret_file: cannot read`},
 		{"only backups", "", "", `every backend of pool "web" is a backup`},

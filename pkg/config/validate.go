@@ -469,7 +469,7 @@ func (l *loader) validateSticky(p string, st *Sticky) {
 	switch st.SameSite {
 	case "lax", "strict":
 	case "none":
-		if st.Secure != nil && !*st.Secure {
+		if st.Secure == nil || !*st.Secure {
 			l.errorf(p+".same_site", "\"none\" needs secure = true: browsers drop SameSite=None cookies that are not Secure")
 		}
 	default:

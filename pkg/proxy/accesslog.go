@@ -43,7 +43,7 @@ func (h *Handler) account(ctx *fasthttp.RequestCtx, site *Site, t *Dest, out ups
 	default:
 		t.Codes[b.Index].Inc(code)
 		if out.Err == nil {
-			b.ObserveLatency(d, now)
+			b.ObserveLatency(d)
 		}
 	}
 	if t != nil && t.Duration != nil {

@@ -82,6 +82,9 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 			out = h.forwardTo(ctx, site, t)
 		}
 		own = out.Err != nil && !(t.Cache != nil && httpcache.Answered(ctx))
+		if t.Up.Sticky != nil && out.Backend != nil && out.Err == nil {
+			setSticky(ctx, t.Up.Sticky, out.Backend.Index, site.TLS)
+		}
 		if out.Body != nil && proto == protoHTTP10 && ctx.Response.Header.ContentLength() < 0 {
 			closeDelimited(ctx, site.WriteTimeout)
 		}
@@ -93,6 +96,19 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		ctx.Response.Header.SetCanonical(hSTS, site.HSTS)
 	}
 	h.account(ctx, site, t, out, proto)
+}
+
+// setSticky gives the client the sticky cookie of the backend at Index
+// i, which answered, unless its cookie names that backend already. It
+// runs once a cache has stored the answer, so that no stored answer
+// carries one client's cookie to others; an upgrade's answer, written
+// before, got it from passOn.
+//
+//go:noinline
+func setSticky(ctx *fasthttp.RequestCtx, s *affinity.Sticky, i int, tls bool) {
+	if had := s.Backend(&ctx.Request.Header); had != i && !ctx.Hijacked() {
+		s.Set(&ctx.Response.Header, i, tls, had >= 0)
+	}
 }
 
 // errorPage puts the operator's page for the status of an answer lb
@@ -229,19 +245,7 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 		sticky = up.Sticky.Backend(&ctx.Request.Header)
 	}
 	for out.Attempts <= up.Retries {
-		var err error
-		if sticky >= 0 && out.Attempts == 0 {
-			// The backend the client's cookie names, while it may take
-			// the request (up, drained or not); otherwise a pick, and the
-			// answer gives the client a new cookie.
-			st.lease, err = up.Pool.LeaseOn(up.Pool.Backends[sticky], tried, up.QueueTimeout, up.Health)
-			if err != nil {
-				st.lease, err = up.Lease(tried)
-			}
-		} else {
-			st.lease, err = up.Lease(tried)
-		}
-		if err != nil {
+		if err := st.pick(up, sticky, out.Attempts == 0); err != nil {
 			if out.Err == nil {
 				out.Err = err
 			}
@@ -253,11 +257,11 @@ func (h *Handler) Forward(ctx *fasthttp.RequestCtx, up *upstream.Group) (out ups
 		stream, err := x.RoundTrip(&ctx.Request, &ctx.Response)
 		if err == nil {
 			out.Err = nil
-			out.Body = h.passOn(ctx, up, &st.lease, stream, sticky)
+			out.Body = h.passOn(ctx, up, st, stream, sticky)
 			return out
 		}
 		out.Err = err
-		if !h.attemptFailed(ctx, up, &st.lease, err, idempotent) {
+		if !h.attemptFailed(ctx, up, st, err, idempotent) {
 			break
 		}
 	}
@@ -276,21 +280,60 @@ type forwardState struct {
 	x     upstream.Exchange
 	tried balancer.Tried
 	lease balancer.Lease
+	// start is when the attempt on lease began, for pools that time
+	// their backends (least_time).
+	start time.Time
 }
 
-// passOn readies a backend's answer, which came on lease, for the
-// client, and returns its body to stream if there is one; sticky is the
-// Index of the backend the client's sticky cookie named (-1 for none). It is kept out
-// of Forward, whose stack frame sits under every backend exchange.
+// pick leases the backend of the next attempt into st.lease: on the
+// first, the one the client's sticky cookie names (the Index sticky, -1
+// for none) while it may take the request (up, drained or not); else,
+// or if it may not, the pool's pick. It is kept out of Forward, whose
+// stack frame sits under every backend exchange.
 //
 //go:noinline
-func (h *Handler) passOn(ctx *fasthttp.RequestCtx, up *upstream.Group, lease *balancer.Lease, stream *upstream.Body, sticky int) *upstream.Body {
-	if up.Sticky != nil && lease.Backend.Index != sticky {
-		// No cookie, or one for a backend that could not take the
-		// request: the client is now this backend's.
-		up.Sticky.Set(&ctx.Response.Header, lease.Backend.Index, tlsterm.ConnOf(ctx.Conn()) != nil, sticky >= 0)
+func (st *forwardState) pick(up *upstream.Group, sticky int, first bool) error {
+	var err error
+	if sticky >= 0 && first {
+		st.lease, err = up.Pool.LeaseOn(up.Pool.Backends[sticky], &st.tried, up.QueueTimeout, up.Health)
+		switch err {
+		case balancer.ErrNoBackend:
+			st.lease, err = up.Lease(&st.tried)
+		case balancer.ErrQueueTimeout:
+			// It waited its time for its own backend: another may take
+			// it now, but it waits no more.
+			st.lease, err = up.Pool.Lease(&st.tried, 0, up.Health)
+		}
+	} else {
+		st.lease, err = up.Lease(&st.tried)
+	}
+	if err == nil && up.TimeBackends {
+		st.start = time.Now()
+	}
+	return err
+}
+
+// passOn readies a backend's answer, which came on st.lease, for the
+// client, and returns its body to stream if there is one; sticky is the
+// Index of the backend the client's sticky cookie named (-1 for none).
+// It is kept out of Forward, whose stack frame sits under every backend
+// exchange.
+//
+//go:noinline
+func (h *Handler) passOn(ctx *fasthttp.RequestCtx, up *upstream.Group, st *forwardState, stream *upstream.Body, sticky int) *upstream.Body {
+	lease := &st.lease
+	if up.TimeBackends && st.x.Body == nil {
+		// The time to the answer's head (and whole body when it is
+		// short); an upload's would count the client's pace too.
+		now := time.Now()
+		lease.Backend.ObserveTime(now.Sub(st.start), now)
 	}
 	if stream != nil && stream.Switched() {
+		if up.Sticky != nil && lease.Backend.Index != sticky {
+			// The upgrade's answer is written now: the cookie goes with
+			// it (other answers get theirs in Serve, see setSticky).
+			up.Sticky.Set(&ctx.Response.Header, lease.Backend.Index, tlsterm.ConnOf(ctx.Conn()) != nil, sticky >= 0)
+		}
 		h.tunnel(ctx, up, *lease, stream.Tunnel())
 		return nil
 	}
@@ -317,13 +360,22 @@ func (h *Handler) passOn(ctx *fasthttp.RequestCtx, up *upstream.Group, lease *ba
 // of Forward, whose stack frame sits under every backend exchange.
 //
 //go:noinline
-func (h *Handler) attemptFailed(ctx *fasthttp.RequestCtx, up *upstream.Group, lease *balancer.Lease, err error, idempotent bool) bool {
+func (h *Handler) attemptFailed(ctx *fasthttp.RequestCtx, up *upstream.Group, st *forwardState, err error, idempotent bool) bool {
+	lease := &st.lease
 	// A backend that broke off while a request body was being sent may
 	// simply have refused the body; one whose exchange was cut because
 	// the client went away said nothing of its health.
 	if kind := errorKind(err); kind == upstream.ErrAborted || isBodyError(err) {
 		lease.Withdraw()
 	} else {
+		if up.TimeBackends && st.x.Body == nil {
+			// A failure takes the time it took, as an answer would: a
+			// backend that hangs until response_timeout is charged
+			// that long (the backend that answers the retry is charged
+			// only its own time).
+			now := time.Now()
+			lease.Backend.ObserveTime(now.Sub(st.start), now)
+		}
 		// (Body is not asked of a streamed body: it would read the
 		// rest of it into memory.)
 		lease.End(err, kind != upstream.ErrSend || !ctx.Request.IsBodyStream() && len(ctx.Request.Body()) == 0)

@@ -87,6 +87,7 @@ func newUpstream(t testing.TB, name string, addrs []string, o harnessOpts) *upst
 		QueueTimeout:    time.Second,
 		ResponseTimeout: timeout,
 		FinishAborted:   o.finishAborted,
+		TimeBackends:    algo == balancer.LeastTime,
 	}
 	t.Cleanup(func() { mon.Stop(); up.Close() })
 	return up

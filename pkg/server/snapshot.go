@@ -262,6 +262,7 @@ func (s *Server) buildPool(pc *config.Pool) (*pool, error) {
 			ResponseTimeout: pc.ResponseTimeout.Duration,
 			Key:             affinity.NewKey(pc.Key.Kind, pc.Key.Name),
 			Sticky:          sticky,
+			TimeBackends:    pc.Algorithm == balancer.LeastTime,
 		},
 	}, nil
 }

@@ -43,6 +43,9 @@ type Group struct {
 	Key affinity.Key
 	// Sticky is the pool's cookie persistence; nil for none.
 	Sticky *affinity.Sticky
+	// TimeBackends feeds each attempt's time to its backend's peak-EWMA
+	// (algorithm least_time).
+	TimeBackends bool
 }
 
 // Outcome is how forwarding one request to a Group went: the backend
