@@ -39,6 +39,27 @@ type ListenerStatus struct {
 	Certificates []CertificateStatus `json:"certificates,omitempty"`
 	// ACME lists the names of [listener.tls.acme], in config order.
 	ACME []ACMEStatus `json:"acme,omitempty"`
+	// Allow and Deny are the listener's access lists, and Denied the
+	// connections they refused.
+	Allow  []string `json:"allow,omitempty"`
+	Deny   []string `json:"deny,omitempty"`
+	Denied uint64   `json:"denied_connections"`
+	// Routes are the listener's routes, in order.
+	Routes []RouteStatus `json:"routes,omitempty"`
+}
+
+// RouteStatus describes one route of a listener.
+type RouteStatus struct {
+	Host        string   `json:"host,omitempty"`
+	PathPrefix  string   `json:"path_prefix,omitempty"`
+	SNI         string   `json:"sni,omitempty"`
+	Pool        string   `json:"pool,omitempty"`
+	StripPrefix bool     `json:"strip_prefix,omitempty"`
+	Redirect    string   `json:"redirect,omitempty"`
+	Allow       []string `json:"allow,omitempty"`
+	Deny        []string `json:"deny,omitempty"`
+	// HeaderRules is whether the route has [listener.route.headers].
+	HeaderRules bool `json:"header_rules,omitempty"`
 }
 
 // ACMEStatus describes one name whose certificate lb gets from an ACME CA.

@@ -94,6 +94,12 @@ type Listener struct {
 	RedirectHTTPS           string  `toml:"redirect_https"`
 	TLS                     *TLS    `toml:"tls"`
 	Routes                  []Route `toml:"route"`
+	// Allow and Deny are client addresses (CIDR prefixes) let in or
+	// refused at accept, before any TLS byte.
+	Allow []string `toml:"allow"`
+	Deny  []string `toml:"deny"`
+	// Headers are the listener's header rules (http listeners).
+	Headers *Headers `toml:"headers"`
 	// ErrorPages maps a status lb answers itself ("502", "503", "504",
 	// ...) to a file sent in place of lb's short text.
 	ErrorPages map[string]string `toml:"error_pages"`
@@ -181,6 +187,28 @@ type Route struct {
 	PathPrefix string `toml:"path_prefix"` // "/v1/"
 	SNI        string `toml:"sni"`         // tcp passthrough routing
 	Pool       string `toml:"pool"`
+	// StripPrefix sends the backend the path without PathPrefix.
+	StripPrefix bool `toml:"strip_prefix"`
+	// Redirect answers 308 to this origin ("https://www.example.com")
+	// with the request's path and query; the route then has no pool.
+	Redirect string `toml:"redirect"`
+	// Allow and Deny are client addresses the route lets in or refuses
+	// (403).
+	Allow []string `toml:"allow"`
+	Deny  []string `toml:"deny"`
+	// Headers are the route's header rules, applied after the
+	// listener's.
+	Headers *Headers `toml:"headers"`
+}
+
+// Headers are header rules: fields set on and removed from requests
+// before they go to a backend, and responses before they go to the
+// client.
+type Headers struct {
+	RequestSet     map[string]string `toml:"request_set"`
+	RequestRemove  []string          `toml:"request_remove"`
+	ResponseSet    map[string]string `toml:"response_set"`
+	ResponseRemove []string          `toml:"response_remove"`
 }
 
 // Pool is a named group of backends with one balancing policy.

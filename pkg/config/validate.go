@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -18,6 +19,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/offloadlb/lb/internal/edge"
 )
 
 // validate checks every field and records every problem; it never stops at
@@ -100,6 +103,12 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 	// tcp listener whose routes cover every server name it serves.
 	l.checkPoolRef(p+".pool", ln.Pool, pools, ln.RedirectHTTPS == "" && !(tcp && len(ln.Routes) > 0), tcp)
 	l.loadErrorPages(p, ln, tcp)
+	l.checkAddrList(p+".allow", ln.Allow)
+	l.checkAddrList(p+".deny", ln.Deny)
+	if ln.Headers != nil && tcp {
+		l.errorf(p+".headers", "are for http listeners")
+	}
+	l.checkHeaders(p+".headers", ln.Headers)
 
 	l.checkDur(ln.ReadTimeout, p+".read_timeout", false)
 	l.checkDur(ln.WriteTimeout, p+".write_timeout", false)
@@ -248,7 +257,36 @@ func (l *loader) checkKeyPair(p, cert, key string) {
 }
 
 func (l *loader) validateRoute(p string, r *Route, pools map[string]int, tcp bool) {
-	l.checkPoolRef(p+".pool", r.Pool, pools, true, tcp)
+	if r.Redirect == "" || r.Pool != "" {
+		l.checkPoolRef(p+".pool", r.Pool, pools, true, tcp)
+	}
+	l.checkAddrList(p+".allow", r.Allow)
+	l.checkAddrList(p+".deny", r.Deny)
+	if tcp {
+		switch {
+		case r.StripPrefix:
+			l.errorf(p+".strip_prefix", "is for http listeners: a tcp listener has no paths")
+		case r.Redirect != "":
+			l.errorf(p+".redirect", "is for http listeners")
+		case r.Headers != nil:
+			l.errorf(p+".headers", "are for http listeners")
+		case len(r.Allow)+len(r.Deny) > 0:
+			l.errorf(p, "allow and deny on a tcp listener's routes: put them on the listener, where they are checked before any byte")
+		}
+	} else {
+		if r.StripPrefix && r.PathPrefix == "" {
+			l.errorf(p+".strip_prefix", "needs path_prefix: it is what is stripped")
+		}
+		if r.Redirect != "" {
+			if r.Pool != "" {
+				l.errorf(p+".redirect", "a route either redirects or sends to a pool, not both (pool = %q)", r.Pool)
+			}
+			if err := checkOrigin(r.Redirect); err != nil {
+				l.errorf(p+".redirect", "%v", err)
+			}
+		}
+		l.checkHeaders(p+".headers", r.Headers)
+	}
 	if tcp {
 		switch {
 		case r.Host != "" || r.PathPrefix != "":
@@ -411,6 +449,62 @@ func (l *loader) validatePool(i int, pools map[string]int) {
 			l.errorf(bp+".weight", "%d is out of range 0-%d", b.Weight, MaxWeight)
 		}
 	}
+}
+
+// checkAddrList checks an allow or deny list.
+func (l *loader) checkAddrList(p string, list []string) {
+	for i, s := range list {
+		if _, err := edge.ParsePrefix(s); err != nil {
+			l.errorf(fmt.Sprintf("%s[%d]", p, i), "%v", err)
+		}
+	}
+}
+
+// checkHeaders checks header rules.
+func (l *loader) checkHeaders(p string, h *Headers) {
+	if h == nil {
+		return
+	}
+	for _, set := range []struct {
+		key     string
+		names   []string
+		values  map[string]string
+		request bool
+	}{
+		{"request_set", slices.Sorted(maps.Keys(h.RequestSet)), h.RequestSet, true},
+		{"request_remove", h.RequestRemove, nil, true},
+		{"response_set", slices.Sorted(maps.Keys(h.ResponseSet)), h.ResponseSet, false},
+		{"response_remove", h.ResponseRemove, nil, false},
+	} {
+		for _, n := range set.names {
+			if err := edge.CheckRuleField(n, set.request); err != nil {
+				l.errorf(p+"."+set.key, "%v", err)
+				continue
+			}
+			if set.values != nil {
+				if err := edge.CheckRuleValue(set.values[n]); err != nil {
+					l.errorf(p+"."+set.key, "%s: %v", n, err)
+				}
+			}
+		}
+	}
+}
+
+// checkOrigin checks a redirect's origin: http or https, a host, and no
+// path, query or fragment (the request's path and query follow it).
+func checkOrigin(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%q is not a URL", s)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("%q: want http:// or https:// and a host, such as \"https://www.example.com\"", s)
+	case u.Host == "" || u.User != nil:
+		return fmt.Errorf("%q has no host", s)
+	case u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.Fragment != "":
+		return fmt.Errorf("%q: only an origin (scheme and host); the request's path and query are added to it", s)
+	}
+	return nil
 }
 
 // loadErrorPages reads a listener's error_pages into its Pages.

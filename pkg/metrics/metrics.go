@@ -264,7 +264,7 @@ var (
 	descConns = prometheus.NewDesc("lb_connections_active",
 		"Open client connections by listener.", []string{"listener"}, nil)
 	descRefused = prometheus.NewDesc("lb_connections_refused_total",
-		"Client connections closed as soon as accepted, by listener and reason (per_client: the client address held max_connections_per_client).", []string{"listener", "reason"}, nil)
+		"Client connections closed as soon as accepted, by listener and reason (per_client: the client address held max_connections_per_client; denied: the listener's allow or deny list refused the address).", []string{"listener", "reason"}, nil)
 	descExpiry = prometheus.NewDesc("lb_tls_certificate_expiry_seconds",
 		"Seconds until a served certificate expires (negative once it has).", []string{"listener", "subject"}, nil)
 	descCache = prometheus.NewDesc("lb_cache_requests_total",

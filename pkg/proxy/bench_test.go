@@ -5,6 +5,8 @@ import (
 	"net"
 	"testing"
 
+	"github.com/offloadlb/lb/pkg/policy"
+
 	"github.com/offloadlb/lb/pkg/affinity"
 	"github.com/offloadlb/lb/pkg/balancer"
 
@@ -139,6 +141,18 @@ func TestHotPathsAllocateNothing(t *testing.T) {
 		{"request through lb, logged as text", func() func() { return request(loggedHarness(t, accesslog.Text)) }, 0},
 		{"request through lb, logged as JSON", func() func() { return request(loggedHarness(t, accesslog.JSON)) }, 0},
 		{"request through lb, logged as combined", func() func() { return request(loggedHarness(t, accesslog.Combined)) }, 0},
+		{"request through a listener with header rules and a stripping route", func() func() {
+			rules := policy.NewHeaderRules(policy.HeaderConfig{
+				RequestSet: map[string]string{"X-Env": "prod"}, RequestRemove: []string{"X-Debug"},
+				ResponseSet: map[string]string{"X-Frame-Options": "DENY"}, ResponseRemove: []string{"Server"},
+			})
+			deny, _ := policy.NewFilter(nil, []string{"203.0.113.0/24"})
+			return request(newHarness(t, harnessOpts{
+				backends: []string{startFastBackend(t)},
+				rules:    []Rule{{PathPrefix: "/bench", Policy: &RoutePolicy{StripPrefix: "/bench", Access: deny, Headers: rules}}},
+				site:     func(s *Site) { s.Headers = rules },
+			}))
+		}, 0},
 		{"request to a sticky pool hashed by cookie, with its cookie", func() func() { return affinityRequest(t, true) }, 0},
 		{"request to a sticky pool hashed by cookie, given a cookie", func() func() { return affinityRequest(t, false) }, 0},
 	} {

@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/offloadlb/lb/pkg/policy"
+
 	"github.com/offloadlb/lb/pkg/affinity"
 
 	"github.com/hashicorp/go-hclog"
@@ -57,6 +59,7 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	site := h.site.Load()
 	var (
 		t   *Dest
+		rp  *RoutePolicy
 		out upstream.Outcome
 	)
 	proto := protoOf(ctx)
@@ -72,10 +75,15 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		// listener too: the CA fetches the answer over plain HTTP.
 	} else if site.Redirect != nil {
 		redirect(ctx, site.Redirect)
-	} else if t = site.route(ctx.Host(), ctx.Path()); t == nil {
+	} else if t, rp = site.route(ctx.Host(), ctx.Path()); rp != nil && routeAnswers(ctx, rp) {
+		t = nil // refused or redirected by the route: no pool's
+	} else if t == nil {
 		httpstatus.Answer(&ctx.Response, fasthttp.StatusServiceUnavailable)
 	} else {
 		httphead.Prepare(ctx, mask, clientOf(ctx, site.TLS))
+		if site.Headers != nil || rp != nil {
+			requestRules(ctx, site.Headers, rp)
+		}
 		if ctx.Request.IsBodyStream() {
 			out = h.forwardBody(ctx, site, t, proto == protoHTTP2)
 		} else {
@@ -92,10 +100,77 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 	if own && site.Pages != nil {
 		errorPage(ctx, site)
 	}
+	if site.Headers != nil || rp != nil && rp.Headers != nil {
+		responseRules(ctx, site.Headers, rp)
+	}
 	if site.HSTS != nil {
 		ctx.Response.Header.SetCanonical(hSTS, site.HSTS)
 	}
 	h.account(ctx, site, t, out, proto)
+}
+
+// routeAnswers answers a request its route refuses (403: the client's
+// address is not let in) or redirects (308), and reports whether it did.
+//
+//go:noinline
+func routeAnswers(ctx *fasthttp.RequestCtx, rp *RoutePolicy) bool {
+	if rp.Access != nil && !rp.Access.AllowsAddr(ctx.RemoteAddr()) {
+		httpstatus.Answer(&ctx.Response, fasthttp.StatusForbidden)
+		return true
+	}
+	if rp.Redirect != "" {
+		var buf [256]byte
+		uri := ctx.URI()
+		uri.DisablePathNormalizing = true
+		loc := policy.Redirect(buf[:0], rp.Redirect, uri.RequestURI())
+		ctx.Response.Header.SetCanonical(hLocation, loc)
+		ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
+		ctx.SetStatusCode(fasthttp.StatusPermanentRedirect)
+		cache.SetDate(&ctx.Response.Header, time.Now())
+		return true
+	}
+	return false
+}
+
+// requestRules rewrites a request for its backend as its listener's
+// header rules and its route say, after httphead.Prepare: the path
+// without the route's prefix, then the listener's rules, then the
+// route's.
+//
+//go:noinline
+func requestRules(ctx *fasthttp.RequestCtx, listener *policy.HeaderRules, rp *RoutePolicy) {
+	h := &ctx.Request.Header
+	if rp != nil && rp.StripPrefix != "" {
+		var buf [256]byte
+		if target, ok := policy.StripPrefix(buf[:0], h.RequestURI(), rp.StripPrefix); ok {
+			h.SetRequestURIBytes(target)
+		} else {
+			// The target as written does not start with the prefix the
+			// normalised path matched (%-escapes, dot segments): the
+			// normalised path stands for it.
+			uri := ctx.URI()
+			path, _ := policy.StripPrefix(buf[:0], uri.Path(), rp.StripPrefix)
+			if q := uri.QueryString(); len(q) > 0 {
+				path = append(append(path, '?'), q...)
+			}
+			h.SetRequestURIBytes(path)
+		}
+	}
+	listener.Request(h)
+	if rp != nil {
+		rp.Headers.Request(h)
+	}
+}
+
+// responseRules applies the listener's and then the route's response
+// header rules, to every answer, lb's own included.
+//
+//go:noinline
+func responseRules(ctx *fasthttp.RequestCtx, listener *policy.HeaderRules, rp *RoutePolicy) {
+	listener.Response(&ctx.Response.Header)
+	if rp != nil {
+		rp.Headers.Response(&ctx.Response.Header)
+	}
 }
 
 // setSticky gives the client the sticky cookie of the backend at Index

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/offloadlb/lb/pkg/policy"
+
 	"github.com/valyala/fasthttp"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,6 +65,8 @@ type Site struct {
 	// HSTS, when set, is sent as Strict-Transport-Security on every
 	// response.
 	HSTS []byte
+	// Headers are the listener's header rules; nil for none.
+	Headers *policy.HeaderRules
 	// Pages are the operator's pages for statuses lb answers itself
 	// (listener.error_pages), by status; nil for none.
 	Pages map[int]config.ErrorPage
@@ -126,7 +130,26 @@ type Rule struct {
 	Host string
 	// PathPrefix matches the start of the normalised path; "" matches all.
 	PathPrefix string
-	Dest       *Dest
+	// Dest is where matching requests go; nil for a route that
+	// redirects.
+	Dest *Dest
+	// Policy is what the route does beside choosing Dest; nil for
+	// nothing.
+	Policy *RoutePolicy
+}
+
+// RoutePolicy is a route's rules beyond its pool.
+type RoutePolicy struct {
+	// Access refuses (403) clients it does not allow; nil lets all in.
+	Access *policy.Filter
+	// StripPrefix, when set, is taken off the start of the path the
+	// backend sees.
+	StripPrefix string
+	// Redirect, when set, answers 308 to this origin with the request's
+	// path and query.
+	Redirect string
+	// Headers are the route's header rules, after the listener's.
+	Headers *policy.HeaderRules
 }
 
 func (r *Rule) match(host, path []byte) bool {
@@ -145,17 +168,17 @@ func (r *Rule) match(host, path []byte) bool {
 
 // route picks the pool for a request: the first rule that matches, else
 // Default.
-func (s *Site) route(host, path []byte) *Dest {
+func (s *Site) route(host, path []byte) (*Dest, *RoutePolicy) {
 	if len(s.Rules) == 0 {
-		return s.Default
+		return s.Default, nil
 	}
 	host = httphead.StripPort(host)
 	for i := range s.Rules {
 		if s.Rules[i].match(host, path) {
-			return s.Rules[i].Dest
+			return s.Rules[i].Dest, s.Rules[i].Policy
 		}
 	}
-	return s.Default
+	return s.Default, nil
 }
 
 // redirect answers a 308 to the same resource over HTTPS. The host is the

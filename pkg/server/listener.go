@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/offloadlb/lb/pkg/policy"
+
 	"github.com/hashicorp/go-hclog"
 	"go.uber.org/atomic"
 
@@ -49,6 +51,11 @@ type boundListener struct {
 	preludeWait atomic.Int64                       // nanoseconds a PROXY header may take
 	term        atomic.Pointer[tlsterm.Terminator] // nil: plaintext
 	current     atomic.Pointer[httpServer]         // http mode
+	// access is the listener's allow and deny lists (nil: everyone),
+	// checked before any TLS byte; denied counts the connections it
+	// refused.
+	access atomic.Pointer[policy.Filter]
+	denied atomic.Uint64
 
 	mu      sync.Mutex
 	cfg     config.Listener
@@ -83,9 +90,34 @@ func bindListener(cfg config.Listener, log hclog.Logger) (*boundListener, error)
 		}
 	}
 	l.prelude = func(c net.Conn) (net.Conn, error) {
-		return l4.AcceptProxy(c, time.Duration(l.preludeWait.Load()))
+		pc, err := l4.AcceptProxy(c, time.Duration(l.preludeWait.Load()))
+		if err == nil && !l.admits(pc) {
+			// Behind a balancer the client's address is the PROXY
+			// header's: refused there, still before any TLS byte.
+			pc.Close()
+			return nil, errDenied
+		}
+		return pc, err
 	}
 	return l, nil
+}
+
+// errDenied is the prelude's error for a connection whose PROXY address
+// the listener's access lists refuse.
+var errDenied = errors.New("the client's address is denied")
+
+// admits reports whether the listener's access lists let c's client in,
+// counting it when they do not.
+func (l *boundListener) admits(c net.Conn) bool {
+	f := l.access.Load()
+	if f.AllowsAddr(c.RemoteAddr()) {
+		return true
+	}
+	l.denied.Add(1)
+	if l.log.IsDebug() {
+		l.log.Debug("connection refused: the client's address is denied", "listener", l.name.Load(), "client", c.RemoteAddr().String())
+	}
+	return false
 }
 
 // key identifies the listener among the server's: the address it was
@@ -112,12 +144,21 @@ func (l *boundListener) configure(cfg config.Listener, httpState *proxy.Site, tc
 		l.handshaker = tlsterm.NewHandshaker(handshakeTimeout(cfg))
 		l.handshaker.Done = func(r tlsterm.HandshakeResult) { countHandshake(m, l.name.Load(), r) }
 		l.handshaker.Failed = func(c net.Conn, err error) {
+			if errors.Is(err, errDenied) {
+				return // counted and logged by admits
+			}
 			l.log.Debug("connection refused: no valid PROXY protocol header", "listener", l.name.Load(), "client", c.RemoteAddr().String(), "error", err)
 		}
 	}
 	l.handshaker.SetTimeout(handshakeTimeout(cfg))
 	l.preludeWait.Store(int64(cfg.ReadTimeout.Duration))
 	l.acceptProxy.Store(cfg.AcceptProxyProtocol)
+	if len(cfg.Allow)+len(cfg.Deny) > 0 {
+		f, _ := policy.NewFilter(cfg.Allow, cfg.Deny) // validated
+		l.access.Store(f)
+	} else {
+		l.access.Store(nil)
+	}
 	if old := l.term.Swap(term); old != term {
 		if old != nil {
 			old.Close()
@@ -224,6 +265,10 @@ func (l *boundListener) serve() {
 		}
 		delay = 0
 		term, proxied := l.term.Load(), l.acceptProxy.Load()
+		if !proxied && !l.admits(c) {
+			c.Close() // before any byte is read: a refused client costs no handshake
+			continue
+		}
 		switch {
 		case term == nil && !proxied:
 			l.deliver(c)

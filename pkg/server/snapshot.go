@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/offloadlb/lb/pkg/policy"
+
 	"github.com/offloadlb/lb/pkg/affinity"
 
 	"github.com/hashicorp/go-hclog"
@@ -315,7 +317,10 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access *acce
 	})
 	st.Default = def
 	for i, r := range lc.Routes {
-		st.Rules = append(st.Rules, proxy.Rule{Host: strings.ToLower(r.Host), PathPrefix: r.PathPrefix, Dest: routes[i]})
+		st.Rules = append(st.Rules, proxy.Rule{Host: strings.ToLower(r.Host), PathPrefix: r.PathPrefix, Dest: routes[i], Policy: routePolicy(r)})
+	}
+	if h := lc.Headers; h != nil {
+		st.Headers = policy.NewHeaderRules(headerConfig(h))
 	}
 	if lc.RedirectHTTPS != "" {
 		if r, err := config.ParseRedirect(lc.RedirectHTTPS); err == nil {
@@ -366,6 +371,29 @@ func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.
 	return st
 }
 
+// routePolicy is what a route does beside choosing a pool: nil for a
+// route that only routes.
+func routePolicy(r config.Route) *proxy.RoutePolicy {
+	if !r.StripPrefix && r.Redirect == "" && len(r.Allow)+len(r.Deny) == 0 && r.Headers == nil {
+		return nil
+	}
+	rp := &proxy.RoutePolicy{Redirect: strings.TrimSuffix(r.Redirect, "/")}
+	if r.StripPrefix {
+		rp.StripPrefix = r.PathPrefix
+	}
+	if len(r.Allow)+len(r.Deny) > 0 {
+		rp.Access, _ = policy.NewFilter(r.Allow, r.Deny) // validated
+	}
+	if r.Headers != nil {
+		rp.Headers = policy.NewHeaderRules(headerConfig(r.Headers))
+	}
+	return rp
+}
+
+func headerConfig(h *config.Headers) policy.HeaderConfig {
+	return policy.HeaderConfig{RequestSet: h.RequestSet, RequestRemove: h.RequestRemove, ResponseSet: h.ResponseSet, ResponseRemove: h.ResponseRemove}
+}
+
 // resolvePools resolves the pools a listener sends to, building what each
 // pool is to this listener (a proxy.Dest, an l4.Upstream) once with build,
 // however many routes name it: def for the listener's own pool (nil when
@@ -385,7 +413,9 @@ func resolvePools[T any](lc config.Listener, build func(pool string) *T) (def *T
 	}
 	routes = make([]*T, len(lc.Routes))
 	for i, r := range lc.Routes {
-		routes[i] = resolve(r.Pool)
+		if r.Pool != "" { // a redirecting route has none
+			routes[i] = resolve(r.Pool)
+		}
 	}
 	return def, routes
 }

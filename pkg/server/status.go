@@ -38,6 +38,15 @@ func (s *Server) Status() admin.Status {
 			Pool:              lc.Pool,
 			ActiveConnections: l.sock.Active(),
 			Requests:          totals[lc.Name],
+			Allow:             lc.Allow,
+			Deny:              lc.Deny,
+			Denied:            l.denied.Load(),
+		}
+		for _, r := range lc.Routes {
+			ls.Routes = append(ls.Routes, admin.RouteStatus{
+				Host: r.Host, PathPrefix: r.PathPrefix, SNI: r.SNI, Pool: r.Pool,
+				StripPrefix: r.StripPrefix, Redirect: r.Redirect, Allow: r.Allow, Deny: r.Deny, HeaderRules: r.Headers != nil,
+			})
 		}
 		if term := l.term.Load(); term != nil {
 			for _, c := range term.Store().Certificates() {
@@ -184,6 +193,7 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 		lc := l.config()
 		g.ConnectionsActive(lc.Name, l.sock.Active())
 		g.ConnectionsRefused(lc.Name, "per_client", l.sock.Refused())
+		g.ConnectionsRefused(lc.Name, "denied", l.denied.Load())
 		if term := l.term.Load(); term != nil {
 			for _, c := range term.Store().Certificates() {
 				g.CertificateExpiry(lc.Name, c.Leaf.Subject.String(), c.Leaf.NotAfter)

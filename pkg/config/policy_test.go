@@ -1,0 +1,73 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+// withRoute adds a route with keys to minimal's listener.
+func withRoute(listenerKeys, routeKeys string) string {
+	return strings.Replace(minimal, "  [listener.tls]", listenerKeys+`
+  [[listener.route]]
+  path_prefix = "/api/"
+`+routeKeys+`
+  [listener.tls]`, 1)
+}
+
+func TestPolicyConfig(t *testing.T) {
+	cfg, err := parseIn(t, withRoute(`allow = ["10.0.0.0/8", "192.0.2.7"]
+deny = ["10.6.6.0/24"]
+  [listener.headers]
+  request_set = { "X-Env" = "prod" }
+  response_remove = ["Server"]`, `  pool = "web"
+  strip_prefix = true
+  deny = ["203.0.113.0/24"]
+    [listener.route.headers]
+    response_set = { "X-Frame-Options" = "DENY" }
+  [[listener.route]]
+  host = "old.example.com"
+  redirect = "https://www.example.com/"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := cfg.Listeners[0]
+	if len(ln.Allow) != 2 || ln.Headers.RequestSet["X-Env"] != "prod" || !ln.Routes[0].StripPrefix || ln.Routes[1].Redirect != "https://www.example.com/" || ln.Routes[1].Pool != "" {
+		t.Errorf("%+v", ln)
+	}
+}
+
+func TestPolicyConfigErrors(t *testing.T) {
+	for _, tc := range []struct{ name, listener, route, want string }{
+		{"bad allow", `allow = ["10.0.0.1/8"]`, `  pool = "web"`, `listener[0].allow[0]: "10.0.0.1/8" has bits set past its length: did you mean 10.0.0.0/8?`},
+		{"bad deny", `deny = ["evil"]`, `  pool = "web"`, `listener[0].deny[0]: "evil" is not an address`},
+		{"route bad deny", ``, `  pool = "web"
+  deny = ["300.0.0.0/8"]`, `listener[0].route[0].deny[0]`},
+		{"lb's own header", `  [listener.headers]
+  request_set = { "X-Forwarded-For" = "1.2.3.4" }`, `  pool = "web"`, `listener[0].headers.request_set: X-Forwarded-For is lb's to set`},
+		{"framing header", `  [listener.headers]
+  response_remove = ["Content-Length"]`, `  pool = "web"`, `listener[0].headers.response_remove: Content-Length frames the message`},
+		{"header injection", `  [listener.headers]
+  response_set = { "X-A" = "b\r\nX-Evil: 1" }`, `  pool = "web"`, `listener[0].headers.response_set: X-A: "b\r\nX-Evil: 1" holds a line break`},
+		{"strip without prefix", ``, `  pool = "web"
+  strip_prefix = true
+  [[listener.route]]
+  host = "a.example.com"
+  pool = "web"
+  strip_prefix = true`, `listener[0].route[1].strip_prefix: needs path_prefix`},
+		{"redirect and pool", ``, `  pool = "web"
+  redirect = "https://www.example.com"`, `listener[0].route[0].redirect: a route either redirects or sends to a pool`},
+		{"redirect with path", ``, `  redirect = "https://www.example.com/new"`, `only an origin`},
+		{"redirect not http", ``, `  redirect = "ftp://www.example.com"`, `want http:// or https://`},
+		{"no pool, no redirect", ``, ``, `listener[0].route[0].pool: missing`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseIn(t, withRoute(tc.listener, tc.route))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error:\n%v\nwant it to contain:\n%s", err, tc.want)
+			}
+		})
+	}
+}
