@@ -52,7 +52,7 @@ func CheckRuleField(name string, request bool) error {
 		l == "upgrade" || l == "te" || l == "trailer" || l == "proxy-connection":
 		return fmt.Errorf("%s frames the message or the connection; lb writes it", name)
 	case request && l == "host":
-		return fmt.Errorf("Host is the request's own; route by host instead")
+		return fmt.Errorf("%s is the request's own; route by host instead", name)
 	case request && (strings.HasPrefix(l, "x-forwarded-") || l == "x-real-ip" || l == "forwarded" || strings.HasPrefix(l, "x-client-")):
 		return fmt.Errorf("%s is lb's to set for backends, which trust it as lb's word", name)
 	}
