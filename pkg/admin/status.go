@@ -44,6 +44,11 @@ type ListenerStatus struct {
 	Allow  []string `json:"allow,omitempty"`
 	Deny   []string `json:"deny,omitempty"`
 	Denied uint64   `json:"denied_connections"`
+	// Limits are the listener's rate limits per client address, and
+	// LimitedConnections the TLS handshakes (tcp connections) they
+	// refused.
+	Limits             *LimitsStatus `json:"limits,omitempty"`
+	LimitedConnections uint64        `json:"limited_connections"`
 	// Routes are the listener's routes, in order.
 	Routes []RouteStatus `json:"routes,omitempty"`
 }
@@ -60,6 +65,17 @@ type RouteStatus struct {
 	Deny        []string `json:"deny,omitempty"`
 	// HeaderRules is whether the route has [listener.route.headers].
 	HeaderRules bool `json:"header_rules,omitempty"`
+	// Limits are the route's rate limits.
+	Limits *LimitsStatus `json:"limits,omitempty"`
+}
+
+// LimitsStatus describes rate limits per client address and what they
+// refused.
+type LimitsStatus struct {
+	Rate  float64 `json:"rate"`
+	Burst int     `json:"burst"`
+	// LimitedRequests are the requests answered 429.
+	LimitedRequests uint64 `json:"limited_requests"`
 }
 
 // ACMEStatus describes one name whose certificate lb gets from an ACME CA.

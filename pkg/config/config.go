@@ -100,6 +100,9 @@ type Listener struct {
 	Deny  []string `toml:"deny"`
 	// Headers are the listener's header rules (http listeners).
 	Headers *Headers `toml:"headers"`
+	// Limits are the listener's rate limits per client address: of
+	// requests, and of new TLS handshakes (tcp listeners: connections).
+	Limits *Limits `toml:"limits"`
 	// ErrorPages maps a status lb answers itself ("502", "503", "504",
 	// ...) to a file sent in place of lb's short text.
 	ErrorPages map[string]string `toml:"error_pages"`
@@ -199,6 +202,16 @@ type Route struct {
 	// Headers are the route's header rules, applied after the
 	// listener's.
 	Headers *Headers `toml:"headers"`
+	// Limits are the route's rate limits per client address, on top of
+	// the listener's.
+	Limits *Limits `toml:"limits"`
+}
+
+// Limits are rate limits per client address: a token bucket of Rate
+// requests a second and bursts of Burst.
+type Limits struct {
+	Rate  float64 `toml:"rate"`
+	Burst int     `toml:"burst"`
 }
 
 // Headers are header rules: fields set on and removed from requests

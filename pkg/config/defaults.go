@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"time"
 )
@@ -77,6 +78,14 @@ func (l *loader) applyDefaults() {
 		}
 	}
 
+	for i := range c.Listeners {
+		ln := &c.Listeners[i]
+		setBurst(ln.Limits)
+		for j := range ln.Routes {
+			setBurst(ln.Routes[j].Limits)
+		}
+	}
+
 	for i := range c.Pools {
 		pl := &c.Pools[i]
 		p := fmt.Sprintf("pool[%d]", i)
@@ -130,6 +139,13 @@ func (l *loader) applyDefaults() {
 				pl.Backends[j].Weight = DefaultWeight
 			}
 		}
+	}
+}
+
+// setBurst gives limits without a burst one of a second's rate.
+func setBurst(l *Limits) {
+	if l != nil && l.Burst == 0 && l.Rate > 0 {
+		l.Burst = max(1, int(math.Ceil(l.Rate)))
 	}
 }
 

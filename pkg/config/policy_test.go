@@ -59,6 +59,14 @@ func TestPolicyConfigErrors(t *testing.T) {
 		{"redirect with path", ``, `  redirect = "https://www.example.com/new"`, `only an origin`},
 		{"redirect not http", ``, `  redirect = "ftp://www.example.com"`, `want http:// or https://`},
 		{"no pool, no redirect", ``, ``, `listener[0].route[0].pool: missing`},
+		{"rate zero", `  [listener.limits]
+  rate = 0`, `  pool = "web"`, `listener[0].limits.rate: 0 is out of range`},
+		{"negative burst", `  [listener.limits]
+  rate = 5
+  burst = -1`, `  pool = "web"`, `listener[0].limits.burst: -1 is out of range`},
+		{"route rate", ``, `  pool = "web"
+    [listener.route.limits]
+    rate = -2`, `listener[0].route[0].limits.rate: -2 is out of range`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseIn(t, withRoute(tc.listener, tc.route))
@@ -69,5 +77,21 @@ func TestPolicyConfigErrors(t *testing.T) {
 				t.Fatalf("error:\n%v\nwant it to contain:\n%s", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestLimitsDefaultBurst(t *testing.T) {
+	cfg, err := parseIn(t, withRoute(`  [listener.limits]
+  rate = 2.5`, `  pool = "web"
+    [listener.route.limits]
+    rate = 0.2`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := cfg.Listeners[0].Limits; l.Burst != 3 {
+		t.Errorf("burst for rate 2.5: %d, want 3", l.Burst)
+	}
+	if l := cfg.Listeners[0].Routes[0].Limits; l.Burst != 1 {
+		t.Errorf("burst for rate 0.2: %d, want 1", l.Burst)
 	}
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"math"
 
 	"crypto/tls"
 	"crypto/x509"
@@ -109,6 +110,7 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 		l.errorf(p+".headers", "are for http listeners")
 	}
 	l.checkHeaders(p+".headers", ln.Headers)
+	l.checkLimits(p+".limits", ln.Limits)
 
 	l.checkDur(ln.ReadTimeout, p+".read_timeout", false)
 	l.checkDur(ln.WriteTimeout, p+".write_timeout", false)
@@ -272,6 +274,8 @@ func (l *loader) validateRoute(p string, r *Route, pools map[string]int, tcp boo
 			l.errorf(p+".headers", "are for http listeners")
 		case len(r.Allow)+len(r.Deny) > 0:
 			l.errorf(p, "allow and deny on a tcp listener's routes: put them on the listener, where they are checked before any byte")
+		case r.Limits != nil:
+			l.errorf(p+".limits", "are for http routes: a tcp listener's limits are the listener's")
 		}
 	} else {
 		if r.StripPrefix && r.PathPrefix == "" {
@@ -286,6 +290,7 @@ func (l *loader) validateRoute(p string, r *Route, pools map[string]int, tcp boo
 			}
 		}
 		l.checkHeaders(p+".headers", r.Headers)
+		l.checkLimits(p+".limits", r.Limits)
 	}
 	if tcp {
 		switch {
@@ -448,6 +453,22 @@ func (l *loader) validatePool(i int, pools map[string]int) {
 		if b.Weight < 0 || b.Weight > MaxWeight {
 			l.errorf(bp+".weight", "%d is out of range 0-%d", b.Weight, MaxWeight)
 		}
+	}
+}
+
+// MaxRate bounds limits.rate.
+const MaxRate = 1e6
+
+// checkLimits checks rate limits.
+func (l *loader) checkLimits(p string, lim *Limits) {
+	if lim == nil {
+		return
+	}
+	if lim.Rate <= 0 || lim.Rate > MaxRate || math.IsNaN(lim.Rate) {
+		l.errorf(p+".rate", "%v is out of range: more than 0 requests a second (0.5 is one every 2 s), up to %g", lim.Rate, MaxRate)
+	}
+	if lim.Burst < 1 || lim.Burst > MaxRate {
+		l.errorf(p+".burst", "%d is out of range 1-%g", lim.Burst, MaxRate)
 	}
 }
 

@@ -99,6 +99,9 @@ type Gauges struct {
 	// none, or one naming no backend of the pool; "moved": its backend
 	// could not take the request).
 	StickyCookies func(pool, reason string, n uint64)
+	// RequestsLimited: requests answered 429 by a listener's rate limit
+	// (route "") or a route's.
+	RequestsLimited func(listener, route string, n uint64)
 }
 
 // Registry owns every lb metric. Request counters survive reloads: a
@@ -264,7 +267,7 @@ var (
 	descConns = prometheus.NewDesc("lb_connections_active",
 		"Open client connections by listener.", []string{"listener"}, nil)
 	descRefused = prometheus.NewDesc("lb_connections_refused_total",
-		"Client connections closed as soon as accepted, by listener and reason (per_client: the client address held max_connections_per_client; denied: the listener's allow or deny list refused the address).", []string{"listener", "reason"}, nil)
+		"Client connections closed as soon as accepted, by listener and reason (per_client: the client address held max_connections_per_client; denied: the listener's allow or deny list refused the address; rate_limited: the address was over the listener's limits, which count new TLS handshakes and tcp connections).", []string{"listener", "reason"}, nil)
 	descExpiry = prometheus.NewDesc("lb_tls_certificate_expiry_seconds",
 		"Seconds until a served certificate expires (negative once it has).", []string{"listener", "subject"}, nil)
 	descCache = prometheus.NewDesc("lb_cache_requests_total",
@@ -297,13 +300,15 @@ var (
 	descSticky = prometheus.NewDesc("lb_sticky_cookies_total",
 		"Sticky-session cookies given to clients, by reason: new (the client had none, or one that names no backend of the pool) or moved (its backend was down, gone from rotation as a backup, or full).",
 		[]string{"pool", "reason"}, nil)
+	descLimited = prometheus.NewDesc("lb_requests_limited_total",
+		"Requests answered 429 for being over a rate limit, by listener and route (empty for the listener's own limits).", []string{"listener", "route"}, nil)
 	descBodyMemoryFull = prometheus.NewDesc("lb_body_memory_full_total",
 		"Times a body was not read whole (it streamed, or an HTTP/2 client waited for credit) because the process held global.max_body_memory.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descRefused, descExpiry, descCache, descCacheBytes, descCacheObjects, descACME, descDropped, descTCPConns, descTCPFailures, descTCPBytes,
-		descBodyMemory, descBodyMemoryLimit, descBodyMemoryFull, descBackupsServing, descLatencyEWMA, descSticky} {
+		descBodyMemory, descBodyMemoryLimit, descBodyMemoryFull, descBackupsServing, descLatencyEWMA, descSticky, descLimited} {
 		ch <- d
 	}
 }
@@ -398,6 +403,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		},
 		StickyCookies: func(pool, reason string, n uint64) {
 			ch <- prometheus.MustNewConstMetric(descSticky, prometheus.CounterValue, float64(n), pool, reason)
+		},
+		RequestsLimited: func(listener, route string, n uint64) {
+			ch <- prometheus.MustNewConstMetric(descLimited, prometheus.CounterValue, float64(n), listener, route)
 		},
 	})
 }

@@ -141,7 +141,7 @@ func TestHotPathsAllocateNothing(t *testing.T) {
 		{"request through lb, logged as text", func() func() { return request(loggedHarness(t, accesslog.Text)) }, 0},
 		{"request through lb, logged as JSON", func() func() { return request(loggedHarness(t, accesslog.JSON)) }, 0},
 		{"request through lb, logged as combined", func() func() { return request(loggedHarness(t, accesslog.Combined)) }, 0},
-		{"request through a listener with header rules and a stripping route", func() func() {
+		{"request through a limited listener with header rules and a stripping route", func() func() {
 			rules := policy.NewHeaderRules(policy.HeaderConfig{
 				RequestSet: map[string]string{"X-Env": "prod"}, RequestRemove: []string{"X-Debug"},
 				ResponseSet: map[string]string{"X-Frame-Options": "DENY"}, ResponseRemove: []string{"Server"},
@@ -149,8 +149,8 @@ func TestHotPathsAllocateNothing(t *testing.T) {
 			deny, _ := policy.NewFilter(nil, []string{"203.0.113.0/24"})
 			return request(newHarness(t, harnessOpts{
 				backends: []string{startFastBackend(t)},
-				rules:    []Rule{{PathPrefix: "/bench", Policy: &RoutePolicy{StripPrefix: "/bench", Access: deny, Headers: rules}}},
-				site:     func(s *Site) { s.Headers = rules },
+				rules:    []Rule{{PathPrefix: "/bench", Policy: &RoutePolicy{StripPrefix: "/bench", Access: deny, Headers: rules, Limit: policy.NewLimiter(1e9, 1e9)}}},
+				site:     func(s *Site) { s.Headers, s.Limit = rules, policy.NewLimiter(1e9, 1e9) },
 			}))
 		}, 0},
 		{"request to a sticky pool hashed by cookie, with its cookie", func() func() { return affinityRequest(t, true) }, 0},

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,8 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 		// listener too: the CA fetches the answer over plain HTTP.
 	} else if site.Redirect != nil {
 		redirect(ctx, site.Redirect)
+	} else if site.Limit != nil && limited(ctx, site.Limit) {
+		// Over the listener's rate: answered 429.
 	} else if t, rp = site.route(ctx.Host(), ctx.Path()); rp != nil && routeAnswers(ctx, rp) {
 		t = nil // refused or redirected by the route: no pool's
 	} else if t == nil {
@@ -118,6 +121,9 @@ func routeAnswers(ctx *fasthttp.RequestCtx, rp *RoutePolicy) bool {
 		httpstatus.Answer(&ctx.Response, fasthttp.StatusForbidden)
 		return true
 	}
+	if rp.Limit != nil && limited(ctx, rp.Limit) {
+		return true
+	}
 	if rp.Redirect != "" {
 		var buf [256]byte
 		uri := ctx.URI()
@@ -131,6 +137,24 @@ func routeAnswers(ctx *fasthttp.RequestCtx, rp *RoutePolicy) bool {
 	}
 	return false
 }
+
+// limited takes a token of the client's bucket in lim, and answers 429
+// with Retry-After when there is none, reporting whether it did.
+//
+//go:noinline
+func limited(ctx *fasthttp.RequestCtx, lim *policy.Limiter) bool {
+	ok, wait := lim.Allow(policy.AddrOf(ctx.RemoteAddr()), time.Now())
+	if ok {
+		return false
+	}
+	lim.Limited.Inc()
+	httpstatus.Answer(&ctx.Response, fasthttp.StatusTooManyRequests)
+	var buf [8]byte
+	ctx.Response.Header.SetCanonical(hRetryAfter, strconv.AppendInt(buf[:0], int64(policy.RetryAfter(wait)), 10))
+	return true
+}
+
+var hRetryAfter = []byte("Retry-After")
 
 // requestRules rewrites a request for its backend as its listener's
 // header rules and its route say, after httphead.Prepare: the path

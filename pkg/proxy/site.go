@@ -67,6 +67,9 @@ type Site struct {
 	HSTS []byte
 	// Headers are the listener's header rules; nil for none.
 	Headers *policy.HeaderRules
+	// Limit is the listener's rate limit per client address; nil for
+	// none.
+	Limit *policy.Limiter
 	// Pages are the operator's pages for statuses lb answers itself
 	// (listener.error_pages), by status; nil for none.
 	Pages map[int]config.ErrorPage
@@ -150,6 +153,8 @@ type RoutePolicy struct {
 	Redirect string
 	// Headers are the route's header rules, after the listener's.
 	Headers *policy.HeaderRules
+	// Limit is the route's rate limit per client address; nil for none.
+	Limit *policy.Limiter
 }
 
 func (r *Rule) match(host, path []byte) bool {

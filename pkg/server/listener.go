@@ -56,6 +56,11 @@ type boundListener struct {
 	// refused.
 	access atomic.Pointer[policy.Filter]
 	denied atomic.Uint64
+	// connLimit is the listener's rate limiter of new connections (TLS
+	// handshakes, tcp connections) per client address; nil for none.
+	// limited counts the connections it refused.
+	connLimit atomic.Pointer[policy.Limiter]
+	limited   atomic.Uint64
 
 	mu      sync.Mutex
 	cfg     config.Listener
@@ -106,18 +111,30 @@ func bindListener(cfg config.Listener, log hclog.Logger) (*boundListener, error)
 // the listener's access lists refuse.
 var errDenied = errors.New("the client's address is denied")
 
-// admits reports whether the listener's access lists let c's client in,
-// counting it when they do not.
+// admits reports whether the listener's access lists, and its rate
+// limit of new connections, let c's client in, counting it when they do
+// not.
 func (l *boundListener) admits(c net.Conn) bool {
-	f := l.access.Load()
-	if f.AllowsAddr(c.RemoteAddr()) {
+	f, lim := l.access.Load(), l.connLimit.Load()
+	if f == nil && lim == nil {
 		return true
 	}
-	l.denied.Add(1)
-	if l.log.IsDebug() {
-		l.log.Debug("connection refused: the client's address is denied", "listener", l.name.Load(), "client", c.RemoteAddr().String())
+	a := policy.AddrOf(c.RemoteAddr())
+	if !f.Allows(a) {
+		l.denied.Add(1)
+		if l.log.IsDebug() {
+			l.log.Debug("connection refused: the client's address is denied", "listener", l.name.Load(), "client", c.RemoteAddr().String())
+		}
+		return false
 	}
-	return false
+	if ok, _ := lim.Allow(a, time.Now()); !ok {
+		l.limited.Add(1)
+		if l.log.IsDebug() {
+			l.log.Debug("connection refused: the client is over the listener's limits", "listener", l.name.Load(), "client", c.RemoteAddr().String())
+		}
+		return false
+	}
+	return true
 }
 
 // key identifies the listener among the server's: the address it was

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/offloadlb/lb/pkg/policy"
+
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/offloadlb/lb/pkg/acme"
@@ -57,6 +59,8 @@ type Server struct {
 	// stickySecret signs the sticky cookies of pools without a
 	// secret_file: made at start, kept across reloads.
 	stickySecret []byte
+	// limiters are the running config's rate limiters (see plan).
+	limiters map[string]*policy.Limiter
 }
 
 // New builds everything a config describes and binds every listening

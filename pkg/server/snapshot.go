@@ -57,6 +57,10 @@ type plan struct {
 	newAccess bool
 	keep      map[metrics.Key]bool
 	acme      *acme.Plan // never nil; empty without [listener.tls.acme]
+	// limiters are the rate limiters of this plan's listeners and routes,
+	// by limiterKey: those the running config has with the same key and
+	// settings are kept, so that a reload forgets no client's bucket.
+	limiters map[string]*policy.Limiter
 }
 
 // listenerPlan is one listener of a plan: the socket it serves on
@@ -69,6 +73,9 @@ type listenerPlan struct {
 	http     *proxy.Site         // http mode, else nil
 	tcp      *l4.Service         // tcp mode, else nil
 	term     *tlsterm.Terminator // nil: plaintext
+	// connLimit limits new connections per client address at accept; nil
+	// for none.
+	connLimit *policy.Limiter
 }
 
 // prepare builds everything cfg describes, reusing what the running
@@ -131,6 +138,12 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 			return p, err
 		}
 		lp.http, lp.tcp = s.handlerState(lp.cfg, p, lp.term != nil)
+		if lp.term != nil || lp.cfg.Mode == "tcp" {
+			// New TLS handshakes, and tcp connections, take a token of
+			// the client's bucket at accept (an http listener's requests
+			// take theirs from the same limiter).
+			lp.connLimit = s.limiter(p, lp.cfg.Name, "", lp.cfg.Limits)
+		}
 	}
 
 	p.admin = s.admin
@@ -322,6 +335,12 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access *acce
 	if h := lc.Headers; h != nil {
 		st.Headers = policy.NewHeaderRules(headerConfig(h))
 	}
+	st.Limit = s.limiter(p, lc.Name, "", lc.Limits)
+	for i, r := range lc.Routes {
+		if r.Limits != nil {
+			st.Rules[i].Policy.Limit = s.limiter(p, lc.Name, routeName(r), r.Limits)
+		}
+	}
 	if lc.RedirectHTTPS != "" {
 		if r, err := config.ParseRedirect(lc.RedirectHTTPS); err == nil {
 			st.Redirect = &r
@@ -374,7 +393,7 @@ func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.
 // routePolicy is what a route does beside choosing a pool: nil for a
 // route that only routes.
 func routePolicy(r config.Route) *proxy.RoutePolicy {
-	if !r.StripPrefix && r.Redirect == "" && len(r.Allow)+len(r.Deny) == 0 && r.Headers == nil {
+	if !r.StripPrefix && r.Redirect == "" && len(r.Allow)+len(r.Deny) == 0 && r.Headers == nil && r.Limits == nil {
 		return nil
 	}
 	rp := &proxy.RoutePolicy{Redirect: strings.TrimSuffix(r.Redirect, "/")}
@@ -388,6 +407,40 @@ func routePolicy(r config.Route) *proxy.RoutePolicy {
 		rp.Headers = policy.NewHeaderRules(headerConfig(r.Headers))
 	}
 	return rp
+}
+
+// limiter returns the rate limiter of a listener's limits (route "") or
+// a route's, nil for none: the running config's when it has one with the
+// same settings, else a new one.
+func (s *Server) limiter(p *plan, listener, route string, lim *config.Limits) *policy.Limiter {
+	if lim == nil {
+		return nil
+	}
+	if p.limiters == nil {
+		p.limiters = map[string]*policy.Limiter{}
+	}
+	key := limiterKey(listener, route, lim)
+	l := s.limiters[key]
+	if l == nil {
+		l = policy.NewLimiter(lim.Rate, lim.Burst)
+		l.Listener, l.Route = listener, route
+	}
+	p.limiters[key] = l
+	return l
+}
+
+// limiterKey names a limiter by what it limits and its settings.
+func limiterKey(listener, route string, lim *config.Limits) string {
+	return fmt.Sprintf("%s\x00%s\x00%g\x00%d", listener, route, lim.Rate, lim.Burst)
+}
+
+// routeName is how metrics and logs name a route: its host and path
+// prefix ("api.example.com/v1/"), or its server name.
+func routeName(r config.Route) string {
+	if r.SNI != "" {
+		return r.SNI
+	}
+	return r.Host + r.PathPrefix
 }
 
 func headerConfig(h *config.Headers) policy.HeaderConfig {
@@ -442,6 +495,7 @@ func backendCounters[C any](p *plan, listener, pool string, counter func(metrics
 func (s *Server) commit(p *plan, initial bool) {
 	old := s.snap
 	s.snap = p.snap
+	s.limiters = p.limiters
 	if s.acme != nil {
 		// Before the listeners take the new terminators: certificates
 		// in storage are loaded here, so that they serve at once.
@@ -457,6 +511,7 @@ func (s *Server) commit(p *plan, initial bool) {
 	s.listeners = map[string]*boundListener{}
 	for _, lp := range p.listeners {
 		lp.listener.configure(lp.cfg, lp.http, lp.tcp, lp.term, s.metrics)
+		lp.listener.connLimit.Store(lp.connLimit)
 		s.listeners[lp.listener.key()] = lp.listener
 		if lp.fresh && !initial {
 			s.startListener(lp.listener)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/config"
 
 	"github.com/offloadlb/lb/internal/version"
 	"github.com/offloadlb/lb/pkg/acme"
@@ -31,21 +32,24 @@ func (s *Server) Status() admin.Status {
 	for _, l := range s.sortedListeners() {
 		lc := l.config()
 		ls := admin.ListenerStatus{
-			Name:              lc.Name,
-			Address:           l.sock.Addr().String(),
-			Mode:              lc.Mode,
-			TLS:               lc.TLS != nil,
-			Pool:              lc.Pool,
-			ActiveConnections: l.sock.Active(),
-			Requests:          totals[lc.Name],
-			Allow:             lc.Allow,
-			Deny:              lc.Deny,
-			Denied:            l.denied.Load(),
+			Name:               lc.Name,
+			Address:            l.sock.Addr().String(),
+			Mode:               lc.Mode,
+			TLS:                lc.TLS != nil,
+			Pool:               lc.Pool,
+			ActiveConnections:  l.sock.Active(),
+			Requests:           totals[lc.Name],
+			Allow:              lc.Allow,
+			Deny:               lc.Deny,
+			Denied:             l.denied.Load(),
+			LimitedConnections: l.limited.Load(),
+			Limits:             s.limitsStatus(lc.Name, "", lc.Limits),
 		}
 		for _, r := range lc.Routes {
 			ls.Routes = append(ls.Routes, admin.RouteStatus{
 				Host: r.Host, PathPrefix: r.PathPrefix, SNI: r.SNI, Pool: r.Pool,
 				StripPrefix: r.StripPrefix, Redirect: r.Redirect, Allow: r.Allow, Deny: r.Deny, HeaderRules: r.Headers != nil,
+				Limits: s.limitsStatus(lc.Name, routeName(r), r.Limits),
 			})
 		}
 		if term := l.term.Load(); term != nil {
@@ -189,11 +193,18 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 			g.CacheSize(name, st.Bytes, st.Objects)
 		}
 	}
+	for _, lim := range s.limiters {
+		if lim.Route == "" && s.listenerMode(lim.Listener) == "tcp" {
+			continue // a tcp listener's limits count connections only
+		}
+		g.RequestsLimited(lim.Listener, lim.Route, lim.Limited.Load())
+	}
 	for _, l := range s.sortedListeners() {
 		lc := l.config()
 		g.ConnectionsActive(lc.Name, l.sock.Active())
 		g.ConnectionsRefused(lc.Name, "per_client", l.sock.Refused())
 		g.ConnectionsRefused(lc.Name, "denied", l.denied.Load())
+		g.ConnectionsRefused(lc.Name, "rate_limited", l.limited.Load())
 		if term := l.term.Load(); term != nil {
 			for _, c := range term.Store().Certificates() {
 				g.CertificateExpiry(lc.Name, c.Leaf.Subject.String(), c.Leaf.NotAfter)
@@ -218,4 +229,28 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 		}
 	}
 	g.AccessLogDropped(s.access.Dropped())
+}
+
+// listenerMode is the mode of the running config's listener name. s.mu
+// is held.
+func (s *Server) listenerMode(name string) string {
+	for _, l := range s.sortedListeners() {
+		if lc := l.config(); lc.Name == name {
+			return lc.Mode
+		}
+	}
+	return ""
+}
+
+// limitsStatus describes a listener's or route's limits, nil for none.
+// s.mu is held.
+func (s *Server) limitsStatus(listener, route string, lim *config.Limits) *admin.LimitsStatus {
+	if lim == nil {
+		return nil
+	}
+	st := &admin.LimitsStatus{Rate: lim.Rate, Burst: lim.Burst}
+	if l := s.limiters[limiterKey(listener, route, lim)]; l != nil {
+		st.LimitedRequests = l.Limited.Load()
+	}
+	return st
 }
