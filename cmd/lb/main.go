@@ -235,11 +235,18 @@ type reloader struct {
 	mu       sync.Mutex
 	cfg      *config.Config     // the config in use
 	watching context.CancelFunc // stops watching the config file; nil when not watching
+	watched  []string           // the files watched: the config and the files it names that reload with it
 }
 
-// setWatch starts or stops watching the config file (global.watch).
+// setWatch starts or stops watching the config file (global.watch), and
+// the files it names that reload with it (basic_auth's htpasswd files).
 // Callers hold mu.
 func (r *reloader) setWatch(on bool) {
+	files := append([]string{r.path}, r.cfg.AuthFiles()...)
+	if on && r.watching != nil && !slices.Equal(files, r.watched) {
+		r.watching() // the set changed: watch the new one
+		r.watching = nil
+	}
 	switch {
 	case r.path == "" || on == (r.watching != nil):
 		return
@@ -251,13 +258,13 @@ func (r *reloader) setWatch(on bool) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	opts := watch.Options{Debounce: 250 * time.Millisecond, Poll: 5 * time.Second, What: "the config file"}
-	if err := watch.Files(ctx, []string{r.path}, opts, r.log, func() { r.reload("file changed") }); err != nil {
+	if err := watch.Files(ctx, files, opts, r.log, func() { r.reload("file changed") }); err != nil {
 		cancel()
 		r.log.Warn("cannot watch the config file; reload with SIGHUP or POST /reload", "file", r.path, "error", err)
 		return
 	}
-	r.watching = cancel
-	r.log.Info("watching the config file for changes", "file", r.path)
+	r.watching, r.watched = cancel, files
+	r.log.Info("watching the config file for changes", "file", r.path, "with", len(files)-1)
 }
 
 func (r *reloader) reload(why string) error {

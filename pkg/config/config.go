@@ -6,7 +6,10 @@
 // between goroutines.
 package config
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // Config is one whole lb configuration. A *Config from Load or Parse is
 // never changed afterwards, so goroutines may share it; a zero Config has
@@ -205,6 +208,15 @@ type Route struct {
 	// Limits are the route's rate limits per client address, on top of
 	// the listener's.
 	Limits *Limits `toml:"limits"`
+	// BasicAuth is an htpasswd file of users and bcrypt hashes: the
+	// route's requests need one's credentials (401 otherwise).
+	BasicAuth string `toml:"basic_auth"`
+	// BasicAuthRealm is the realm the 401 names.
+	BasicAuthRealm string `toml:"basic_auth_realm"`
+	// BasicAuthForward passes the Authorization field on to the backend.
+	BasicAuthForward bool `toml:"basic_auth_forward"`
+	// Users is BasicAuth's content, read by validation: user to hash.
+	Users map[string][]byte `toml:"-"`
 }
 
 // Limits are rate limits per client address: a token bucket of Rate
@@ -346,3 +358,17 @@ const (
 	// MaxWeight bounds backend weights, as HAProxy does.
 	MaxWeight = 256
 )
+
+// AuthFiles are the htpasswd files the config's routes name, which
+// reload with it.
+func (c *Config) AuthFiles() []string {
+	var files []string
+	for _, ln := range c.Listeners {
+		for _, r := range ln.Routes {
+			if r.BasicAuth != "" && !slices.Contains(files, r.BasicAuth) {
+				files = append(files, r.BasicAuth)
+			}
+		}
+	}
+	return files
+}

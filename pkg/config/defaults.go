@@ -82,7 +82,10 @@ func (l *loader) applyDefaults() {
 		ln := &c.Listeners[i]
 		setBurst(ln.Limits)
 		for j := range ln.Routes {
-			setBurst(ln.Routes[j].Limits)
+			r := &ln.Routes[j]
+			setBurst(r.Limits)
+			r.BasicAuth = l.resolvePath(r.BasicAuth)
+			setStr(&r.BasicAuthRealm, "restricted")
 		}
 	}
 

@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"syscall"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // MaxPEMFile is the largest certificate, key or CA file lb reads. A chain
@@ -91,4 +93,44 @@ func ReadTicketKeys(path string) ([][32]byte, error) {
 		return nil, fmt.Errorf("%s holds no key (one per line: 32 random bytes in base64)", path)
 	}
 	return keys, nil
+}
+
+// MaxHtpasswd is the largest htpasswd file lb reads.
+const MaxHtpasswd = 4 << 20
+
+// ReadHtpasswd reads an htpasswd file of bcrypt hashes (`htpasswd -B`):
+// one "user:hash" per line, blank lines and lines starting with # skipped.
+// Errors name the file and line; other hash schemes (MD5 "$apr1$", SHA-1
+// "{SHA}", crypt) are refused, bcrypt being the one that resists
+// guessing.
+func ReadHtpasswd(path string) (map[string][]byte, error) {
+	b, err := readSmallFile(path, MaxHtpasswd, "an htpasswd file")
+	if err != nil {
+		return nil, err
+	}
+	users := map[string][]byte{}
+	for n, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		user, hash, ok := strings.Cut(line, ":")
+		switch {
+		case !ok || user == "":
+			return nil, fmt.Errorf("%s line %d: not \"user:hash\"", path, n+1)
+		case !strings.HasPrefix(hash, "$2y$") && !strings.HasPrefix(hash, "$2a$") && !strings.HasPrefix(hash, "$2b$"):
+			return nil, fmt.Errorf("%s line %d: user %s: not a bcrypt hash; make it with `htpasswd -B` (MD5, SHA-1 and crypt hashes are refused)", path, n+1, user)
+		}
+		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+			return nil, fmt.Errorf("%s line %d: user %s: %v", path, n+1, user, err)
+		}
+		if _, dup := users[user]; dup {
+			return nil, fmt.Errorf("%s line %d: user %s is there twice", path, n+1, user)
+		}
+		users[user] = []byte(hash)
+	}
+	if len(users) == 0 {
+		return nil, fmt.Errorf("%s holds no user (one \"user:hash\" per line, from `htpasswd -B`)", path)
+	}
+	return users, nil
 }

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -93,5 +95,32 @@ func TestLimitsDefaultBurst(t *testing.T) {
 	}
 	if l := cfg.Listeners[0].Routes[0].Limits; l.Burst != 1 {
 		t.Errorf("burst for rate 0.2: %d, want 1", l.Burst)
+	}
+}
+
+func TestHtpasswd(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const hash = "$2y$05$abcdefghijklmnopqrstuu0eO8jYqJq8N8hBzKiC1k0o3QeRYl8Ny"
+	users, err := ReadHtpasswd(write("ok", "# admins\nalice:"+hash+"\n\nbob:"+strings.Replace(hash, "$2y$", "$2b$", 1)+"\n"))
+	if err != nil || len(users) != 2 || string(users["alice"]) != hash {
+		t.Fatalf("%v %v", users, err)
+	}
+	for content, want := range map[string]string{
+		"alice:$apr1$xyz$abc\n":             "line 1: user alice: not a bcrypt hash",
+		"alice:{SHA}abc\n":                  "not a bcrypt hash",
+		"# none\n":                          "holds no user",
+		"alice\n":                           `line 1: not "user:hash"`,
+		"alice:" + hash + "\nalice:" + hash: "line 2: user alice is there twice",
+	} {
+		if _, err := ReadHtpasswd(write("bad", content)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", content, err, want)
+		}
 	}
 }

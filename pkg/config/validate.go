@@ -276,6 +276,8 @@ func (l *loader) validateRoute(p string, r *Route, pools map[string]int, tcp boo
 			l.errorf(p, "allow and deny on a tcp listener's routes: put them on the listener, where they are checked before any byte")
 		case r.Limits != nil:
 			l.errorf(p+".limits", "are for http routes: a tcp listener's limits are the listener's")
+		case r.BasicAuth != "":
+			l.errorf(p+".basic_auth", "is for http listeners")
 		}
 	} else {
 		if r.StripPrefix && r.PathPrefix == "" {
@@ -291,6 +293,16 @@ func (l *loader) validateRoute(p string, r *Route, pools map[string]int, tcp boo
 		}
 		l.checkHeaders(p+".headers", r.Headers)
 		l.checkLimits(p+".limits", r.Limits)
+		if r.BasicAuth != "" {
+			users, err := ReadHtpasswd(r.BasicAuth)
+			if err != nil {
+				l.errorf(p+".basic_auth", "%v", err)
+			}
+			r.Users = users
+			if strings.ContainsAny(r.BasicAuthRealm, "\"\\\r\n") {
+				l.errorf(p+".basic_auth_realm", "%q holds a quote, a backslash or a line break", r.BasicAuthRealm)
+			}
+		}
 	}
 	if tcp {
 		switch {

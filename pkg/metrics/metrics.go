@@ -102,6 +102,10 @@ type Gauges struct {
 	// RequestsLimited: requests answered 429 by a listener's rate limit
 	// (route "") or a route's.
 	RequestsLimited func(listener, route string, n uint64)
+	// AuthFailures: requests a route's basic_auth refused, by reason
+	// ("unauthorized": 401; "limited": 429, too many checks from the
+	// address).
+	AuthFailures func(listener, route, reason string, n uint64)
 }
 
 // Registry owns every lb metric. Request counters survive reloads: a
@@ -300,6 +304,9 @@ var (
 	descSticky = prometheus.NewDesc("lb_sticky_cookies_total",
 		"Sticky-session cookies given to clients, by reason: new (the client had none, or one that names no backend of the pool) or moved (its backend was down, gone from rotation as a backup, or full).",
 		[]string{"pool", "reason"}, nil)
+	descAuth = prometheus.NewDesc("lb_auth_failures_total",
+		"Requests a route's basic_auth refused, by listener, route and reason: unauthorized (401: no, malformed or wrong credentials) or limited (429: the client address checked too many credentials).",
+		[]string{"listener", "route", "reason"}, nil)
 	descLimited = prometheus.NewDesc("lb_requests_limited_total",
 		"Requests answered 429 for being over a rate limit, by listener and route (empty for the listener's own limits).", []string{"listener", "route"}, nil)
 	descBodyMemoryFull = prometheus.NewDesc("lb_body_memory_full_total",
@@ -308,7 +315,7 @@ var (
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descRefused, descExpiry, descCache, descCacheBytes, descCacheObjects, descACME, descDropped, descTCPConns, descTCPFailures, descTCPBytes,
-		descBodyMemory, descBodyMemoryLimit, descBodyMemoryFull, descBackupsServing, descLatencyEWMA, descSticky, descLimited} {
+		descBodyMemory, descBodyMemoryLimit, descBodyMemoryFull, descBackupsServing, descLatencyEWMA, descSticky, descLimited, descAuth} {
 		ch <- d
 	}
 }
@@ -403,6 +410,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		},
 		StickyCookies: func(pool, reason string, n uint64) {
 			ch <- prometheus.MustNewConstMetric(descSticky, prometheus.CounterValue, float64(n), pool, reason)
+		},
+		AuthFailures: func(listener, route, reason string, n uint64) {
+			ch <- prometheus.MustNewConstMetric(descAuth, prometheus.CounterValue, float64(n), listener, route, reason)
 		},
 		RequestsLimited: func(listener, route string, n uint64) {
 			ch <- prometheus.MustNewConstMetric(descLimited, prometheus.CounterValue, float64(n), listener, route)

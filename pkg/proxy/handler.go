@@ -124,6 +124,9 @@ func routeAnswers(ctx *fasthttp.RequestCtx, rp *RoutePolicy) bool {
 	if rp.Limit != nil && limited(ctx, rp.Limit) {
 		return true
 	}
+	if rp.Auth != nil && !authorized(ctx, rp.Auth) {
+		return true
+	}
 	if rp.Redirect != "" {
 		var buf [256]byte
 		uri := ctx.URI()
@@ -155,6 +158,33 @@ func limited(ctx *fasthttp.RequestCtx, lim *policy.Limiter) bool {
 }
 
 var hRetryAfter = []byte("Retry-After")
+
+// authorized checks the request's credentials against a, answering 401
+// (or 429, for an address that has guessed too often) when they do not
+// pass, and reports whether they did. The credentials are not passed on
+// unless a says so.
+func authorized(ctx *fasthttp.RequestCtx, a *policy.BasicAuth) bool {
+	h := &ctx.Request.Header
+	switch a.Check(h.PeekBytes(hAuthorization), policy.AddrOf(ctx.RemoteAddr()), time.Now()) {
+	case policy.AuthFailed:
+		httpstatus.Answer(&ctx.Response, fasthttp.StatusUnauthorized)
+		ctx.Response.Header.SetCanonical(hWWWAuthenticate, a.Challenge)
+		return false
+	case policy.AuthLimited:
+		httpstatus.Answer(&ctx.Response, fasthttp.StatusTooManyRequests)
+		ctx.Response.Header.SetCanonical(hRetryAfter, []byte("6"))
+		return false
+	}
+	if !a.Forward {
+		h.DelBytes(hAuthorization)
+	}
+	return true
+}
+
+var (
+	hAuthorization   = []byte("Authorization")
+	hWWWAuthenticate = []byte("WWW-Authenticate")
+)
 
 // requestRules rewrites a request for its backend as its listener's
 // header rules and its route say, after httphead.Prepare: the path

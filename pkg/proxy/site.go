@@ -155,6 +155,8 @@ type RoutePolicy struct {
 	Headers *policy.HeaderRules
 	// Limit is the route's rate limit per client address; nil for none.
 	Limit *policy.Limiter
+	// Auth asks for a user's credentials (Basic); nil for none.
+	Auth *policy.BasicAuth
 }
 
 func (r *Rule) match(host, path []byte) bool {

@@ -59,8 +59,10 @@ type Server struct {
 	// stickySecret signs the sticky cookies of pools without a
 	// secret_file: made at start, kept across reloads.
 	stickySecret []byte
-	// limiters are the running config's rate limiters (see plan).
+	// limiters are the running config's rate limiters (see plan), and
+	// auths its basic_auth checkers.
 	limiters map[string]*policy.Limiter
+	auths    []*policy.BasicAuth
 }
 
 // New builds everything a config describes and binds every listening

@@ -61,6 +61,8 @@ type plan struct {
 	// by limiterKey: those the running config has with the same key and
 	// settings are kept, so that a reload forgets no client's bucket.
 	limiters map[string]*policy.Limiter
+	// auths are the basic_auth checkers of this plan's routes.
+	auths []*policy.BasicAuth
 }
 
 // listenerPlan is one listener of a plan: the socket it serves on
@@ -340,6 +342,10 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access *acce
 		if r.Limits != nil {
 			st.Rules[i].Policy.Limit = s.limiter(p, lc.Name, routeName(r), r.Limits)
 		}
+		if a := st.Rules[i].Policy; a != nil && a.Auth != nil {
+			a.Auth.Listener, a.Auth.Route = lc.Name, routeName(r)
+			p.auths = append(p.auths, a.Auth)
+		}
 	}
 	if lc.RedirectHTTPS != "" {
 		if r, err := config.ParseRedirect(lc.RedirectHTTPS); err == nil {
@@ -393,7 +399,7 @@ func (s *Server) tcpState(lc config.Listener, p *plan, tlsOn bool, access hclog.
 // routePolicy is what a route does beside choosing a pool: nil for a
 // route that only routes.
 func routePolicy(r config.Route) *proxy.RoutePolicy {
-	if !r.StripPrefix && r.Redirect == "" && len(r.Allow)+len(r.Deny) == 0 && r.Headers == nil && r.Limits == nil {
+	if !r.StripPrefix && r.Redirect == "" && len(r.Allow)+len(r.Deny) == 0 && r.Headers == nil && r.Limits == nil && r.BasicAuth == "" {
 		return nil
 	}
 	rp := &proxy.RoutePolicy{Redirect: strings.TrimSuffix(r.Redirect, "/")}
@@ -405,6 +411,10 @@ func routePolicy(r config.Route) *proxy.RoutePolicy {
 	}
 	if r.Headers != nil {
 		rp.Headers = policy.NewHeaderRules(headerConfig(r.Headers))
+	}
+	if r.BasicAuth != "" {
+		rp.Auth = policy.NewBasicAuth(r.Users, r.BasicAuthRealm)
+		rp.Auth.Forward = r.BasicAuthForward
 	}
 	return rp
 }
@@ -496,6 +506,7 @@ func (s *Server) commit(p *plan, initial bool) {
 	old := s.snap
 	s.snap = p.snap
 	s.limiters = p.limiters
+	s.auths = p.auths
 	if s.acme != nil {
 		// Before the listeners take the new terminators: certificates
 		// in storage are loaded here, so that they serve at once.

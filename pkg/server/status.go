@@ -193,6 +193,10 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 			g.CacheSize(name, st.Bytes, st.Objects)
 		}
 	}
+	for _, a := range s.auths {
+		g.AuthFailures(a.Listener, a.Route, "unauthorized", a.Failures.Load())
+		g.AuthFailures(a.Listener, a.Route, "limited", a.Limited.Load())
+	}
 	for _, lim := range s.limiters {
 		if lim.Route == "" && s.listenerMode(lim.Listener) == "tcp" {
 			continue // a tcp listener's limits count connections only
