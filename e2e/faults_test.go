@@ -748,15 +748,18 @@ func TestClientAbuse(t *testing.T) {
 			notes: fmt.Sprintf("write_timeout 2s; peak RSS %.0f MiB", peakRSS(t, lb.cmd.Process.Pid))})
 	})
 
-	t.Run("handshake flood", func(t *testing.T) {
-		lb, _, l, _ := start(t, "10000")
-		var done, failed atomic.Int64
+	// flood runs 8*scale clients doing full TLS handshakes back to back,
+	// from 8 addresses other than the normal clients' (127.0.0.2-9),
+	// against lb, and returns the handshakes done and refused.
+	flood := func(lb *lbProc) (done, failed int64) {
+		var d, f atomic.Int64
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
-		for range 8 * scale {
+		for i := range 8 * scale {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				dialer := &net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%8))}}
 				for {
 					select {
 					case <-stop:
@@ -764,12 +767,12 @@ func TestClientAbuse(t *testing.T) {
 					default:
 					}
 					// A full handshake each time: no session cache.
-					c, err := tls.Dial("tcp", lb.addrs["https"], &tls.Config{InsecureSkipVerify: true})
+					c, err := tls.DialWithDialer(dialer, "tcp", lb.addrs["https"], &tls.Config{InsecureSkipVerify: true})
 					if err != nil {
-						failed.Add(1)
+						f.Add(1)
 						continue
 					}
-					done.Add(1)
+					d.Add(1)
 					c.Close()
 				}
 			}()
@@ -777,11 +780,40 @@ func TestClientAbuse(t *testing.T) {
 		time.Sleep(2 * phase)
 		close(stop)
 		wg.Wait()
+		return d.Load(), f.Load()
+	}
+	t.Run("handshake flood", func(t *testing.T) {
+		lb, _, l, _ := start(t, "10000")
+		done, failed := flood(lb)
 		s := l.finish()
 		check(t, s)
 		rows = append(rows, reliabilityRow{name: fmt.Sprintf("handshake flood: %d clients doing full TLS handshakes back to back", 8*scale), load: normal,
 			sent: s.sent, failed: s.failed, detect: "-", recover: "-", latency: ms(s.p99) + " / " + ms(s.max),
-			notes: fmt.Sprintf("%d handshakes in %s (%d failed); peak RSS %.0f MiB", done.Load(), 2*phase, failed.Load(), peakRSS(t, lb.cmd.Process.Pid))})
+			notes: fmt.Sprintf("%d handshakes in %s (%d failed); peak RSS %.0f MiB", done, 2*phase, failed, peakRSS(t, lb.cmd.Process.Pid))})
+	})
+
+	t.Run("handshake flood with limits", func(t *testing.T) {
+		dir := t.TempDir()
+		certs := writeCerts(t, dir)
+		bs := []*backend{startBackend(t, "b1"), startBackend(t, "b2"), startBackend(t, "b3")}
+		cfg := strings.Replace(abuseConfig(backendsTOML(bs...), "10000"), "  [listener.tls]", `  [listener.limits]
+  rate = 100000
+  handshake_rate = 5
+  handshake_burst = 64
+  [listener.tls]`, 1)
+		lb := startLB(t, dir, cfg)
+		l := startLoad(t, certs, lb.addrs["https"], workers)
+		done, failed := flood(lb)
+		s := l.finish()
+		check(t, s)
+		refused := metricValue(lb.metricsText(), `lb_connections_refused_total{listener="https",reason="rate_limited"}`)
+		rows = append(rows, reliabilityRow{name: "the same flood, the listener limiting handshakes to 5 a second per address (burst 64)", load: normal,
+			sent: s.sent, failed: s.failed, detect: "at once", recover: "-", latency: ms(s.p99) + " / " + ms(s.max),
+			notes: fmt.Sprintf("%d handshakes in %s, %d connections closed at accept; peak RSS %.0f MiB", done, 2*phase, int64(refused), peakRSS(t, lb.cmd.Process.Pid))})
+		if limit := int64(8 * (64 + 5*(2*phase/time.Second+1))); done > limit {
+			t.Errorf("%d handshakes from 8 limited addresses in %s; want at most %d", done, 2*phase, limit)
+		}
+		_ = failed
 	})
 
 	t.Run("half-open TLS and noise", func(t *testing.T) {

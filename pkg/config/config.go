@@ -207,7 +207,7 @@ type Route struct {
 	Headers *Headers `toml:"headers"`
 	// Limits are the route's rate limits per client address, on top of
 	// the listener's.
-	Limits *Limits `toml:"limits"`
+	Limits *RouteLimits `toml:"limits"`
 	// BasicAuth is an htpasswd file of users and bcrypt hashes: the
 	// route's requests need one's credentials (401 otherwise).
 	BasicAuth string `toml:"basic_auth"`
@@ -219,11 +219,31 @@ type Route struct {
 	Users map[string][]byte `toml:"-"`
 }
 
-// Limits are rate limits per client address: a token bucket of Rate
-// requests a second and bursts of Burst.
+// RouteLimits are a route's rate limits per client address: a token
+// bucket of Rate requests a second and bursts of Burst.
+type RouteLimits struct {
+	Rate  float64 `toml:"rate"`
+	Burst int     `toml:"burst"`
+}
+
+// Limits returns the route's limits as a listener's, without handshakes.
+func (r *RouteLimits) Limits() *Limits {
+	if r == nil {
+		return nil
+	}
+	return &Limits{Rate: r.Rate, Burst: r.Burst}
+}
+
+// Limits are a listener's rate limits per client address: a token bucket
+// of Rate requests a second and bursts of Burst, and one of handshakes.
 type Limits struct {
 	Rate  float64 `toml:"rate"`
 	Burst int     `toml:"burst"`
+	// HandshakeRate and HandshakeBurst are a second bucket per address,
+	// of new TLS handshakes (tcp listeners: new connections), taken at
+	// accept; by default Rate and Burst.
+	HandshakeRate  float64 `toml:"handshake_rate"`
+	HandshakeBurst int     `toml:"handshake_burst"`
 }
 
 // Headers are header rules: fields set on and removed from requests

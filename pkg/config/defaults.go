@@ -83,7 +83,9 @@ func (l *loader) applyDefaults() {
 		setBurst(ln.Limits)
 		for j := range ln.Routes {
 			r := &ln.Routes[j]
-			setBurst(r.Limits)
+			if r.Limits != nil && r.Limits.Burst == 0 && r.Limits.Rate > 0 {
+				r.Limits.Burst = max(1, int(math.Ceil(r.Limits.Rate)))
+			}
 			r.BasicAuth = l.resolvePath(r.BasicAuth)
 			setStr(&r.BasicAuthRealm, "restricted")
 		}
@@ -145,10 +147,24 @@ func (l *loader) applyDefaults() {
 	}
 }
 
-// setBurst gives limits without a burst one of a second's rate.
+// setBurst gives limits without a burst one of a second's rate, and a
+// listener's limits their handshake bucket (by default the same as the
+// requests').
 func setBurst(l *Limits) {
-	if l != nil && l.Burst == 0 && l.Rate > 0 {
+	if l == nil {
+		return
+	}
+	if l.Burst == 0 && l.Rate > 0 {
 		l.Burst = max(1, int(math.Ceil(l.Rate)))
+	}
+	if l.HandshakeRate == 0 {
+		l.HandshakeRate = l.Rate
+		if l.HandshakeBurst == 0 {
+			l.HandshakeBurst = l.Burst
+		}
+	}
+	if l.HandshakeBurst == 0 && l.HandshakeRate > 0 {
+		l.HandshakeBurst = max(1, int(math.Ceil(l.HandshakeRate)))
 	}
 }
 

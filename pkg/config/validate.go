@@ -110,7 +110,7 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 		l.errorf(p+".headers", "are for http listeners")
 	}
 	l.checkHeaders(p+".headers", ln.Headers)
-	l.checkLimits(p+".limits", ln.Limits)
+	l.checkLimits(p+".limits", ln.Limits, true)
 
 	l.checkDur(ln.ReadTimeout, p+".read_timeout", false)
 	l.checkDur(ln.WriteTimeout, p+".write_timeout", false)
@@ -292,7 +292,7 @@ func (l *loader) validateRoute(p string, r *Route, pools map[string]int, tcp boo
 			}
 		}
 		l.checkHeaders(p+".headers", r.Headers)
-		l.checkLimits(p+".limits", r.Limits)
+		l.checkLimits(p+".limits", r.Limits.Limits(), false)
 		if r.BasicAuth != "" {
 			users, err := ReadHtpasswd(r.BasicAuth)
 			if err != nil {
@@ -471,16 +471,27 @@ func (l *loader) validatePool(i int, pools map[string]int) {
 // MaxRate bounds limits.rate.
 const MaxRate = 1e6
 
-// checkLimits checks rate limits.
-func (l *loader) checkLimits(p string, lim *Limits) {
+// checkLimits checks a listener's rate limits, or a route's, which have
+// no handshakes to limit.
+func (l *loader) checkLimits(p string, lim *Limits, listener bool) {
 	if lim == nil {
 		return
 	}
+
 	if lim.Rate <= 0 || lim.Rate > MaxRate || math.IsNaN(lim.Rate) {
 		l.errorf(p+".rate", "%v is out of range: more than 0 requests a second (0.5 is one every 2 s), up to %g", lim.Rate, MaxRate)
 	}
 	if lim.Burst < 1 || lim.Burst > MaxRate {
 		l.errorf(p+".burst", "%d is out of range 1-%g", lim.Burst, MaxRate)
+	}
+	if !listener {
+		return
+	}
+	if lim.HandshakeRate <= 0 || lim.HandshakeRate > MaxRate || math.IsNaN(lim.HandshakeRate) {
+		l.errorf(p+".handshake_rate", "%v is out of range: more than 0 a second, up to %g", lim.HandshakeRate, MaxRate)
+	}
+	if lim.HandshakeBurst < 1 || lim.HandshakeBurst > MaxRate {
+		l.errorf(p+".handshake_burst", "%d is out of range 1-%g", lim.HandshakeBurst, MaxRate)
 	}
 }
 

@@ -142,9 +142,10 @@ func (s *Server) prepare(cfg *config.Config) (p *plan, err error) {
 		lp.http, lp.tcp = s.handlerState(lp.cfg, p, lp.term != nil)
 		if lp.term != nil || lp.cfg.Mode == "tcp" {
 			// New TLS handshakes, and tcp connections, take a token of
-			// the client's bucket at accept (an http listener's requests
-			// take theirs from the same limiter).
-			lp.connLimit = s.limiter(p, lp.cfg.Name, "", lp.cfg.Limits)
+			// the client's own bucket of them at accept.
+			if lim := lp.cfg.Limits; lim != nil {
+				lp.connLimit = s.limiter(p, lp.cfg.Name, handshakeRoute, &config.Limits{Rate: lim.HandshakeRate, Burst: lim.HandshakeBurst})
+			}
 		}
 	}
 
@@ -340,7 +341,7 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access *acce
 	st.Limit = s.limiter(p, lc.Name, "", lc.Limits)
 	for i, r := range lc.Routes {
 		if r.Limits != nil {
-			st.Rules[i].Policy.Limit = s.limiter(p, lc.Name, routeName(r), r.Limits)
+			st.Rules[i].Policy.Limit = s.limiter(p, lc.Name, routeName(r), r.Limits.Limits())
 		}
 		if a := st.Rules[i].Policy; a != nil && a.Auth != nil {
 			a.Auth.Listener, a.Auth.Route = lc.Name, routeName(r)
@@ -438,6 +439,11 @@ func (s *Server) limiter(p *plan, listener, route string, lim *config.Limits) *p
 	p.limiters[key] = l
 	return l
 }
+
+// handshakeRoute is the route name of a listener's limiter of new
+// connections, which no route can have (route names are hosts and
+// paths).
+const handshakeRoute = "\x00handshakes"
 
 // limiterKey names a limiter by what it limits and its settings.
 func limiterKey(listener, route string, lim *config.Limits) string {

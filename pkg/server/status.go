@@ -49,7 +49,7 @@ func (s *Server) Status() admin.Status {
 			ls.Routes = append(ls.Routes, admin.RouteStatus{
 				Host: r.Host, PathPrefix: r.PathPrefix, SNI: r.SNI, Pool: r.Pool,
 				StripPrefix: r.StripPrefix, Redirect: r.Redirect, Allow: r.Allow, Deny: r.Deny, HeaderRules: r.Headers != nil,
-				Limits: s.limitsStatus(lc.Name, routeName(r), r.Limits),
+				Limits: s.limitsStatus(lc.Name, routeName(r), r.Limits.Limits()),
 			})
 		}
 		if term := l.term.Load(); term != nil {
@@ -198,8 +198,8 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 		g.AuthFailures(a.Listener, a.Route, "limited", a.Limited.Load())
 	}
 	for _, lim := range s.limiters {
-		if lim.Route == "" && s.listenerMode(lim.Listener) == "tcp" {
-			continue // a tcp listener's limits count connections only
+		if lim.Route == handshakeRoute || lim.Route == "" && s.listenerMode(lim.Listener) == "tcp" {
+			continue // counted as connections refused
 		}
 		g.RequestsLimited(lim.Listener, lim.Route, lim.Limited.Load())
 	}
