@@ -39,6 +39,18 @@ type ListenerStatus struct {
 	Certificates []CertificateStatus `json:"certificates,omitempty"`
 	// ACME lists the names of [listener.tls.acme], in config order.
 	ACME []ACMEStatus `json:"acme,omitempty"`
+	// Compress is the listener's [listener.compress]; nil without one.
+	Compress *CompressStatus `json:"compress,omitempty"`
+}
+
+// CompressStatus describes a listener's response compression.
+type CompressStatus struct {
+	// Algorithms are the codings, in the server's order of preference.
+	Algorithms []string `json:"algorithms"`
+	// Types are the media types compressed ("text/*" for all text).
+	Types []string `json:"types"`
+	// MinSize is the smallest body compressed when its length is known.
+	MinSize int64 `json:"min_size"`
 }
 
 // ACMEStatus describes one name whose certificate lb gets from an ACME CA.
