@@ -88,8 +88,8 @@ func init() {
 // client accepts it. Compressed are 2xx answers but 204, 205 and 206
 // whose Content-Type is one of the policy's types, that carry no
 // Content-Encoding already and no Cache-Control: no-transform, and
-// whose body is at least MinSize long when its length is known (a
-// streamed body of unknown length is compressed). Such a response gets
+// whose body is not empty and at least MinSize long when its length is
+// known (a streamed body of unknown length is compressed). Such a response gets
 // Vary: Accept-Encoding whether or not this client's is compressed: it
 // varies by it. A request with Range is answered as it is. A compressed
 // answer gets Content-Encoding, a weak ETag in place of a strong one (its
@@ -162,7 +162,7 @@ func (p *Policy) eligible(h *fasthttp.ResponseHeader, size int) bool {
 		code == fasthttp.StatusResetContent || code == fasthttp.StatusPartialContent {
 		return false
 	}
-	if size >= 0 && size < p.minSize {
+	if size == 0 || size > 0 && size < p.minSize {
 		return false
 	}
 	if len(h.ContentEncoding()) > 0 || !p.matchType(h.ContentType()) {

@@ -230,6 +230,18 @@ func TestApplyRules(t *testing.T) {
 	}
 }
 
+// TestApplyMinSizeZero: min_size 0 compresses every size but nothing.
+func TestApplyMinSizeZero(t *testing.T) {
+	p := New(Config{Algorithms: []string{"gzip"}, Types: []string{"text/plain"}}, nil)
+	for _, b := range []string{"", "x"} {
+		ctx := exchange{accept: "gzip", header: []string{"Content-Type", "text/plain"}, body: []byte(b)}.ctx()
+		p.Apply(ctx)
+		if got := string(ctx.Response.Header.ContentEncoding()); (got == "gzip") != (b != "") {
+			t.Errorf("%d-byte body: Content-Encoding %q", len(b), got)
+		}
+	}
+}
+
 func TestApplyHeaders(t *testing.T) {
 	text := testBody(4000)
 	for _, tc := range []struct {

@@ -246,3 +246,28 @@ func TestCompressHTTP2(t *testing.T) {
 		}
 	}
 }
+
+// TestCompressHTTP10: a compressed stream reaches an HTTP/1.0 client,
+// which cannot read chunked encoding, delimited by the connection's
+// close.
+func TestCompressHTTP10(t *testing.T) {
+	large := jsonBody(256 << 10)
+	hs := newHarness(t, harnessOpts{backends: []string{startTextBackend(t, large)}, site: func(s *Site) { s.Compress = compressPolicy(1024) }})
+	c, err := hs.ln.DialWithLocalAddr(clientAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /pieces HTTP/1.0\r\nHost: lb.test\r\nAccept-Encoding: gzip\r\n\r\n")
+	raw, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, b, ok := bytes.Cut(raw, []byte("\r\n\r\n"))
+	if !ok || !bytes.Contains(head, []byte("Content-Encoding: gzip")) || bytes.Contains(head, []byte("Transfer-Encoding")) {
+		t.Fatalf("head:\n%s", head)
+	}
+	if d := decodeAs(t, "gzip", b); !bytes.Equal(d, large) {
+		t.Errorf("decoded %d bytes, not %d", len(d), len(large))
+	}
+}
