@@ -70,7 +70,6 @@ func New(cfg Config, stats func(Encoding) *metrics.Compression) *Policy {
 
 // Header names in fasthttp's canonical form.
 var (
-	hAcceptEncoding = []byte("Accept-Encoding")
 	hRange          = []byte("Range")
 	hVary           = []byte("Vary")
 	hETag           = []byte("Etag")
@@ -124,7 +123,7 @@ func (p *Policy) Apply(ctx *fasthttp.RequestCtx) {
 	if len(req.PeekBytes(hRange)) > 0 {
 		return
 	}
-	e := Negotiate(req.PeekBytes(hAcceptEncoding), p.algorithms)
+	e := NegotiateFields(req.PeekAll("Accept-Encoding"), p.algorithms)
 	if e == Identity {
 		return
 	}

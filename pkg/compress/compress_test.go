@@ -178,6 +178,7 @@ func TestApplyRules(t *testing.T) {
 	}{
 		{"compressed", exchange{accept: "gzip, br, zstd", header: json, body: text}, Zstd, true},
 		{"the client's choice", exchange{accept: "gzip", header: json, body: text}, Gzip, true},
+		{"two Accept-Encoding fields", exchange{accept: "zstd;q=0.1", reqHeader: []string{"Accept-Encoding", "br"}, header: json, body: text}, Brotli, true},
 		{"not asked", exchange{header: json, body: text}, Identity, true},
 		{"refused", exchange{accept: "gzip;q=0, br;q=0, zstd;q=0", header: json, body: text}, Identity, true},
 		{"text/* wildcard", exchange{accept: "br", header: []string{"Content-Type", "text/html; charset=utf-8"}, body: text}, Brotli, true},

@@ -54,10 +54,21 @@ type accepted struct {
 // element with a malformed q-value is ignored as a whole, and of a
 // coding named twice the first counts. It allocates nothing.
 func parseAccept(v []byte) accepted {
+	a := newAccepted()
+	a.parse(v)
+	return a
+}
+
+func newAccepted() accepted {
 	a := accepted{star: qUnset}
 	for i := range a.q {
 		a.q[i] = qUnset
 	}
+	return a
+}
+
+// parse adds what one Accept-Encoding field value says to a.
+func (a *accepted) parse(v []byte) {
 	for len(v) > 0 {
 		var elem []byte
 		if i := indexByte(v, ','); i >= 0 {
@@ -95,7 +106,6 @@ func parseAccept(v []byte) accepted {
 			*slot = q
 		}
 	}
-	return a
 }
 
 // weight reads the q parameter among an element's parameters
@@ -159,7 +169,27 @@ func Negotiate(accept []byte, prefs []Encoding) Encoding {
 	if len(accept) == 0 {
 		return Identity
 	}
-	a := parseAccept(accept)
+	return parseAccept(accept).choose(prefs)
+}
+
+// NegotiateFields is Negotiate for a request with several
+// Accept-Encoding fields, which are one list (RFC 9110 section 5.3).
+func NegotiateFields(fields [][]byte, prefs []Encoding) Encoding {
+	a, seen := newAccepted(), false
+	for _, f := range fields {
+		if len(f) > 0 {
+			a.parse(f)
+			seen = true
+		}
+	}
+	if !seen {
+		return Identity
+	}
+	return a.choose(prefs)
+}
+
+// choose is Negotiate's choice once the field is read.
+func (a accepted) choose(prefs []Encoding) Encoding {
 	best, bestQ := Identity, int16(0)
 	for _, e := range prefs {
 		q := a.q[e]

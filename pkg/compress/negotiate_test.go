@@ -64,6 +64,27 @@ func TestNegotiate(t *testing.T) {
 	}
 }
 
+func TestNegotiateFields(t *testing.T) {
+	for _, tc := range []struct {
+		fields []string
+		want   Encoding
+	}{
+		{nil, Identity},
+		{[]string{""}, Identity},
+		{[]string{"gzip", "br"}, Brotli},
+		{[]string{"br;q=0", "gzip"}, Gzip},
+		{[]string{"br;q=0.5", "", "gzip;q=0.6"}, Gzip},
+	} {
+		var fields [][]byte
+		for _, f := range tc.fields {
+			fields = append(fields, []byte(f))
+		}
+		if got := NegotiateFields(fields, allPrefs); got != tc.want {
+			t.Errorf("NegotiateFields(%q) = %v, want %v", tc.fields, got, tc.want)
+		}
+	}
+}
+
 func TestNegotiateAllocatesNothing(t *testing.T) {
 	accept := []byte("gzip;q=0.8, deflate, br;q=0.9, zstd;q=0.95, identity;q=0.1, *;q=0")
 	if n := testing.AllocsPerRun(100, func() { Negotiate(accept, allPrefs) }); n != 0 {
