@@ -4,7 +4,9 @@
 // while the count stays within the limit, and otherwise does without:
 // an HTTP/1.1 request body streams from its first byte, an HTTP/2 client
 // waits for flow-control credit, a small response streams to the client
-// instead of being read whole, and a cacheable response is not stored.
+// instead of being read whole, a cacheable response is not stored, and
+// a response is not compressed (pkg/compress counts each encoder a
+// response holds).
 // So no mix of clients can make lb's body memory pass the limit, and
 // none is refused for it: what streams costs a fixed amount per exchange
 // (its connection's buffers), whatever its size.

@@ -49,7 +49,7 @@ func CheckRuleField(name string, request bool) error {
 	}
 	switch l := strings.ToLower(name); {
 	case l == "content-length" || l == "transfer-encoding" || l == "connection" || l == "keep-alive" ||
-		l == "upgrade" || l == "te" || l == "trailer" || l == "proxy-connection":
+		l == "upgrade" || l == "te" || l == "trailer" || l == "proxy-connection" || l == "content-encoding":
 		return fmt.Errorf("%s frames the message or the connection; lb writes it", name)
 	case request && l == "host":
 		return fmt.Errorf("%s is the request's own; route by host instead", name)

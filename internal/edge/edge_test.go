@@ -49,6 +49,7 @@ func TestCheckRuleField(t *testing.T) {
 		{"Content-Length", false, false},
 		{"Transfer-Encoding", true, false},
 		{"Connection", false, false},
+		{"Content-Encoding", false, false},
 		{"Bad Name", true, false},
 		{"", false, false},
 	} {

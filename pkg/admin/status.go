@@ -49,6 +49,8 @@ type ListenerStatus struct {
 	// refused.
 	Limits             *LimitsStatus `json:"limits,omitempty"`
 	LimitedConnections uint64        `json:"limited_connections"`
+	// Compress is the listener's [listener.compress]; nil without one.
+	Compress *CompressStatus `json:"compress,omitempty"`
 	// Routes are the listener's routes, in order.
 	Routes []RouteStatus `json:"routes,omitempty"`
 }
@@ -76,6 +78,16 @@ type LimitsStatus struct {
 	Burst int     `json:"burst"`
 	// LimitedRequests are the requests answered 429.
 	LimitedRequests uint64 `json:"limited_requests"`
+}
+
+// CompressStatus describes a listener's response compression.
+type CompressStatus struct {
+	// Algorithms are the codings, in the server's order of preference.
+	Algorithms []string `json:"algorithms"`
+	// Types are the media types compressed ("text/*" for all text).
+	Types []string `json:"types"`
+	// MinSize is the smallest body compressed when its length is known.
+	MinSize int64 `json:"min_size"`
 }
 
 // ACMEStatus describes one name whose certificate lb gets from an ACME CA.

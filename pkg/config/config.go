@@ -111,7 +111,33 @@ type Listener struct {
 	ErrorPages map[string]string `toml:"error_pages"`
 	// Pages is ErrorPages loaded by validation: status to page.
 	Pages map[int]ErrorPage `toml:"-"`
+	// Compress compresses responses for clients that accept it (http
+	// listeners); nil for none.
+	Compress *Compress `toml:"compress"`
 }
+
+// Compress is a listener's [listener.compress]: which responses lb
+// compresses, and with which codings.
+type Compress struct {
+	// Algorithms are the codings to use, in the server's order of
+	// preference: a subset of "zstd", "br", "gzip".
+	Algorithms []string `toml:"algorithms"`
+	// Types are the media types compressed ("application/json"), or
+	// "type/*" for all of one type ("text/*"); lower-cased by
+	// validation.
+	Types []string `toml:"types"`
+	// MinSize is the smallest body compressed when its length is known;
+	// 0 compresses every size.
+	MinSize Size `toml:"min_size"`
+}
+
+// CompressAlgorithms are the codings [listener.compress] knows, in the
+// default order of preference.
+var CompressAlgorithms = []string{"zstd", "br", "gzip"}
+
+// DefaultCompressTypes are the media types compressed when types is not
+// set: text and the text-based formats of the web.
+var DefaultCompressTypes = []string{"text/*", "application/json", "application/javascript", "application/xml", "image/svg+xml"}
 
 // ErrorPage is an operator's page for a status lb answers itself.
 type ErrorPage struct {
@@ -372,6 +398,7 @@ const (
 	DefaultStickyCookie    = "lb_srv"
 	DefaultCacheMaxSize    = 256 << 20
 	DefaultCacheMaxObject  = 1 << 20
+	DefaultCompressMinSize = 1 << 10
 
 	// MaxRetries bounds pool.retries so a retry loop stays short.
 	MaxRetries = 16

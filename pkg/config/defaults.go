@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -45,6 +46,15 @@ func (l *loader) applyDefaults() {
 		l.setSize(&ln.BodyBuffer, p+".body_buffer", DefaultBodyBuffer)
 		if !l.defined(p + ".max_connections") {
 			ln.MaxConnections = DefaultMaxConnections
+		}
+		if cp := ln.Compress; cp != nil {
+			if !l.defined(p + ".compress.algorithms") {
+				cp.Algorithms = slices.Clone(CompressAlgorithms)
+			}
+			if !l.defined(p + ".compress.types") {
+				cp.Types = slices.Clone(DefaultCompressTypes)
+			}
+			l.setSize(&cp.MinSize, p+".compress.min_size", DefaultCompressMinSize)
 		}
 		if t := ln.TLS; t != nil {
 			if t.CertPEM == nil {

@@ -111,6 +111,7 @@ func (l *loader) validateListener(i int, names, binds, pools map[string]int) {
 	}
 	l.checkHeaders(p+".headers", ln.Headers)
 	l.checkLimits(p+".limits", ln.Limits, true)
+	l.validateCompress(p, ln, tcp)
 
 	l.checkDur(ln.ReadTimeout, p+".read_timeout", false)
 	l.checkDur(ln.WriteTimeout, p+".write_timeout", false)
@@ -584,6 +585,65 @@ func (l *loader) loadErrorPages(p string, ln *Listener, tcp bool) {
 		}
 		ln.Pages[n] = ErrorPage{File: file, ContentType: ct, Body: b}
 	}
+}
+
+// validateCompress checks a listener's [listener.compress].
+func (l *loader) validateCompress(p string, ln *Listener, tcp bool) {
+	cp := ln.Compress
+	if cp == nil {
+		return
+	}
+	p += ".compress"
+	if tcp {
+		l.errorf(p, "is for http listeners: a tcp listener does not read the bytes it passes on")
+		return
+	}
+	if len(cp.Algorithms) == 0 {
+		l.errorf(p+".algorithms", "is empty: name at least one of zstd, br, gzip (or remove [listener.compress])")
+	}
+	seen := map[string]bool{}
+	for _, a := range cp.Algorithms {
+		switch {
+		case !slices.Contains(CompressAlgorithms, a):
+			l.errorf(p+".algorithms", "%q is not one of zstd, br, gzip", a)
+		case seen[a]:
+			l.errorf(p+".algorithms", "%q is listed twice", a)
+		}
+		seen[a] = true
+	}
+	if len(cp.Types) == 0 {
+		l.errorf(p+".types", "is empty: name the media types to compress, such as \"text/*\" or \"application/json\"")
+	}
+	for i, t := range cp.Types {
+		t = strings.ToLower(strings.TrimSpace(t))
+		cp.Types[i] = t
+		typ, sub, ok := strings.Cut(t, "/")
+		switch {
+		case !ok || !isToken(typ) || !(sub == "*" || isToken(sub)):
+			l.errorf(p+".types", "%q is not a media type (\"type/subtype\", or \"type/*\" for all of a type; no parameters)", cp.Types[i])
+		case typ == "*":
+			l.errorf(p+".types", "%q would compress every type, images and archives too, which are compressed already: name the types", t)
+		}
+	}
+	if cp.MinSize.err != nil {
+		l.errorf(p+".min_size", "%v", cp.MinSize.err)
+	} else if cp.MinSize.Bytes < 0 {
+		l.errorf(p+".min_size", "must be 0 (every size) or more (got %d)", cp.MinSize.Bytes)
+	}
+}
+
+// isToken reports whether s is an RFC 9110 token (section 5.6.2).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func countBackups(bs []Backend) int {

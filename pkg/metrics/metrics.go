@@ -61,6 +61,18 @@ type TCP struct {
 	BytesOut    atomic.Uint64 // to clients
 }
 
+// Compression counts the responses one listener compressed with one
+// coding, and their body bytes before (BytesIn) and after (BytesOut).
+// The zero value is ready; safe for concurrent use.
+type Compression struct {
+	Responses atomic.Uint64
+	BytesIn   atomic.Uint64
+	BytesOut  atomic.Uint64
+}
+
+// compressionKey names a Compression counter.
+type compressionKey struct{ listener, encoding string }
+
 // Key names one request counter: the listener that took the request, and
 // the pool and backend that answered it ("" when none did). It is a
 // comparable value, used as a map key.
@@ -119,6 +131,9 @@ type Registry struct {
 	mu    sync.Mutex
 	codes map[Key]*Codes
 	tcp   map[Key]*TCP
+	// compression is kept while its listener's Key{Listener} is (see
+	// Retain).
+	compression map[compressionKey]*Compression
 
 	duration    *prometheus.HistogramVec
 	tcpDuration *prometheus.HistogramVec
@@ -138,6 +153,8 @@ func New(src Source) *Registry {
 		source: src,
 		codes:  map[Key]*Codes{},
 		tcp:    map[Key]*TCP{},
+
+		compression: map[compressionKey]*Compression{},
 		tcpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "lb_tcp_connection_duration_seconds",
 			Help:    "How long tcp listeners' connections lasted, by listener and pool.",
@@ -192,6 +209,22 @@ func counterFor[T any](r *Registry, m map[Key]*T, k Key) *T {
 	return c
 }
 
+// Compression returns the compression counters of listener and
+// encoding ("zstd", "br", "gzip"), making them on first use. They are
+// dropped by Retain once the listener's Key{Listener: listener} is not
+// kept.
+func (r *Registry) Compression(listener, encoding string) *Compression {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := compressionKey{listener, encoding}
+	c := r.compression[k]
+	if c == nil {
+		c = new(Compression)
+		r.compression[k] = c
+	}
+	return c
+}
+
 // TCPDuration returns the connection duration histogram for one listener
 // and pool.
 func (r *Registry) TCPDuration(listener, pool string) prometheus.Observer {
@@ -211,6 +244,11 @@ func (r *Registry) Retain(keep map[Key]bool) {
 	for k := range r.tcp {
 		if !keep[k] {
 			delete(r.tcp, k)
+		}
+	}
+	for k := range r.compression {
+		if !keep[Key{Listener: k.listener}] {
+			delete(r.compression, k)
 		}
 	}
 }
@@ -309,13 +347,18 @@ var (
 		[]string{"listener", "route", "reason"}, nil)
 	descLimited = prometheus.NewDesc("lb_requests_limited_total",
 		"Requests answered 429 for being over a rate limit, by listener and route (empty for the listener's own limits).", []string{"listener", "route"}, nil)
+	descCompressed = prometheus.NewDesc("lb_compressed_responses_total",
+		"Responses compressed ([listener.compress]) by listener and encoding (zstd, br, gzip).", []string{"listener", "encoding"}, nil)
+	descCompressionBytes = prometheus.NewDesc("lb_compression_bytes_total",
+		"Body bytes of compressed responses by listener, encoding and direction: in (before compression) and out (sent); a streamed body counts once it ends.",
+		[]string{"listener", "encoding", "direction"}, nil)
 	descBodyMemoryFull = prometheus.NewDesc("lb_body_memory_full_total",
 		"Times a body was not read whole (it streamed, or an HTTP/2 client waited for credit) because the process held global.max_body_memory.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descUp, descActive, descConns, descRefused, descExpiry, descCache, descCacheBytes, descCacheObjects, descACME, descDropped, descTCPConns, descTCPFailures, descTCPBytes,
-		descBodyMemory, descBodyMemoryLimit, descBodyMemoryFull, descBackupsServing, descLatencyEWMA, descSticky, descLimited, descAuth} {
+		descBodyMemory, descBodyMemoryLimit, descBodyMemoryFull, descBackupsServing, descLatencyEWMA, descSticky, descLimited, descAuth, descCompressed, descCompressionBytes} {
 		ch <- d
 	}
 }
@@ -341,7 +384,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counts[i] = c.r.codes[k]
 	}
 	tcp := maps.Clone(c.r.tcp)
+	comp := maps.Clone(c.r.compression)
 	c.r.mu.Unlock()
+	for k, v := range comp {
+		ch <- prometheus.MustNewConstMetric(descCompressed, prometheus.CounterValue, float64(v.Responses.Load()), k.listener, k.encoding)
+		ch <- prometheus.MustNewConstMetric(descCompressionBytes, prometheus.CounterValue, float64(v.BytesIn.Load()), k.listener, k.encoding, "in")
+		ch <- prometheus.MustNewConstMetric(descCompressionBytes, prometheus.CounterValue, float64(v.BytesOut.Load()), k.listener, k.encoding, "out")
+	}
 	ch <- prometheus.MustNewConstMetric(descBodyMemory, prometheus.GaugeValue, float64(bodymem.Used()))
 	ch <- prometheus.MustNewConstMetric(descBodyMemoryLimit, prometheus.GaugeValue, float64(bodymem.Limit()))
 	ch <- prometheus.MustNewConstMetric(descBodyMemoryFull, prometheus.CounterValue, float64(bodymem.Full()))

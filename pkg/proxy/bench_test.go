@@ -110,7 +110,8 @@ func BenchmarkCacheHit(b *testing.B) {
 
 // TestHotPathsAllocateNothing keeps the request paths the benchmarks
 // measure free of allocations in steady state: a whole HTTP/1.1 request
-// through lb to a backend, and a cache hit. (Header rewriting is guarded
+// through lb to a backend, and a cache hit; on a listener with
+// [listener.compress], an answer that is not compressed. (Header rewriting is guarded
 // by pkg/httphead's test, HTTP/2 header decoding by pkg/h2's.)
 func TestHotPathsAllocateNothing(t *testing.T) {
 	if raceEnabled {
@@ -155,6 +156,9 @@ func TestHotPathsAllocateNothing(t *testing.T) {
 		}, 0},
 		{"request to a sticky pool hashed by cookie, with its cookie", func() func() { return affinityRequest(t, true) }, 0},
 		{"request to a sticky pool hashed by cookie, given a cookie", func() func() { return affinityRequest(t, false) }, 0},
+		{"request through lb with compression, not asked", func() func() { return compressRequest(t, 1024, "") }, 0},
+		{"request through lb with compression, below min_size", func() func() { return compressRequest(t, 1024, "gzip, br, zstd") }, 0},
+		{"request through lb with compression, refused (Vary added)", func() func() { return compressRequest(t, 0, "gzip;q=0, br;q=0, zstd;q=0") }, 0},
 	} {
 		f := tc.loop()
 		for range 200 { // pools and buffers reach their steady size

@@ -93,6 +93,12 @@ func (h *Handler) Serve(ctx *fasthttp.RequestCtx) {
 			out = h.forwardTo(ctx, site, t)
 		}
 		own = out.Err != nil && !(t.Cache != nil && httpcache.Answered(ctx))
+		if site.Compress != nil && !own {
+			// After the cache has kept its (identity) copy, before an
+			// HTTP/1.0 client's stream is taken over; Apply is kept out
+			// of line, off every request's stack.
+			site.Compress.Apply(ctx)
+		}
 		if t.Up.Sticky != nil && out.Backend != nil && out.Err == nil {
 			setSticky(ctx, t.Up.Sticky, out.Backend.Index, site.TLS)
 		}

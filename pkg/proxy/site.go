@@ -14,6 +14,7 @@ import (
 	"github.com/offloadlb/lb/internal/httpstatus"
 	"github.com/offloadlb/lb/pkg/accesslog"
 	"github.com/offloadlb/lb/pkg/cache"
+	"github.com/offloadlb/lb/pkg/compress"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/httphead"
 	"github.com/offloadlb/lb/pkg/metrics"
@@ -104,6 +105,9 @@ type Site struct {
 	// sent: a body that ends within it goes whole, and may be retried;
 	// a longer one streams. 0 takes 64 KiB.
 	BodyBuffer int
+	// Compress compresses the answers of backends and caches for
+	// clients that accept it ([listener.compress]); nil for none.
+	Compress *compress.Policy
 }
 
 // Dest is a pool as one site sends to it: the upstream, and this site's

@@ -18,6 +18,7 @@ import (
 	"github.com/offloadlb/lb/pkg/admin"
 	"github.com/offloadlb/lb/pkg/balancer"
 	"github.com/offloadlb/lb/pkg/cache"
+	"github.com/offloadlb/lb/pkg/compress"
 	"github.com/offloadlb/lb/pkg/config"
 	"github.com/offloadlb/lb/pkg/health"
 	"github.com/offloadlb/lb/pkg/l4"
@@ -355,6 +356,10 @@ func (s *Server) httpState(lc config.Listener, p *plan, tlsOn bool, access *acce
 	}
 	if lc.TLS != nil && lc.TLS.HSTS != "" {
 		st.HSTS = []byte(lc.TLS.HSTS)
+	}
+	if cp := lc.Compress; cp != nil {
+		st.Compress = compress.New(compress.Config{Algorithms: cp.Algorithms, Types: cp.Types, MinSize: cp.MinSize.Bytes},
+			func(e compress.Encoding) *metrics.Compression { return s.metrics.Compression(lc.Name, e.String()) })
 	}
 	if !tlsOn && !p.acme.Empty() {
 		// Every plaintext http listener answers http-01: the CA

@@ -52,6 +52,9 @@ func (s *Server) Status() admin.Status {
 				Limits: s.limitsStatus(lc.Name, routeName(r), r.Limits.Limits()),
 			})
 		}
+		if cp := lc.Compress; cp != nil {
+			ls.Compress = &admin.CompressStatus{Algorithms: cp.Algorithms, Types: cp.Types, MinSize: cp.MinSize.Bytes}
+		}
 		if term := l.term.Load(); term != nil {
 			for _, c := range term.Store().Certificates() {
 				ls.Certificates = append(ls.Certificates, certStatus(c.Leaf, now))

@@ -361,6 +361,15 @@ func (resp *Response) SetBodyStream(bodyStream io.Reader, bodySize int) {
 	resp.Header.SetContentLength(bodySize)
 }
 
+// ReplaceBodyStream is SetBodyStream for a response whose body stream
+// the caller has taken over (a stream reading the one there): the one
+// there is dropped without being closed, which is then the new stream's
+// to do. (lb patch 6: pkg/compress compresses a streamed body this way.)
+func (resp *Response) ReplaceBodyStream(bodyStream io.Reader, bodySize int) {
+	resp.bodyStream = bodyStream
+	resp.Header.SetContentLength(bodySize)
+}
+
 // IsBodyStream returns true if body is set via SetBodyStream*.
 func (req *Request) IsBodyStream() bool {
 	return req.bodyStream != nil
