@@ -42,9 +42,7 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 // so are the forwarding fields lb sets for backends (X-Forwarded-*,
 // X-Real-IP, Forwarded, X-Client-*), which backends trust as lb's word.
 func CheckRuleField(name string, request bool) error {
-	if name == "" || strings.IndexFunc(name, func(c rune) bool {
-		return c <= ' ' || c >= 0x7f || strings.ContainsRune("\"(),/:;<=>?@[\\]{}", c)
-	}) >= 0 {
+	if !IsToken(name) {
 		return fmt.Errorf("%q is not a field name", name)
 	}
 	switch l := strings.ToLower(name); {
@@ -72,4 +70,15 @@ func CheckRuleValue(value string) error {
 		}
 	}
 	return nil
+}
+
+// IsToken reports whether s is an RFC 9110 token (section 5.6.2), as
+// field names, cookie names and media types are.
+func IsToken(s string) bool {
+	for i := range len(s) {
+		if c := s[i]; c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+			return false
+		}
+	}
+	return s != ""
 }

@@ -8,11 +8,11 @@ package affinity
 import (
 	"bytes"
 	"net"
-	"net/netip"
 
 	"github.com/valyala/fasthttp"
 
 	"github.com/offloadlb/lb/pkg/balancer"
+	"github.com/offloadlb/lb/pkg/policy"
 )
 
 // KeyKind is what of a request a hash key is made of.
@@ -93,23 +93,11 @@ func (k Key) Of(h *fasthttp.RequestHeader, client net.Addr) (uint64, bool) {
 // ClientKey is the hash key of a client address: its IP (an IPv4
 // address and its IPv6-mapped form alike), without the port.
 func ClientKey(a net.Addr) (uint64, bool) {
-	var ip netip.Addr
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	case nil:
-		return 0, false
-	default:
-		ap, err := netip.ParseAddrPort(a.String())
-		if err != nil {
-			return 0, false
-		}
-		ip = ap.Addr()
-	}
+	ip := policy.AddrOf(a)
 	if !ip.IsValid() {
 		return 0, false
 	}
-	b := ip.Unmap().As16()
+	b := ip.As16()
 	return balancer.HashKey(b[:]), true
 }
 

@@ -619,7 +619,7 @@ func (l *loader) validateCompress(p string, ln *Listener, tcp bool) {
 		cp.Types[i] = t
 		typ, sub, ok := strings.Cut(t, "/")
 		switch {
-		case !ok || !isToken(typ) || !(sub == "*" || isToken(sub)):
+		case !ok || !edge.IsToken(typ) || !(sub == "*" || edge.IsToken(sub)):
 			l.errorf(p+".types", "%q is not a media type (\"type/subtype\", or \"type/*\" for all of a type; no parameters)", cp.Types[i])
 		case typ == "*":
 			l.errorf(p+".types", "%q would compress every type, images and archives too, which are compressed already: name the types", t)
@@ -630,20 +630,6 @@ func (l *loader) validateCompress(p string, ln *Listener, tcp bool) {
 	} else if cp.MinSize.Bytes < 0 {
 		l.errorf(p+".min_size", "must be 0 (every size) or more (got %d)", cp.MinSize.Bytes)
 	}
-}
-
-// isToken reports whether s is an RFC 9110 token (section 5.6.2).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
-			return false
-		}
-	}
-	return true
 }
 
 func countBackups(bs []Backend) int {
@@ -660,7 +646,7 @@ func countBackups(bs []Backend) int {
 const MinStickySecret = 16
 
 func (l *loader) validateSticky(p string, st *Sticky) {
-	if !isCookieName(st.Cookie) {
+	if !edge.IsToken(st.Cookie) {
 		l.errorf(p+".cookie", "%q is not a cookie name (letters, digits and !#$%%&'*+-.^_`|~)", st.Cookie)
 	}
 	l.checkDur(st.MaxAge, p+".max_age", true)
@@ -711,22 +697,10 @@ func ParseHashKey(s string) (HashKey, error) {
 	if !ok || kind != "header" && kind != "cookie" {
 		return HashKey{}, fmt.Errorf("%q is not one of client_ip, uri, header:NAME, cookie:NAME", s)
 	}
-	if !isCookieName(name) {
+	if !edge.IsToken(name) {
 		return HashKey{}, fmt.Errorf("%q: %q is not a %s name", s, name, kind)
 	}
 	return HashKey{Kind: kind, Name: name}, nil
-}
-
-// isCookieName reports whether s is a cookie name: an HTTP token, as
-// header names are too.
-func isCookieName(s string) bool {
-	for i := range len(s) {
-		c := s[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
-			return false
-		}
-	}
-	return s != ""
 }
 
 func (l *loader) validateHealth(p string, h *Health) {

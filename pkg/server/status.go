@@ -201,7 +201,7 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 		g.AuthFailures(a.Listener, a.Route, "limited", a.Limited.Load())
 	}
 	for _, lim := range s.limiters {
-		if lim.Route == handshakeRoute || lim.Route == "" && s.listenerMode(lim.Listener) == "tcp" {
+		if lim.Route == handshakeRoute {
 			continue // counted as connections refused
 		}
 		g.RequestsLimited(lim.Listener, lim.Route, lim.Limited.Load())
@@ -236,17 +236,6 @@ func (s *Server) Gauges(g *metrics.Gauges) {
 		}
 	}
 	g.AccessLogDropped(s.access.Dropped())
-}
-
-// listenerMode is the mode of the running config's listener name. s.mu
-// is held.
-func (s *Server) listenerMode(name string) string {
-	for _, l := range s.sortedListeners() {
-		if lc := l.config(); lc.Name == name {
-			return lc.Mode
-		}
-	}
-	return ""
 }
 
 // limitsStatus describes a listener's or route's limits, nil for none.
